@@ -1,0 +1,2 @@
+/* sketch.c — placeholder until the sketch lands. */
+#include "gw_sketch.h"

@@ -1,0 +1,2 @@
+/* engine.c — placeholder until the engine lands. */
+#include "engine.h"

@@ -1,0 +1,2 @@
+/* proto.c — placeholder until the codec lands. */
+#include "gw_proto.h"
