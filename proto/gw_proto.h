@@ -85,8 +85,10 @@ int gw_proto_check_tag(const char *name, size_t len);
 /* Validate both frames completely and fill *out (borrowing). max_k bounds k
  * (0 means GW_PROTO_K_MAX). Returns 0 or the specific GW_E* reason:
  * ETOPIC, ENAME, ETRUNC, EMAGIC, EVERSION, EDTYPE, EKIND, EKLIMIT, EFLAGS,
- * ELENGTH, ENONFINITE (a present scalar is NaN/Inf). On failure *out is
- * unspecified. The payload's values are not inspected here. */
+ * ELENGTH, ENONFINITE (a present scalar is NaN/Inf). A body shorter than
+ * 64 + k·size is ETRUNC, a longer one ELENGTH; step >= 2^63 is EFLAGS (bit
+ * 63 is reserved); max_k above GW_PROTO_K_MAX is clamped to it. On failure
+ * *out is unspecified. The payload's values are not inspected here. */
 int gw_proto_decode(const void *topic, size_t topic_len, const void *body,
                     size_t body_len, uint32_t max_k, gw_msg_t *out);
 
@@ -95,12 +97,15 @@ int gw_proto_decode(const void *topic, size_t topic_len, const void *body,
 int gw_proto_read_payload(const gw_msg_t *m, double *out);
 
 /* Write the topic "gw1/<run>/<tag>" of m into buf (cap bytes, NUL-terminated).
- * Returns its length (without NUL) or a negative GW_E* code. */
+ * Returns its length (without NUL), -ENOBUFS if cap is too small, or a
+ * negative GW_E* code. */
 int gw_proto_encode_topic(const gw_msg_t *m, char *buf, size_t cap);
 
 /* Write the 64-byte header of m followed by the payload m->payload
  * (m->payload_len bytes, must equal k * dtype size) into buf. Validates m like
- * the decoder would. Returns the body length or a negative GW_E* code. */
+ * the decoder would. Returns the body length, -ENOBUFS if cap is too small
+ * (buf untouched), or a negative GW_E* code. The payload may already sit at
+ * buf + 64 (it is moved with memmove). */
 int gw_proto_encode_body(const gw_msg_t *m, void *buf, size_t cap);
 
 /* IEEE 754 binary16 and bfloat16 conversions (round to nearest even). */
