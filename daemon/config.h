@@ -1,0 +1,72 @@
+/* config.h — gradwatchd's settings: defaults, the INI file, the flags.
+ *
+ * Every flag of SPEC §5 is also a key of the INI file (libinih), in the
+ * section the flag belongs to ([ingest] [http] [store] [window] [alerts],
+ * plus [daemon] for logging); a flag `--foo-bar` is the key `foo_bar` (a dash
+ * is accepted too). Order of precedence: defaults < file < flags; a
+ * repeatable flag given on the command line replaces the file's list.
+ * Parsing never exits the process: errors come back as GW_ECONFIG with a
+ * message naming the flag or the file, line and key.
+ */
+#ifndef GW_CONFIG_H
+#define GW_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engine.h"
+
+#define GW_CONFIG_LIST_MAX 16
+
+typedef struct gw_config_s {
+  char *config_path; /* --config, NULL if none */
+  /* [ingest] */
+  char *zmq[GW_CONFIG_LIST_MAX];      /* SUB endpoints (bound) */
+  size_t n_zmq;
+  char *zmq_pull[GW_CONFIG_LIST_MAX]; /* PULL endpoints (bound) */
+  size_t n_zmq_pull;
+  char *zmq_subscribe[GW_CONFIG_LIST_MAX]; /* topic prefixes; none = all */
+  size_t n_zmq_subscribe;
+  uint32_t zmq_rcvhwm;    /* per-socket receive high-water mark */
+  uint32_t shard_index;   /* --shard i/N: keep runs whose hash % N == i */
+  uint32_t shard_count;   /* 0 or 1 = no sharding */
+  char *curve_secret_key; /* file holding the server's Z85 secret key */
+  char *curve_allow;      /* directory of allowed client public keys */
+  /* [http] */
+  char *http;            /* ADDR:PORT */
+  char *http_token_file; /* bearer token file, NULL = open */
+  char *metrics_tags;    /* glob of tags with per-stream series */
+  /* [store] */
+  char *db;
+  uint32_t retention_days;
+  uint32_t max_db_mb;
+  uint32_t store_every;
+  uint32_t flush_ms;
+  int store_sketches;
+  /* [window] */
+  gw_engine_config_t engine;
+  /* [daemon] */
+  char *log_level; /* error|warn|info|debug */
+  char *log_file;  /* NULL = stderr */
+  /* set by --help / --version: the caller prints and exits 0 */
+  int want_help, want_version;
+} gw_config_t;
+
+/* Fill defaults (SPEC §5). */
+void gw_config_init(gw_config_t *c);
+void gw_config_free(gw_config_t *c); /* frees the strings; c stays valid-empty */
+
+/* Parse argv: find --config first, load the file, then apply the flags.
+ * On error returns GW_ECONFIG and writes a message into err (errlen bytes). */
+int gw_config_parse(gw_config_t *c, int argc, char **argv, char *err,
+                    size_t errlen);
+
+/* Load one INI file into c (used by parse; also by tests). */
+int gw_config_load_file(gw_config_t *c, const char *path, char *err,
+                        size_t errlen);
+
+/* Print the --help text. */
+void gw_config_usage(FILE *out);
+
+#endif

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# deps.sh — install the Debian packages gradwatch builds, tests and runs with.
+# Idempotent: only calls apt-get when something is missing.
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake pkg-config clang
+  libuv1-dev libzmq3-dev libsqlite3-dev sqlite3 libopenblas-dev liblapacke-dev
+  libmicrohttpd-dev libinih-dev libcjson-dev libcurl4-openssl-dev libsystemd-dev
+  libcmocka-dev
+  python3 python3-numpy python3-zmq python3-torch python3-sklearn python3-pytest
+  prometheus systemd curl
+)
+if [ "${GW_WITH_BROWSER:-1}" = 1 ]; then PKGS+=(chromium nodejs); fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# nodejs from Debian ships npm separately; a nodesource nodejs bundles it.
+if [ "${GW_WITH_BROWSER:-1}" = 1 ] && ! command -v npm >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive ${SUDO:-} apt-get install -y -q --no-install-recommends npm
+fi
