@@ -1,2 +1,621 @@
-/* engine.c — placeholder until the engine lands. */
+/* engine.c — per-stream rolling windows and the math of SPEC §2.
+ *
+ * NOTES ON THE DESIGN OF THE ENGINE
+ *
+ * Streams. A stream is (run, tag). The engine finds it through an
+ * open-addressing hash table (linear probing, load <= 1/2, backward-shift
+ * deletion so there are no tombstones) whose slots hold the stream's id and
+ * 32 bits of its hash. Ids index e->streams[]; an id is handed out once and
+ * stays the stream's until gw_engine_stream_drop, after which it may be
+ * reused. Run and tag are copied into the stream's own block.
+ *
+ * One block per stream. Everything a stream owns lives in one allocation
+ * whose size depends only on (k, W) (see layout()):
+ *
+ *   stream_t | ring W×k | gram W×W | zprev k | ema k | r1 W | re W | zz W | names
+ *
+ * Message n of a stream (n = 0, 1, 2, … in accepted order) writes its
+ * increment d_n = z_n − z_{n−1} into ring slot (n−1) mod W, so the window
+ * J_n = {max(1, n−W+1), …, n} is exactly the filled slots 0..|J_n|−1. The
+ * per-slot scalars are r1 = ‖d_n‖² (one-step residual), re = ‖z_n − e_{n−1}‖²
+ * (EMA residual) and zz = ‖z_n‖². Windowed sums are recomputed from those W
+ * scalars on every point, so nothing drifts; cumulative sums since n = 1 are
+ * running (Neumaier-compensated) sums. gram[a][b] = d_a·d_b by slot; when d_n
+ * enters slot s, row and column s are overwritten with one dgemv against the
+ * ring (O(W·k)); the rest of the matrix is untouched. Slots are not in time
+ * order, but a permutation does not change eigenvalues.
+ *
+ * Stream states: absent → (first message, n = 0: store z_0 = e_0, no point)
+ * → live (every later message yields a point) → absent
+ * (gw_engine_stream_drop). A rejected message never changes a stream: every
+ * check (limits, parameters, step order, NaN/Inf) and the residual norms are
+ * done before the first write.
+ *
+ * Rank fields. The singular values of the k×|J| increment matrix H are the
+ * square roots of the eigenvalues of the |J|×|J| Gram matrix H^T H, so the
+ * engine reduces a copy of the Gram matrix to tridiagonal form (LAPACK
+ * dsytrd, O(|J|³)) and takes its eigenvalues with dsterf (O(|J|²), but a
+ * latency-bound chain of divisions: about half the time at W = 64) instead
+ * of an SVD of H (O(k·|J|²)): ~3x cheaper per recompute at k = 256, W = 64
+ * (bench/RESULTS.md). That costs accuracy only for singular values far below
+ * σ_1: an eigenvalue carries an absolute error of about |J|·eps·σ_1², so σ_i
+ * is good to ~1e-8 relative while σ_i/σ_1 >~ 1e-3 and to ~1e-8·σ_1 absolute
+ * below that. Tiny negative eigenvalues (rounding) are clamped to 0. The
+ * eigen-solve is the O(W³) part of a message, hence rank_every: rank fields
+ * are recomputed at n = 1, 1 + R, 1 + 2R, … and carried in between, with
+ * rank_step naming the step they belong to.
+ *
+ * Predictable rank and its tie rule: with λ_1 ≥ … ≥ λ_m the clamped
+ * eigenvalues, c_r = λ_1 + … + λ_r summed in that order and T = c_m,
+ * r*(ε) is the smallest r with the double c_r / T ≥ 1 − ε, where 1 − ε is the
+ * double nearest 0.9 (0.99). At an exact tie (c_r / T equal to that double)
+ * the smaller r wins. Since c_m / T = 1 the search always ends at r <= m.
+ * H = 0 (trace of the Gram matrix exactly 0): ranks 0, stable_rank and
+ * tail_energy NAN, sigma all 0.
+ *
+ * Magnitudes. A component with |z_i| > 1e60 is rejected like NaN/Inf
+ * (GW_ENONFINITE): squares of such values could overflow the sums to Inf.
+ * Every wire dtype (f32, f16, bf16) is far below that bound.
+ *
+ * κ is NAN whenever its denominator Σ‖z_j‖² is 0: 0/0 per SPEC §2, and x/0 as
+ * well, since the value is meaningless and JSON has no infinity.
+ */
 #include "engine.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+#include <lapacke.h>
+
+#define MAG_MAX 1e60        /* larger |z_i| rejected as GW_ENONFINITE */
+#define WINDOW_MAX 65536u   /* sanity bound on W */
+#define NAME_CAP (GW_PROTO_NAME_MAX + 1)
+
+/* Neumaier-compensated running sum. */
+typedef struct {
+  double s, c;
+} ksum_t;
+
+static void ksum_add(ksum_t *k, double x) {
+  double t = k->s + x;
+  if (fabs(k->s) >= fabs(x))
+    k->c += (k->s - t) + x;
+  else
+    k->c += (x - t) + k->s;
+  k->s = t;
+}
+
+static double ksum_get(const ksum_t *k) { return k->s + k->c; }
+
+/* The rank-derived part of a point, carried between recomputes. */
+typedef struct {
+  uint32_t rank_90, rank_99;
+  double stable_rank;
+  double tail[GW_TOP_SIGMA];
+  double sigma[GW_TOP_SIGMA];
+  uint64_t rank_step;
+} rankf_t;
+
+typedef struct stream_s {
+  uint32_t id;
+  uint32_t hash; /* low 32 bits of the key hash, also stored in the table */
+  uint32_t k;
+  uint8_t kind, s;
+  uint64_t seed;
+  uint64_t n_msgs; /* accepted messages; the next one has index n = n_msgs */
+  uint64_t last_step;
+  int64_t last_wall_ns;
+  ksum_t cum_r1, cum_re, cum_zz; /* sums over j = 1..n */
+  rankf_t rank;
+  uint16_t run_len, tag_len;
+  char *run, *tag; /* NUL-terminated, inside the block */
+  double *ring;    /* W rows of k: slot (j−1) mod W holds d_j */
+  double *gram;    /* W×W, symmetric, gram[a*W + b] = d_a·d_b */
+  double *zprev;   /* z_{n−1} */
+  double *ema;     /* e_{n−1} */
+  double *r1;      /* per slot: ‖d_j‖² */
+  double *re;      /* per slot: ‖z_j − e_{j−1}‖² */
+  double *zz;      /* per slot: ‖z_j‖² */
+} stream_t;
+
+typedef struct {
+  uint32_t id1; /* stream id + 1; 0 marks an empty slot */
+  uint32_t hash;
+} tslot_t;
+
+struct gw_engine_s {
+  gw_engine_config_t cfg;
+  uint64_t hash_seed;
+  /* streams by id; ids below next_id are either live or on the free list */
+  stream_t **streams;
+  uint32_t streams_cap, next_id;
+  uint32_t *free_ids;
+  uint32_t n_free;
+  size_t count;
+  tslot_t *table; /* table_cap slots, a power of two */
+  size_t table_cap;
+  /* scratch shared by all streams (the engine is single-threaded) */
+  double *zbuf; /* gw_engine_push: payload as float64 */
+  size_t zbuf_cap;
+  double *gcopy; /* W×W: the reduction to tridiagonal destroys its input */
+  double *evals; /* W: the diagonal, then the eigenvalues */
+  double *offd;  /* W: the off-diagonal */
+  double *tau;   /* W: Householder scalars (unused) */
+  double *work;  /* W: dsytrd's workspace */
+};
+
+/* ---- configuration ------------------------------------------------------ */
+
+void gw_engine_config_default(gw_engine_config_t *cfg) {
+  cfg->window = 64;
+  cfg->rank_every = 8; /* bench/RESULTS.md, "Engine" */
+  cfg->ema_beta = 0.9;
+  cfg->max_streams = 10000;
+  cfg->max_k = GW_PROTO_K_MAX;
+}
+
+static int config_ok(const gw_engine_config_t *c) {
+  return c->window >= 2 && c->window <= WINDOW_MAX && c->rank_every >= 1 &&
+         c->ema_beta >= 0.0 && c->ema_beta < 1.0 && c->max_streams >= 1 &&
+         c->max_k >= 1 && c->max_k <= GW_PROTO_K_MAX;
+}
+
+/* ---- the per-stream block ----------------------------------------------- */
+
+typedef struct {
+  size_t ring, gram, zprev, ema, r1, re, zz, names, total;
+} layout_t;
+
+static size_t al64(size_t x) { return (x + 63) & ~(size_t)63; }
+
+static void layout(uint32_t k, uint32_t w, layout_t *L) {
+  size_t off = al64(sizeof(stream_t));
+  L->ring = off;
+  off += al64((size_t)w * k * sizeof(double));
+  L->gram = off;
+  off += al64((size_t)w * w * sizeof(double));
+  L->zprev = off;
+  off += al64((size_t)k * sizeof(double));
+  L->ema = off;
+  off += al64((size_t)k * sizeof(double));
+  L->r1 = off;
+  off += (size_t)w * sizeof(double);
+  L->re = off;
+  off += (size_t)w * sizeof(double);
+  L->zz = off;
+  off += (size_t)w * sizeof(double);
+  L->names = off;
+  off += 2 * NAME_CAP;
+  L->total = al64(off);
+}
+
+size_t gw_engine_stream_bytes(uint32_t k, uint32_t window) {
+  layout_t L;
+  layout(k, window, &L);
+  /* plus its share of the index: two table slots (load <= 1/2), the id
+   * pointer and a free-list entry */
+  return L.total + 2 * sizeof(tslot_t) + sizeof(stream_t *) + sizeof(uint32_t);
+}
+
+static stream_t *stream_new(const gw_engine_t *e, const gw_msg_t *m,
+                            uint32_t hash) {
+  layout_t L;
+  layout(m->k, e->cfg.window, &L);
+  char *b = aligned_alloc(64, L.total);
+  if (!b) return NULL;
+  memset(b, 0, L.total);
+  stream_t *st = (stream_t *)b;
+  st->hash = hash;
+  st->k = m->k;
+  st->kind = m->kind;
+  st->s = m->s;
+  st->seed = m->seed;
+  st->ring = (double *)(b + L.ring);
+  st->gram = (double *)(b + L.gram);
+  st->zprev = (double *)(b + L.zprev);
+  st->ema = (double *)(b + L.ema);
+  st->r1 = (double *)(b + L.r1);
+  st->re = (double *)(b + L.re);
+  st->zz = (double *)(b + L.zz);
+  st->run = b + L.names;
+  st->tag = b + L.names + NAME_CAP;
+  memcpy(st->run, m->run, m->run_len);
+  memcpy(st->tag, m->tag, m->tag_len);
+  st->run_len = (uint16_t)m->run_len;
+  st->tag_len = (uint16_t)m->tag_len;
+  return st;
+}
+
+/* ---- the index: hash table (run, tag) → id ------------------------------ */
+
+static uint32_t key_hash(uint64_t seed, const char *run, size_t rl,
+                         const char *tag, size_t tl) {
+  uint64_t h = 0xcbf29ce484222325ull ^ seed; /* FNV-1a, seeded */
+  for (size_t i = 0; i < rl; i++) h = (h ^ (unsigned char)run[i]) * 0x100000001b3ull;
+  h = (h ^ 0x100u) * 0x100000001b3ull; /* separator no byte can equal */
+  for (size_t i = 0; i < tl; i++) h = (h ^ (unsigned char)tag[i]) * 0x100000001b3ull;
+  h ^= h >> 29;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 32;
+  return (uint32_t)h;
+}
+
+/* Table position of the key, or of the empty slot where it would go. */
+static size_t table_find(const gw_engine_t *e, uint32_t hash, const char *run,
+                         size_t rl, const char *tag, size_t tl) {
+  size_t mask = e->table_cap - 1;
+  for (size_t i = hash & mask;; i = (i + 1) & mask) {
+    const tslot_t *t = &e->table[i];
+    if (t->id1 == 0) return i;
+    if (t->hash != hash) continue;
+    const stream_t *st = e->streams[t->id1 - 1];
+    if (st->run_len == rl && st->tag_len == tl && memcmp(st->run, run, rl) == 0 &&
+        memcmp(st->tag, tag, tl) == 0)
+      return i;
+  }
+}
+
+static int table_grow(gw_engine_t *e) {
+  size_t cap = e->table_cap * 2;
+  tslot_t *t = calloc(cap, sizeof *t);
+  if (!t) return GW_ENOMEM;
+  for (size_t i = 0; i < e->table_cap; i++) {
+    if (e->table[i].id1 == 0) continue;
+    size_t j = e->table[i].hash & (cap - 1);
+    while (t[j].id1 != 0) j = (j + 1) & (cap - 1);
+    t[j] = e->table[i];
+  }
+  free(e->table);
+  e->table = t;
+  e->table_cap = cap;
+  return 0;
+}
+
+/* Remove slot i; later entries of the probe run move back into the hole. */
+static void table_remove(gw_engine_t *e, size_t i) {
+  size_t mask = e->table_cap - 1;
+  e->table[i].id1 = 0;
+  for (size_t j = (i + 1) & mask; e->table[j].id1 != 0; j = (j + 1) & mask) {
+    size_t home = e->table[j].hash & mask;
+    /* the entry at j may fill hole i unless its home lies cyclically in (i, j] */
+    int stays = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
+    if (stays) continue;
+    e->table[i] = e->table[j];
+    e->table[j].id1 = 0;
+    i = j;
+  }
+}
+
+/* ---- engine lifetime ---------------------------------------------------- */
+
+gw_engine_t *gw_engine_new(const gw_engine_config_t *cfg) {
+  if (!cfg || !config_ok(cfg)) return NULL;
+  gw_engine_t *e = calloc(1, sizeof *e);
+  if (!e) return NULL;
+  e->cfg = *cfg;
+  /* the address varies from run to run (ASLR), which keeps chosen-collision
+   * floods of stream names from being computed in advance */
+  e->hash_seed = (uint64_t)(uintptr_t)e * 0x9e3779b97f4a7c15ull;
+  e->table_cap = 16;
+  e->table = calloc(e->table_cap, sizeof *e->table);
+  uint32_t w = cfg->window;
+  e->gcopy = malloc((size_t)w * w * sizeof(double));
+  e->evals = malloc((size_t)w * sizeof(double));
+  e->offd = malloc((size_t)w * sizeof(double));
+  e->tau = malloc((size_t)w * sizeof(double));
+  e->work = malloc((size_t)w * sizeof(double));
+  if (!e->table || !e->gcopy || !e->evals || !e->offd || !e->tau || !e->work)
+    goto fail;
+  return e;
+fail:
+  gw_engine_free(e);
+  return NULL;
+}
+
+void gw_engine_free(gw_engine_t *e) {
+  if (!e) return;
+  for (uint32_t id = 0; id < e->next_id; id++) free(e->streams[id]);
+  free(e->streams);
+  free(e->free_ids);
+  free(e->table);
+  free(e->zbuf);
+  free(e->gcopy);
+  free(e->evals);
+  free(e->offd);
+  free(e->tau);
+  free(e->work);
+  free(e);
+}
+
+/* Give st an id and enter it in the table at position pos (from
+ * table_find). On failure nothing is changed. */
+static int stream_register(gw_engine_t *e, stream_t *st, size_t pos) {
+  if (2 * (e->count + 1) > e->table_cap) {
+    int rc = table_grow(e);
+    if (rc) return rc;
+    pos = table_find(e, st->hash, st->run, st->run_len, st->tag, st->tag_len);
+  }
+  uint32_t id;
+  if (e->n_free > 0) {
+    id = e->free_ids[e->n_free - 1];
+  } else {
+    if (e->next_id == e->streams_cap) {
+      uint32_t cap = e->streams_cap ? 2 * e->streams_cap : 16;
+      stream_t **s = realloc(e->streams, cap * sizeof *s);
+      if (!s) return GW_ENOMEM;
+      e->streams = s;
+      uint32_t *f = realloc(e->free_ids, cap * sizeof *f);
+      if (!f) return GW_ENOMEM;
+      e->free_ids = f;
+      e->streams_cap = cap;
+    }
+    id = e->next_id;
+  }
+  if (e->n_free > 0)
+    e->n_free--;
+  else
+    e->next_id++;
+  st->id = id;
+  e->streams[id] = st;
+  e->table[pos].id1 = id + 1;
+  e->table[pos].hash = st->hash;
+  e->count++;
+  return 0;
+}
+
+/* ---- rank fields -------------------------------------------------------- */
+
+/* Eigenvalues of the m×m leading Gram block → rank fields. Returns 0, or
+ * GW_EINVAL if LAPACK failed to converge (rf is then untouched). */
+static int rank_compute(gw_engine_t *e, const stream_t *st, uint32_t m,
+                        uint64_t step, rankf_t *rf) {
+  uint32_t w = e->cfg.window;
+  double trace = 0;
+  for (uint32_t i = 0; i < m; i++) trace += st->gram[(size_t)i * w + i];
+  rankf_t r;
+  memset(&r, 0, sizeof r);
+  r.rank_step = step;
+  if (trace == 0) { /* H = 0 */
+    r.stable_rank = NAN;
+    for (int i = 0; i < GW_TOP_SIGMA; i++) r.tail[i] = NAN;
+    *rf = r;
+    return 0;
+  }
+  /* pack the upper triangle, column-major, leading dimension m */
+  double *a = e->gcopy;
+  for (uint32_t j = 0; j < m; j++)
+    memcpy(a + (size_t)j * m, st->gram + (size_t)j * w, (j + 1) * sizeof(double));
+  /* What dsyevd does for values only, minus its norm scaling (MAG_MAX keeps
+   * the Gram matrix well inside range) and with the unblocked reduction
+   * (lwork = m), which is ~25% faster than the blocked one at m = 64. */
+  double *lam = e->evals;
+  lapack_int info = LAPACKE_dsytrd_work(LAPACK_COL_MAJOR, 'U', (lapack_int)m, a,
+                                        (lapack_int)m, lam, e->offd, e->tau,
+                                        e->work, (lapack_int)m);
+  if (info == 0) info = LAPACKE_dsterf_work((lapack_int)m, lam, e->offd);
+  if (info != 0) return GW_EINVAL;
+  /* ascending → descending, clamp rounding negatives */
+  for (uint32_t i = 0; i < m / 2; i++) {
+    double t = lam[i];
+    lam[i] = lam[m - 1 - i];
+    lam[m - 1 - i] = t;
+  }
+  for (uint32_t i = 0; i < m; i++)
+    if (lam[i] < 0) lam[i] = 0;
+  double total = 0;
+  for (uint32_t i = 0; i < m; i++) total += lam[i];
+  if (total == 0) { /* only possible if every eigenvalue rounded below 0 */
+    r.stable_rank = NAN;
+    for (int i = 0; i < GW_TOP_SIGMA; i++) r.tail[i] = NAN;
+    *rf = r;
+    return 0;
+  }
+  /* ranks: smallest r with c_r / T >= 1 − ε (see the tie rule above) */
+  double c = 0;
+  for (uint32_t i = 0; i < m; i++) {
+    c += lam[i];
+    double frac = c / total;
+    if (r.rank_90 == 0 && frac >= 0.9) r.rank_90 = i + 1;
+    if (frac >= 0.99) {
+      r.rank_99 = i + 1;
+      break;
+    }
+  }
+  if (r.rank_90 == 0) r.rank_90 = m; /* unreachable: c_m / T = 1 */
+  if (r.rank_99 == 0) r.rank_99 = m;
+  r.stable_rank = total / lam[0];
+  /* tail_energy_r = Σ_{i>r} λ_i / T, summed from the smallest λ up; it
+   * stays 0 for r >= m */
+  double tail = 0;
+  for (uint32_t i = m; i-- > 1;) {
+    tail += lam[i]; /* λ_{i+1} + … + λ_m in 1-based ranks, i.e. r = i */
+    if (i <= GW_TOP_SIGMA) r.tail[i - 1] = tail / total;
+  }
+  for (uint32_t i = 0; i < GW_TOP_SIGMA && i < m; i++) r.sigma[i] = sqrt(lam[i]);
+  *rf = r;
+  return 0;
+}
+
+/* ---- ingest ------------------------------------------------------------- */
+
+static int scalar_bad(const gw_msg_t *m, uint32_t flag, double v) {
+  return (m->flags & flag) && !isfinite(v);
+}
+
+int gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z,
+                       gw_point_t *out) {
+  if (!e || !m || !z || !m->run || !m->tag) return GW_EINVAL;
+  if (m->run_len == 0 || m->run_len > GW_PROTO_NAME_MAX || m->tag_len == 0 ||
+      m->tag_len > GW_PROTO_NAME_MAX)
+    return GW_ENAME;
+  if (m->k == 0 || m->k > e->cfg.max_k) return GW_EKLIMIT;
+  if (scalar_bad(m, GW_HAS_GRAD_NORM, m->grad_norm) ||
+      scalar_bad(m, GW_HAS_LOSS, m->loss) || scalar_bad(m, GW_HAS_LR, m->lr))
+    return GW_ENONFINITE;
+
+  uint32_t hash = key_hash(e->hash_seed, m->run, m->run_len, m->tag, m->tag_len);
+  size_t pos = table_find(e, hash, m->run, m->run_len, m->tag, m->tag_len);
+  stream_t *st = e->table[pos].id1 ? e->streams[e->table[pos].id1 - 1] : NULL;
+  if (st) {
+    if (st->k != m->k || st->kind != m->kind || st->s != m->s || st->seed != m->seed)
+      return GW_EMISMATCH;
+    if (m->step <= st->last_step) return GW_EORDER;
+  } else if (e->count >= e->cfg.max_streams) {
+    return GW_ESTREAMS;
+  }
+
+  /* Pass 1, read-only: finiteness and the three squared norms. */
+  const uint32_t k = m->k;
+  double zz = 0, r1 = 0, re = 0;
+  for (uint32_t i = 0; i < k; i++) {
+    double v = z[i];
+    if (!(fabs(v) <= MAG_MAX)) return GW_ENONFINITE; /* also catches NaN */
+    zz += v * v;
+  }
+  if (st) {
+    for (uint32_t i = 0; i < k; i++) {
+      double d = z[i] - st->zprev[i], f = z[i] - st->ema[i];
+      r1 += d * d;
+      re += f * f;
+    }
+  }
+
+  if (!st) { /* n = 0: the stream begins, no point */
+    st = stream_new(e, m, hash);
+    if (!st) return GW_ENOMEM;
+    int rc = stream_register(e, st, pos);
+    if (rc) {
+      free(st);
+      return rc;
+    }
+    memcpy(st->zprev, z, k * sizeof(double));
+    memcpy(st->ema, z, k * sizeof(double));
+    st->n_msgs = 1;
+    st->last_step = m->step;
+    st->last_wall_ns = m->wall_ns;
+    return 0;
+  }
+
+  /* Pass 2: commit message n. */
+  const uint32_t w = e->cfg.window;
+  const double beta = e->cfg.ema_beta;
+  const uint64_t n = st->n_msgs;
+  const uint32_t slot = (uint32_t)((n - 1) % w);
+  const uint32_t len = n < w ? (uint32_t)n : w; /* |J_n|: slots 0..len-1 */
+  double *d = st->ring + (size_t)slot * k;
+  for (uint32_t i = 0; i < k; i++) {
+    d[i] = z[i] - st->zprev[i];
+    st->ema[i] = beta * st->ema[i] + (1.0 - beta) * z[i];
+  }
+  memcpy(st->zprev, z, k * sizeof(double));
+  st->r1[slot] = r1;
+  st->re[slot] = re;
+  st->zz[slot] = zz;
+  ksum_add(&st->cum_r1, r1);
+  ksum_add(&st->cum_re, re);
+  ksum_add(&st->cum_zz, zz);
+  st->n_msgs = n + 1;
+  st->last_step = m->step;
+  st->last_wall_ns = m->wall_ns;
+
+  /* Gram row and column of the new slot: d_t · d_n for every t in J_n */
+  double *row = st->gram + (size_t)slot * w;
+  cblas_dgemv(CblasRowMajor, CblasNoTrans, (int)len, (int)k, 1.0, st->ring,
+              (int)k, d, 1, 0.0, row, 1);
+  for (uint32_t t = 0; t < len; t++) st->gram[(size_t)t * w + slot] = row[t];
+
+  if ((n - 1) % e->cfg.rank_every == 0)
+    (void)rank_compute(e, st, len, m->step, &st->rank); /* on failure: carry */
+
+  if (!out) return 1;
+  double p1 = 0, pe = 0, zw = 0;
+  for (uint32_t t = 0; t < len; t++) {
+    p1 += st->r1[t];
+    pe += st->re[t];
+    zw += st->zz[t];
+  }
+  double c1 = ksum_get(&st->cum_r1), ce = ksum_get(&st->cum_re),
+         cz = ksum_get(&st->cum_zz);
+  memset(out, 0, sizeof *out);
+  out->stream_id = st->id;
+  out->n = n;
+  out->step = m->step;
+  out->wall_ns = m->wall_ns;
+  out->window_len = len;
+  out->path_onestep = p1;
+  out->path_ema = pe;
+  out->kappa_onestep = zw != 0 ? p1 / zw : NAN;
+  out->kappa_ema = zw != 0 ? pe / zw : NAN;
+  out->kappa_onestep_cum = cz != 0 ? c1 / cz : NAN;
+  out->kappa_ema_cum = cz != 0 ? ce / cz : NAN;
+  out->rank_90 = st->rank.rank_90;
+  out->rank_99 = st->rank.rank_99;
+  out->stable_rank = st->rank.stable_rank;
+  memcpy(out->tail_energy, st->rank.tail, sizeof out->tail_energy);
+  memcpy(out->sigma, st->rank.sigma, sizeof out->sigma);
+  out->rank_step = st->rank.rank_step;
+  out->grad_norm = (m->flags & GW_HAS_GRAD_NORM) ? m->grad_norm : NAN;
+  out->loss = (m->flags & GW_HAS_LOSS) ? m->loss : NAN;
+  out->lr = (m->flags & GW_HAS_LR) ? m->lr : NAN;
+  out->sketch_norm = sqrt(zz);
+  return 1;
+}
+
+int gw_engine_push(gw_engine_t *e, const gw_msg_t *m, gw_point_t *out) {
+  if (!e || !m) return GW_EINVAL;
+  if (m->k == 0 || m->k > e->cfg.max_k) return GW_EKLIMIT;
+  size_t esz = gw_dtype_size(m->dtype);
+  if (esz == 0) return GW_EDTYPE;
+  if (!m->payload || m->payload_len != (size_t)m->k * esz) return GW_ELENGTH;
+  if (m->k > e->zbuf_cap) {
+    double *b = realloc(e->zbuf, (size_t)m->k * sizeof(double));
+    if (!b) return GW_ENOMEM;
+    e->zbuf = b;
+    e->zbuf_cap = m->k;
+  }
+  int rc = gw_proto_read_payload(m, e->zbuf);
+  if (rc) return rc;
+  return gw_engine_push_f64(e, m, e->zbuf, out);
+}
+
+/* ---- listing and retention ---------------------------------------------- */
+
+size_t gw_engine_stream_count(const gw_engine_t *e) { return e ? e->count : 0; }
+
+static stream_t *by_id(const gw_engine_t *e, uint32_t id) {
+  return (e && id < e->next_id) ? e->streams[id] : NULL;
+}
+
+int gw_engine_stream_info(const gw_engine_t *e, uint32_t stream_id,
+                          gw_stream_info_t *out) {
+  const stream_t *st = by_id(e, stream_id);
+  if (!st) return GW_ENOTFOUND;
+  if (!out) return GW_EINVAL;
+  out->stream_id = st->id;
+  out->run = st->run;
+  out->tag = st->tag;
+  out->k = st->k;
+  out->kind = st->kind;
+  out->s = st->s;
+  out->seed = st->seed;
+  out->n_messages = st->n_msgs;
+  out->last_step = st->last_step;
+  out->last_wall_ns = st->last_wall_ns;
+  return 0;
+}
+
+int gw_engine_stream_drop(gw_engine_t *e, uint32_t stream_id) {
+  stream_t *st = by_id(e, stream_id);
+  if (!st) return GW_ENOTFOUND;
+  size_t pos = table_find(e, st->hash, st->run, st->run_len, st->tag, st->tag_len);
+  assert(e->table[pos].id1 == stream_id + 1);
+  table_remove(e, pos);
+  e->streams[stream_id] = NULL;
+  e->free_ids[e->n_free++] = stream_id;
+  e->count--;
+  free(st);
+  return 0;
+}

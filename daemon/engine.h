@@ -72,8 +72,11 @@ void gw_engine_free(gw_engine_t *e); /* accepts NULL */
 /* Feed one decoded message. Returns:
  *   1  a point was produced into *out (n >= 1),
  *   0  accepted without a point (the stream's first message, n = 0),
- *   <0 rejected, stream state unchanged: GW_ENONFINITE, GW_EORDER,
- *      GW_EMISMATCH, GW_ESTREAMS, GW_EKLIMIT, GW_ENOMEM.
+ *   <0 rejected, stream state unchanged: GW_ENONFINITE (also |z_i| > 1e60,
+ *      so sums cannot overflow), GW_EORDER, GW_EMISMATCH, GW_ESTREAMS,
+ *      GW_EKLIMIT, GW_ENAME (run/tag length 0 or > 128), GW_EINVAL (NULL
+ *      arguments), GW_ENOMEM; gw_engine_push also GW_ELENGTH, GW_EDTYPE.
+ * κ is NAN whenever its denominator is 0 (JSON has no infinity).
  * out may be NULL. */
 int gw_engine_push(gw_engine_t *e, const gw_msg_t *m, gw_point_t *out);
 
@@ -82,12 +85,13 @@ int gw_engine_push(gw_engine_t *e, const gw_msg_t *m, gw_point_t *out);
 int gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z,
                        gw_point_t *out);
 
-/* Number of live streams, and a lookup by id (NULL if absent). */
+/* Number of live streams, and a lookup by id (GW_ENOTFOUND if absent). */
 size_t gw_engine_stream_count(const gw_engine_t *e);
 int gw_engine_stream_info(const gw_engine_t *e, uint32_t stream_id,
                           gw_stream_info_t *out);
 
-/* Forget a stream (e.g. retention); its id may later be reused. */
+/* Forget a stream (e.g. retention); its id may later be reused.
+ * GW_ENOTFOUND for an unknown id. */
 int gw_engine_stream_drop(gw_engine_t *e, uint32_t stream_id);
 
 /* Bytes held for one stream of sketch length k at window W (for the memory

@@ -1,0 +1,305 @@
+/* bench_engine.c — engine ingest rate (messages/s, one stream, one thread)
+ * beside an SVD-per-message baseline, measured in the same run.
+ *
+ * Engine rows: every (k, W, rank_every) of k ∈ {256, 1024}, W ∈ {32, 64,
+ * 128}, rank_every ∈ {1, 8}, through gw_engine_push_f64 with a full window
+ * (the stream is warmed with 2W messages first). Baseline row (k = 256,
+ * W = 64): the same per-message bookkeeping (ring of increments, one-step
+ * and EMA residuals, windowed and cumulative κ) but the rank fields come
+ * from LAPACKE_dgesdd (values only) on the k×|J| increment matrix, every
+ * message — what the engine would cost without its Gram matrix.
+ *
+ * Each figure is the median over REPS repetitions; the engine's
+ * (256, 64, 1) row and the baseline are timed alternately, repetition by
+ * repetition, so their ratio is fair on a loaded machine. OpenBLAS runs on
+ * one thread (openblas_set_num_threads(1), as OPENBLAS_NUM_THREADS=1 would).
+ *
+ * A last table sweeps rank_every at k = 256, W = 64 (the defaults) to show
+ * what fresher rank fields cost.
+ *
+ *   usage: bench_engine [REPS] [SECONDS_PER_MEASUREMENT]   (default 5 0.2)
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cblas.h>
+#include <lapacke.h>
+
+#include "engine.h"
+
+#define POOL 509 /* distinct sketches, cycled; prime and > W */
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static double gauss(uint64_t *s) {
+  double u = 0;
+  for (int i = 0; i < 12; i++) {
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    u += (double)(*s >> 11) / 9007199254740992.0;
+  }
+  return u - 6.0;
+}
+
+/* A random walk with a rank-4 drift: increments neither trivial nor
+ * degenerate, like a real gradient stream. */
+static double *make_pool(uint32_t k) {
+  double *z = malloc((size_t)POOL * k * sizeof(double));
+  if (!z) return NULL;
+  uint64_t s = 42;
+  for (uint32_t j = 0; j < POOL; j++)
+    for (uint32_t i = 0; i < k; i++) {
+      double drift = sin(0.05 * j + i % 4) * (double)(i % 4 + 1);
+      z[(size_t)j * k + i] = (j ? z[(size_t)(j - 1) * k + i] : 0) + drift + 0.3 * gauss(&s);
+    }
+  return z;
+}
+
+/* ---- the engine --------------------------------------------------------- */
+
+static double engine_rate(uint32_t k, uint32_t w, uint32_t r, const double *pool,
+                          double seconds) {
+  gw_engine_config_t c;
+  gw_engine_config_default(&c);
+  c.window = w;
+  c.rank_every = r;
+  gw_engine_t *e = gw_engine_new(&c);
+  if (!e) return -1;
+  gw_msg_t m;
+  memset(&m, 0, sizeof m);
+  m.run = "bench";
+  m.run_len = 5;
+  m.tag = "all";
+  m.tag_len = 3;
+  m.k = k;
+  m.kind = GW_SKETCH_SJLT;
+  m.s = 4;
+  gw_point_t p;
+  uint64_t step = 0, sink = 0;
+  for (uint32_t i = 0; i < 2 * w; i++) {
+    m.step = ++step;
+    gw_engine_push_f64(e, &m, pool + (step % POOL) * k, &p);
+  }
+  uint64_t count = 0;
+  double t0 = now_s(), t;
+  do {
+    for (int i = 0; i < 64; i++) {
+      m.step = ++step;
+      sink += (uint64_t)gw_engine_push_f64(e, &m, pool + (step % POOL) * k, &p);
+      sink += p.rank_90;
+    }
+    count += 64;
+    t = now_s();
+  } while (t - t0 < seconds);
+  gw_engine_free(e);
+  if (sink == 0) return -1; /* keeps the loop from being optimised away */
+  return (double)count / (t - t0);
+}
+
+/* ---- the baseline: SVD of the increment matrix every message ------------ */
+
+typedef struct {
+  uint32_t k, w;
+  uint64_t n;
+  double *ring, *zprev, *ema, *r1, *re, *zz;
+  double cum_r1, cum_re, cum_zz;
+  double *h, *s, *work;
+  lapack_int lwork, *iwork;
+} svdref_t;
+
+static void svdref_free(svdref_t *b) {
+  free(b->ring);
+  free(b->zprev);
+  free(b->ema);
+  free(b->r1);
+  free(b->re);
+  free(b->zz);
+  free(b->h);
+  free(b->s);
+  free(b->work);
+  free(b->iwork);
+}
+
+static int svdref_init(svdref_t *b, uint32_t k, uint32_t w) {
+  memset(b, 0, sizeof *b);
+  b->k = k;
+  b->w = w;
+  b->ring = malloc((size_t)w * k * sizeof(double));
+  b->zprev = malloc(k * sizeof(double));
+  b->ema = malloc(k * sizeof(double));
+  b->r1 = calloc(w, sizeof(double));
+  b->re = calloc(w, sizeof(double));
+  b->zz = calloc(w, sizeof(double));
+  b->h = malloc((size_t)w * k * sizeof(double));
+  b->s = malloc(w * sizeof(double));
+  b->iwork = malloc(8 * (size_t)w * sizeof(lapack_int));
+  double q;
+  if (!b->ring || !b->zprev || !b->ema || !b->r1 || !b->re || !b->zz || !b->h ||
+      !b->s || !b->iwork ||
+      LAPACKE_dgesdd_work(LAPACK_COL_MAJOR, 'N', (lapack_int)k, (lapack_int)w, b->h,
+                          (lapack_int)k, b->s, NULL, 1, NULL, 1, &q, -1, b->iwork) != 0)
+    return -1;
+  b->lwork = (lapack_int)q;
+  b->work = malloc((size_t)b->lwork * sizeof(double));
+  return b->work ? 0 : -1;
+}
+
+/* Same point fields as the engine; returns rank_90. */
+static uint32_t svdref_push(svdref_t *b, const double *z, double beta, double *kappa) {
+  const uint32_t k = b->k, w = b->w;
+  if (b->n == 0) {
+    memcpy(b->zprev, z, k * sizeof(double));
+    memcpy(b->ema, z, k * sizeof(double));
+    b->n = 1;
+    return 0;
+  }
+  uint64_t n = b->n++;
+  uint32_t slot = (uint32_t)((n - 1) % w), len = n < w ? (uint32_t)n : w;
+  double *d = b->ring + (size_t)slot * k, r1 = 0, re = 0, zz = 0;
+  for (uint32_t i = 0; i < k; i++) {
+    d[i] = z[i] - b->zprev[i];
+    double f = z[i] - b->ema[i];
+    r1 += d[i] * d[i];
+    re += f * f;
+    zz += z[i] * z[i];
+    b->ema[i] = beta * b->ema[i] + (1 - beta) * z[i];
+  }
+  memcpy(b->zprev, z, k * sizeof(double));
+  b->r1[slot] = r1;
+  b->re[slot] = re;
+  b->zz[slot] = zz;
+  b->cum_r1 += r1;
+  b->cum_re += re;
+  b->cum_zz += zz;
+  double p1 = 0, pe = 0, zw = 0;
+  for (uint32_t t = 0; t < len; t++) {
+    p1 += b->r1[t];
+    pe += b->re[t];
+    zw += b->zz[t];
+  }
+  kappa[0] = p1 / zw;
+  kappa[1] = pe / zw;
+  kappa[2] = b->cum_r1 / b->cum_zz;
+  kappa[3] = b->cum_re / b->cum_zz;
+  /* the ring is already column-major k×len; dgesdd destroys its input */
+  memcpy(b->h, b->ring, (size_t)len * k * sizeof(double));
+  if (LAPACKE_dgesdd_work(LAPACK_COL_MAJOR, 'N', (lapack_int)k, (lapack_int)len, b->h,
+                          (lapack_int)k, b->s, NULL, 1, NULL, 1, b->work, b->lwork,
+                          b->iwork) != 0)
+    return 0;
+  double total = 0, c = 0;
+  for (uint32_t i = 0; i < len; i++) total += b->s[i] * b->s[i];
+  for (uint32_t i = 0; i < len; i++) {
+    c += b->s[i] * b->s[i];
+    if (c / total >= 0.9) return i + 1;
+  }
+  return len;
+}
+
+static double svd_rate(uint32_t k, uint32_t w, const double *pool, double seconds) {
+  svdref_t b;
+  if (svdref_init(&b, k, w) != 0) {
+    svdref_free(&b);
+    return -1;
+  }
+  double kappa[4];
+  uint64_t step = 0, sink = 0;
+  for (uint32_t i = 0; i < 2 * w; i++, step++) svdref_push(&b, pool + (step % POOL) * k, 0.9, kappa);
+  uint64_t count = 0;
+  double t0 = now_s(), t;
+  do {
+    for (int i = 0; i < 64; i++, step++)
+      sink += svdref_push(&b, pool + (step % POOL) * k, 0.9, kappa);
+    count += 64;
+    t = now_s();
+  } while (t - t0 < seconds);
+  svdref_free(&b);
+  if (sink == 0) return -1;
+  return (double)count / (t - t0);
+}
+
+int main(int argc, char **argv) {
+  int reps = argc > 1 ? atoi(argv[1]) : 5;
+  double seconds = argc > 2 ? atof(argv[2]) : 0.2;
+  if (reps < 1 || reps > 101 || !(seconds > 0)) {
+    fprintf(stderr, "usage: bench_engine [REPS] [SECONDS_PER_MEASUREMENT]\n");
+    return 2;
+  }
+  openblas_set_num_threads(1);
+  static const uint32_t ks[] = {256, 1024}, ws[] = {32, 64, 128}, rs[] = {1, 8};
+  double *pool[2] = {make_pool(256), make_pool(1024)};
+  double *v = malloc((size_t)reps * sizeof(double)), *vb = malloc((size_t)reps * sizeof(double));
+  if (!pool[0] || !pool[1] || !v || !vb) return 1;
+
+  /* the headline: engine (256, 64, 1) and the SVD baseline, alternately */
+  for (int i = 0; i < reps; i++) {
+    v[i] = engine_rate(256, 64, 1, pool[0], seconds);
+    vb[i] = svd_rate(256, 64, pool[0], seconds);
+  }
+  double eng = median(v, reps), svd = median(vb, reps);
+
+  printf("bench_engine: %d reps x %.2f s, median messages/s, one stream, one thread\n\n",
+         reps, seconds);
+  printf("| k | W | rank_every | messages/s | us/message | bytes/stream |\n");
+  printf("|---:|---:|---:|---:|---:|---:|\n");
+  for (int a = 0; a < 2; a++)
+    for (int b = 0; b < 3; b++)
+      for (int c = 0; c < 2; c++) {
+        double rate;
+        if (ks[a] == 256 && ws[b] == 64 && rs[c] == 1) {
+          rate = eng;
+        } else {
+          for (int i = 0; i < reps; i++)
+            v[i] = engine_rate(ks[a], ws[b], rs[c], pool[a], seconds);
+          rate = median(v, reps);
+        }
+        printf("| %u | %u | %u | %.0f | %.1f | %zu |\n", ks[a], ws[b], rs[c], rate,
+               1e6 / rate, gw_engine_stream_bytes(ks[a], ws[b]));
+        fflush(stdout);
+      }
+  /* for the default rank_every: the cost of freshness at the default W */
+  static const uint32_t sweep[] = {1, 2, 4, 8, 16, 32, 1000000};
+  double rate_sweep[7];
+  printf("\nrank_every sweep at k 256, W 64 (1000000: rank computed once, i.e. "
+         "the ingest cost without rank):\n\n");
+  printf("| rank_every | messages/s | us/message | rank fields stale by at most |\n");
+  printf("|---:|---:|---:|---:|\n");
+  for (int c = 0; c < 7; c++) {
+    for (int i = 0; i < reps; i++) v[i] = engine_rate(256, 64, sweep[c], pool[0], seconds);
+    rate_sweep[c] = median(v, reps);
+    printf("| %u | %.0f | %.1f | %u messages |\n", sweep[c], rate_sweep[c],
+           1e6 / rate_sweep[c], sweep[c] - 1);
+    fflush(stdout);
+  }
+  printf("\nrank recompute at k 256, W 64: %.1f us; everything else: %.1f us/message\n",
+         1e6 / rate_sweep[0] - 1e6 / rate_sweep[6], 1e6 / rate_sweep[6]);
+  printf("\nbaseline (dgesdd of the k x |J| increment matrix every message), k 256, W 64: "
+         "%.0f messages/s (%.1f us/message)\n",
+         svd, 1e6 / svd);
+  printf("ratio engine/baseline at k 256, W 64, rank_every 1: %.2fx\n", eng / svd);
+  printf("window bytes W*k*8 at k 256, W 64: %u; stream block: %zu (%.2fx)\n",
+         64u * 256u * 8u, gw_engine_stream_bytes(256, 64),
+         (double)gw_engine_stream_bytes(256, 64) / (64.0 * 256 * 8));
+  free(pool[0]);
+  free(pool[1]);
+  free(v);
+  free(vb);
+  return 0;
+}

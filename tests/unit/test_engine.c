@@ -1,0 +1,697 @@
+/* test_engine.c — the window engine against SPEC §2.
+ *
+ * reference_streams runs tests/unit/engine_ref.py (an independent NumPy
+ * computation: explicit predictors, SVD of the increment matrix) and compares
+ * every point of every stream for W ∈ {4, 16, 64} and rank_every ∈ {1, 5}.
+ * The other cases check closed forms and the rejection paths: a rejected
+ * message must leave the stream exactly as if it had never been sent.
+ *
+ * Tolerances. κ and P: 1e-9 relative (SPEC). rank_90/rank_99 exact (the
+ * script guarantees no cumulative energy fraction lies within 1e-9 of a
+ * threshold). stable_rank, tail energies and sigma: 1e-8 relative, with a
+ * floor for what a Gram-matrix eigensolver can resolve at all (engine.c,
+ * "Rank fields"): eigenvalues carry an absolute error of ~|J|·eps·σ_1², so
+ * σ_i is compared through σ_i² with an absolute slack of 5e-14·|J|·σ_1², and
+ * tail energies (fractions of Σσ²) with an absolute slack of 5e-14·|J|.
+ */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "engine.h"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static gw_msg_t msg(const char *run, const char *tag, uint32_t k, uint64_t step) {
+  gw_msg_t m;
+  memset(&m, 0, sizeof m);
+  m.run = run;
+  m.run_len = strlen(run);
+  m.tag = tag;
+  m.tag_len = strlen(tag);
+  m.version = GW_PROTO_VERSION;
+  m.dtype = GW_DTYPE_F32;
+  m.kind = GW_SKETCH_SJLT;
+  m.s = 4;
+  m.k = k;
+  m.step = step;
+  m.wall_ns = (int64_t)step * 1000;
+  m.seed = 7;
+  return m;
+}
+
+static gw_engine_t *engine(uint32_t w, uint32_t rank_every, double beta) {
+  gw_engine_config_t c;
+  gw_engine_config_default(&c);
+  c.window = w;
+  c.rank_every = rank_every;
+  c.ema_beta = beta;
+  gw_engine_t *e = gw_engine_new(&c);
+  assert_non_null(e);
+  return e;
+}
+
+/* Deterministic pseudo-random doubles in [-1, 1) (splitmix64). */
+static double urand(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return (double)(z >> 11) / 4503599627370496.0 - 1.0;
+}
+
+/* Points equal in every field but stream_id (bitwise, NaN == NaN). */
+static void assert_point_same(const gw_point_t *a, const gw_point_t *b) {
+  gw_point_t x = *a, y = *b;
+  x.stream_id = y.stream_id = 0;
+  assert_memory_equal(&x, &y, sizeof x);
+}
+
+static int close_rel(double a, double b, double rel, double abs_slack) {
+  if (isnan(a) || isnan(b)) return isnan(a) && isnan(b);
+  return fabs(a - b) <= rel * fabs(b) + abs_slack;
+}
+
+/* ---- the NumPy reference ------------------------------------------------ */
+
+enum {
+  F_N, F_WLEN, F_P1, F_PE, F_K1, F_KE, F_K1C, F_KEC, F_R90, F_R99, F_SRANK,
+  F_TAIL, F_SIGMA = F_TAIL + 8, F_RSTEP = F_SIGMA + 8, F_SNORM, NFIELDS
+};
+
+typedef struct {
+  uint32_t k, n;
+  uint64_t *steps;
+  double *z;
+} ref_stream_t;
+
+static void read_exact(FILE *f, void *p, size_t n) {
+  assert_int_equal(fread(p, 1, n, f), n);
+}
+
+/* Run engine_ref.py into the build dir; returns the open output file. */
+static FILE *run_reference(void) {
+  const char *py = getenv("GW_PYTHON3"), *src = getenv("GW_SOURCE_DIR"),
+             *bin = getenv("GW_BINARY_DIR");
+  if (!py || !src || !bin) fail_msg("GW_PYTHON3, GW_SOURCE_DIR, GW_BINARY_DIR must be set (run via ctest)");
+  char script[4096], out[4096];
+  snprintf(script, sizeof script, "%s/tests/unit/engine_ref.py", src);
+  snprintf(out, sizeof out, "%s/tests/unit/engine_ref.bin", bin);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    execl(py, py, script, "--out", out, (char *)NULL);
+    _exit(127);
+  }
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    fail_msg("%s %s failed (status %d)", py, script, status);
+  FILE *f = fopen(out, "rb");
+  if (!f) fail_msg("cannot open %s: %s", out, strerror(errno));
+  return f;
+}
+
+/* Largest errors seen, printed at the end: κ/P relative, σ relative (where
+ * σ_i >= 1e-3 σ_1), σ_i² absolute over σ_1², tail energy absolute. */
+static double worst[4];
+
+static void track(int i, double err) {
+  if (err > worst[i]) worst[i] = err;
+}
+
+static void compare_point(const gw_point_t *p, const double *x, uint32_t c,
+                          const char *where) {
+  static const char *names[] = {"n", "window_len", "path_onestep", "path_ema",
+                                "kappa_onestep", "kappa_ema", "kappa_onestep_cum",
+                                "kappa_ema_cum"};
+  double got[8] = {(double)p->n, (double)p->window_len, p->path_onestep,
+                   p->path_ema, p->kappa_onestep, p->kappa_ema,
+                   p->kappa_onestep_cum, p->kappa_ema_cum};
+  for (int i = 2; i < 8; i++)
+    if (x[i] != 0 && !isnan(x[i])) track(0, fabs(got[i] - x[i]) / fabs(x[i]));
+  for (int i = 0; i < 8; i++)
+    if (!close_rel(got[i], x[i], 1e-9, 0))
+      fail_msg("%s: %s = %.17g, reference %.17g", where, names[i], got[i], x[i]);
+  if (p->rank_90 != (uint32_t)x[F_R90] || p->rank_99 != (uint32_t)x[F_R99])
+    fail_msg("%s: rank_90/99 = %u/%u, reference %g/%g", where, p->rank_90,
+             p->rank_99, x[F_R90], x[F_R99]);
+  if (!close_rel(p->stable_rank, x[F_SRANK], 1e-8, 0))
+    fail_msg("%s: stable_rank = %.17g, reference %.17g", where, p->stable_rank,
+             x[F_SRANK]);
+  double s1 = x[F_SIGMA];
+  for (int i = 0; i < 8; i++) {
+    double t = p->tail_energy[i], tr = x[F_TAIL + i];
+    if (!close_rel(t, tr, 1e-8, 5e-14 * c))
+      fail_msg("%s: tail_energy_%d = %.17g, reference %.17g", where, i + 1, t, tr);
+    double s = p->sigma[i], sr = x[F_SIGMA + i];
+    if (!isnan(tr)) track(3, fabs(t - tr));
+    if (s1 > 0 && sr >= 1e-3 * s1) track(1, fabs(s - sr) / sr);
+    if (s1 > 0) track(2, fabs(s * s - sr * sr) / (s1 * s1));
+    if (!close_rel(s, sr, 1e-8, 0) &&
+        !(fabs(s * s - sr * sr) <= 5e-14 * c * s1 * s1))
+      fail_msg("%s: sigma_%d = %.17g, reference %.17g (sigma_1 %.17g)", where,
+               i + 1, s, sr, s1);
+  }
+  if (p->rank_step != (uint64_t)x[F_RSTEP])
+    fail_msg("%s: rank_step = %llu, reference %g", where,
+             (unsigned long long)p->rank_step, x[F_RSTEP]);
+  if (!close_rel(p->sketch_norm, x[F_SNORM], 1e-12, 0))
+    fail_msg("%s: sketch_norm = %.17g, reference %.17g", where, p->sketch_norm,
+             x[F_SNORM]);
+}
+
+static void reference_streams(void **state) {
+  (void)state;
+  FILE *f = run_reference();
+  char magic[8];
+  read_exact(f, magic, 8);
+  assert_memory_equal(magic, "GWREF001", 8);
+  uint32_t hdr[2];
+  read_exact(f, hdr, sizeof hdr);
+  uint32_t n_streams = hdr[0], n_cases = hdr[1];
+  assert_true(n_streams >= 4 && n_cases >= 6 * 4);
+  ref_stream_t *rs = calloc(n_streams, sizeof *rs);
+  assert_non_null(rs);
+  for (uint32_t i = 0; i < n_streams; i++) {
+    uint32_t kn[2];
+    read_exact(f, kn, sizeof kn);
+    rs[i].k = kn[0];
+    rs[i].n = kn[1];
+    rs[i].steps = malloc(rs[i].n * sizeof(uint64_t));
+    rs[i].z = malloc((size_t)rs[i].n * rs[i].k * sizeof(double));
+    assert_true(rs[i].steps && rs[i].z);
+    read_exact(f, rs[i].steps, rs[i].n * sizeof(uint64_t));
+    read_exact(f, rs[i].z, (size_t)rs[i].n * rs[i].k * sizeof(double));
+  }
+  unsigned seen_w[3] = {0, 0, 0}, seen_r[2] = {0, 0}, points = 0;
+  for (uint32_t c = 0; c < n_cases; c++) {
+    uint32_t h[4];
+    double beta;
+    read_exact(f, h, sizeof h);
+    read_exact(f, &beta, sizeof beta);
+    assert_true(h[0] < n_streams);
+    const ref_stream_t *s = &rs[h[0]];
+    double *x = malloc((size_t)(s->n - 1) * NFIELDS * sizeof(double));
+    assert_non_null(x);
+    read_exact(f, x, (size_t)(s->n - 1) * NFIELDS * sizeof(double));
+    seen_w[0] += h[1] == 4, seen_w[1] += h[1] == 16, seen_w[2] += h[1] == 64;
+    seen_r[0] += h[2] == 1, seen_r[1] += h[2] == 5;
+
+    gw_engine_t *e = engine(h[1], h[2], beta);
+    for (uint32_t j = 0; j < s->n; j++) {
+      gw_msg_t m = msg("ref", "all", s->k, s->steps[j]);
+      gw_point_t p;
+      int rc = gw_engine_push_f64(e, &m, s->z + (size_t)j * s->k, &p);
+      assert_int_equal(rc, j == 0 ? 0 : 1);
+      if (j == 0) continue;
+      char where[128];
+      snprintf(where, sizeof where, "stream %u (k=%u) W=%u rank_every=%u point n=%u",
+               h[0], s->k, h[1], h[2], j);
+      compare_point(&p, x + (size_t)(j - 1) * NFIELDS, p.window_len, where);
+      points++;
+    }
+    gw_engine_free(e);
+    free(x);
+  }
+  for (int i = 0; i < 3; i++) assert_true(seen_w[i] > 0);
+  for (int i = 0; i < 2; i++) assert_true(seen_r[i] > 0);
+  assert_true(points > 1000);
+  print_message("%u points; worst: kappa/P rel %.2g, sigma rel %.2g, "
+                "sigma^2 abs/sigma_1^2 %.2g, tail abs %.2g\n",
+                points, worst[0], worst[1], worst[2], worst[3]);
+  char end;
+  assert_int_equal(fread(&end, 1, 1, f), 0); /* nothing left over */
+  fclose(f);
+  for (uint32_t i = 0; i < n_streams; i++) {
+    free(rs[i].steps);
+    free(rs[i].z);
+  }
+  free(rs);
+}
+
+/* ---- closed forms ------------------------------------------------------- */
+
+/* z_n = c: every increment is 0, so P = 0, κ = 0, H = 0. */
+static void constant_stream(void **state) {
+  (void)state;
+  gw_engine_t *e = engine(8, 1, 0.9);
+  double z[5] = {1, -2, 3, 0.5, 4};
+  for (uint64_t s = 1; s <= 20; s++) {
+    gw_msg_t m = msg("r", "c", 5, s);
+    gw_point_t p;
+    assert_int_equal(gw_engine_push_f64(e, &m, z, &p), s == 1 ? 0 : 1);
+    if (s == 1) continue;
+    assert_true(p.path_onestep == 0 && p.path_ema == 0);
+    assert_true(p.kappa_onestep == 0 && p.kappa_ema == 0);
+    assert_true(p.kappa_onestep_cum == 0 && p.kappa_ema_cum == 0);
+    assert_int_equal(p.rank_90, 0);
+    assert_int_equal(p.rank_99, 0);
+    assert_true(isnan(p.stable_rank) && isnan(p.tail_energy[0]) && isnan(p.tail_energy[7]));
+    for (int i = 0; i < GW_TOP_SIGMA; i++) assert_true(p.sigma[i] == 0);
+    assert_true(fabs(p.sketch_norm - sqrt(1 + 4 + 9 + 0.25 + 16)) < 1e-15);
+  }
+  /* z_n = 0: κ is 0/0 → NAN */
+  double zero[5] = {0};
+  for (uint64_t s = 1; s <= 3; s++) {
+    gw_msg_t m = msg("r", "zero", 5, s);
+    gw_point_t p;
+    assert_int_equal(gw_engine_push_f64(e, &m, zero, &p), s == 1 ? 0 : 1);
+    if (s > 1) assert_true(isnan(p.kappa_onestep) && isnan(p.kappa_ema_cum));
+  }
+  gw_engine_free(e);
+}
+
+/* z_n = n·v: increments all v, so H = v·1ᵀ has rank 1 and σ_1 = |v|·sqrt(|J|);
+ * P_onestep = |J|·|v|²; EMA e_n = a_n v with a_n = n − β(1−β^n)/(1−β), so the
+ * EMA residual of message n is (n − a_{n−1})²·|v|². */
+static void linear_stream(void **state) {
+  (void)state;
+  const uint32_t w = 16, k = 6;
+  const double beta = 0.7;
+  gw_engine_t *e = engine(w, 1, beta);
+  double v[6] = {0.3, -1.1, 2.0, 0.25, -0.5, 1.5}, vv = 0;
+  for (uint32_t i = 0; i < k; i++) vv += v[i] * v[i];
+  for (uint32_t n = 0; n < 50; n++) {
+    double z[6];
+    for (uint32_t i = 0; i < k; i++) z[i] = n * v[i];
+    gw_msg_t m = msg("r", "lin", k, 100 + 2 * n);
+    gw_point_t p;
+    assert_int_equal(gw_engine_push_f64(e, &m, z, &p), n == 0 ? 0 : 1);
+    if (n == 0) continue;
+    uint32_t lo = n >= w ? n - w + 1 : 1, len = n - lo + 1;
+    double zz = 0, pe = 0, zc = 0, pec = 0;
+    for (uint32_t j = 1; j <= n; j++) {
+      double a_prev = (j - 1) - beta * (1 - pow(beta, j - 1)) / (1 - beta);
+      double rj = (j - a_prev) * (j - a_prev) * vv;
+      zc += (double)j * j * vv;
+      pec += rj;
+      if (j >= lo) {
+        zz += (double)j * j * vv;
+        pe += rj;
+      }
+    }
+    assert_int_equal(p.window_len, len);
+    assert_true(close_rel(p.path_onestep, len * vv, 1e-12, 0));
+    assert_true(close_rel(p.kappa_onestep, len * vv / zz, 1e-12, 0));
+    assert_true(close_rel(p.kappa_onestep_cum, n * vv / zc, 1e-12, 0));
+    assert_true(close_rel(p.path_ema, pe, 1e-10, 0));
+    assert_true(close_rel(p.kappa_ema, pe / zz, 1e-10, 0));
+    assert_true(close_rel(p.kappa_ema_cum, pec / zc, 1e-10, 0));
+    assert_int_equal(p.rank_90, 1);
+    assert_int_equal(p.rank_99, 1);
+    assert_true(close_rel(p.sigma[0], sqrt(vv * len), 1e-12, 0));
+    assert_true(p.sigma[1] <= 1e-6 * p.sigma[0]);
+    assert_true(close_rel(p.stable_rank, 1.0, 1e-12, 0));
+    assert_true(p.tail_energy[0] <= 1e-13);
+    assert_int_equal(p.rank_step, m.step);
+  }
+  gw_engine_free(e);
+}
+
+/* Rank fields are computed at n = 1, 1 + R, … and carried in between. */
+static void rank_every_carries(void **state) {
+  (void)state;
+  gw_engine_t *e = engine(8, 3, 0.9);
+  uint64_t seed = 1, rank_at = 0;
+  gw_point_t first = {0};
+  for (uint32_t n = 0; n < 12; n++) {
+    double z[4];
+    for (int i = 0; i < 4; i++) z[i] = urand(&seed);
+    gw_msg_t m = msg("r", "t", 4, 5 + n);
+    gw_point_t p;
+    assert_int_equal(gw_engine_push_f64(e, &m, z, &p), n == 0 ? 0 : 1);
+    if (n == 0) continue;
+    if ((n - 1) % 3 == 0) {
+      rank_at = m.step;
+      first = p;
+    }
+    assert_int_equal(p.rank_step, rank_at);
+    assert_int_equal(p.rank_90, first.rank_90);
+    assert_memory_equal(p.sigma, first.sigma, sizeof p.sigma);
+  }
+  gw_engine_free(e);
+}
+
+/* ---- rejections leave the stream untouched ------------------------------ */
+
+static void nonfinite_rejected(void **state) {
+  (void)state;
+  gw_engine_t *a = engine(4, 1, 0.9), *b = engine(4, 1, 0.9);
+  uint64_t seed = 3;
+  double bad_values[] = {NAN, INFINITY, -INFINITY, 1e101, -2e300};
+  /* a NaN first message creates nothing */
+  double zb[3] = {NAN, 0, 0};
+  gw_msg_t m0 = msg("r", "t", 3, 1);
+  assert_int_equal(gw_engine_push_f64(a, &m0, zb, NULL), GW_ENONFINITE);
+  assert_int_equal(gw_engine_stream_count(a), 0);
+  for (uint32_t n = 0; n < 10; n++) {
+    double z[3];
+    for (int i = 0; i < 3; i++) z[i] = urand(&seed);
+    gw_msg_t m = msg("r", "t", 3, 10 + n);
+    gw_point_t pa, pb;
+    /* into a: first a poisoned copy of the message, then the message */
+    double poisoned[3];
+    memcpy(poisoned, z, sizeof z);
+    poisoned[n % 3] = bad_values[n % 5];
+    assert_int_equal(gw_engine_push_f64(a, &m, poisoned, &pa), GW_ENONFINITE);
+    gw_msg_t ms = m;
+    ms.flags = GW_HAS_LOSS;
+    ms.loss = NAN;
+    assert_int_equal(gw_engine_push_f64(a, &ms, z, &pa), GW_ENONFINITE);
+    ms.flags = GW_HAS_GRAD_NORM;
+    ms.loss = 0;
+    ms.grad_norm = INFINITY;
+    assert_int_equal(gw_engine_push_f64(a, &ms, z, &pa), GW_ENONFINITE);
+    int ra = gw_engine_push_f64(a, &m, z, &pa);
+    int rb = gw_engine_push_f64(b, &m, z, &pb);
+    assert_int_equal(ra, rb);
+    if (ra == 1) assert_point_same(&pa, &pb);
+  }
+  gw_stream_info_t ia, ib;
+  assert_int_equal(gw_engine_stream_info(a, 0, &ia), 0);
+  assert_int_equal(gw_engine_stream_info(b, 0, &ib), 0);
+  assert_int_equal(ia.n_messages, 10);
+  assert_int_equal(ia.n_messages, ib.n_messages);
+  assert_int_equal(ia.last_step, ib.last_step);
+  gw_engine_free(a);
+  gw_engine_free(b);
+}
+
+/* Push the same good sequence into a and b; before each message a also gets
+ * the bad variant produced by spoil(), which must fail with want. */
+typedef void (*spoil_fn)(gw_msg_t *m, int variant);
+
+static void rejected_sequence(spoil_fn spoil, int variants, int want) {
+  gw_engine_t *a = engine(4, 2, 0.9), *b = engine(4, 2, 0.9);
+  uint64_t seed = 11;
+  for (uint32_t n = 0; n < 12; n++) {
+    double z[5];
+    for (int i = 0; i < 5; i++) z[i] = urand(&seed);
+    gw_msg_t m = msg("run", "layer1.weight", 5, 20 + 3 * n);
+    gw_point_t pa, pb;
+    if (n > 0) {
+      for (int v = 0; v < variants; v++) {
+        gw_msg_t bad = m;
+        spoil(&bad, v);
+        double zz[8] = {0};
+        memcpy(zz, z, sizeof z);
+        assert_int_equal(gw_engine_push_f64(a, &bad, zz, &pa), want);
+      }
+    }
+    int ra = gw_engine_push_f64(a, &m, z, &pa);
+    int rb = gw_engine_push_f64(b, &m, z, &pb);
+    assert_int_equal(ra, n == 0 ? 0 : 1);
+    assert_int_equal(ra, rb);
+    if (ra == 1) assert_point_same(&pa, &pb);
+  }
+  assert_int_equal(gw_engine_stream_count(a), 1);
+  gw_engine_free(a);
+  gw_engine_free(b);
+}
+
+static void spoil_order(gw_msg_t *m, int v) {
+  m->step = v == 0 ? m->step - 3 /* equal to the last step */ : m->step - 4 - v;
+}
+
+static void spoil_params(gw_msg_t *m, int v) {
+  switch (v) {
+  case 0: m->k = 6; break;
+  case 1: m->kind = GW_SKETCH_GAUSSIAN; m->s = 4; break;
+  case 2: m->s = 2; break;
+  default: m->seed = 8; break;
+  }
+}
+
+static void order_rejected(void **state) {
+  (void)state;
+  rejected_sequence(spoil_order, 2, GW_EORDER);
+}
+
+static void mismatch_rejected(void **state) {
+  (void)state;
+  rejected_sequence(spoil_params, 4, GW_EMISMATCH);
+}
+
+static void limits_rejected(void **state) {
+  (void)state;
+  gw_engine_config_t c;
+  gw_engine_config_default(&c);
+  c.max_k = 16;
+  c.max_streams = 3;
+  gw_engine_t *e = gw_engine_new(&c);
+  assert_non_null(e);
+  double z[17] = {0};
+  gw_msg_t m = msg("r", "t", 17, 1);
+  assert_int_equal(gw_engine_push_f64(e, &m, z, NULL), GW_EKLIMIT);
+  m.k = 0;
+  assert_int_equal(gw_engine_push_f64(e, &m, z, NULL), GW_EKLIMIT);
+  m = msg("", "t", 4, 1);
+  assert_int_equal(gw_engine_push_f64(e, &m, z, NULL), GW_ENAME);
+  assert_int_equal(gw_engine_stream_count(e), 0);
+  /* stream cap */
+  const char *tags[] = {"a", "b", "c", "d"};
+  for (int i = 0; i < 3; i++) {
+    m = msg("r", tags[i], 4, 1);
+    assert_int_equal(gw_engine_push_f64(e, &m, z, NULL), 0);
+  }
+  m = msg("r", "d", 4, 1);
+  assert_int_equal(gw_engine_push_f64(e, &m, z, NULL), GW_ESTREAMS);
+  assert_int_equal(gw_engine_stream_count(e), 3);
+  m = msg("r", "b", 4, 2); /* existing streams still accepted at the cap */
+  assert_int_equal(gw_engine_push_f64(e, &m, z, NULL), 1);
+  assert_int_equal(gw_engine_stream_drop(e, 0), 0);
+  m = msg("r", "d", 4, 1);
+  assert_int_equal(gw_engine_push_f64(e, &m, z, NULL), 0);
+  assert_int_equal(gw_engine_stream_count(e), 3);
+  gw_engine_free(e);
+
+  /* defaults of SPEC §5 */
+  gw_engine_config_default(&c);
+  assert_int_equal(c.window, 64);
+  assert_true(c.ema_beta == 0.9);
+  assert_int_equal(c.max_streams, 10000);
+  assert_int_equal(c.max_k, 65536);
+  assert_true(c.rank_every >= 1);
+  /* invalid configurations */
+  gw_engine_config_default(&c);
+  c.window = 1;
+  assert_null(gw_engine_new(&c));
+  gw_engine_config_default(&c);
+  c.rank_every = 0;
+  assert_null(gw_engine_new(&c));
+  gw_engine_config_default(&c);
+  c.ema_beta = 1.0;
+  assert_null(gw_engine_new(&c));
+  gw_engine_config_default(&c);
+  c.max_k = GW_PROTO_K_MAX + 1;
+  assert_null(gw_engine_new(&c));
+  assert_null(gw_engine_new(NULL));
+  gw_engine_free(NULL);
+}
+
+/* ---- streams ------------------------------------------------------------ */
+
+static void first_message_no_point(void **state) {
+  (void)state;
+  gw_engine_t *e = engine(64, 1, 0.9);
+  double z0[2] = {3, 4}, z1[2] = {3, 5};
+  gw_msg_t m = msg("r", "t", 2, 7);
+  m.flags = GW_HAS_LOSS | GW_HAS_LR;
+  m.loss = 2.5;
+  m.lr = 0.01;
+  gw_point_t p;
+  memset(&p, 0xAB, sizeof p);
+  gw_point_t untouched = p;
+  assert_int_equal(gw_engine_push_f64(e, &m, z0, &p), 0);
+  assert_memory_equal(&p, &untouched, sizeof p);
+  m.step = 8;
+  m.wall_ns = 8000;
+  assert_int_equal(gw_engine_push_f64(e, &m, z1, &p), 1);
+  assert_int_equal(p.n, 1);
+  assert_int_equal(p.step, 8);
+  assert_int_equal(p.wall_ns, 8000);
+  assert_int_equal(p.window_len, 1);
+  assert_true(p.path_onestep == 1.0);                  /* |z1 − z0|² */
+  assert_true(close_rel(p.kappa_onestep, 1.0 / 34, 1e-15, 0));
+  assert_true(close_rel(p.path_ema, 1.0, 1e-15, 0));   /* e_0 = z_0 */
+  assert_true(p.sigma[0] == 1.0 && p.sigma[1] == 0);
+  assert_int_equal(p.rank_90, 1);
+  assert_true(isnan(p.grad_norm) && p.loss == 2.5 && p.lr == 0.01);
+  assert_true(close_rel(p.sketch_norm, sqrt(34), 1e-15, 0));
+  gw_stream_info_t info;
+  assert_int_equal(gw_engine_stream_info(e, p.stream_id, &info), 0);
+  assert_string_equal(info.run, "r");
+  assert_string_equal(info.tag, "t");
+  assert_int_equal(info.k, 2);
+  assert_int_equal(info.n_messages, 2);
+  assert_int_equal(info.last_step, 8);
+  assert_int_equal(info.seed, 7);
+  gw_engine_free(e);
+}
+
+/* Many streams interleaved in one engine give the points each gives alone. */
+static void interleaved_streams(void **state) {
+  (void)state;
+  enum { NS = 40, K = 12, NMSG = 30 };
+  gw_engine_t *shared = engine(8, 3, 0.85);
+  gw_engine_t *alone[NS];
+  char tags[NS][16];
+  uint64_t seeds[NS];
+  for (int s = 0; s < NS; s++) {
+    alone[s] = engine(8, 3, 0.85);
+    snprintf(tags[s], sizeof tags[s], "layer%d.w", s);
+    seeds[s] = 1000 + s;
+  }
+  for (int n = 0; n < NMSG; n++) {
+    for (int i = 0; i < NS; i++) {
+      int s = (i * 7 + n) % NS; /* a different order each round */
+      double z[K];
+      for (int j = 0; j < K; j++) z[j] = urand(&seeds[s]) * (1 + s % 3);
+      gw_msg_t m = msg(s % 2 ? "runA" : "runB", tags[s], K, 1 + n);
+      gw_point_t p1, p2;
+      int r1 = gw_engine_push_f64(shared, &m, z, &p1);
+      int r2 = gw_engine_push_f64(alone[s], &m, z, &p2);
+      assert_int_equal(r1, n == 0 ? 0 : 1);
+      assert_int_equal(r1, r2);
+      if (r1 == 1) assert_point_same(&p1, &p2);
+    }
+  }
+  assert_int_equal(gw_engine_stream_count(shared), NS);
+  for (int s = 0; s < NS; s++) gw_engine_free(alone[s]);
+  gw_engine_free(shared);
+}
+
+/* Dropping streams (which shifts hash-table entries back) keeps every other
+ * stream findable; a dropped stream starts afresh. */
+static void stream_drop(void **state) {
+  (void)state;
+  enum { NS = 300 };
+  gw_engine_t *e = engine(4, 1, 0.9);
+  double z[3] = {1, 2, 3};
+  char tag[32];
+  uint32_t ids[NS];
+  for (int round = 0; round < 2; round++) {
+    for (int s = 0; s < NS; s++) {
+      snprintf(tag, sizeof tag, "t%d", s);
+      gw_msg_t m = msg("r", tag, 3, 1 + round);
+      gw_point_t p;
+      int rc = gw_engine_push_f64(e, &m, z, &p);
+      assert_int_equal(rc, round == 0 ? 0 : 1);
+      if (round == 1) {
+        ids[s] = p.stream_id;
+        assert_int_equal(p.n, 1);
+      }
+    }
+  }
+  assert_int_equal(gw_engine_stream_count(e), NS);
+  for (int s = 0; s < NS; s += 3) assert_int_equal(gw_engine_stream_drop(e, ids[s]), 0);
+  assert_int_equal(gw_engine_stream_drop(e, ids[0]), GW_ENOTFOUND);
+  assert_int_equal(gw_engine_stream_drop(e, 100000), GW_ENOTFOUND);
+  gw_stream_info_t info;
+  assert_int_equal(gw_engine_stream_info(e, ids[0], &info), GW_ENOTFOUND);
+  assert_int_equal(gw_engine_stream_count(e), NS - (NS + 2) / 3);
+  for (int s = 0; s < NS; s++) {
+    snprintf(tag, sizeof tag, "t%d", s);
+    gw_msg_t m = msg("r", tag, 3, 3);
+    gw_point_t p;
+    int rc = gw_engine_push_f64(e, &m, z, &p);
+    if (s % 3 == 0) {
+      assert_int_equal(rc, 0); /* starts afresh: a first message */
+    } else {
+      assert_int_equal(rc, 1);
+      assert_int_equal(p.n, 2);
+      assert_int_equal(p.stream_id, ids[s]); /* ids are stable */
+      assert_int_equal(gw_engine_stream_info(e, ids[s], &info), 0);
+      assert_string_equal(info.tag, tag);
+    }
+  }
+  assert_int_equal(gw_engine_stream_count(e), NS);
+  gw_engine_free(e);
+}
+
+/* gw_engine_push decodes the payload (f32, f16) and then behaves like
+ * gw_engine_push_f64 on the same values; a NaN payload changes nothing. */
+static void payload_push(void **state) {
+  (void)state;
+  enum { K = 6 };
+  gw_engine_t *a = engine(4, 1, 0.9), *b = engine(4, 1, 0.9);
+  uint64_t seed = 5;
+  for (uint32_t n = 0; n < 10; n++) {
+    float f[K];
+    uint16_t h[K];
+    double z[K], zh[K];
+    for (int i = 0; i < K; i++) {
+      f[i] = (float)urand(&seed);
+      z[i] = f[i];
+      /* multiples of 1/64 in [-4, 4]: exact in binary16 */
+      zh[i] = (double)(int)(urand(&seed) * 256) / 64.0;
+      h[i] = gw_f32_to_f16((float)zh[i]);
+    }
+    gw_msg_t m = msg("r", "f32", K, 1 + n), mh = msg("r", "f16", K, 1 + n);
+    m.payload = f;
+    m.payload_len = sizeof f;
+    mh.dtype = GW_DTYPE_F16;
+    mh.payload = h;
+    mh.payload_len = sizeof h;
+    gw_point_t pa, pb;
+    /* a NaN payload first: rejected, nothing changes */
+    float fbad[K];
+    memcpy(fbad, f, sizeof f);
+    fbad[n % K] = NAN;
+    gw_msg_t mbad = m;
+    mbad.payload = fbad;
+    assert_int_equal(gw_engine_push(a, &mbad, &pa), GW_ENONFINITE);
+    mbad.payload_len = sizeof f - 1;
+    assert_int_equal(gw_engine_push(a, &mbad, &pa), GW_ELENGTH);
+    mbad = m;
+    mbad.dtype = 9;
+    assert_int_equal(gw_engine_push(a, &mbad, &pa), GW_EDTYPE);
+    int ra = gw_engine_push(a, &m, &pa), rb = gw_engine_push_f64(b, &m, z, &pb);
+    assert_int_equal(ra, n == 0 ? 0 : 1);
+    assert_int_equal(ra, rb);
+    if (ra == 1) assert_point_same(&pa, &pb);
+    ra = gw_engine_push(a, &mh, &pa);
+    rb = gw_engine_push_f64(b, &mh, zh, &pb);
+    assert_int_equal(ra, rb);
+    if (ra == 1) assert_point_same(&pa, &pb);
+  }
+  gw_engine_free(a);
+  gw_engine_free(b);
+}
+
+static void stream_bytes_budget(void **state) {
+  (void)state;
+  size_t own = 64u * 256u * 8u, b = gw_engine_stream_bytes(256, 64);
+  assert_true(b >= own + 64u * 64u * 8u + 2u * 256u * 8u);
+  assert_true(b <= own + own / 2 + 16384u);
+  assert_true(gw_engine_stream_bytes(1024, 128) > gw_engine_stream_bytes(256, 64));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(reference_streams),
+      cmocka_unit_test(constant_stream),
+      cmocka_unit_test(linear_stream),
+      cmocka_unit_test(rank_every_carries),
+      cmocka_unit_test(nonfinite_rejected),
+      cmocka_unit_test(order_rejected),
+      cmocka_unit_test(mismatch_rejected),
+      cmocka_unit_test(limits_rejected),
+      cmocka_unit_test(first_message_no_point),
+      cmocka_unit_test(interleaved_streams),
+      cmocka_unit_test(stream_drop),
+      cmocka_unit_test(payload_push),
+      cmocka_unit_test(stream_bytes_budget),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
