@@ -61,7 +61,7 @@ static const opt_t opts[] = {
     {"flush-ms", "store", T_U32, F(flush_ms), 0, 10, 1000, "max delay before points are committed (200)"},
     {"store-sketches", "store", T_BOOL, F(store_sketches), 0, 0, 0, "also keep raw sketches"},
     {"window", "window", T_U32, E(window), 0, 2, 4096, "window W (64)"},
-    {"rank-every", "window", T_U32, E(rank_every), 0, 1, 1000000, "recompute ranks every N points"},
+    {"rank-every", "window", T_U32, E(rank_every), 0, 1, 1000000, "recompute rank fields every N points (8)"},
     {"ema-beta", "window", T_DOUBLE, E(ema_beta), 0, 0, 0.999999, "EMA predictor beta (0.9)"},
     {"log-level", "daemon", T_STR, F(log_level), 0, 0, 0, "error|warn|info|debug (info)"},
     {"log-file", "daemon", T_STR, F(log_file), 0, 0, 0, "log to FILE instead of stderr (reopened on SIGHUP)"},

@@ -1,0 +1,152 @@
+/* gradwatch.h — the public API of libgradwatch, the C client of gradwatch.
+ *
+ * A training process sketches each gradient g ∈ R^d into z = S g ∈ R^k
+ * (gw_sketch.h, proto/SKETCH.md) and publishes z over ZeroMQ to gradwatchd
+ * (proto/PROTOCOL.md). This header is the one a program includes: it brings
+ * in the sketch API (gw_sketch.h), the wire format's types and limits
+ * (gw_proto.h) and the error table (gw_error.h), and declares the publisher.
+ *
+ *   gw_publisher_config_t cfg;
+ *   gw_publisher_config_init(&cfg);
+ *   cfg.endpoint = "tcp://127.0.0.1:5557";
+ *   cfg.run = "resnet-17";
+ *   gw_publisher_t *pub;
+ *   int rc = gw_publisher_new(&pub, &cfg);       // 0 or GW_E* / -errno
+ *   ...
+ *   gw_extras_t x = {.flags = GW_HAS_LOSS, .loss = loss};
+ *   gw_publisher_publish(pub, "all", step, grad, d, &x);   // never blocks
+ *   ...
+ *   gw_publisher_free(pub);
+ *
+ * Publishing never blocks training: every send is non-blocking and a message
+ * that cannot be handed to ZeroMQ right away — no subscriber wants it yet, or
+ * the peer's queue holds SNDHWM messages — is dropped and counted
+ * (gw_publisher_dropped). A publisher is not thread-safe: use one per thread
+ * (several may share one ZeroMQ context, see gw_publisher_config_t).
+ *
+ * Link with `pkg-config --cflags --libs gradwatch`.
+ */
+#ifndef GRADWATCH_H
+#define GRADWATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" { /* also around the included headers, which have no guards of their own */
+#endif
+
+#include "gw_error.h"
+#include "gw_proto.h"
+#include "gw_sketch.h"
+
+/* Socket pattern of a publisher (PROTOCOL.md §1). */
+typedef enum {
+  GW_PUBLISHER_PUB = 0, /* PUB side (an XPUB socket): the daemon SUBscribes */
+  GW_PUBLISHER_PUSH = 1 /* PUSH to a daemon that PULLs */
+} gw_publisher_socket_t;
+
+typedef struct gw_publisher_config_s {
+  const char *endpoint;      /* required: ZeroMQ endpoint to connect to */
+  const char *run;           /* required: run name, 1..128 of [A-Za-z0-9._:-] */
+  gw_sketch_params_t sketch; /* k, kind, s, seed of every stream of the run */
+  uint8_t dtype;             /* payload type: GW_DTYPE_F32, _F16 or _BF16 */
+  int socket;                /* gw_publisher_socket_t */
+  int sndhwm;                /* messages queued per peer before dropping, >= 1 */
+  int linger_ms;             /* at free: wait this long for queued messages; -1 forever */
+  /* CURVE (all three or none): Z85 text, 40 characters each. */
+  const char *curve_server_key; /* the daemon's public key */
+  const char *curve_public_key; /* this publisher's key pair */
+  const char *curve_secret_key;
+  /* A ZeroMQ context (void * from zmq_ctx_new) to create the socket in, kept
+   * by the caller and terminated after every publisher using it is freed.
+   * NULL: the publisher creates and terminates its own. */
+  void *zmq_context;
+} gw_publisher_config_t;
+
+/* Optional scalars sent along with a sketch. Only the fields whose GW_HAS_*
+ * bit is set in flags are sent; a present one must be finite. */
+typedef struct gw_extras_s {
+  uint32_t flags;   /* GW_HAS_GRAD_NORM | GW_HAS_LOSS | GW_HAS_LR */
+  double grad_norm; /* ‖g‖ of the full, unprojected gradient */
+  double loss;
+  double lr;
+} gw_extras_t;
+
+typedef struct gw_publisher_s gw_publisher_t;
+
+/* Returned by the publish functions when the message was dropped (and
+ * counted) instead of sent. Positive: not an error. */
+#define GW_PUBLISH_DROPPED 1
+
+/* Defaults: no endpoint or run (both must be set), k = 256, sjlt, s = 4,
+ * seed = 0, f32, PUB, sndhwm = 10000, linger_ms = 1000, no CURVE, own
+ * context. */
+void gw_publisher_config_init(gw_publisher_config_t *cfg);
+
+/* Create a publisher and connect it (connecting is asynchronous: it
+ * succeeds whether or not the daemon is up). Returns 0, or:
+ *   GW_EINVAL   NULL argument, unknown socket or negative/zero sndhwm,
+ *               CURVE keys given partly or not 40 characters of valid Z85
+ *   GW_ENAME    bad run name
+ *   GW_EKIND, GW_EKLIMIT  bad sketch parameters (gw_sketch_check)
+ *   GW_EDTYPE   unknown dtype
+ *   GW_ENOMEM
+ *   -ENOTSUP    CURVE asked for but libzmq was built without it
+ *   -errno      from ZeroMQ (a malformed endpoint gives -EINVAL,
+ *               an unknown transport -EPROTONOSUPPORT)
+ * *out is NULL after a failure. */
+int gw_publisher_new(gw_publisher_t **out, const gw_publisher_config_t *cfg);
+
+/* Close the socket (waiting up to linger_ms for queued messages) and free
+ * everything. Accepts NULL. */
+void gw_publisher_free(gw_publisher_t *pub);
+
+/* Send the sketch z[0..k-1] (already projected with this run's parameters)
+ * as step `step` of stream (run, tag). extras may be NULL (no scalars).
+ * Returns 0 if the message was handed to ZeroMQ, GW_PUBLISH_DROPPED if it
+ * was dropped and counted, or, with nothing sent or counted:
+ *   GW_EINVAL     NULL pub/tag/z, step >= 2^63, unknown bits in extras->flags
+ *   GW_ENAME      bad tag (1..128 of [A-Za-z0-9._:/-])
+ *   GW_ENONFINITE a present extra or an element of z is NaN/±Inf, or
+ *                 overflows the payload dtype (f16 beyond ±65504)
+ * Never blocks and never allocates. */
+int gw_publisher_publish_sketch(gw_publisher_t *pub, const char *tag,
+                                uint64_t step, const float *z,
+                                const gw_extras_t *extras);
+
+/* Sketch the gradient grad[0..d-1] (the same z as gw_sketch_f32 with this
+ * run's parameters) and send it like gw_publisher_publish_sketch. grad_norm
+ * is computed here (in float64) unless extras carries one. Also returns
+ * GW_ENONFINITE if grad holds NaN/±Inf, GW_EINVAL if grad is NULL with
+ * d > 0. Costs one pass over grad for the norm and one for the sketch. */
+int gw_publisher_publish(gw_publisher_t *pub, const char *tag, uint64_t step,
+                         const float *grad, size_t d,
+                         const gw_extras_t *extras);
+
+/* Wait until a peer would take this run's messages: with PUB, a subscriber
+ * whose subscription matches tag (or, tag NULL, any tag of the run); with
+ * PUSH, a connected peer. For start-up in scripts and tests: without it,
+ * messages published before the daemon's subscription arrives (ZeroMQ's
+ * "slow joiner") are dropped. Returns 0, -ETIMEDOUT after timeout_ms
+ * (-1: no limit), GW_ENAME for a bad tag, or -errno from ZeroMQ. */
+int gw_publisher_wait_subscribed(gw_publisher_t *pub, const char *tag,
+                                 int timeout_ms);
+
+/* Messages handed to ZeroMQ / dropped since gw_publisher_new. */
+uint64_t gw_publisher_sent(const gw_publisher_t *pub);
+uint64_t gw_publisher_dropped(const gw_publisher_t *pub);
+
+/* The last ZeroMQ error that made a send fail for a reason other than a full
+ * queue or no subscriber (as -errno), or 0 if there was none. */
+int gw_publisher_last_error(const gw_publisher_t *pub);
+
+/* The run and sketch parameters the publisher was created with (borrowed). */
+const char *gw_publisher_run(const gw_publisher_t *pub);
+const gw_sketch_params_t *gw_publisher_sketch_params(const gw_publisher_t *pub);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

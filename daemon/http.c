@@ -1,0 +1,764 @@
+/* http.c — routes, validation and JSON of the HTTP API (SPEC §6).
+ *
+ * One access handler answers every request; no request has a body we read,
+ * so there is no per-request state (see handle() for first vs second call
+ * and keep-alive). Order of checks: bearer token (all but /healthz) → method
+ * (GET/HEAD only) → route → parameters → data. Every error is {"error": "..."} with a 4xx/5xx code.
+ * JSON is built with cJSON; numbers go in as raw text (integers exact, doubles
+ * by gw_fmt_double) so values leave bit-for-bit. The one large document,
+ * /api/v1/series, is written straight into a buffer (names still escaped by
+ * cJSON), so its memory is the text itself, not a tree of cJSON nodes.
+ *
+ * The listening socket is created here (so bind errors come back as -errno
+ * and port 0 can be read back) and handed to libmicrohttpd, which runs an
+ * epoll thread pool with suspend/resume enabled for the SSE hub (live.c).
+ * Request line and headers are bounded by the per-connection memory limit.
+ */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+
+#include "assets.h"
+#include "gw_error.h"
+#include "gw_proto.h"
+#include "numfmt.h"
+#include "point.h"
+
+#define MEMORY_LIMIT (64 * 1024) /* per connection: request line + headers */
+#define MAX_POINTS_MAX 1000000u
+
+struct gw_http_s {
+  struct MHD_Daemon *mhd;
+  int fd; /* listening socket; ours to close */
+  uint16_t port;
+  char *token; /* NULL = no auth */
+  gw_http_deps_t deps;
+};
+
+void gw_http_config_default(gw_http_config_t *cfg) {
+  cfg->addr = "127.0.0.1:8080";
+  cfg->token = NULL;
+  cfg->threads = 2;
+  cfg->conn_limit = 1024;
+  cfg->per_ip_limit = 256;
+  cfg->timeout_s = 60;
+}
+
+/* ---- responses ---- */
+
+static enum MHD_Result send_response(struct MHD_Connection *c, unsigned status,
+                                     struct MHD_Response *r) {
+  enum MHD_Result ret;
+  if (!r) return MHD_NO; /* out of memory: libmicrohttpd closes it */
+  ret = MHD_queue_response(c, status, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+static struct MHD_Response *json_response(char *text) {
+  struct MHD_Response *r;
+  if (!text) return NULL;
+  r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+  if (!r) {
+    free(text);
+    return NULL;
+  }
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+  MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+  return r;
+}
+
+/* Takes ownership of obj. */
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status,
+                                 cJSON *obj) {
+  char *text = obj ? cJSON_PrintUnformatted(obj) : NULL;
+  cJSON_Delete(obj);
+  return send_response(c, status, json_response(text));
+}
+
+static struct MHD_Response *error_response(const char *msg) {
+  cJSON *o = cJSON_CreateObject();
+  char *text = NULL;
+  if (o && cJSON_AddStringToObject(o, "error", msg)) text = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  return json_response(text);
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status,
+                                  const char *msg) {
+  return send_response(c, status, error_response(msg));
+}
+
+/* "what: value", value from the request: cut at 64 bytes, and any byte
+ * outside printable ASCII shown as '?' (valid names are ASCII; this keeps
+ * the error valid UTF-8 whatever was sent). */
+static enum MHD_Result send_error2(struct MHD_Connection *c, unsigned status,
+                                   const char *what, const char *value,
+                                   size_t vlen) {
+  char msg[160];
+  if (vlen > 64) vlen = 64;
+  int k = snprintf(msg, sizeof msg, "%s: ", what);
+  for (size_t i = 0; i < vlen && (size_t)k + 1 < sizeof msg; i++) {
+    unsigned char ch = (unsigned char)value[i];
+    msg[k++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
+  }
+  msg[k] = '\0';
+  return send_error(c, status, msg);
+}
+
+/* A failure of ours (store, memory), not of the request: 503 for memory,
+ * 500 otherwise, with gw_strerror's text. */
+static enum MHD_Result send_failure(struct MHD_Connection *c, int rc) {
+  return send_error(c, rc == GW_ENOMEM ? MHD_HTTP_SERVICE_UNAVAILABLE
+                                       : MHD_HTTP_INTERNAL_SERVER_ERROR,
+                    gw_strerror(rc));
+}
+
+/* Numbers go in as raw text: integers exactly, doubles by gw_fmt_double,
+ * non-finite as null. */
+static cJSON *add_u64(cJSON *o, const char *key, uint64_t v) {
+  char b[24];
+  snprintf(b, sizeof b, "%" PRIu64, v);
+  return cJSON_AddRawToObject(o, key, b);
+}
+
+static cJSON *add_num(cJSON *o, const char *key, double v) {
+  char b[GW_NUMFMT_MAX];
+  if (!isfinite(v)) return cJSON_AddNullToObject(o, key);
+  gw_fmt_double(b, v);
+  return cJSON_AddRawToObject(o, key, b);
+}
+
+/* ---- small parsers ---- */
+
+/* Decimal uint64, digits only, no overflow. 0 or GW_EINVAL. */
+static int parse_u64(const char *s, uint64_t *out) {
+  uint64_t v = 0;
+  if (!*s) return GW_EINVAL;
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9') return GW_EINVAL;
+    unsigned d = (unsigned)(*s - '0');
+    if (v > (UINT64_MAX - d) / 10) return GW_EINVAL;
+    v = v * 10 + d;
+  }
+  *out = v;
+  return 0;
+}
+
+static double ns_to_s(int64_t ns) { return (double)ns * 1e-9; }
+
+/* A wall time as Unix seconds; 0 (never) as null. */
+static cJSON *add_time(cJSON *o, const char *key, int64_t ns) {
+  return ns ? add_num(o, key, ns_to_s(ns)) : cJSON_AddNullToObject(o, key);
+}
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Compare without an early exit: time depends on the expected length only. */
+static int token_equal(const char *given, const char *expected) {
+  size_t gl = strlen(given), el = strlen(expected);
+  unsigned char d = (unsigned char)(gl != el);
+  for (size_t i = 0; i < el; i++)
+    d |= (unsigned char)(expected[i] ^ (i < gl ? given[i] : 0));
+  return d == 0;
+}
+
+static int authorized(const gw_http_t *h, struct MHD_Connection *c) {
+  const char *v;
+  if (!h->token) return 1;
+  v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+  if (!v || strncasecmp(v, "Bearer ", 7) != 0) return 0;
+  v += 7;
+  while (*v == ' ') v++;
+  return token_equal(v, h->token);
+}
+
+/* ---- handlers ---- */
+
+static enum MHD_Result h_runs(gw_http_t *h, struct MHD_Connection *c) {
+  gw_store_run_t *runs = NULL;
+  size_t n = 0;
+  int rc = gw_store_runs(h->deps.store, &runs, &n);
+  if (rc != 0) return send_failure(c, rc);
+  cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "runs");
+  for (size_t i = 0; arr && i < n; i++) {
+    cJSON *r = cJSON_CreateObject();
+    if (!r) goto nomem;
+    cJSON_AddItemToArray(arr, r);
+    if (!cJSON_AddStringToObject(r, "run", runs[i].run) ||
+        !add_u64(r, "streams", runs[i].streams) ||
+        !add_u64(r, "first_step", runs[i].first_step) ||
+        !add_u64(r, "last_step", runs[i].last_step) ||
+        !add_time(r, "last_seen", runs[i].last_seen_ns))
+      goto nomem;
+  }
+  if (!arr) goto nomem;
+  gw_store_runs_free(runs, n);
+  return send_json(c, MHD_HTTP_OK, o);
+nomem:
+  gw_store_runs_free(runs, n);
+  cJSON_Delete(o);
+  return send_failure(c, GW_ENOMEM);
+}
+
+static enum MHD_Result h_streams(gw_http_t *h, struct MHD_Connection *c,
+                                 const char *run, size_t run_len) {
+  gw_store_stream_t *ss = NULL;
+  size_t n = 0;
+  char name[129];
+  if (gw_proto_check_run(run, run_len) != 0)
+    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad run name", run, run_len);
+  memcpy(name, run, run_len);
+  name[run_len] = '\0';
+  int rc = gw_store_streams(h->deps.store, name, &ss, &n);
+  if (rc == GW_ENOTFOUND) return send_error2(c, MHD_HTTP_NOT_FOUND, "unknown run", run, run_len);
+  if (rc != 0) return send_failure(c, rc);
+  cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "streams");
+  for (size_t i = 0; arr && i < n; i++) {
+    cJSON *s = cJSON_CreateObject();
+    if (!s) goto nomem;
+    cJSON_AddItemToArray(arr, s);
+    if (!cJSON_AddStringToObject(s, "tag", ss[i].tag) ||
+        !add_u64(s, "k", ss[i].k) ||
+        !add_u64(s, "points", ss[i].points) ||
+        !add_u64(s, "first_step", ss[i].first_step) ||
+        !add_u64(s, "last_step", ss[i].last_step) ||
+        !add_time(s, "last_seen", ss[i].last_seen_ns))
+      goto nomem;
+  }
+  if (!arr) goto nomem;
+  gw_store_streams_free(ss, n);
+  return send_json(c, MHD_HTTP_OK, o);
+nomem:
+  gw_store_streams_free(ss, n);
+  cJSON_Delete(o);
+  return send_failure(c, GW_ENOMEM);
+}
+
+/* A growable string for the series document. */
+typedef struct {
+  char *p;
+  size_t len, cap;
+  int oom;
+} sb_t;
+
+static void sb_put(sb_t *b, const char *s, size_t n) {
+  if (b->oom) return;
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + n + 1) cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+      b->oom = 1;
+      return;
+    }
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+}
+
+/* Print item (then delete it) with cJSON and append the text. */
+static void sb_json(sb_t *b, cJSON *item) {
+  char *t = item ? cJSON_PrintUnformatted(item) : NULL;
+  cJSON_Delete(item);
+  if (!t) {
+    b->oom = 1;
+    return;
+  }
+  sb_put(b, t, strlen(t));
+  free(t);
+}
+
+/* ,"key":[values]; the key through cJSON, numbers as add_num writes them. */
+static void sb_column(sb_t *b, const char *key, const double *v,
+                      const uint64_t *u, size_t n) {
+  char num[GW_NUMFMT_MAX];
+  sb_put(b, ",", 1);
+  sb_json(b, cJSON_CreateStringReference(key));
+  sb_put(b, ":[", 2);
+  for (size_t i = 0; i < n && !b->oom; i++) {
+    if (i) sb_put(b, ",", 1);
+    if (u) sb_put(b, num, (size_t)snprintf(num, sizeof num, "%" PRIu64, u[i]));
+    else if (isfinite(v[i])) sb_put(b, num, (size_t)gw_fmt_double(num, v[i]));
+    else sb_put(b, "null", 4);
+  }
+  sb_put(b, "]", 1);
+}
+
+static enum MHD_Result h_series(gw_http_t *h, struct MHD_Connection *c) {
+  const char *run = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "run");
+  const char *tag = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "tag");
+  const char *ms = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "metrics");
+  const char *from_s = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "from");
+  const char *to_s = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "to");
+  const char *mp_s = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "max_points");
+  int ids[GW_METRIC_COUNT];
+  size_t nm = 0;
+  uint64_t from = 0, to = UINT64_MAX, mp = 0;
+
+  if (!run) return send_error(c, MHD_HTTP_BAD_REQUEST, "missing parameter: run");
+  if (!tag) return send_error(c, MHD_HTTP_BAD_REQUEST, "missing parameter: tag");
+  if (gw_proto_check_run(run, strlen(run)) != 0)
+    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad run name", run, strlen(run));
+  if (gw_proto_check_tag(tag, strlen(tag)) != 0)
+    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad tag name", tag, strlen(tag));
+  if (!ms) {
+    for (int i = 0; i < GW_METRIC_COUNT; i++) ids[nm++] = i;
+  } else {
+    const char *p = ms;
+    for (;;) {
+      const char *e = strchr(p, ',');
+      size_t len = e ? (size_t)(e - p) : strlen(p);
+      if (len == 0) return send_error(c, MHD_HTTP_BAD_REQUEST, "empty metric name");
+      int id = gw_metric_lookup(p, len);
+      if (id < 0) return send_error2(c, MHD_HTTP_BAD_REQUEST, "unknown metric", p, len);
+      for (size_t i = 0; i < nm; i++)
+        if (ids[i] == id)
+          return send_error2(c, MHD_HTTP_BAD_REQUEST, "duplicate metric", p, len);
+      ids[nm++] = id; /* no duplicates, so nm <= GW_METRIC_COUNT */
+      if (!e) break;
+      p = e + 1;
+    }
+  }
+  if (from_s && parse_u64(from_s, &from) != 0)
+    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad from", from_s, strlen(from_s));
+  if (to_s && parse_u64(to_s, &to) != 0)
+    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad to", to_s, strlen(to_s));
+  if (from > to) return send_error(c, MHD_HTTP_BAD_REQUEST, "from is greater than to");
+  if (mp_s && (parse_u64(mp_s, &mp) != 0 || mp < 2 || mp > MAX_POINTS_MAX))
+    return send_error(c, MHD_HTTP_BAD_REQUEST,
+                      "bad max_points: an integer from 2 to 1000000");
+
+  gw_series_t s = {0};
+  int rc = gw_store_series(h->deps.store, run, tag, ids, nm, from, to, (size_t)mp, &s);
+  if (rc == GW_ENOTFOUND) return send_error(c, MHD_HTTP_NOT_FOUND, "unknown stream");
+  if (rc != 0) return send_failure(c, rc);
+  sb_t b = {0};
+  sb_put(&b, "{\"run\":", 7);
+  sb_json(&b, cJSON_CreateStringReference(run));
+  sb_put(&b, ",\"tag\":", 7);
+  sb_json(&b, cJSON_CreateStringReference(tag));
+  sb_column(&b, "step", NULL, s.step, s.n);
+  for (size_t m = 0; m < nm && !b.oom; m++)
+    sb_column(&b, gw_metric_name(ids[m]), s.cols[m], NULL, s.n);
+  sb_put(&b, "}", 1);
+  gw_store_series_free(&s);
+  if (b.oom) {
+    free(b.p);
+    return send_failure(c, GW_ENOMEM);
+  }
+  return send_response(c, MHD_HTTP_OK, json_response(b.p));
+}
+
+static const char *const alert_states[] = {"pending", "firing", "resolved"};
+
+/* Alert object text JSON (labels, annotations): embedded when it parses as
+ * an object, else null. */
+static cJSON *add_json_object(cJSON *o, const char *key, const char *text) {
+  cJSON *v = text ? cJSON_Parse(text) : NULL;
+  if (v && !cJSON_IsObject(v)) {
+    cJSON_Delete(v);
+    v = NULL;
+  }
+  if (!v) return cJSON_AddNullToObject(o, key);
+  if (!cJSON_AddItemToObject(o, key, v)) {
+    cJSON_Delete(v);
+    return NULL;
+  }
+  return v;
+}
+
+static cJSON *add_str_or_null(cJSON *o, const char *key, const char *v) {
+  return v ? cJSON_AddStringToObject(o, key, v) : cJSON_AddNullToObject(o, key);
+}
+
+static cJSON *alert_object(const gw_store_alert_t *a) {
+  cJSON *o = cJSON_CreateObject();
+  int st = a->state;
+  if (!o || !add_u64(o, "id", a->id) || !add_str_or_null(o, "rule", a->rule) ||
+      !add_str_or_null(o, "run", a->run) || !add_str_or_null(o, "tag", a->tag) ||
+      !add_str_or_null(o, "severity", a->severity) ||
+      !add_str_or_null(o, "state", st >= 0 && st <= 2 ? alert_states[st] : NULL) ||
+      !add_num(o, "value", a->value) || !add_num(o, "threshold", a->threshold) ||
+      !add_u64(o, "started_step", a->started_step) ||
+      !add_time(o, "started_at", a->started_ns) || !add_time(o, "fired_at", a->fired_ns) ||
+      !add_time(o, "resolved_at", a->resolved_ns) ||
+      !add_json_object(o, "labels", a->labels) ||
+      !add_json_object(o, "annotations", a->annotations)) {
+    cJSON_Delete(o);
+    return NULL;
+  }
+  return o;
+}
+
+char *gw_http_alert_json(const gw_store_alert_t *a) {
+  cJSON *o = alert_object(a);
+  char *text = o ? cJSON_PrintUnformatted(o) : NULL;
+  cJSON_Delete(o);
+  return text;
+}
+
+static enum MHD_Result h_alerts(gw_http_t *h, struct MHD_Connection *c) {
+  const char *state = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "state");
+  const char *limit_s = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit");
+  int filter;
+  uint64_t limit = 1000;
+  if (!state || strcmp(state, "all") == 0) filter = GW_ALERT_ANY;
+  else if (strcmp(state, "firing") == 0) filter = GW_ALERT_FIRING;
+  else if (strcmp(state, "resolved") == 0) filter = GW_ALERT_RESOLVED;
+  else return send_error(c, MHD_HTTP_BAD_REQUEST, "bad state: firing, resolved or all");
+  if (limit_s && (parse_u64(limit_s, &limit) != 0 || limit < 1 || limit > 100000))
+    return send_error(c, MHD_HTTP_BAD_REQUEST, "bad limit: an integer from 1 to 100000");
+
+  gw_store_alert_t *as = NULL;
+  size_t n = 0;
+  int rc = gw_store_alerts(h->deps.store, filter, (size_t)limit, &as, &n);
+  if (rc != 0) return send_failure(c, rc);
+  cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "alerts");
+  for (size_t i = 0; arr && i < n; i++) {
+    cJSON *a = alert_object(&as[i]);
+    if (!a) goto nomem;
+    cJSON_AddItemToArray(arr, a);
+  }
+  if (!arr) goto nomem;
+  gw_store_alerts_free(as, n);
+  return send_json(c, MHD_HTTP_OK, o);
+nomem:
+  gw_store_alerts_free(as, n);
+  cJSON_Delete(o);
+  return send_failure(c, GW_ENOMEM);
+}
+
+static enum MHD_Result h_stats(gw_http_t *h, struct MHD_Connection *c) {
+  gw_stats_t *st = h->deps.stats;
+  cJSON *o = cJSON_CreateObject(), *rej, *drop, *store;
+  uint64_t rows = 0;
+  int have_rows = h->deps.store && gw_store_row_count(h->deps.store, &rows) == 0;
+  int last = atomic_load_explicit(&st->store_last_error, memory_order_relaxed);
+  int64_t started = atomic_load_explicit(&st->started_ns, memory_order_relaxed);
+  double up = started ? ns_to_s(now_ns() - started) : 0.0;
+
+  /* Every add is checked: a stats answer is whole or an error. */
+  if (!o || !add_u64(o, "received", gw_stats_get(&st->received)) ||
+      !add_u64(o, "accepted", gw_stats_get(&st->accepted)) ||
+      !add_u64(o, "points", gw_stats_get(&st->points)) ||
+      !(rej = cJSON_AddObjectToObject(o, "rejected")))
+    goto nomem;
+  for (int i = 0; i < GW_E_COUNT; i++)
+    if (!add_u64(rej, gw_err_reason(GW_E_BASE - i), gw_stats_get(&st->rejected[i])))
+      goto nomem;
+  if (!(drop = cJSON_AddObjectToObject(o, "dropped")) ||
+      !add_u64(drop, "store", gw_stats_get(&st->store_dropped)) ||
+      !add_u64(drop, "live", gw_stats_get(&st->live_dropped)) ||
+      !add_u64(o, "streams", gw_stats_get(&st->streams)) ||
+      !(have_rows ? add_u64(o, "db_rows", rows) : cJSON_AddNullToObject(o, "db_rows")) ||
+      !add_u64(o, "queue_depth", gw_stats_get(&st->store_queue_depth)) ||
+      !(store = cJSON_AddObjectToObject(o, "store")) ||
+      !add_u64(store, "errors", gw_stats_get(&st->store_errors)) ||
+      !add_u64(store, "written", gw_stats_get(&st->store_written)) ||
+      !(last ? cJSON_AddStringToObject(store, "last_error", gw_strerror(last))
+             : cJSON_AddNullToObject(store, "last_error")) ||
+      !add_num(o, "uptime_s", up))
+    goto nomem;
+  return send_json(c, MHD_HTTP_OK, o);
+nomem:
+  cJSON_Delete(o);
+  return send_failure(c, GW_ENOMEM);
+}
+
+static enum MHD_Result h_metrics(gw_http_t *h, struct MHD_Connection *c) {
+  char *text;
+  size_t len;
+  int rc = gw_metrics_render(h->deps.metrics, h->deps.stats, h->deps.metrics_extra,
+                             h->deps.metrics_extra_arg, &text, &len);
+  if (rc != 0) return send_failure(c, rc);
+  struct MHD_Response *r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+  if (!r) {
+    free(text);
+    return MHD_NO;
+  }
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, GW_METRICS_CONTENT_TYPE);
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+  return send_response(c, MHD_HTTP_OK, r);
+}
+
+static enum MHD_Result h_events(gw_http_t *h, struct MHD_Connection *c, int head) {
+  const char *run = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "run");
+  const char *tag = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "tag");
+  struct MHD_Response *r;
+  if (run && gw_proto_check_run(run, strlen(run)) != 0)
+    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad run name", run, strlen(run));
+  if (tag && gw_proto_check_tag(tag, strlen(tag)) != 0)
+    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad tag name", tag, strlen(tag));
+  if (head) {
+    r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+  } else {
+    int rc = gw_live_serve(h->deps.live, c, run, tag, &r);
+    if (rc == GW_EDENIED) return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+    if (rc != 0) return send_failure(c, rc);
+  }
+  if (!r) return MHD_NO;
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+  MHD_add_response_header(r, "X-Accel-Buffering", "no"); /* proxies: stream */
+  return send_response(c, MHD_HTTP_OK, r);
+}
+
+static enum MHD_Result h_asset(struct MHD_Connection *c, const gw_asset_t *a) {
+  const char *inm = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                MHD_HTTP_HEADER_IF_NONE_MATCH);
+  int fresh = inm && strcmp(inm, a->etag) == 0;
+  struct MHD_Response *r = fresh
+      ? MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT)
+      : MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
+  if (!r) return MHD_NO;
+  if (!fresh) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, a->content_type);
+  MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, a->etag);
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+  MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+  return send_response(c, fresh ? MHD_HTTP_NOT_MODIFIED : MHD_HTTP_OK, r);
+}
+
+static enum MHD_Result unavailable(struct MHD_Connection *c, const char *what) {
+  return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, what);
+}
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url,
+                              const char *method, const char *version,
+                              const char *upload_data, size_t *upload_data_size,
+                              void **con_cls) {
+  gw_http_t *h = cls;
+  static const char runs_prefix[] = "/api/v1/runs/", streams_suffix[] = "/streams";
+  static char seen; /* *con_cls marker: the first call has happened */
+  int head = strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+  (void)version;
+  (void)upload_data;
+
+  /* libmicrohttpd closes the connection after a response queued on the
+   * first call (it may not have read the body). A bodiless GET/HEAD is
+   * answered on the second call, so the connection stays alive; anything
+   * else (other methods, any request body) is answered at once and the
+   * connection closed, so no body is ever read. */
+  if (*con_cls == NULL) {
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    int body = (cl && strcmp(cl, "0") != 0) ||
+               MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                           MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    if (!body && (head || strcmp(method, MHD_HTTP_METHOD_GET) == 0)) {
+      *con_cls = &seen;
+      return MHD_YES;
+    }
+  } else if (*upload_data_size != 0) {
+    *upload_data_size = 0; /* unreachable: bodies were refused above */
+    return MHD_YES;
+  }
+
+  if (strcmp(url, "/healthz") != 0 && !authorized(h, c)) {
+    struct MHD_Response *r = error_response("missing or wrong bearer token");
+    if (r) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                   "Bearer realm=\"gradwatch\"");
+    return send_response(c, MHD_HTTP_UNAUTHORIZED, r);
+  }
+  if (!head && strcmp(method, MHD_HTTP_METHOD_GET) != 0) {
+    struct MHD_Response *r = error_response("method not allowed");
+    if (r) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+    return send_response(c, MHD_HTTP_METHOD_NOT_ALLOWED, r);
+  }
+
+  if (strcmp(url, "/healthz") == 0) {
+    cJSON *o = cJSON_CreateObject();
+    if (o && !cJSON_AddStringToObject(o, "status", "ok")) {
+      cJSON_Delete(o);
+      o = NULL;
+    }
+    return o ? send_json(c, MHD_HTTP_OK, o) : MHD_NO;
+  }
+  if (strcmp(url, "/readyz") == 0) {
+    if (h->deps.ready && !atomic_load(h->deps.ready)) return unavailable(c, "not ready");
+    cJSON *o = cJSON_CreateObject();
+    if (o && !cJSON_AddStringToObject(o, "status", "ready")) {
+      cJSON_Delete(o);
+      o = NULL;
+    }
+    return o ? send_json(c, MHD_HTTP_OK, o) : MHD_NO;
+  }
+  if (strcmp(url, "/metrics") == 0)
+    return h->deps.metrics ? h_metrics(h, c) : unavailable(c, "metrics not configured");
+  if (strcmp(url, "/api/v1/stats") == 0) return h_stats(h, c);
+  if (strcmp(url, "/api/v1/events") == 0)
+    return h->deps.live ? h_events(h, c, head) : unavailable(c, "live feed not configured");
+  if (strcmp(url, "/api/v1/runs") == 0 || strcmp(url, "/api/v1/alerts") == 0 ||
+      strcmp(url, "/api/v1/series") == 0 ||
+      strncmp(url, runs_prefix, sizeof runs_prefix - 1) == 0) {
+    if (!h->deps.store) return unavailable(c, "store not configured");
+    if (strcmp(url, "/api/v1/runs") == 0) return h_runs(h, c);
+    if (strcmp(url, "/api/v1/alerts") == 0) return h_alerts(h, c);
+    if (strcmp(url, "/api/v1/series") == 0) return h_series(h, c);
+    const char *run = url + sizeof runs_prefix - 1;
+    size_t ul = strlen(run), sl = sizeof streams_suffix - 1;
+    if (ul > sl && strcmp(run + ul - sl, streams_suffix) == 0)
+      return h_streams(h, c, run, ul - sl);
+    return send_error(c, MHD_HTTP_NOT_FOUND, "not found");
+  }
+  if (strncmp(url, "/api/", 5) != 0) {
+    const gw_asset_t *a = gw_asset_find(strcmp(url, "/") == 0 ? "/index.html" : url);
+    if (a) return h_asset(c, a);
+  }
+  return send_error(c, MHD_HTTP_NOT_FOUND, "not found");
+}
+
+/* libmicrohttpd's %XX decoding, except that a string holding %00 is left
+ * encoded: a decoded NUL would silently cut the URL or a parameter short
+ * ("/index.html%00.txt"). Left as is, it matches no route and fails every
+ * name check. */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s) {
+  (void)cls;
+  (void)c;
+  for (const char *p = s; *p; p++)
+    if (p[0] == '%' && p[1] == '0' && p[2] == '0') return strlen(s);
+  return MHD_http_unescape(s);
+}
+
+/* ---- start / stop ---- */
+
+/* "HOST:PORT" or "[V6]:PORT" → socket address. Empty HOST means 0.0.0.0. */
+static int parse_addr(const char *addr, struct sockaddr_storage *ss, socklen_t *len) {
+  char host[256];
+  const char *port;
+  struct addrinfo hints, *res = NULL;
+  uint64_t pn;
+  if (!addr) return GW_ECONFIG;
+  if (addr[0] == '[') {
+    const char *e = strchr(addr, ']');
+    if (!e || e[1] != ':' || (size_t)(e - addr - 1) >= sizeof host) return GW_ECONFIG;
+    memcpy(host, addr + 1, (size_t)(e - addr - 1));
+    host[e - addr - 1] = '\0';
+    port = e + 2;
+  } else {
+    const char *e = strrchr(addr, ':');
+    if (!e || (size_t)(e - addr) >= sizeof host) return GW_ECONFIG;
+    memcpy(host, addr, (size_t)(e - addr));
+    host[e - addr] = '\0';
+    if (strchr(host, ':')) return GW_ECONFIG; /* bare IPv6 needs brackets */
+    port = e + 1;
+  }
+  if (parse_u64(port, &pn) != 0 || pn > 65535) return GW_ECONFIG;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV | AI_PASSIVE;
+  if (getaddrinfo(host[0] ? host : "0.0.0.0", port, &hints, &res) != 0 || !res)
+    return GW_ECONFIG;
+  memcpy(ss, res->ai_addr, res->ai_addrlen);
+  *len = res->ai_addrlen;
+  freeaddrinfo(res);
+  return 0;
+}
+
+static int listen_on(const struct sockaddr_storage *ss, socklen_t len, int *fd_out,
+                     uint16_t *port) {
+  int one = 1, rc;
+  int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  struct sockaddr_storage bound;
+  socklen_t bl = sizeof bound;
+  if (fd < 0) return -errno;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) goto fail;
+  if (ss->ss_family == AF_INET6 &&
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
+    goto fail;
+  if (bind(fd, (const struct sockaddr *)ss, len) != 0) goto fail;
+  if (listen(fd, 128) != 0) goto fail;
+  if (getsockname(fd, (struct sockaddr *)&bound, &bl) != 0) goto fail;
+  *port = ntohs(bound.ss_family == AF_INET6
+                    ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                    : ((struct sockaddr_in *)&bound)->sin_port);
+  *fd_out = fd;
+  return 0;
+fail:
+  rc = -errno;
+  close(fd);
+  return rc;
+}
+
+int gw_http_start(gw_http_t **out, const gw_http_config_t *cfg,
+                  const gw_http_deps_t *deps) {
+  gw_http_t *h = NULL;
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  int rc;
+  *out = NULL;
+  gw_http_config_t def;
+  if (!deps || !deps->stats) return GW_EINVAL;
+  gw_http_config_default(&def);
+  if ((rc = parse_addr(cfg->addr ? cfg->addr : def.addr, &ss, &sl)) != 0) return rc;
+  if (!(h = calloc(1, sizeof *h))) return GW_ENOMEM;
+  h->fd = -1;
+  h->deps = *deps;
+  if (cfg->token && cfg->token[0] && !(h->token = strdup(cfg->token))) {
+    rc = GW_ENOMEM;
+    goto fail;
+  }
+  if ((rc = listen_on(&ss, sl, &h->fd, &h->port)) != 0) goto fail;
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME;
+  if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+  h->mhd = MHD_start_daemon(
+      flags, 0, NULL, NULL, handle, h,
+      MHD_OPTION_LISTEN_SOCKET, (MHD_socket)h->fd,
+      MHD_OPTION_THREAD_POOL_SIZE, cfg->threads ? cfg->threads : def.threads,
+      MHD_OPTION_CONNECTION_LIMIT, cfg->conn_limit ? cfg->conn_limit : def.conn_limit,
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+      cfg->per_ip_limit ? cfg->per_ip_limit : def.per_ip_limit,
+      MHD_OPTION_CONNECTION_TIMEOUT, cfg->timeout_s ? cfg->timeout_s : def.timeout_s,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)MEMORY_LIMIT,
+      MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+      MHD_OPTION_END);
+  if (!h->mhd) {
+    rc = GW_EIO;
+    goto fail;
+  }
+  *out = h;
+  return 0;
+fail:
+  if (h->fd >= 0) close(h->fd);
+  free(h->token);
+  free(h);
+  return rc;
+}
+
+uint16_t gw_http_port(const gw_http_t *h) { return h->port; }
+
+void gw_http_stop(gw_http_t *h) {
+  if (!h) return;
+  /* Stop accepting; the listening socket comes back to us. */
+  MHD_socket fd = MHD_quiesce_daemon(h->mhd);
+  /* No connection may stay suspended through MHD_stop_daemon. */
+  if (h->deps.live) gw_live_close_clients(h->deps.live);
+  MHD_stop_daemon(h->mhd);
+  if (fd != MHD_INVALID_SOCKET) close(fd);
+  free(h->token);
+  free(h);
+}

@@ -1,0 +1,91 @@
+/* http.h — the daemon's HTTP server (SPEC §6): JSON API, SSE, /metrics,
+ * health, and the dashboard built into the binary.
+ *
+ * libmicrohttpd runs its own threads (an epoll thread pool); handlers only
+ * read: the store through its reader connections, counters from gw_stats_t,
+ * per-stream values from gw_metrics_t, and live events from gw_live_t. Nothing
+ * here calls back into ingest, so a slow HTTP client can only slow itself.
+ *
+ * Endpoints (GET and HEAD only; anything else 405 with Allow):
+ *   /                       dashboard (web/, embedded; ETag, 304)
+ *   /api/v1/runs            {"runs":[{"run","streams","first_step","last_step","last_seen"}]}
+ *   /api/v1/runs/{run}/streams  {"streams":[{"tag","k","points","first_step","last_step","last_seen"}]}
+ *   /api/v1/series?run=&tag=&metrics=a,b&from=&to=&max_points=
+ *                           {"run","tag","step":[…],"a":[…],"b":[…]} (no metrics=: all;
+ *                           max_points 2..1000000, min/max downsampling by the store)
+ *   /api/v1/alerts?state=firing|resolved|all&limit=   {"alerts":[gw_http_alert_json objects]}
+ *   /api/v1/events?run=&tag= Server-Sent Events (live.h)
+ *   /api/v1/stats           daemon counters (gw_stats_t, store rows)
+ *   /metrics                Prometheus text (metrics.h)
+ *   /healthz, /readyz       {"status":"ok"} / {"status":"ready"} or 503
+ * Times are Unix seconds (null when never); numbers leave bit-exact. Errors
+ * are {"error":"..."}: 400 bad parameter (named), 401 token (with
+ * WWW-Authenticate: Bearer), 404 unknown path/run/stream, 405, 503 (not
+ * ready, dependency not configured, shutting down), 500 store failure.
+ *
+ * Life cycle: gw_http_start binds the address and starts serving;
+ * gw_http_stop stops accepting, ends every SSE stream (gw_live_close_clients,
+ * for good), waits for libmicrohttpd's threads and frees the server.
+ */
+#ifndef GW_HTTP_H
+#define GW_HTTP_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "live.h"
+#include "metrics.h"
+#include "stats.h"
+#include "store.h"
+
+/* Zero / NULL fields take the defaults. */
+typedef struct gw_http_config_s {
+  const char *addr;      /* "HOST:PORT", "[V6]:PORT"; port 0 = ephemeral */
+  const char *token;     /* bearer token; NULL or "" = no auth (copied) */
+  unsigned threads;      /* poll threads (default 2) */
+  unsigned conn_limit;   /* open connections, SSE included (default 1024) */
+  unsigned per_ip_limit; /* per client address (default 256) */
+  unsigned timeout_s;    /* idle connection timeout (default 60; SSE clients
+                            are kept alive by the 15 s heartbeat) */
+} gw_http_config_t;
+
+/* addr "127.0.0.1:8080", no token, and the defaults above. */
+void gw_http_config_default(gw_http_config_t *cfg);
+
+/* What the handlers read. All borrowed; each must outlive the server. */
+typedef struct gw_http_deps_s {
+  gw_store_t *store;     /* NULL: store endpoints answer 503 */
+  gw_live_t *live;       /* NULL: /api/v1/events answers 503 */
+  gw_metrics_t *metrics; /* NULL: /metrics answers 503 */
+  gw_stats_t *stats;     /* required */
+  atomic_int *ready;     /* /readyz is 200 while *ready != 0; NULL = ready */
+  /* Extra /metrics families (alerts); may be NULL. */
+  gw_metrics_extra_fn metrics_extra;
+  void *metrics_extra_arg;
+} gw_http_deps_t;
+
+typedef struct gw_http_s gw_http_t;
+
+/* Bind cfg->addr and start serving. Returns 0; GW_EINVAL (no stats);
+ * GW_ECONFIG (unparsable address); -errno from socket/bind/listen (-EADDRINUSE,
+ * -EACCES, …); GW_ENOMEM; GW_EIO (libmicrohttpd failed to start). *out is
+ * NULL on failure. */
+int gw_http_start(gw_http_t **out, const gw_http_config_t *cfg,
+                  const gw_http_deps_t *deps);
+
+/* The bound port (the ephemeral one when the address asked for port 0). */
+uint16_t gw_http_port(const gw_http_t *h);
+
+/* Stop and free; see the life cycle above. Accepts NULL. */
+void gw_http_stop(gw_http_t *h);
+
+/* The JSON object /api/v1/alerts lists for a, as text — the alerts module
+ * publishes the same object on SSE (gw_live_publish_alert) and to webhooks:
+ *   {"id","rule","run","tag","severity","state":"pending|firing|resolved",
+ *    "value","threshold","started_step","started_at","fired_at",
+ *    "resolved_at","labels":{…},"annotations":{…}}
+ * times in Unix seconds; absent values null. The caller frees the text;
+ * NULL when out of memory. */
+char *gw_http_alert_json(const gw_store_alert_t *a);
+
+#endif

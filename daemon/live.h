@@ -1,0 +1,82 @@
+/* live.h — the Server-Sent Events hub behind GET /api/v1/events.
+ *
+ * The ingest thread publishes points and alert changes; each event is
+ * formatted once (strings quoted by cJSON, numbers exact) and appended to the bounded byte queue of every
+ * subscribed client whose run/tag filter matches. Publishing never blocks on
+ * a client and never does I/O. A client whose queue would overflow is
+ * *lagging*: its queued events are dropped (counted in stats->live_dropped)
+ * and it receives `event: resync` next, so the page re-fetches history.
+ *
+ * Each client is a libmicrohttpd connection whose response is produced by a
+ * content-reader callback: when its queue is empty the callback suspends the
+ * connection (MHD_suspend_connection) and publish resumes it
+ * (MHD_resume_connection), so no thread polls or busy-waits. A timer thread
+ * resumes idle clients every heartbeat interval (15 s) with a comment line,
+ * which also lets libmicrohttpd notice clients that went away.
+ *
+ * Events on the wire:
+ *   event: point\ndata: {"run","tag","step",<every metric of point.h>}\n\n
+ *   event: alert\ndata: <the alert object>\n\n
+ *   event: resync\ndata: {}\n\n
+ *   : hb\n\n                       (heartbeat comment)
+ * JSON numbers that are NaN/Inf are null.
+ */
+#ifndef GW_LIVE_H
+#define GW_LIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "stats.h"
+
+struct MHD_Connection;
+struct MHD_Response;
+
+typedef struct gw_live_s gw_live_t;
+
+#define GW_LIVE_CLIENT_MAX_DEFAULT ((size_t)1 << 20) /* bytes queued per client */
+#define GW_LIVE_HEARTBEAT_MS 15000
+
+/* per_client_max_bytes: queue bound per client (0 = the default; at least
+ * 4096 is used). stats is borrowed (live_dropped) and must outlive the hub.
+ * Starts the heartbeat thread. Returns 0, GW_ENOMEM or -errno; *out is NULL
+ * on failure. */
+int gw_live_new(gw_live_t **out, size_t per_client_max_bytes, gw_stats_t *stats);
+/* Stops the heartbeat thread and frees the hub. Every client must be gone:
+ * stop the HTTP server (gw_http_stop) first. Accepts NULL. */
+void gw_live_free(gw_live_t *live);
+
+/* Change the heartbeat interval (tests); takes effect at the next tick. */
+void gw_live_set_heartbeat_ms(gw_live_t *live, uint32_t ms);
+
+/* ---- publisher side (ingest thread; never blocks on a client) ---- */
+
+/* Returns 0, or GW_ENOMEM (the event is lost for every client and counted
+ * in live_dropped once per subscribed client). */
+int gw_live_publish_point(gw_live_t *live, const char *run, const char *tag,
+                          const gw_point_t *p);
+/* json_object: a JSON object (borrowed); its "run" string, if any, is matched
+ * against run filters. GW_EINVAL if it is not a JSON object. */
+int gw_live_publish_alert(gw_live_t *live, const char *json_object);
+
+/* ---- HTTP side ---- */
+
+/* Subscribe the connection: run/tag (NULL = any) filter point events
+ * exactly; run also filters alerts that carry a run. On success *out is a
+ * response to queue with MHD_queue_response (and then destroy); the client
+ * lives until libmicrohttpd frees that response. Returns 0, GW_ENOMEM, or
+ * GW_EDENIED after gw_live_close_clients. Call only from the access handler
+ * of a daemon started with MHD_ALLOW_SUSPEND_RESUME. */
+int gw_live_serve(gw_live_t *live, struct MHD_Connection *c, const char *run,
+                  const char *tag, struct MHD_Response **out);
+
+/* End every client's stream and refuse new ones, for good: call before
+ * MHD_stop_daemon (libmicrohttpd must not be stopped with suspended
+ * connections). */
+void gw_live_close_clients(gw_live_t *live);
+
+/* Number of subscribed clients. */
+size_t gw_live_client_count(gw_live_t *live);
+
+#endif

@@ -1,0 +1,239 @@
+/* main.c — gradwatchd: wires the modules together and owns their lifetimes.
+ *
+ * Start-up order follows the data flow backwards, so every sink exists
+ * before anything can reach it: log → engine → store → live/metrics → http →
+ * ingest; then READY=1. Shutdown (SIGTERM/SIGINT) runs it forwards: stop
+ * ingest (no new points), flush and close the store, stop http, free.
+ * SIGHUP reopens the log file and reloads the CURVE allow list.
+ * One daemon context struct, passed explicitly; no globals.
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <uv.h>
+
+#include "config.h"
+#include "engine.h"
+#include "http.h"
+#include "ingest.h"
+#include "live.h"
+#include "log.h"
+#include "metrics.h"
+#include "stats.h"
+#include "store.h"
+
+typedef struct daemon_s {
+  gw_config_t cfg;
+  gw_log_t log;
+  uv_loop_t loop;
+  gw_stats_t stats;
+  gw_engine_t *engine;
+  gw_store_t *store;
+  gw_live_t *live;
+  gw_metrics_t *metrics;
+  gw_http_t *http;
+  gw_ingest_t *ingest;
+  atomic_int ready;
+  char *token;
+  uv_signal_t sig_term, sig_int, sig_hup;
+  uv_timer_t watchdog;
+  int watchdog_on;
+  int exit_code;
+} daemon_t;
+
+static int64_t wall_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The token file holds one line; surrounding whitespace is ignored. */
+static int read_token(const char *path, char **out, char *err, size_t errlen) {
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    snprintf(err, errlen, "http-token-file: %s: %s", path, strerror(errno));
+    return GW_ECONFIG;
+  }
+  char buf[1024];
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  char *s = buf, *e;
+  while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') s++;
+  e = s + strlen(s);
+  while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r')) *--e = '\0';
+  if (strlen(s) < 16) {
+    snprintf(err, errlen, "http-token-file: %s: token must be at least 16 characters", path);
+    return GW_ECONFIG;
+  }
+  if (!(*out = strdup(s))) return GW_ENOMEM;
+  return 0;
+}
+
+static void on_closed_noop(uv_handle_t *h) { (void)h; }
+
+static void shutdown_daemon(daemon_t *d) {
+  if (!d->ingest) return;
+  sd_notify(0, "STOPPING=1");
+  gw_log(&d->log, GW_LOG_INFO, "stopping", "received=%llu points=%llu",
+         (unsigned long long)gw_stats_get(&d->stats.received),
+         (unsigned long long)gw_stats_get(&d->stats.points));
+  atomic_store(&d->ready, 0);
+  gw_ingest_stop(d->ingest);
+  d->ingest = NULL;
+  uv_close((uv_handle_t *)&d->sig_term, on_closed_noop);
+  uv_close((uv_handle_t *)&d->sig_int, on_closed_noop);
+  uv_close((uv_handle_t *)&d->sig_hup, on_closed_noop);
+  if (d->watchdog_on) uv_close((uv_handle_t *)&d->watchdog, on_closed_noop);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  daemon_t *d = h->data;
+  if (signum == SIGHUP) {
+    int rc = gw_log_reopen(&d->log);
+    gw_log(&d->log, rc ? GW_LOG_ERROR : GW_LOG_INFO, "sighup", "log_reopen=%s",
+           rc ? strerror(-rc) : "ok");
+    if (d->ingest && (rc = gw_ingest_reload_keys(d->ingest)))
+      gw_log(&d->log, GW_LOG_ERROR, "curve_reload", "error=\"%s\"", gw_strerror(rc));
+    return;
+  }
+  gw_log(&d->log, GW_LOG_INFO, "signal", "signal=%s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  shutdown_daemon(d);
+}
+
+static void on_watchdog(uv_timer_t *t) {
+  (void)t;
+  sd_notify(0, "WATCHDOG=1");
+}
+
+static int start(daemon_t *d, char *err, size_t errlen) {
+  int rc;
+  gw_config_t *c = &d->cfg;
+  atomic_store(&d->stats.started_ns, wall_ns());
+  if (c->http_token_file && (rc = read_token(c->http_token_file, &d->token, err, errlen)))
+    return rc;
+  if (!(d->engine = gw_engine_new(&c->engine))) {
+    snprintf(err, errlen, "engine: invalid window settings or out of memory");
+    return GW_ECONFIG;
+  }
+  gw_store_config_t sc;
+  gw_store_config_default(&sc);
+  sc.path = c->db;
+  sc.flush_ms = c->flush_ms;
+  sc.retention_days = c->retention_days;
+  sc.max_db_mb = c->max_db_mb;
+  sc.store_every = c->store_every;
+  sc.store_sketches = c->store_sketches;
+  if ((rc = gw_store_open(&d->store, &sc, &d->stats))) {
+    snprintf(err, errlen, "store: cannot open %s: %s", c->db, gw_strerror(rc));
+    return rc;
+  }
+  if ((rc = gw_live_new(&d->live, 4u << 20, &d->stats))) {
+    snprintf(err, errlen, "live: %s", gw_strerror(rc));
+    return rc;
+  }
+  if ((rc = gw_metrics_new(&d->metrics, c->metrics_tags))) {
+    snprintf(err, errlen, "metrics: %s", gw_strerror(rc));
+    return rc;
+  }
+  gw_http_config_t hc = {.addr = c->http, .token = d->token};
+  gw_http_deps_t deps = {.store = d->store,
+                         .live = d->live,
+                         .metrics = d->metrics,
+                         .stats = &d->stats,
+                         .ready = &d->ready};
+  if ((rc = gw_http_start(&d->http, &hc, &deps))) {
+    snprintf(err, errlen, "http: cannot listen on %s: %s", c->http, gw_strerror(rc));
+    return rc;
+  }
+  gw_ingest_sinks_t sinks = {.store = d->store, .live = d->live, .metrics = d->metrics};
+  if ((rc = gw_ingest_start(&d->ingest, &d->loop, c, d->engine, &d->stats, &d->log, &sinks, err,
+                            errlen)))
+    return rc;
+  uv_signal_init(&d->loop, &d->sig_term);
+  uv_signal_init(&d->loop, &d->sig_int);
+  uv_signal_init(&d->loop, &d->sig_hup);
+  d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
+  uv_signal_start(&d->sig_term, on_signal, SIGTERM);
+  uv_signal_start(&d->sig_int, on_signal, SIGINT);
+  uv_signal_start(&d->sig_hup, on_signal, SIGHUP);
+  uint64_t wd_usec = 0;
+  if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {
+    uv_timer_init(&d->loop, &d->watchdog);
+    uv_timer_start(&d->watchdog, on_watchdog, 0, wd_usec / 2000 ? wd_usec / 2000 : 1);
+    d->watchdog_on = 1;
+  }
+  atomic_store(&d->ready, 1);
+  sd_notify(0, "READY=1");
+  gw_log(&d->log, GW_LOG_INFO, "ready", "http=%s port=%d db=%s zmq=%s window=%u rank_every=%u",
+         c->http, gw_http_port(d->http), c->db, c->n_zmq ? c->zmq[0] : c->zmq_pull[0],
+         c->engine.window, c->engine.rank_every);
+  return 0;
+}
+
+static void teardown(daemon_t *d) {
+  if (d->ingest) {
+    gw_ingest_stop(d->ingest);
+    d->ingest = NULL;
+  }
+  uv_run(&d->loop, UV_RUN_DEFAULT); /* let handles close */
+  gw_store_close(d->store); /* flushes */
+  gw_http_stop(d->http);
+  gw_live_free(d->live);
+  gw_metrics_free(d->metrics);
+  gw_engine_free(d->engine);
+  free(d->token);
+  uv_loop_close(&d->loop);
+}
+
+int main(int argc, char **argv) {
+  daemon_t d;
+  char err[1024] = "";
+  memset(&d, 0, sizeof(d));
+  signal(SIGPIPE, SIG_IGN);
+  openblas_set_num_threads(1); /* the engine's eigenproblems are small */
+  gw_config_init(&d.cfg);
+  if (gw_config_parse(&d.cfg, argc, argv, err, sizeof(err))) {
+    fprintf(stderr, "gradwatchd: %s\n", err);
+    gw_config_free(&d.cfg);
+    return 2;
+  }
+  if (d.cfg.want_help) {
+    gw_config_usage(stdout);
+    gw_config_free(&d.cfg);
+    return 0;
+  }
+  if (d.cfg.want_version) {
+    printf("gradwatchd %s (protocol v%d)\n", GW_VERSION, GW_PROTO_VERSION);
+    gw_config_free(&d.cfg);
+    return 0;
+  }
+  int rc = gw_log_init(&d.log, d.cfg.log_file, d.cfg.log_level);
+  if (rc) {
+    fprintf(stderr, "gradwatchd: log-file %s: %s\n", d.cfg.log_file, strerror(-rc));
+    gw_config_free(&d.cfg);
+    return 2;
+  }
+  uv_loop_init(&d.loop);
+  if ((rc = start(&d, err, sizeof(err)))) {
+    gw_log(&d.log, GW_LOG_ERROR, "start_failed", "error=\"%s\"", err);
+    fprintf(stderr, "gradwatchd: %s\n", err);
+    teardown(&d);
+    gw_log_close(&d.log);
+    gw_config_free(&d.cfg);
+    return rc == GW_ECONFIG ? 2 : 1;
+  }
+  uv_run(&d.loop, UV_RUN_DEFAULT);
+  teardown(&d);
+  gw_log(&d.log, GW_LOG_INFO, "stopped", "written=%llu dropped=%llu",
+         (unsigned long long)gw_stats_get(&d.stats.store_written),
+         (unsigned long long)gw_stats_get(&d.stats.store_dropped));
+  gw_log_close(&d.log);
+  gw_config_free(&d.cfg);
+  return d.exit_code;
+}

@@ -1,0 +1,460 @@
+/* metrics.c — latest values per stream and the Prometheus text rendering.
+ *
+ * The table is a chained hash keyed by (run, tag) (FNV-1a over
+ * run NUL tag), doubling its bucket array when the load passes 1. Each entry
+ * is one allocation holding the values and both names. One mutex guards the
+ * table; render copies the entries into a flat snapshot under it, then sorts
+ * and formats without it. Numbers are written by gw_fmt_double (numfmt.h), the
+ * shortest text that reads back exactly, so values reach Prometheus bit for
+ * bit.
+ */
+#include "metrics.h"
+
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gw_error.h"
+#include "numfmt.h"
+
+/* The per-stream values exported; order is the render order of families. */
+enum {
+  V_KAPPA_ONESTEP,
+  V_KAPPA_EMA,
+  V_KAPPA_ONESTEP_CUM,
+  V_KAPPA_EMA_CUM,
+  V_RANK_90,
+  V_RANK_99,
+  V_STABLE_RANK,
+  V_GRAD_NORM,
+  V_LOSS,
+  V_COUNT
+};
+
+typedef struct entry_s {
+  struct entry_s *next; /* hash chain */
+  uint64_t hash;
+  uint64_t last_step;
+  double v[V_COUNT];
+  char *run, *tag; /* point into name[] */
+  char name[];
+} entry_t;
+
+struct gw_metrics_s {
+  pthread_mutex_t mu;
+  char *glob;
+  entry_t **buckets;
+  size_t nbuckets; /* power of two */
+  size_t count;
+  atomic_uint_fast64_t alerts_firing;
+};
+
+struct gw_metrics_writer_s {
+  char *buf;
+  size_t len, cap;
+  int oom;
+};
+
+/* ---- hash table ---- */
+
+static uint64_t key_hash(const char *run, const char *tag) {
+  uint64_t h = 14695981039346656037ULL;
+  for (const unsigned char *s = (const unsigned char *)run; *s; s++)
+    h = (h ^ *s) * 1099511628211ULL;
+  h = (h ^ 0xffu) * 1099511628211ULL; /* separator no name byte can be */
+  for (const unsigned char *s = (const unsigned char *)tag; *s; s++)
+    h = (h ^ *s) * 1099511628211ULL;
+  return h;
+}
+
+static entry_t **find_slot(gw_metrics_t *m, const char *run, const char *tag,
+                           uint64_t h) {
+  entry_t **pp = &m->buckets[h & (m->nbuckets - 1)];
+  for (; *pp; pp = &(*pp)->next)
+    if ((*pp)->hash == h && strcmp((*pp)->run, run) == 0 &&
+        strcmp((*pp)->tag, tag) == 0)
+      break;
+  return pp;
+}
+
+static int grow(gw_metrics_t *m) {
+  size_t nb = m->nbuckets * 2;
+  entry_t **b = calloc(nb, sizeof *b);
+  if (!b) return GW_ENOMEM;
+  for (size_t i = 0; i < m->nbuckets; i++) {
+    entry_t *e = m->buckets[i], *next;
+    for (; e; e = next) {
+      next = e->next;
+      e->next = b[e->hash & (nb - 1)];
+      b[e->hash & (nb - 1)] = e;
+    }
+  }
+  free(m->buckets);
+  m->buckets = b;
+  m->nbuckets = nb;
+  return 0;
+}
+
+int gw_metrics_new(gw_metrics_t **out, const char *tags_glob) {
+  gw_metrics_t *m = NULL;
+  *out = NULL;
+  if (!tags_glob) tags_glob = "*";
+  if (!*tags_glob) return GW_EINVAL;
+  if (!(m = calloc(1, sizeof *m))) return GW_ENOMEM;
+  m->nbuckets = 64;
+  m->glob = strdup(tags_glob);
+  m->buckets = calloc(m->nbuckets, sizeof *m->buckets);
+  if (!m->glob || !m->buckets) goto fail;
+  if (pthread_mutex_init(&m->mu, NULL) != 0) goto fail;
+  atomic_init(&m->alerts_firing, 0);
+  *out = m;
+  return 0;
+fail:
+  free(m->glob);
+  free(m->buckets);
+  free(m);
+  return GW_ENOMEM;
+}
+
+void gw_metrics_free(gw_metrics_t *m) {
+  if (!m) return;
+  for (size_t i = 0; i < m->nbuckets; i++) {
+    entry_t *e = m->buckets[i], *next;
+    for (; e; e = next) {
+      next = e->next;
+      free(e);
+    }
+  }
+  pthread_mutex_destroy(&m->mu);
+  free(m->buckets);
+  free(m->glob);
+  free(m);
+}
+
+int gw_metrics_observe(gw_metrics_t *m, const char *run, const char *tag,
+                       const gw_point_t *p) {
+  int rc = 0;
+  if (fnmatch(m->glob, tag, 0) != 0) return 0;
+  uint64_t h = key_hash(run, tag);
+  pthread_mutex_lock(&m->mu);
+  entry_t **pp = find_slot(m, run, tag, h), *e = *pp;
+  if (!e) {
+    size_t rl = strlen(run) + 1, tl = strlen(tag) + 1;
+    if (m->count >= m->nbuckets && grow(m) == 0)
+      pp = find_slot(m, run, tag, h);
+    if (!(e = malloc(sizeof *e + rl + tl))) {
+      rc = GW_ENOMEM;
+      goto out;
+    }
+    e->next = NULL;
+    e->hash = h;
+    e->run = e->name;
+    e->tag = e->name + rl;
+    memcpy(e->run, run, rl);
+    memcpy(e->tag, tag, tl);
+    *pp = e;
+    m->count++;
+  }
+  e->last_step = p->step;
+  e->v[V_KAPPA_ONESTEP] = p->kappa_onestep;
+  e->v[V_KAPPA_EMA] = p->kappa_ema;
+  e->v[V_KAPPA_ONESTEP_CUM] = p->kappa_onestep_cum;
+  e->v[V_KAPPA_EMA_CUM] = p->kappa_ema_cum;
+  e->v[V_RANK_90] = (double)p->rank_90;
+  e->v[V_RANK_99] = (double)p->rank_99;
+  e->v[V_STABLE_RANK] = p->stable_rank;
+  e->v[V_GRAD_NORM] = p->grad_norm;
+  e->v[V_LOSS] = p->loss;
+out:
+  pthread_mutex_unlock(&m->mu);
+  return rc;
+}
+
+int gw_metrics_forget(gw_metrics_t *m, const char *run, const char *tag) {
+  int rc = GW_ENOTFOUND;
+  uint64_t h = key_hash(run, tag);
+  pthread_mutex_lock(&m->mu);
+  entry_t **pp = find_slot(m, run, tag, h), *e = *pp;
+  if (e) {
+    *pp = e->next;
+    free(e);
+    m->count--;
+    rc = 0;
+  }
+  pthread_mutex_unlock(&m->mu);
+  return rc;
+}
+
+size_t gw_metrics_stream_count(gw_metrics_t *m) {
+  pthread_mutex_lock(&m->mu);
+  size_t n = m->count;
+  pthread_mutex_unlock(&m->mu);
+  return n;
+}
+
+void gw_metrics_set_alerts_firing(gw_metrics_t *m, uint64_t n) {
+  atomic_store_explicit(&m->alerts_firing, n, memory_order_relaxed);
+}
+
+/* ---- writer ---- */
+
+static void put(gw_metrics_writer_t *w, const char *s, size_t n) {
+  if (w->oom) return;
+  if (w->len + n + 1 > w->cap) {
+    size_t cap = w->cap ? w->cap : 4096;
+    while (cap < w->len + n + 1) cap *= 2;
+    char *b = realloc(w->buf, cap);
+    if (!b) {
+      w->oom = 1;
+      return;
+    }
+    w->buf = b;
+    w->cap = cap;
+  }
+  memcpy(w->buf + w->len, s, n);
+  w->len += n;
+  w->buf[w->len] = '\0';
+}
+
+static void puts_(gw_metrics_writer_t *w, const char *s) { put(w, s, strlen(s)); }
+
+/* Label value escaping of the text format: \ → \\, " → \", newline → \n. */
+static void put_escaped(gw_metrics_writer_t *w, const char *s) {
+  const char *run = s;
+  for (; *s; s++) {
+    const char *rep = *s == '\\' ? "\\\\" : *s == '"' ? "\\\"" : *s == '\n' ? "\\n" : NULL;
+    if (!rep) continue;
+    put(w, run, (size_t)(s - run));
+    put(w, rep, 2);
+    run = s + 1;
+  }
+  put(w, run, (size_t)(s - run));
+}
+
+static void put_double(gw_metrics_writer_t *w, double v) {
+  char b[GW_NUMFMT_MAX];
+  if (isinf(v)) {
+    puts_(w, v > 0 ? "+Inf" : "-Inf");
+    return;
+  }
+  put(w, b, (size_t)gw_fmt_double(b, v));
+}
+
+static void put_u64(gw_metrics_writer_t *w, uint64_t v) {
+  char b[24];
+  int n = snprintf(b, sizeof b, "%" PRIu64, v);
+  put(w, b, (size_t)n);
+}
+
+int gw_metrics_family(gw_metrics_writer_t *w, const char *name,
+                      const char *type, const char *help) {
+  puts_(w, "# HELP ");
+  puts_(w, name);
+  put(w, " ", 1);
+  puts_(w, help); /* constant text from our code: no \ or newline */
+  puts_(w, "\n# TYPE ");
+  puts_(w, name);
+  put(w, " ", 1);
+  puts_(w, type);
+  put(w, "\n", 1);
+  return w->oom ? GW_ENOMEM : 0;
+}
+
+static void put_labels(gw_metrics_writer_t *w, const char *const *labels) {
+  if (!labels || !labels[0]) return;
+  put(w, "{", 1);
+  for (size_t i = 0; labels[i] && labels[i + 1]; i += 2) {
+    if (i) put(w, ",", 1);
+    puts_(w, labels[i]);
+    put(w, "=\"", 2);
+    put_escaped(w, labels[i + 1]);
+    put(w, "\"", 1);
+  }
+  put(w, "}", 1);
+}
+
+int gw_metrics_sample(gw_metrics_writer_t *w, const char *name,
+                      const char *const *labels, double value) {
+  if (isnan(value)) return 0;
+  puts_(w, name);
+  put_labels(w, labels);
+  put(w, " ", 1);
+  put_double(w, value);
+  put(w, "\n", 1);
+  return w->oom ? GW_ENOMEM : 0;
+}
+
+static void sample_u64(gw_metrics_writer_t *w, const char *name,
+                       const char *const *labels, uint64_t value) {
+  puts_(w, name);
+  put_labels(w, labels);
+  put(w, " ", 1);
+  put_u64(w, value);
+  put(w, "\n", 1);
+}
+
+/* ---- render ---- */
+
+static int cmp_entry(const void *a, const void *b) {
+  const entry_t *x = *(entry_t *const *)a, *y = *(entry_t *const *)b;
+  int c = strcmp(x->run, y->run);
+  return c ? c : strcmp(x->tag, y->tag);
+}
+
+/* A copy of the table: entries (with names) in one block, then pointers. */
+static int snapshot(gw_metrics_t *m, entry_t ***out, size_t *n, void **block) {
+  int rc = 0;
+  *out = NULL;
+  *block = NULL;
+  pthread_mutex_lock(&m->mu);
+  size_t bytes = 0;
+  *n = m->count;
+  for (size_t i = 0; i < m->nbuckets; i++)
+    for (entry_t *e = m->buckets[i]; e; e = e->next) {
+      size_t sz = sizeof *e + strlen(e->run) + strlen(e->tag) + 2;
+      bytes += (sz + 15) & ~(size_t)15;
+    }
+  char *blk = malloc(bytes + 1);
+  entry_t **ptrs = malloc((*n + 1) * sizeof *ptrs);
+  if (!blk || !ptrs) {
+    free(blk);
+    free(ptrs);
+    rc = GW_ENOMEM;
+    goto out;
+  }
+  size_t off = 0, k = 0;
+  for (size_t i = 0; i < m->nbuckets; i++)
+    for (entry_t *e = m->buckets[i]; e; e = e->next) {
+      size_t rl = strlen(e->run) + 1, tl = strlen(e->tag) + 1;
+      size_t sz = sizeof *e + rl + tl;
+      entry_t *c = (entry_t *)(blk + off);
+      memcpy(c, e, sz);
+      c->run = c->name;
+      c->tag = c->name + rl;
+      c->next = NULL;
+      ptrs[k++] = c;
+      off += (sz + 15) & ~(size_t)15;
+    }
+  *out = ptrs;
+  *block = blk;
+out:
+  pthread_mutex_unlock(&m->mu);
+  return rc;
+}
+
+static void counter(gw_metrics_writer_t *w, const char *name, const char *help,
+                    atomic_uint_fast64_t *c) {
+  gw_metrics_family(w, name, "counter", help);
+  sample_u64(w, name, NULL, gw_stats_get(c));
+}
+
+static void gauge(gw_metrics_writer_t *w, const char *name, const char *help,
+                  uint64_t v) {
+  gw_metrics_family(w, name, "gauge", help);
+  sample_u64(w, name, NULL, v);
+}
+
+/* One per-stream family: value index vi, with an extra label (or NULL). */
+static void stream_family(gw_metrics_writer_t *w, entry_t **es, size_t n,
+                          const char *name, int vi, const char *xname,
+                          const char *xval) {
+  for (size_t i = 0; i < n; i++) {
+    const char *labels[] = {"run", es[i]->run, "tag", es[i]->tag, xname, xval, NULL};
+    gw_metrics_sample(w, name, labels, es[i]->v[vi]);
+  }
+}
+
+int gw_metrics_render(gw_metrics_t *m, gw_stats_t *stats,
+                      gw_metrics_extra_fn extra, void *extra_arg, char **out,
+                      size_t *len) {
+  gw_metrics_writer_t w = {0};
+  entry_t **es = NULL;
+  void *block = NULL;
+  size_t n = 0;
+  int rc;
+  *out = NULL;
+  *len = 0;
+  if ((rc = snapshot(m, &es, &n, &block)) != 0) goto fail;
+  qsort(es, n, sizeof *es, cmp_entry);
+
+  if (stats) {
+    counter(&w, "gradwatch_messages_received_total",
+            "Messages read from ZeroMQ.", &stats->received);
+    gw_metrics_family(&w, "gradwatch_messages_rejected_total", "counter",
+                      "Messages rejected, by reason.");
+    for (int i = 0; i < GW_E_COUNT; i++) {
+      const char *labels[] = {"reason", gw_err_reason(GW_E_BASE - i), NULL};
+      sample_u64(&w, "gradwatch_messages_rejected_total", labels,
+                 gw_stats_get(&stats->rejected[i]));
+    }
+    counter(&w, "gradwatch_points_total", "Points computed by the engine.",
+            &stats->points);
+    gauge(&w, "gradwatch_streams", "Live streams.", gw_stats_get(&stats->streams));
+    counter(&w, "gradwatch_store_dropped_total",
+            "Points dropped because the store queue was full.",
+            &stats->store_dropped);
+    counter(&w, "gradwatch_store_written_total",
+            "Points committed to SQLite.", &stats->store_written);
+    counter(&w, "gradwatch_store_errors_total",
+            "Failed store flushes (I/O errors, disk full).", &stats->store_errors);
+    gauge(&w, "gradwatch_store_queue_depth", "Points waiting for the store writer.",
+          gw_stats_get(&stats->store_queue_depth));
+    counter(&w, "gradwatch_live_dropped_total",
+            "Live (SSE) events dropped for slow clients.", &stats->live_dropped);
+  }
+
+  gw_metrics_family(&w, "gradwatch_kappa", "gauge",
+                    "Windowed predictability index kappa_W, by predictor.");
+  stream_family(&w, es, n, "gradwatch_kappa", V_KAPPA_ONESTEP, "predictor", "onestep");
+  stream_family(&w, es, n, "gradwatch_kappa", V_KAPPA_EMA, "predictor", "ema");
+  gw_metrics_family(&w, "gradwatch_kappa_cum", "gauge",
+                    "Cumulative predictability index since the stream began, by predictor.");
+  stream_family(&w, es, n, "gradwatch_kappa_cum", V_KAPPA_ONESTEP_CUM, "predictor", "onestep");
+  stream_family(&w, es, n, "gradwatch_kappa_cum", V_KAPPA_EMA_CUM, "predictor", "ema");
+  gw_metrics_family(&w, "gradwatch_rank", "gauge",
+                    "Predictable rank r*(eps) of the window's increments, by energy percent.");
+  stream_family(&w, es, n, "gradwatch_rank", V_RANK_90, "energy", "90");
+  stream_family(&w, es, n, "gradwatch_rank", V_RANK_99, "energy", "99");
+  gw_metrics_family(&w, "gradwatch_stable_rank", "gauge",
+                    "Stable rank of the window's increment matrix.");
+  stream_family(&w, es, n, "gradwatch_stable_rank", V_STABLE_RANK, NULL, NULL);
+  gw_metrics_family(&w, "gradwatch_grad_norm", "gauge",
+                    "Norm of the full gradient as sent by the client.");
+  stream_family(&w, es, n, "gradwatch_grad_norm", V_GRAD_NORM, NULL, NULL);
+  gw_metrics_family(&w, "gradwatch_loss", "gauge", "Training loss as sent by the client.");
+  stream_family(&w, es, n, "gradwatch_loss", V_LOSS, NULL, NULL);
+  gw_metrics_family(&w, "gradwatch_last_step", "gauge", "Step of the stream's latest point.");
+  for (size_t i = 0; i < n; i++) {
+    const char *labels[] = {"run", es[i]->run, "tag", es[i]->tag, NULL};
+    sample_u64(&w, "gradwatch_last_step", labels, es[i]->last_step);
+  }
+  gauge(&w, "gradwatch_alerts_firing", "Alerts currently firing.",
+        atomic_load_explicit(&m->alerts_firing, memory_order_relaxed));
+
+  if (extra && !w.oom && (rc = extra(extra_arg, &w)) != 0) goto fail;
+  if (w.oom) {
+    rc = GW_ENOMEM;
+    goto fail;
+  }
+  if (!w.buf) puts_(&w, ""); /* never hand back NULL on success */
+  if (w.oom) {
+    rc = GW_ENOMEM;
+    goto fail;
+  }
+  free(es);
+  free(block);
+  *out = w.buf;
+  *len = w.len;
+  return 0;
+fail:
+  free(es);
+  free(block);
+  free(w.buf);
+  return rc;
+}

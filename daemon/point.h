@@ -1,0 +1,61 @@
+/* point.h — the named metrics of a point (SPEC §2, §6).
+ *
+ * One table, GW_METRIC_MAP, gives every metric a stable id, its public name
+ * (the `metrics=` names of /api/v1/series, the fields of SSE events) and how
+ * to read it from a gw_point_t. The store packs a point as GW_METRIC_COUNT
+ * little-endian float64 values in id order; NAN means null. Append only:
+ * reordering changes the stored format.
+ */
+#ifndef GW_POINT_H
+#define GW_POINT_H
+
+#include "engine.h"
+
+/* XX(id suffix, "name", expression over `p` (const gw_point_t *)) */
+#define GW_METRIC_MAP(XX)                                         \
+  XX(PATH_ONESTEP, "path_onestep", p->path_onestep)               \
+  XX(PATH_EMA, "path_ema", p->path_ema)                           \
+  XX(KAPPA_ONESTEP, "kappa_onestep", p->kappa_onestep)            \
+  XX(KAPPA_EMA, "kappa_ema", p->kappa_ema)                        \
+  XX(KAPPA_ONESTEP_CUM, "kappa_onestep_cum", p->kappa_onestep_cum) \
+  XX(KAPPA_EMA_CUM, "kappa_ema_cum", p->kappa_ema_cum)            \
+  XX(RANK_90, "rank_90", (double)p->rank_90)                      \
+  XX(RANK_99, "rank_99", (double)p->rank_99)                      \
+  XX(STABLE_RANK, "stable_rank", p->stable_rank)                  \
+  XX(TAIL_ENERGY_1, "tail_energy_1", p->tail_energy[0])           \
+  XX(TAIL_ENERGY_2, "tail_energy_2", p->tail_energy[1])           \
+  XX(TAIL_ENERGY_3, "tail_energy_3", p->tail_energy[2])           \
+  XX(TAIL_ENERGY_4, "tail_energy_4", p->tail_energy[3])           \
+  XX(TAIL_ENERGY_5, "tail_energy_5", p->tail_energy[4])           \
+  XX(TAIL_ENERGY_6, "tail_energy_6", p->tail_energy[5])           \
+  XX(TAIL_ENERGY_7, "tail_energy_7", p->tail_energy[6])           \
+  XX(TAIL_ENERGY_8, "tail_energy_8", p->tail_energy[7])           \
+  XX(SIGMA_1, "sigma_1", p->sigma[0])                             \
+  XX(SIGMA_2, "sigma_2", p->sigma[1])                             \
+  XX(SIGMA_3, "sigma_3", p->sigma[2])                             \
+  XX(SIGMA_4, "sigma_4", p->sigma[3])                             \
+  XX(SIGMA_5, "sigma_5", p->sigma[4])                             \
+  XX(SIGMA_6, "sigma_6", p->sigma[5])                             \
+  XX(SIGMA_7, "sigma_7", p->sigma[6])                             \
+  XX(SIGMA_8, "sigma_8", p->sigma[7])                             \
+  XX(GRAD_NORM, "grad_norm", p->grad_norm)                        \
+  XX(SKETCH_NORM, "sketch_norm", p->sketch_norm)                  \
+  XX(LOSS, "loss", p->loss)                                       \
+  XX(LR, "lr", p->lr)                                             \
+  XX(WALL_TIME, "wall_time", (double)p->wall_ns * 1e-9)
+
+typedef enum {
+#define XX(id, name, expr) GW_METRIC_##id,
+  GW_METRIC_MAP(XX)
+#undef XX
+  GW_METRIC_COUNT
+} gw_metric_t;
+
+/* Id of a metric name, or -1. `sigma` is not a metric: ask for sigma_1..8. */
+int gw_metric_lookup(const char *name, size_t len);
+const char *gw_metric_name(int id); /* NULL if out of range */
+double gw_point_get(const gw_point_t *p, int id);
+/* All metrics of p in id order (out has GW_METRIC_COUNT slots). */
+void gw_point_values(const gw_point_t *p, double *out);
+
+#endif

@@ -1,0 +1,697 @@
+/* test_publisher.c — libgradwatch's publisher (client/publisher.c) against a
+ * real ZeroMQ SUB (or PULL) socket bound on loopback in the test.
+ *
+ * References are independent of the code under test:
+ *  - the body layout of proto/gw_proto.h, read back here byte by byte at its
+ *    fixed offsets (little-endian), and gw_proto_decode for the full check;
+ *  - f16/bf16 payloads: values chosen so the expected binary16/bfloat16
+ *    result is a closed form (exact values, and round-to-nearest-even ties
+ *    1 + 2^-11 -> 1, 1 + 3*2^-11 -> 1 + 2^-9 for f16; 1 + 2^-8 -> 1,
+ *    1 + 3*2^-8 -> 1 + 2^-6 for bf16);
+ *  - grad_norm: 3-4-5 exactly, and a long double sum for a random gradient;
+ *  - the sketch of publish(): gw_sketch_f32, the library's documented
+ *    one-shot sketch, and for d = 1 with s = 1 the closed form (one nonzero);
+ *  - never blocking: wall-clock bound, and sent + dropped == published, and a
+ *    subscriber that drains its queue receives exactly `sent` messages in
+ *    step order.
+ */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <cmocka.h>
+
+#include <zmq.h>
+
+#include "gradwatch.h"
+
+#define RECV_TIMEOUT_MS 5000
+
+/* ---- fixtures -------------------------------------------------------------- */
+
+typedef struct peer_s {
+  void *ctx;
+  void *sock;
+  char endpoint[128]; /* where the publisher connects */
+} peer_t;
+
+/* A SUB (subscribed to `sub`, NULL for none) or PULL socket bound to an
+ * ephemeral loopback port. curve_secret: make it a CURVE server. */
+static void peer_open(peer_t *p, int type, const char *sub, const char *curve_secret) {
+  size_t len = sizeof p->endpoint;
+  int t = RECV_TIMEOUT_MS;
+  p->ctx = zmq_ctx_new();
+  assert_non_null(p->ctx);
+  p->sock = zmq_socket(p->ctx, type);
+  assert_non_null(p->sock);
+  assert_int_equal(zmq_setsockopt(p->sock, ZMQ_RCVTIMEO, &t, sizeof t), 0);
+  if (curve_secret) {
+    int one = 1;
+    assert_int_equal(zmq_setsockopt(p->sock, ZMQ_CURVE_SERVER, &one, sizeof one), 0);
+    assert_int_equal(zmq_setsockopt(p->sock, ZMQ_CURVE_SECRETKEY, curve_secret, 40), 0);
+  }
+  if (sub) assert_int_equal(zmq_setsockopt(p->sock, ZMQ_SUBSCRIBE, sub, strlen(sub)), 0);
+  assert_int_equal(zmq_bind(p->sock, "tcp://127.0.0.1:*"), 0);
+  assert_int_equal(zmq_getsockopt(p->sock, ZMQ_LAST_ENDPOINT, p->endpoint, &len), 0);
+}
+
+static void peer_close(peer_t *p) {
+  int zero = 0;
+  zmq_setsockopt(p->sock, ZMQ_LINGER, &zero, sizeof zero);
+  zmq_close(p->sock);
+  zmq_ctx_term(p->ctx);
+}
+
+/* One received message: its two frames, exactly sized heap copies. */
+typedef struct frames_s {
+  unsigned char *topic, *body;
+  size_t topic_len, body_len;
+} frames_t;
+
+static unsigned char *recv_frame(void *sock, size_t *len, int *more) {
+  zmq_msg_t m;
+  unsigned char *b;
+  assert_int_equal(zmq_msg_init(&m), 0);
+  if (zmq_msg_recv(&m, sock, 0) < 0) fail_msg("recv: %s", zmq_strerror(errno));
+  *len = zmq_msg_size(&m);
+  b = malloc(*len ? *len : 1);
+  assert_non_null(b);
+  memcpy(b, zmq_msg_data(&m), *len);
+  *more = zmq_msg_more(&m);
+  zmq_msg_close(&m);
+  return b;
+}
+
+static void recv_msg(void *sock, frames_t *f) {
+  int more;
+  f->topic = recv_frame(sock, &f->topic_len, &more);
+  assert_true(more);
+  f->body = recv_frame(sock, &f->body_len, &more);
+  assert_false(more);
+}
+
+static void frames_free(frames_t *f) {
+  free(f->topic);
+  free(f->body);
+}
+
+static uint32_t le32(const unsigned char *b) {
+  return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static uint64_t le64(const unsigned char *b) {
+  return (uint64_t)le32(b) | (uint64_t)le32(b + 4) << 32;
+}
+
+static double f64_at(const unsigned char *b) {
+  uint64_t u = le64(b);
+  double d;
+  memcpy(&d, &u, 8);
+  return d;
+}
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Wait for the publisher to see peer's subscription. The test is single
+ * threaded, and a bound SUB socket attaches an accepted connection (and
+ * sends its subscriptions down it) only when its owner calls into it, as a
+ * daemon's event loop does all the time: so poke the peer between waits. */
+static int wait_sub(peer_t *peer, gw_publisher_t *p, const char *tag, int timeout_ms) {
+  double t0 = mono_s();
+  for (;;) {
+    int events, rc;
+    size_t len = sizeof events;
+    zmq_getsockopt(peer->sock, ZMQ_EVENTS, &events, &len);
+    rc = gw_publisher_wait_subscribed(p, tag, 10);
+    if (rc != -ETIMEDOUT || (mono_s() - t0) * 1000 >= timeout_ms) return rc;
+  }
+}
+
+static gw_publisher_t *pub_open(const char *endpoint, const char *run, uint8_t dtype) {
+  gw_publisher_config_t c;
+  gw_publisher_t *p = NULL;
+  gw_publisher_config_init(&c);
+  c.endpoint = endpoint;
+  c.run = run;
+  c.dtype = dtype;
+  c.sketch.k = 8;
+  c.sketch.seed = 77;
+  c.sketch.s = 2;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_non_null(p);
+  return p;
+}
+
+/* ---- frames decode to exactly what was sent ------------------------------- */
+
+static void check_frames(uint8_t dtype, const float *z, const double *want) {
+  peer_t sub;
+  gw_publisher_t *p;
+  frames_t f;
+  gw_msg_t m;
+  double got[8];
+  int64_t t0, t1;
+  gw_extras_t x = {.flags = GW_HAS_LOSS | GW_HAS_LR, .loss = 0.6931, .lr = 3e-4};
+
+  peer_open(&sub, ZMQ_SUB, "gw1/", NULL);
+  p = pub_open(sub.endpoint, "exp:a_b.c-1", dtype);
+  assert_int_equal(wait_sub(&sub, p, NULL, RECV_TIMEOUT_MS), 0);
+  t0 = now_ns();
+  assert_int_equal(gw_publisher_publish_sketch(p, "model/enc.0/attn:q-proj", 4242, z, &x), 0);
+  t1 = now_ns();
+  assert_int_equal(gw_publisher_sent(p), 1);
+  assert_int_equal(gw_publisher_dropped(p), 0);
+  recv_msg(sub.sock, &f);
+
+  /* Layout of gw_proto.h, read independently of the decoder. */
+  size_t w = dtype == GW_DTYPE_F32 ? 4 : 2;
+  assert_int_equal(f.topic_len, strlen("gw1/exp:a_b.c-1/model/enc.0/attn:q-proj"));
+  assert_memory_equal(f.topic, "gw1/exp:a_b.c-1/model/enc.0/attn:q-proj", f.topic_len);
+  assert_int_equal(f.body_len, 64 + 8 * w);
+  assert_memory_equal(f.body, "GWSK", 4);
+  assert_int_equal(f.body[4], 1);
+  assert_int_equal(f.body[5], dtype);
+  assert_int_equal(f.body[6], 1); /* sjlt */
+  assert_int_equal(f.body[7], 2); /* s */
+  assert_int_equal(le32(f.body + 8), 8);
+  assert_int_equal(le32(f.body + 12), 0x6);
+  assert_int_equal(le64(f.body + 16), 4242);
+  assert_true((int64_t)le64(f.body + 24) >= t0 && (int64_t)le64(f.body + 24) <= t1);
+  assert_int_equal(le64(f.body + 32), 77);
+  assert_true(f64_at(f.body + 40) == 0.0); /* absent grad_norm is zero */
+  assert_true(f64_at(f.body + 48) == 0.6931);
+  assert_true(f64_at(f.body + 56) == 3e-4);
+
+  assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
+  assert_int_equal(m.run_len, 11);
+  assert_memory_equal(m.run, "exp:a_b.c-1", 11);
+  assert_int_equal(m.tag_len, strlen("model/enc.0/attn:q-proj"));
+  assert_int_equal(m.dtype, dtype);
+  assert_int_equal(m.k, 8);
+  assert_int_equal(m.step, 4242);
+  assert_int_equal(m.seed, 77);
+  assert_int_equal(m.flags, GW_HAS_LOSS | GW_HAS_LR);
+  assert_int_equal(gw_proto_read_payload(&m, got), 0);
+  for (int i = 0; i < 8; i++)
+    if (got[i] != want[i]) fail_msg("dtype %d element %d: got %.17g want %.17g", dtype, i, got[i], want[i]);
+  frames_free(&f);
+  gw_publisher_free(p);
+  peer_close(&sub);
+}
+
+static void frames_f32(void **state) {
+  (void)state;
+  const float z[8] = {1.0f, -2.5f, 0.1f, 3.4028235e38f, -1e-40f, 0.0f, -0.0f, 65504.0f};
+  double want[8];
+  for (int i = 0; i < 8; i++) want[i] = (double)z[i]; /* f32 is exact */
+  check_frames(GW_DTYPE_F32, z, want);
+}
+
+static void frames_f16(void **state) {
+  (void)state;
+  const float z[8] = {1.0f, -2.5f, 0x1p-14f, 0x1p-24f, 1.0f + 0x1p-11f, 1.0f + 0x3p-11f,
+                      65504.0f, -0.375f};
+  const double want[8] = {1.0, -2.5, 0x1p-14, 0x1p-24, 1.0, 1.0 + 0x1p-9, 65504.0, -0.375};
+  check_frames(GW_DTYPE_F16, z, want);
+}
+
+static void frames_bf16(void **state) {
+  (void)state;
+  const float z[8] = {1.0f, -2.5f, 0x1p-126f, 0x1.fep127f, 1.0f + 0x1p-8f, 1.0f + 0x3p-8f,
+                      -0.375f, 1.0f + 0x1p-9f};
+  const double want[8] = {1.0, -2.5, 0x1p-126, 0x1.fep127, 1.0, 1.0 + 0x1p-6, -0.375, 1.0};
+  check_frames(GW_DTYPE_BF16, z, want);
+}
+
+/* ---- publish(): sketch and norm ------------------------------------------- */
+
+static void publish_gradient_sketches_and_norms(void **state) {
+  (void)state;
+  enum { D = 1000, K = 64 };
+  peer_t sub;
+  gw_publisher_config_t c;
+  gw_publisher_t *p = NULL;
+  frames_t f;
+  gw_msg_t m;
+  static float g[D], zref[K];
+  double got[K];
+  long double ss = 0;
+  uint64_t x = 12345;
+
+  for (int i = 0; i < D; i++) { /* deterministic LCG values in [-1, 1) */
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    g[i] = (float)((double)(x >> 11) * 0x1p-53 * 2.0 - 1.0);
+    ss += (long double)g[i] * g[i];
+  }
+  peer_open(&sub, ZMQ_SUB, "", NULL);
+  gw_publisher_config_init(&c);
+  c.endpoint = sub.endpoint;
+  c.run = "r1";
+  c.sketch.k = K;
+  c.sketch.seed = 9;
+  for (int kind = GW_SKETCH_SJLT; kind <= GW_SKETCH_GAUSSIAN; kind++) {
+    c.sketch.kind = (uint8_t)kind;
+    c.sketch.s = kind == GW_SKETCH_SJLT ? 4 : 0;
+    assert_int_equal(gw_publisher_new(&p, &c), 0);
+    assert_int_equal(wait_sub(&sub, p, "all", RECV_TIMEOUT_MS), 0);
+    assert_int_equal(gw_sketch_f32(&c.sketch, g, D, zref), 0);
+
+    assert_int_equal(gw_publisher_publish(p, "all", 1, g, D, NULL), 0);
+    recv_msg(sub.sock, &f);
+    assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
+    assert_int_equal(m.flags, GW_HAS_GRAD_NORM);
+    assert_int_equal(m.kind, kind);
+    assert_int_equal(m.s, c.sketch.s);
+    assert_true(fabs(m.grad_norm - (double)sqrtl(ss)) <= 1e-12 * (double)sqrtl(ss));
+    assert_int_equal(gw_proto_read_payload(&m, got), 0);
+    for (int i = 0; i < K; i++) assert_true(got[i] == (double)zref[i]);
+    frames_free(&f);
+
+    /* The caller's grad_norm wins; loss rides along. */
+    gw_extras_t ex = {.flags = GW_HAS_GRAD_NORM | GW_HAS_LOSS, .grad_norm = 7.5, .loss = 2};
+    assert_int_equal(gw_publisher_publish(p, "all", 2, g, D, &ex), 0);
+    recv_msg(sub.sock, &f);
+    assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
+    assert_int_equal(m.flags, GW_HAS_GRAD_NORM | GW_HAS_LOSS);
+    assert_true(m.grad_norm == 7.5 && m.loss == 2.0);
+    frames_free(&f);
+    gw_publisher_free(p);
+    p = NULL;
+  }
+
+  /* Closed forms: ‖(3, 4)‖ = 5, and with s = 1 and d = 1 the sketch of g is
+   * one nonzero ±g[0] (at a row the hash picks). */
+  c.sketch.kind = GW_SKETCH_SJLT;
+  c.sketch.s = 1;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(wait_sub(&sub, p, "all", RECV_TIMEOUT_MS), 0);
+  const float g34[2] = {3.0f, 4.0f}, g1[1] = {0.75f};
+  assert_int_equal(gw_publisher_publish(p, "all", 3, g34, 2, NULL), 0);
+  recv_msg(sub.sock, &f);
+  assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
+  assert_true(m.grad_norm == 5.0);
+  frames_free(&f);
+  assert_int_equal(gw_publisher_publish(p, "all", 4, g1, 1, NULL), 0);
+  recv_msg(sub.sock, &f);
+  assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
+  assert_true(m.grad_norm == 0.75);
+  assert_int_equal(gw_proto_read_payload(&m, got), 0);
+  int nonzero = 0;
+  for (int i = 0; i < K; i++)
+    if (got[i] != 0) {
+      nonzero++;
+      assert_true(fabs(got[i]) == 0.75);
+    }
+  assert_int_equal(nonzero, 1);
+  frames_free(&f);
+  /* An empty gradient: zero sketch, zero norm. */
+  assert_int_equal(gw_publisher_publish(p, "all", 5, NULL, 0, NULL), 0);
+  recv_msg(sub.sock, &f);
+  assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
+  assert_true(m.grad_norm == 0.0);
+  assert_int_equal(gw_proto_read_payload(&m, got), 0);
+  for (int i = 0; i < K; i++) assert_true(got[i] == 0.0);
+  frames_free(&f);
+  gw_publisher_free(p);
+  peer_close(&sub);
+}
+
+/* ---- bad names and parameters ----------------------------------------------- */
+
+static int new_rc(gw_publisher_config_t *c) {
+  gw_publisher_t *p = (gw_publisher_t *)&p; /* must come back NULL */
+  int rc = gw_publisher_new(&p, c);
+  if (rc == 0) {
+    gw_publisher_free(p);
+  } else {
+    assert_null(p);
+  }
+  return rc;
+}
+
+static void bad_config(void **state) {
+  (void)state;
+  gw_publisher_config_t c;
+  char long_run[130], pk[41], sk[41];
+  memset(long_run, 'a', 129);
+  long_run[129] = '\0';
+#define RESET()                         \
+  do {                                  \
+    gw_publisher_config_init(&c);       \
+    c.endpoint = "tcp://127.0.0.1:9"; \
+    c.run = "ok";                       \
+  } while (0)
+  RESET();
+  assert_int_equal(new_rc(&c), 0);
+  assert_int_equal(gw_publisher_new(NULL, &c), GW_EINVAL);
+  assert_int_equal(new_rc(NULL), GW_EINVAL);
+  RESET(); c.endpoint = NULL; assert_int_equal(new_rc(&c), GW_EINVAL);
+  RESET(); c.run = NULL; assert_int_equal(new_rc(&c), GW_EINVAL);
+  RESET(); c.run = ""; assert_int_equal(new_rc(&c), GW_ENAME);
+  RESET(); c.run = "a/b"; assert_int_equal(new_rc(&c), GW_ENAME);
+  RESET(); c.run = "a b"; assert_int_equal(new_rc(&c), GW_ENAME);
+  RESET(); c.run = long_run; assert_int_equal(new_rc(&c), GW_ENAME);
+  long_run[128] = '\0'; /* exactly 128: fine */
+  RESET(); c.run = long_run; assert_int_equal(new_rc(&c), 0);
+  RESET(); c.sketch.k = 0; assert_int_equal(new_rc(&c), GW_EKLIMIT);
+  RESET(); c.sketch.k = GW_PROTO_K_MAX + 1; assert_int_equal(new_rc(&c), GW_EKLIMIT);
+  RESET(); c.sketch.k = GW_PROTO_K_MAX; assert_int_equal(new_rc(&c), 0);
+  RESET(); c.sketch.kind = 3; assert_int_equal(new_rc(&c), GW_EKIND);
+  RESET(); c.sketch.s = 0; assert_int_equal(new_rc(&c), GW_EKIND);
+  RESET(); c.sketch.s = 9; assert_int_equal(new_rc(&c), GW_EKIND);
+  RESET(); c.sketch.k = 2; c.sketch.s = 3; assert_int_equal(new_rc(&c), GW_EKIND);
+  RESET(); c.sketch.kind = GW_SKETCH_GAUSSIAN; assert_int_equal(new_rc(&c), GW_EKIND);
+  RESET(); c.sketch.kind = GW_SKETCH_GAUSSIAN; c.sketch.s = 0; assert_int_equal(new_rc(&c), 0);
+  RESET(); c.dtype = 0; assert_int_equal(new_rc(&c), GW_EDTYPE);
+  RESET(); c.dtype = 4; assert_int_equal(new_rc(&c), GW_EDTYPE);
+  RESET(); c.socket = 2; assert_int_equal(new_rc(&c), GW_EINVAL);
+  RESET(); c.sndhwm = 0; assert_int_equal(new_rc(&c), GW_EINVAL);
+  RESET(); c.linger_ms = -2; assert_int_equal(new_rc(&c), GW_EINVAL);
+  RESET(); c.endpoint = "not an endpoint"; assert_int_equal(new_rc(&c), -EINVAL);
+  RESET(); c.endpoint = "bogus://x"; assert_int_equal(new_rc(&c), -EPROTONOSUPPORT);
+  /* CURVE: all three or none, each 40 characters of valid Z85. */
+  assert_int_equal(zmq_curve_keypair(pk, sk), 0);
+  RESET(); c.curve_server_key = pk; assert_int_equal(new_rc(&c), GW_EINVAL);
+  RESET(); c.curve_server_key = pk; c.curve_public_key = pk;
+  assert_int_equal(new_rc(&c), GW_EINVAL);
+  RESET(); c.curve_server_key = pk; c.curve_public_key = pk; c.curve_secret_key = sk;
+  assert_int_equal(new_rc(&c), 0);
+  RESET(); c.curve_server_key = "short"; c.curve_public_key = pk; c.curve_secret_key = sk;
+  assert_int_equal(new_rc(&c), GW_EINVAL);
+  char badz[41];
+  memcpy(badz, pk, 41);
+  badz[3] = '"'; /* not in the Z85 alphabet */
+  RESET(); c.curve_server_key = pk; c.curve_public_key = badz; c.curve_secret_key = sk;
+  assert_int_equal(new_rc(&c), GW_EINVAL);
+#undef RESET
+}
+
+static void bad_publish_arguments(void **state) {
+  (void)state;
+  peer_t sub;
+  gw_publisher_t *p;
+  float z[8] = {1, 2, 3, 4, 5, 6, 7, 8}, g[3] = {1, 2, 3};
+  char long_tag[130];
+  memset(long_tag, 'x', 129);
+  long_tag[129] = '\0';
+
+  peer_open(&sub, ZMQ_SUB, "", NULL);
+  p = pub_open(sub.endpoint, "r", GW_DTYPE_F16);
+  assert_int_equal(wait_sub(&sub, p, NULL, RECV_TIMEOUT_MS), 0);
+  assert_int_equal(gw_publisher_publish_sketch(NULL, "t", 1, z, NULL), GW_EINVAL);
+  assert_int_equal(gw_publisher_publish_sketch(p, NULL, 1, z, NULL), GW_EINVAL);
+  assert_int_equal(gw_publisher_publish_sketch(p, "t", 1, NULL, NULL), GW_EINVAL);
+  assert_int_equal(gw_publisher_publish_sketch(p, "", 1, z, NULL), GW_ENAME);
+  assert_int_equal(gw_publisher_publish_sketch(p, "a b", 1, z, NULL), GW_ENAME);
+  assert_int_equal(gw_publisher_publish_sketch(p, "é", 1, z, NULL), GW_ENAME);
+  assert_int_equal(gw_publisher_publish_sketch(p, long_tag, 1, z, NULL), GW_ENAME);
+  assert_int_equal(gw_publisher_publish_sketch(p, "t", 1ull << 63, z, NULL), GW_EINVAL);
+  gw_extras_t x = {.flags = 0x8};
+  assert_int_equal(gw_publisher_publish_sketch(p, "t", 1, z, &x), GW_EINVAL);
+  x = (gw_extras_t){.flags = GW_HAS_LOSS, .loss = NAN};
+  assert_int_equal(gw_publisher_publish_sketch(p, "t", 1, z, &x), GW_ENONFINITE);
+  x = (gw_extras_t){.flags = GW_HAS_LR, .lr = -INFINITY};
+  assert_int_equal(gw_publisher_publish_sketch(p, "t", 1, z, &x), GW_ENONFINITE);
+  x = (gw_extras_t){.flags = GW_HAS_GRAD_NORM, .grad_norm = INFINITY};
+  assert_int_equal(gw_publisher_publish_sketch(p, "t", 1, z, &x), GW_ENONFINITE);
+  /* An absent scalar may hold anything. */
+  x = (gw_extras_t){.flags = GW_HAS_LOSS, .loss = 1, .lr = NAN};
+  z[7] = NAN;
+  assert_int_equal(gw_publisher_publish_sketch(p, "t", 1, z, &x), GW_ENONFINITE);
+  z[7] = 65520.0f; /* finite in f32, Inf in f16 */
+  assert_int_equal(gw_publisher_publish_sketch(p, "t", 1, z, &x), GW_ENONFINITE);
+  assert_int_equal(gw_publisher_publish(p, "t", 1, NULL, 3, NULL), GW_EINVAL);
+  g[1] = NAN;
+  assert_int_equal(gw_publisher_publish(p, "t", 1, g, 3, NULL), GW_ENONFINITE);
+  x = (gw_extras_t){.flags = GW_HAS_GRAD_NORM, .grad_norm = 1}; /* norm given: the sketch catches it */
+  assert_int_equal(gw_publisher_publish(p, "t", 1, g, 3, &x), GW_ENONFINITE);
+  /* None of that was sent or counted; a good message still goes through. */
+  assert_int_equal(gw_publisher_sent(p), 0);
+  assert_int_equal(gw_publisher_dropped(p), 0);
+  z[7] = 65504.0f;
+  long_tag[128] = '\0';
+  assert_int_equal(gw_publisher_publish_sketch(p, long_tag, 0, z, &x), 0);
+  assert_int_equal(gw_publisher_sent(p), 1);
+  frames_t f;
+  recv_msg(sub.sock, &f);
+  assert_int_equal(f.topic_len, 4 + 1 + 1 + 128);
+  frames_free(&f);
+  assert_int_equal(gw_publisher_wait_subscribed(p, "a b", 0), GW_ENAME);
+  gw_publisher_free(p);
+  gw_publisher_free(NULL);
+  peer_close(&sub);
+}
+
+/* ---- never blocking ------------------------------------------------------------ */
+
+enum { FLOOD = 100000 };
+
+static void flood_no_peer(int socket) {
+  gw_publisher_config_t c;
+  gw_publisher_t *p;
+  float z[256];
+  double t0, dt;
+  for (int i = 0; i < 256; i++) z[i] = (float)i;
+  gw_publisher_config_init(&c);
+  c.endpoint = "tcp://127.0.0.1:9"; /* discard port: nothing listens */
+  c.run = "flood";
+  c.socket = socket;
+  c.sndhwm = 4;
+  c.linger_ms = 0;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  t0 = mono_s();
+  for (int i = 0; i < FLOOD; i++) {
+    int rc = gw_publisher_publish_sketch(p, "all", (uint64_t)i, z, NULL);
+    assert_true(rc == 0 || rc == GW_PUBLISH_DROPPED);
+  }
+  dt = mono_s() - t0;
+  print_message("%s, no peer: %d publishes in %.3f s, sent %llu dropped %llu\n",
+                socket == GW_PUBLISHER_PUB ? "PUB" : "PUSH", FLOOD, dt,
+                (unsigned long long)gw_publisher_sent(p),
+                (unsigned long long)gw_publisher_dropped(p));
+  assert_true(dt < 10.0);
+  assert_int_equal(gw_publisher_sent(p) + gw_publisher_dropped(p), FLOOD);
+  assert_int_equal(gw_publisher_dropped(p), FLOOD); /* nobody to send to */
+  assert_int_equal(gw_publisher_last_error(p), 0);
+  assert_int_equal(gw_publisher_wait_subscribed(p, NULL, 20), -ETIMEDOUT);
+  gw_publisher_free(p);
+}
+
+static void never_blocks_without_peer_pub(void **state) {
+  (void)state;
+  flood_no_peer(GW_PUBLISHER_PUB);
+}
+
+static void never_blocks_without_peer_push(void **state) {
+  (void)state;
+  flood_no_peer(GW_PUBLISHER_PUSH);
+}
+
+/* A subscriber that does not read: its queue fills, publishing goes on, the
+ * excess is dropped and counted. Then it drains: it gets exactly the
+ * messages counted as sent, in step order (none is lost silently). */
+static void never_blocks_with_stalled_subscriber(void **state) {
+  (void)state;
+  peer_t sub;
+  gw_publisher_config_t c;
+  gw_publisher_t *p;
+  float z[256];
+  double t0, dt;
+  int hwm = 8, quiet = 300;
+  uint64_t last = 0, n = 0;
+
+  for (int i = 0; i < 256; i++) z[i] = (float)i;
+  peer_open(&sub, ZMQ_SUB, NULL, NULL);
+  assert_int_equal(zmq_setsockopt(sub.sock, ZMQ_RCVHWM, &hwm, sizeof hwm), 0);
+  assert_int_equal(zmq_setsockopt(sub.sock, ZMQ_SUBSCRIBE, "gw1/", 4), 0);
+  gw_publisher_config_init(&c);
+  c.endpoint = sub.endpoint;
+  c.run = "flood";
+  c.sndhwm = 8;
+  c.linger_ms = 0;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(wait_sub(&sub, p, "all", RECV_TIMEOUT_MS), 0);
+  t0 = mono_s();
+  for (int i = 0; i < FLOOD; i++) {
+    int rc = gw_publisher_publish_sketch(p, "all", (uint64_t)i + 1, z, NULL);
+    assert_true(rc == 0 || rc == GW_PUBLISH_DROPPED);
+  }
+  dt = mono_s() - t0;
+  uint64_t sent = gw_publisher_sent(p), dropped = gw_publisher_dropped(p);
+  print_message("stalled subscriber: %d publishes in %.3f s, sent %llu dropped %llu\n",
+                FLOOD, dt, (unsigned long long)sent, (unsigned long long)dropped);
+  assert_true(dt < 10.0);
+  assert_int_equal(sent + dropped, FLOOD);
+  assert_true(sent >= 1 && dropped >= 1);
+
+  assert_int_equal(zmq_setsockopt(sub.sock, ZMQ_RCVTIMEO, &quiet, sizeof quiet), 0);
+  for (;;) {
+    zmq_msg_t m;
+    gw_msg_t d;
+    zmq_msg_t b;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, sub.sock, 0) < 0) {
+      assert_int_equal(errno, EAGAIN);
+      zmq_msg_close(&m);
+      break;
+    }
+    zmq_msg_init(&b);
+    assert_true(zmq_msg_more(&m));
+    assert_true(zmq_msg_recv(&b, sub.sock, 0) >= 0);
+    assert_int_equal(gw_proto_decode(zmq_msg_data(&m), zmq_msg_size(&m), zmq_msg_data(&b),
+                                     zmq_msg_size(&b), 0, &d), 0);
+    assert_true(d.step > last);
+    last = d.step;
+    n++;
+    zmq_msg_close(&m);
+    zmq_msg_close(&b);
+  }
+  assert_int_equal(n, sent);
+  gw_publisher_free(p);
+  peer_close(&sub);
+}
+
+/* ---- subscriptions, PUSH, CURVE ------------------------------------------------ */
+
+static void follows_subscriptions(void **state) {
+  (void)state;
+  peer_t sub;
+  gw_publisher_t *p;
+  float z[8] = {0};
+  frames_t f;
+
+  peer_open(&sub, ZMQ_SUB, "gw1/r1/layer1.", NULL);
+  p = pub_open(sub.endpoint, "r1", GW_DTYPE_F32);
+  assert_int_equal(wait_sub(&sub, p, "layer1.weight", RECV_TIMEOUT_MS), 0);
+  assert_int_equal(gw_publisher_wait_subscribed(p, NULL, 0), 0);
+  assert_int_equal(wait_sub(&sub, p, "layer2.weight", 50), -ETIMEDOUT);
+  assert_int_equal(gw_publisher_publish_sketch(p, "layer2.weight", 1, z, NULL), GW_PUBLISH_DROPPED);
+  assert_int_equal(gw_publisher_publish_sketch(p, "layer1.weight", 1, z, NULL), 0);
+  recv_msg(sub.sock, &f);
+  assert_memory_equal(f.topic, "gw1/r1/layer1.weight", f.topic_len);
+  frames_free(&f);
+  assert_int_equal(gw_publisher_sent(p), 1);
+  assert_int_equal(gw_publisher_dropped(p), 1);
+
+  /* Another run under the same subscriber's filter: nothing matches it. */
+  gw_publisher_t *q = pub_open(sub.endpoint, "r2", GW_DTYPE_F32);
+  assert_int_equal(wait_sub(&sub, q, NULL, 100), -ETIMEDOUT);
+  gw_publisher_free(q);
+
+  /* Unsubscribing stops the sending: drops start once it arrives. */
+  assert_int_equal(zmq_setsockopt(sub.sock, ZMQ_UNSUBSCRIBE, "gw1/r1/layer1.", 14), 0);
+  double t0 = mono_s();
+  uint64_t step = 2;
+  while (gw_publisher_publish_sketch(p, "layer1.weight", step++, z, NULL) == 0) {
+    assert_true(mono_s() - t0 < 5.0);
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  assert_int_equal(wait_sub(&sub, p, NULL, 0), -ETIMEDOUT);
+  gw_publisher_free(p);
+  peer_close(&sub);
+}
+
+static void push_to_pull(void **state) {
+  (void)state;
+  peer_t pull;
+  gw_publisher_config_t c;
+  gw_publisher_t *p;
+  float z[4] = {1, 2, 3, 4};
+  frames_t f;
+  gw_msg_t m;
+  double got[4];
+
+  peer_open(&pull, ZMQ_PULL, NULL, NULL);
+  gw_publisher_config_init(&c);
+  c.endpoint = pull.endpoint;
+  c.run = "r";
+  c.socket = GW_PUBLISHER_PUSH;
+  c.sketch.k = 4;
+  c.sketch.s = 1;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(wait_sub(&pull, p, NULL, RECV_TIMEOUT_MS), 0);
+  assert_int_equal(gw_publisher_publish_sketch(p, "all", 5, z, NULL), 0);
+  recv_msg(pull.sock, &f);
+  assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
+  assert_int_equal(m.step, 5);
+  assert_int_equal(gw_proto_read_payload(&m, got), 0);
+  for (int i = 0; i < 4; i++) assert_true(got[i] == i + 1);
+  frames_free(&f);
+  gw_publisher_free(p);
+  peer_close(&pull);
+}
+
+static void curve(void **state) {
+  (void)state;
+  char spk[41], ssk[41], cpk[41], csk[41], opk[41], osk[41];
+  peer_t sub;
+  gw_publisher_config_t c;
+  gw_publisher_t *p;
+  float z[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  frames_t f;
+  gw_msg_t m;
+
+  if (!zmq_has("curve")) skip();
+  assert_int_equal(zmq_curve_keypair(spk, ssk), 0);
+  assert_int_equal(zmq_curve_keypair(cpk, csk), 0);
+  assert_int_equal(zmq_curve_keypair(opk, osk), 0);
+  peer_open(&sub, ZMQ_SUB, "gw1/", ssk);
+  gw_publisher_config_init(&c);
+  c.endpoint = sub.endpoint;
+  c.run = "secure";
+  c.sketch.k = 8;
+  c.curve_server_key = spk;
+  c.curve_public_key = cpk;
+  c.curve_secret_key = csk;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(wait_sub(&sub, p, NULL, RECV_TIMEOUT_MS), 0);
+  assert_int_equal(gw_publisher_publish_sketch(p, "all", 1, z, NULL), 0);
+  recv_msg(sub.sock, &f);
+  assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
+  assert_int_equal(m.step, 1);
+  frames_free(&f);
+  gw_publisher_free(p);
+
+  /* The wrong server key: the handshake fails, no subscription ever comes. */
+  c.curve_server_key = opk;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(wait_sub(&sub, p, NULL, 300), -ETIMEDOUT);
+  assert_int_equal(gw_publisher_publish_sketch(p, "all", 2, z, NULL), GW_PUBLISH_DROPPED);
+  gw_publisher_free(p);
+  peer_close(&sub);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(frames_f32),
+      cmocka_unit_test(frames_f16),
+      cmocka_unit_test(frames_bf16),
+      cmocka_unit_test(publish_gradient_sketches_and_norms),
+      cmocka_unit_test(bad_config),
+      cmocka_unit_test(bad_publish_arguments),
+      cmocka_unit_test(never_blocks_without_peer_pub),
+      cmocka_unit_test(never_blocks_without_peer_push),
+      cmocka_unit_test(never_blocks_with_stalled_subscriber),
+      cmocka_unit_test(follows_subscriptions),
+      cmocka_unit_test(push_to_pull),
+      cmocka_unit_test(curve),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,1365 @@
+/* test_store.c — the SQLite store: round trips, listings, series and their
+ * min/max downsampling (against a brute-force reference written here),
+ * store_every, durability across reopen, schema versions, queue overflow,
+ * injected disk faults (SQLITE_FULL, SQLITE_IOERR, a mid-batch failure) and
+ * recovery, retention, max_db_mb, concurrent readers, alerts, sketches.
+ * Independent checks read the database file with plain SQLite and decode the
+ * documented blob format byte by byte. Files live under /tmp and are removed.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "store.h"
+
+/* ---------------------------------------------------------------- helpers */
+
+typedef struct {
+  char path[256];
+  gw_stats_t stats;
+  gw_store_t *st;
+} fx_t;
+
+static int fx_setup(void **state) {
+  static atomic_int counter;
+  fx_t *f = calloc(1, sizeof *f);
+  if (!f) return -1;
+  snprintf(f->path, sizeof f->path, "/tmp/gw_test_store_%d_%d.db", (int)getpid(),
+           atomic_fetch_add(&counter, 1));
+  *state = f;
+  return 0;
+}
+
+static void rm_db(const char *path) {
+  char p[300];
+  unlink(path);
+  snprintf(p, sizeof p, "%s-wal", path);
+  unlink(p);
+  snprintf(p, sizeof p, "%s-shm", path);
+  unlink(p);
+}
+
+static int fx_teardown(void **state) {
+  fx_t *f = *state;
+  gw_store_close(f->st);
+  rm_db(f->path);
+  free(f);
+  return 0;
+}
+
+static void cfg_init(gw_store_config_t *c, const char *path) {
+  gw_store_config_default(c);
+  c->path = path;
+  c->flush_ms = 20;
+}
+
+static void open_ok(fx_t *f, const gw_store_config_t *c) {
+  assert_int_equal(gw_store_open(&f->st, c, &f->stats), 0);
+  assert_non_null(f->st);
+}
+
+static uint64_t splitmix(uint64_t *x) {
+  uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+static double unif(uint64_t *x) { return (double)(splitmix(x) >> 11) * 0x1p-53; }
+
+/* A point with every field set from (sid, n), NANs in a few patterns. */
+static gw_point_t mkpoint(uint32_t sid, uint64_t n, uint64_t step, int64_t wall) {
+  gw_point_t p;
+  uint64_t x = (uint64_t)sid * 1000003u + n;
+  memset(&p, 0, sizeof p);
+  p.stream_id = sid;
+  p.n = n;
+  p.step = step;
+  p.wall_ns = wall;
+  p.window_len = (uint32_t)(n < 64 ? n : 64);
+  p.path_onestep = unif(&x) * 100;
+  p.path_ema = unif(&x) * 100;
+  p.kappa_onestep = n % 7 == 0 ? NAN : unif(&x) * 3;
+  p.kappa_ema = n % 7 == 0 ? NAN : unif(&x) * 2 - 1e-300;
+  p.kappa_onestep_cum = unif(&x) / 3;
+  p.kappa_ema_cum = n % 9 == 0 ? NAN : -unif(&x);
+  p.rank_90 = (uint32_t)(n % 13);
+  p.rank_99 = (uint32_t)(n % 17);
+  p.stable_rank = n % 11 == 0 ? NAN : 1 + unif(&x) * 10;
+  for (int i = 0; i < GW_TOP_SIGMA; i++) {
+    p.tail_energy[i] = n % 11 == 0 ? NAN : unif(&x);
+    p.sigma[i] = unif(&x) * 1e6;
+  }
+  p.rank_step = step;
+  p.grad_norm = n % 5 == 0 ? NAN : unif(&x) * 50;
+  p.loss = n % 3 == 0 ? NAN : unif(&x);
+  p.lr = n % 2 == 0 ? NAN : 1e-3 * unif(&x);
+  p.sketch_norm = unif(&x) * 7;
+  return p;
+}
+
+static int same_double(double a, double b) {
+  return (isnan(a) && isnan(b)) || memcmp(&a, &b, sizeof a) == 0;
+}
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static int all_metrics[GW_METRIC_COUNT];
+
+static void init_all_metrics(void) {
+  for (int i = 0; i < GW_METRIC_COUNT; i++) all_metrics[i] = i;
+}
+
+/* Raw SQLite access to the file, for independent checks. */
+static sqlite3 *raw_open(const char *path) {
+  sqlite3 *db = NULL;
+  assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL),
+                   SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  return db;
+}
+
+static int64_t raw_int(sqlite3 *db, const char *sql) {
+  sqlite3_stmt *s = NULL;
+  int64_t v = -1;
+  assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+  if (sqlite3_step(s) == SQLITE_ROW) v = sqlite3_column_int64(s, 0);
+  sqlite3_finalize(s);
+  return v;
+}
+
+static void raw_text(sqlite3 *db, const char *sql, char *out, size_t cap) {
+  sqlite3_stmt *s = NULL;
+  out[0] = 0;
+  assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+  if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0))
+    snprintf(out, cap, "%s", (const char *)sqlite3_column_text(s, 0));
+  sqlite3_finalize(s);
+}
+
+/* Decode float64 number m of a blob as the header documents (LE). */
+static double blob_le(const unsigned char *v, int m) {
+  uint64_t u = 0;
+  double d;
+  for (int i = 7; i >= 0; i--) u = (u << 8) | v[8 * m + i];
+  memcpy(&d, &u, 8);
+  return d;
+}
+
+/* Every stored stream's `points` equals its real row count. */
+static void raw_check_counts(const char *path) {
+  sqlite3 *db = raw_open(path);
+  char ok[64];
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM streams s WHERE s.points != "
+                               "(SELECT count(*) FROM points p WHERE p.stream = s.id)"),
+                   0);
+  raw_text(db, "PRAGMA integrity_check", ok, sizeof ok);
+  assert_string_equal(ok, "ok");
+  sqlite3_close(db);
+}
+
+typedef struct {
+  atomic_int op, code, after, calls, once;
+} fault_t;
+
+static int fault_cb(void *arg, int op) {
+  fault_t *f = arg;
+  int c = atomic_load(&f->code);
+  if (!c || op != atomic_load(&f->op)) return 0;
+  if (atomic_fetch_sub(&f->after, 1) > 0) return 0;
+  atomic_fetch_add(&f->calls, 1);
+  if (atomic_load(&f->once)) atomic_store(&f->code, 0);
+  return c;
+}
+
+typedef struct {
+  pthread_mutex_t mu;
+  char last[512];
+  int n;
+} logcap_t;
+
+static void log_cb(void *arg, int level, const char *msg) {
+  logcap_t *l = arg;
+  (void)level;
+  pthread_mutex_lock(&l->mu);
+  snprintf(l->last, sizeof l->last, "%s", msg);
+  l->n++;
+  pthread_mutex_unlock(&l->mu);
+}
+
+/* ------------------------------------------------------------------ tests */
+
+static void roundtrip_points(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_point_t *pts = calloc(600, sizeof *pts);
+  gw_series_t s;
+  sqlite3 *db;
+  sqlite3_stmt *q;
+  int64_t t0 = now_ns();
+  assert_non_null(pts);
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "runA", "all", 256, 1, 4,
+                                       0xdeadbeefcafebabeull), 0);
+  assert_int_equal(gw_store_put_stream(f->st, 1, "runA", "layer1.weight", 128, 2, 0, 7), 0);
+  for (int i = 0; i < 600; i++) {
+    uint32_t sid = (uint32_t)(i % 2);
+    uint64_t n = (uint64_t)(i / 2) + 1;
+    pts[i] = mkpoint(sid, n, 10 * n, t0 + (int64_t)n * 1000000);
+    assert_int_equal(gw_store_put_point(f->st, &pts[i]), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_stats_get(&f->stats.store_written), 600);
+  assert_int_equal(gw_stats_get(&f->stats.store_queue_depth), 0);
+
+  for (uint32_t sid = 0; sid < 2; sid++) {
+    assert_int_equal(gw_store_series(f->st, "runA", sid ? "layer1.weight" : "all",
+                                     all_metrics, GW_METRIC_COUNT, 0, UINT64_MAX, 0, &s),
+                     0);
+    assert_int_equal(s.n, 300);
+    assert_int_equal(s.n_metrics, GW_METRIC_COUNT);
+    assert_false(s.downsampled);
+    for (size_t r = 0; r < s.n; r++) {
+      const gw_point_t *p = &pts[2 * r + sid];
+      assert_int_equal(s.step[r], p->step);
+      for (int m = 0; m < GW_METRIC_COUNT; m++)
+        if (!same_double(s.cols[m][r], gw_point_get(p, m)))
+          fail_msg("stream %u row %zu metric %s: %.17g != %.17g", sid, r,
+                   gw_metric_name(m), s.cols[m][r], gw_point_get(p, m));
+    }
+    gw_store_series_free(&s);
+  }
+
+  /* The file, read with plain SQLite and decoded as documented. */
+  db = raw_open(f->path);
+  assert_int_equal(sqlite3_prepare_v2(db,
+                                      "SELECT p.step, p.v FROM points p JOIN streams s "
+                                      "ON s.id = p.stream WHERE s.tag = 'all' ORDER BY p.step",
+                                      -1, &q, NULL),
+                   SQLITE_OK);
+  for (int r = 0; r < 300; r++) {
+    const unsigned char *v;
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int64(q, 0), (int64_t)pts[2 * r].step);
+    assert_int_equal(sqlite3_column_bytes(q, 1), GW_METRIC_COUNT * 8);
+    v = sqlite3_column_blob(q, 1);
+    assert_true(same_double(blob_le(v, GW_METRIC_KAPPA_EMA), pts[2 * r].kappa_ema));
+    assert_true(same_double(blob_le(v, GW_METRIC_SIGMA_8), pts[2 * r].sigma[7]));
+    assert_true(same_double(blob_le(v, GW_METRIC_LOSS), pts[2 * r].loss));
+    assert_true(same_double(blob_le(v, GW_METRIC_RANK_90), (double)pts[2 * r].rank_90));
+  }
+  assert_int_equal(sqlite3_step(q), SQLITE_DONE);
+  sqlite3_finalize(q);
+  /* seed >= 2^63 survives the signed column */
+  assert_int_equal((uint64_t)raw_int(db, "SELECT seed FROM streams WHERE tag = 'all'"),
+                   0xdeadbeefcafebabeull);
+  sqlite3_close(db);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  free(pts);
+}
+
+static void listings(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_run_t *runs;
+  gw_store_stream_t *ss;
+  gw_series_t s;
+  size_t n;
+  uint64_t rows;
+  int64_t t0 = 1700000000000000000LL;
+  sqlite3 *db;
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 3, "alpha", "all", 256, 1, 4, 11), 0);
+  assert_int_equal(gw_store_put_stream(f->st, 4, "alpha", "x", 64, 2, 0, 12), 0);
+  assert_int_equal(gw_store_put_stream(f->st, 5, "beta", "all", 32, 1, 1, 13), 0);
+  assert_int_equal(gw_store_put_stream(f->st, 6, "gamma", "idle", 16, 1, 2, 14), 0);
+  for (uint64_t i = 0; i < 10; i++) {
+    gw_point_t p = mkpoint(3, i + 1, 5 + 5 * i, t0 + (int64_t)i);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+    p = mkpoint(4, i + 1, 100 + i, t0 + 1000 + (int64_t)i);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  for (uint64_t i = 1; i <= 3; i++) {
+    gw_point_t p = mkpoint(5, i, i, t0 + 5000 + (int64_t)i);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+
+  assert_int_equal(gw_store_runs(f->st, &runs, &n), 0);
+  assert_int_equal(n, 3);
+  assert_string_equal(runs[0].run, "alpha");
+  assert_int_equal(runs[0].streams, 2);
+  assert_int_equal(runs[0].first_step, 5);
+  assert_int_equal(runs[0].last_step, 109);
+  assert_int_equal(runs[0].last_seen_ns, t0 + 1009);
+  assert_string_equal(runs[1].run, "beta");
+  assert_int_equal(runs[1].streams, 1);
+  assert_int_equal(runs[1].first_step, 1);
+  assert_int_equal(runs[1].last_step, 3);
+  assert_int_equal(runs[1].last_seen_ns, t0 + 5003);
+  assert_string_equal(runs[2].run, "gamma"); /* declared, no point yet */
+  assert_int_equal(runs[2].streams, 1);
+  assert_int_equal(runs[2].last_step, 0);
+  gw_store_runs_free(runs, n);
+
+  assert_int_equal(gw_store_streams(f->st, "alpha", &ss, &n), 0);
+  assert_int_equal(n, 2);
+  assert_string_equal(ss[0].tag, "all");
+  assert_int_equal(ss[0].k, 256);
+  assert_int_equal(ss[0].points, 10);
+  assert_int_equal(ss[0].first_step, 5);
+  assert_int_equal(ss[0].last_step, 50);
+  assert_int_equal(ss[0].last_seen_ns, t0 + 9);
+  assert_int_equal(ss[0].kind, 1);
+  assert_int_equal(ss[0].s, 4);
+  assert_int_equal(ss[0].seed, 11);
+  assert_string_equal(ss[1].tag, "x");
+  assert_int_equal(ss[1].k, 64);
+  assert_int_equal(ss[1].points, 10);
+  assert_int_equal(ss[1].first_step, 100);
+  assert_int_equal(ss[1].last_step, 109);
+  gw_store_streams_free(ss, n);
+
+  assert_int_equal(gw_store_streams(f->st, "nope", &ss, &n), GW_ENOTFOUND);
+  assert_null(ss);
+  assert_int_equal(gw_store_series(f->st, "alpha", "nope", all_metrics, 1, 0, 10, 0, &s),
+                   GW_ENOTFOUND);
+  assert_int_equal(gw_store_series(f->st, "nope", "all", all_metrics, 1, 0, 10, 0, &s),
+                   GW_ENOTFOUND);
+  assert_int_equal(s.n, 0);
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, 23);
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM points"), 23);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM runs"), 3);
+  sqlite3_close(db);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+static void series_range(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  static const struct {
+    uint64_t from, to;
+  } ranges[] = {{0, UINT64_MAX}, {30, 60}, {31, 59}, {3000, 3000}, {2999, 2999},
+                {5000, 6000},    {0, 2},   {60, 30},  {UINT64_MAX - 1, UINT64_MAX}};
+  int metrics[2] = {GW_METRIC_KAPPA_ONESTEP, GW_METRIC_RANK_99};
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "r", "t", 8, 1, 1, 1), 0);
+  for (uint64_t n = 1; n <= 1000; n++) {
+    gw_point_t p = mkpoint(0, n, 3 * n, (int64_t)n);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+    gw_series_t s;
+    size_t want = 0;
+    assert_int_equal(gw_store_series(f->st, "r", "t", metrics, 2, ranges[r].from,
+                                     ranges[r].to, 0, &s),
+                     0);
+    for (uint64_t n = 1; n <= 1000; n++) { /* brute force */
+      if (3 * n < ranges[r].from || 3 * n > ranges[r].to) continue;
+      assert_true(want < s.n);
+      assert_int_equal(s.step[want], 3 * n);
+      gw_point_t p = mkpoint(0, n, 3 * n, (int64_t)n);
+      assert_true(same_double(s.cols[0][want], p.kappa_onestep));
+      assert_true(same_double(s.cols[1][want], (double)p.rank_99));
+      want++;
+    }
+    assert_int_equal(s.n, want);
+    gw_store_series_free(&s);
+  }
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+/* Reference min/max downsampling, written from the header's words. */
+static void check_downsample(fx_t *f, const gw_point_t *pts, size_t npts, uint64_t from,
+                             uint64_t to, size_t max_points, const int *metrics,
+                             size_t nm) {
+  gw_series_t s;
+  size_t idx[20000], n = 0;
+  for (size_t i = 0; i < npts; i++)
+    if (pts[i].step >= from && pts[i].step <= to) idx[n++] = i;
+  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, nm, from, to, max_points, &s),
+                   0);
+  if (n <= max_points) {
+    assert_false(s.downsampled);
+    assert_int_equal(s.n, n);
+    gw_store_series_free(&s);
+    return;
+  }
+  size_t B = max_points / 2;
+  assert_true(s.downsampled);
+  assert_int_equal(s.n, 2 * B);
+  assert_true(s.n <= max_points);
+  for (size_t b = 0; b < B; b++) {
+    size_t lo = b * n / B, hi = (b + 1) * n / B; /* n, B small: no overflow */
+    assert_true(hi - lo >= 2);
+    assert_int_equal(s.step[2 * b], pts[idx[lo]].step);
+    assert_int_equal(s.step[2 * b + 1], pts[idx[hi - 1]].step);
+    for (size_t m = 0; m < nm; m++) {
+      double mn = NAN, mx = NAN;
+      for (size_t i = lo; i < hi; i++) {
+        double v = gw_point_get(&pts[idx[i]], metrics[m]);
+        if (isnan(v)) continue;
+        if (isnan(mn) || v < mn) mn = v;
+        if (isnan(mx) || v > mx) mx = v;
+      }
+      if (!same_double(s.cols[m][2 * b], mn) || !same_double(s.cols[m][2 * b + 1], mx))
+        fail_msg("bucket %zu metric %d: got %g/%g want %g/%g", b, metrics[m],
+                 s.cols[m][2 * b], s.cols[m][2 * b + 1], mn, mx);
+    }
+  }
+  for (size_t m = 0; m < nm; m++) { /* global extremes survive */
+    double gmn = NAN, gmx = NAN, smn = NAN, smx = NAN;
+    for (size_t i = 0; i < n; i++) {
+      double v = gw_point_get(&pts[idx[i]], metrics[m]);
+      if (!isnan(v) && (isnan(gmn) || v < gmn)) gmn = v;
+      if (!isnan(v) && (isnan(gmx) || v > gmx)) gmx = v;
+    }
+    for (size_t r = 0; r < s.n; r++) {
+      double v = s.cols[m][r];
+      if (!isnan(v) && (isnan(smn) || v < smn)) smn = v;
+      if (!isnan(v) && (isnan(smx) || v > smx)) smx = v;
+    }
+    assert_true(same_double(gmn, smn));
+    assert_true(same_double(gmx, smx));
+  }
+  gw_store_series_free(&s);
+}
+
+static void downsampling(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  enum { NPTS = 5003 };
+  gw_point_t *pts = calloc(NPTS, sizeof *pts);
+  int metrics[5] = {GW_METRIC_KAPPA_EMA, GW_METRIC_LOSS, GW_METRIC_SIGMA_1,
+                    GW_METRIC_RANK_90, GW_METRIC_GRAD_NORM};
+  gw_series_t s;
+  assert_non_null(pts);
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "r", "d", 8, 1, 1, 1), 0);
+  for (size_t i = 0; i < NPTS; i++) {
+    pts[i] = mkpoint(0, i + 1, 2 * i + 7, (int64_t)i);
+    if (i >= 1000 && i < 1400) pts[i].loss = NAN; /* whole null buckets */
+    assert_int_equal(gw_store_put_point(f->st, &pts[i]), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  check_downsample(f, pts, NPTS, 0, UINT64_MAX, 100, metrics, 5);
+  check_downsample(f, pts, NPTS, 0, UINT64_MAX, 101, metrics, 5);
+  check_downsample(f, pts, NPTS, 0, UINT64_MAX, 2, metrics, 5);
+  check_downsample(f, pts, NPTS, 0, UINT64_MAX, 9999, metrics, 5);
+  check_downsample(f, pts, NPTS, 500, 3000, 64, metrics, 5);
+  check_downsample(f, pts, NPTS, 500, 3000, 1247, metrics, 5);
+  check_downsample(f, pts, NPTS, 0, UINT64_MAX, NPTS, metrics, 5);
+  /* a bucket entirely null in `loss` stays null */
+  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, 5, 0, UINT64_MAX, 100, &s), 0);
+  {
+    int nulls = 0;
+    for (size_t r = 0; r < s.n; r++) nulls += isnan(s.cols[1][r]);
+    assert_true(nulls >= 2);
+  }
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, 5, 0, UINT64_MAX, 1, &s),
+                   GW_EINVAL);
+  {
+    int bad = GW_METRIC_COUNT;
+    assert_int_equal(gw_store_series(f->st, "r", "d", &bad, 1, 0, UINT64_MAX, 0, &s),
+                     GW_EINVAL);
+    bad = -1;
+    assert_int_equal(gw_store_series(f->st, "r", "d", &bad, 1, 0, UINT64_MAX, 0, &s),
+                     GW_EINVAL);
+  }
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  free(pts);
+}
+
+static void store_every(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_series_t s;
+  static const uint64_t want[] = {1, 4, 8, 12, 16, 20, 21, 24};
+  cfg_init(&c, f->path);
+  c.store_every = 4;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 2, "r", "e", 8, 1, 1, 1), 0);
+  for (uint64_t n = 1; n <= 20; n++) {
+    gw_point_t p = mkpoint(2, n, 100 + n, (int64_t)n);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  /* re-declaration (daemon restart, id reuse): its first point is kept */
+  assert_int_equal(gw_store_put_stream(f->st, 2, "r", "e", 8, 1, 1, 1), 0);
+  for (uint64_t n = 21; n <= 24; n++) {
+    gw_point_t p = mkpoint(2, n, 100 + n, (int64_t)n);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_series(f->st, "r", "e", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(s.n, sizeof want / sizeof want[0]);
+  for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], 100 + want[i]);
+  gw_store_series_free(&s);
+  assert_int_equal(gw_stats_get(&f->stats.store_dropped), 0);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+static void durability_reopen(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_stream_t *ss;
+  gw_series_t s;
+  size_t n;
+  uint64_t rows;
+  sqlite3 *db;
+  char mode[32];
+  cfg_init(&c, f->path);
+  c.flush_ms = 60000; /* only close commits */
+  open_ok(f, &c);
+  for (uint32_t sid = 0; sid < 3; sid++) {
+    char tag[8];
+    snprintf(tag, sizeof tag, "t%u", sid);
+    assert_int_equal(gw_store_put_stream(f->st, sid, "dur", tag, 8, 1, 1, sid), 0);
+  }
+  for (uint64_t i = 0; i < 999; i++) {
+    gw_point_t p = mkpoint((uint32_t)(i % 3), i / 3 + 1, i / 3 + 1, (int64_t)i);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  gw_store_close(f->st); /* no flush: close commits everything */
+  f->st = NULL;
+
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "PRAGMA user_version"), GW_STORE_SCHEMA_VERSION);
+  assert_int_equal(raw_int(db, "PRAGMA auto_vacuum"), 2); /* incremental */
+  raw_text(db, "PRAGMA journal_mode", mode, sizeof mode);
+  assert_string_equal(mode, "wal");
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM points"), 999);
+  sqlite3_close(db);
+
+  c.flush_ms = 20;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, 999);
+  /* the same run/tag after a restart continues the same stream */
+  assert_int_equal(gw_store_put_stream(f->st, 9, "dur", "t1", 8, 1, 1, 1), 0);
+  {
+    gw_point_t p = mkpoint(9, 1000, 1000, 5);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_streams(f->st, "dur", &ss, &n), 0);
+  assert_int_equal(n, 3);
+  assert_string_equal(ss[1].tag, "t1");
+  assert_int_equal(ss[1].points, 334);
+  assert_int_equal(ss[1].first_step, 1);
+  assert_int_equal(ss[1].last_step, 1000);
+  gw_store_streams_free(ss, n);
+  assert_int_equal(gw_store_series(f->st, "dur", "t2", all_metrics, GW_METRIC_COUNT, 0,
+                                   UINT64_MAX, 0, &s),
+                   0);
+  assert_int_equal(s.n, 333);
+  for (size_t r = 0; r < s.n; r++) {
+    gw_point_t p = mkpoint(2, r + 1, r + 1, (int64_t)(3 * r + 2));
+    for (int m = 0; m < GW_METRIC_COUNT; m++)
+      assert_true(same_double(s.cols[m][r], gw_point_get(&p, m)));
+  }
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+/* SPEC §9: a kill -9 loses at most what was not yet committed. A child
+ * writes points and reports each step it has flushed; the parent kills it
+ * mid-stream and finds every reported point, and a sound database. */
+static void kill9_durability(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_series_t s;
+  int fds[2];
+  uint64_t reported = 0, got;
+  pid_t pid;
+  cfg_init(&c, f->path);
+  assert_int_equal(pipe(fds), 0);
+  pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    gw_stats_t stats;
+    gw_store_t *st = NULL;
+    close(fds[0]);
+    memset(&stats, 0, sizeof stats);
+    if (gw_store_open(&st, &c, &stats) ||
+        gw_store_put_stream(st, 0, "k9", "t", 8, 1, 1, 1))
+      _exit(2);
+    for (uint64_t n = 1;; n++) {
+      gw_point_t p = mkpoint(0, n, n, (int64_t)n);
+      if (gw_store_put_point(st, &p)) _exit(3);
+      if (n % 50 == 0 && (gw_store_flush(st) ||
+                          write(fds[1], &n, sizeof n) != (ssize_t)sizeof n))
+        _exit(4);
+    }
+  }
+  close(fds[1]);
+  while (reported < 2000 && read(fds[0], &got, sizeof got) == (ssize_t)sizeof got)
+    reported = got;
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  close(fds[0]);
+  assert_true(reported >= 2000);
+  open_ok(f, &c);
+  assert_int_equal(gw_store_series(f->st, "k9", "t", all_metrics, GW_METRIC_COUNT, 0,
+                                   UINT64_MAX, 0, &s),
+                   0);
+  assert_true(s.n >= reported);
+  for (size_t i = 0; i < s.n; i++) {
+    gw_point_t p = mkpoint(0, i + 1, i + 1, (int64_t)i + 1);
+    assert_int_equal(s.step[i], i + 1);
+    for (int m = 0; m < GW_METRIC_COUNT; m++)
+      assert_true(same_double(s.cols[m][i], gw_point_get(&p, m)));
+  }
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  gw_store_close(f->st);
+  f->st = NULL;
+  raw_check_counts(f->path);
+}
+
+static void schema_newer_refused(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  logcap_t lc = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  gw_store_t *st2 = (gw_store_t *)&lc; /* must be reset to NULL */
+  sqlite3 *db;
+  char want[64];
+  FILE *fp;
+  cfg_init(&c, f->path);
+  c.log = log_cb;
+  c.log_arg = &lc;
+  open_ok(f, &c);
+  gw_store_close(f->st);
+  f->st = NULL;
+  db = raw_open(f->path);
+  assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+  assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EDB);
+  assert_null(st2);
+  snprintf(want, sizeof want, "schema version %d, newer", GW_STORE_SCHEMA_VERSION + 1);
+  assert_non_null(strstr(lc.last, want));
+  db = raw_open(f->path); /* refused without touching it */
+  assert_int_equal(raw_int(db, "PRAGMA user_version"), GW_STORE_SCHEMA_VERSION + 1);
+  sqlite3_close(db);
+  rm_db(f->path);
+
+  /* a foreign SQLite database */
+  db = raw_open(f->path);
+  assert_int_equal(sqlite3_exec(db, "CREATE TABLE foo(x)", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+  assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EDB);
+  assert_non_null(strstr(lc.last, "not a gradwatch database"));
+  rm_db(f->path);
+
+  /* not a database at all */
+  fp = fopen(f->path, "wb");
+  assert_non_null(fp);
+  for (int i = 0; i < 4096; i++) fputc(i * 7, fp);
+  fclose(fp);
+  assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EDB);
+  assert_null(st2);
+}
+
+static void queue_full(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  fault_t ft = {0};
+  uint64_t rows;
+  int ok = 0, full = 0;
+  atomic_store(&ft.op, GW_STORE_OP_BEGIN);
+  atomic_store(&ft.code, SQLITE_BUSY);
+  cfg_init(&c, f->path);
+  c.queue_max = 100;
+  c.fault = fault_cb;
+  c.fault_arg = &ft;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "q", "t", 8, 1, 1, 1), 0);
+  for (uint64_t n = 1; n <= 150; n++) {
+    gw_point_t p = mkpoint(0, n, n, 1);
+    int rc = gw_store_put_point(f->st, &p);
+    if (rc == 0) ok++;
+    else if (rc == GW_EFULL) full++;
+    else fail_msg("unexpected %d", rc);
+  }
+  /* the declaration is one of the 100 records; nothing can commit */
+  assert_int_equal(ok, 99);
+  assert_int_equal(full, 51);
+  assert_int_equal(gw_stats_get(&f->stats.store_dropped), 51);
+  assert_int_equal(gw_stats_get(&f->stats.store_queue_depth), 100);
+  assert_int_equal(gw_store_flush(f->st), GW_EDB); /* SQLITE_BUSY */
+  assert_int_equal(atomic_load(&f->stats.store_last_error), GW_EDB);
+  atomic_store(&ft.code, 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, 99);
+  assert_int_equal(gw_stats_get(&f->stats.store_queue_depth), 0);
+  assert_int_equal(atomic_load(&f->stats.store_last_error), 0);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+/* Inject `code` at `op` after a healthy start; ingest keeps queueing;
+ * clearing the fault lands everything. */
+static void fault_then_recover(fx_t *f, int op, int code, int want_err) {
+  gw_store_config_t c;
+  fault_t ft = {0};
+  gw_series_t s;
+  uint64_t rows, errs;
+  cfg_init(&c, f->path);
+  c.fault = fault_cb;
+  c.fault_arg = &ft;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "f", "a", 8, 1, 1, 1), 0);
+  assert_int_equal(gw_store_put_stream(f->st, 1, "f", "b", 8, 1, 1, 1), 0);
+  for (uint64_t n = 1; n <= 50; n++) {
+    gw_point_t p = mkpoint((uint32_t)(n % 2), n, n, 1);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_stats_get(&f->stats.store_written), 50);
+
+  atomic_store(&ft.op, op);
+  atomic_store(&ft.code, code);
+  for (uint64_t n = 51; n <= 250; n++) { /* ingest side keeps working */
+    gw_point_t p = mkpoint((uint32_t)(n % 2), n, n, 1);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  /* a new stream declared while the disk fails */
+  assert_int_equal(gw_store_put_stream(f->st, 2, "f2", "c", 8, 1, 1, 1), 0);
+  for (uint64_t n = 1; n <= 30; n++) {
+    gw_point_t p = mkpoint(2, n, n, 1);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), want_err);
+  assert_int_equal(atomic_load(&f->stats.store_last_error), want_err);
+  assert_int_equal(gw_stats_get(&f->stats.store_written), 50);
+  assert_int_equal(gw_stats_get(&f->stats.store_queue_depth), 231);
+  errs = gw_stats_get(&f->stats.store_errors);
+  assert_true(errs >= 1);
+  sleep_ms(350); /* the writer retries on its own: 100 ms, then 200 ms */
+  assert_true(gw_stats_get(&f->stats.store_errors) > errs);
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, 50); /* nothing half-written */
+
+  atomic_store(&ft.code, 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(atomic_load(&f->stats.store_last_error), 0);
+  assert_int_equal(gw_stats_get(&f->stats.store_written), 280);
+  assert_int_equal(gw_stats_get(&f->stats.store_queue_depth), 0);
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, 280);
+  assert_int_equal(gw_store_series(f->st, "f", "b", all_metrics, GW_METRIC_COUNT, 0,
+                                   UINT64_MAX, 0, &s),
+                   0);
+  assert_int_equal(s.n, 125);
+  for (size_t r = 0; r < s.n; r++) {
+    gw_point_t p = mkpoint(1, 2 * r + 1, 2 * r + 1, 1);
+    assert_int_equal(s.step[r], 2 * r + 1);
+    for (int m = 0; m < GW_METRIC_COUNT; m++)
+      assert_true(same_double(s.cols[m][r], gw_point_get(&p, m)));
+  }
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_series(f->st, "f2", "c", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(s.n, 30);
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  raw_check_counts(f->path);
+}
+
+static void fault_disk_full(void **state) {
+  fault_then_recover(*state, GW_STORE_OP_STEP, SQLITE_FULL, -ENOSPC);
+}
+
+static void fault_ioerr_commit(void **state) {
+  fault_then_recover(*state, GW_STORE_OP_COMMIT, SQLITE_IOERR_WRITE, GW_EIO);
+}
+
+static void fault_ioerr_begin(void **state) {
+  fault_then_recover(*state, GW_STORE_OP_BEGIN, SQLITE_IOERR_LOCK, GW_EIO);
+}
+
+/* One failure in the middle of a batch that also re-declares a stream id:
+ * the retry must attribute every point to the stream it was queued for. */
+static void fault_mid_batch(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  fault_t ft = {0};
+  gw_series_t s;
+  cfg_init(&c, f->path);
+  c.flush_ms = 60000; /* one batch, cut by the flush below */
+  c.fault = fault_cb;
+  c.fault_arg = &ft;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "m", "old", 8, 1, 1, 1), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  for (uint64_t n = 1; n <= 40; n++) {
+    gw_point_t p = mkpoint(0, n, n, 1);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  assert_int_equal(gw_store_put_stream(f->st, 0, "m", "new", 8, 1, 1, 1), 0);
+  for (uint64_t n = 41; n <= 100; n++) {
+    gw_point_t p = mkpoint(0, n, n, 1);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  atomic_store(&ft.op, GW_STORE_OP_STEP);
+  atomic_store(&ft.after, 30); /* 3 steps declare "new", then 27 inserts */
+  atomic_store(&ft.once, 1);
+  atomic_store(&ft.code, SQLITE_IOERR_WRITE);
+  assert_int_equal(gw_store_flush(f->st), GW_EIO);
+  assert_int_equal(atomic_load(&ft.calls), 1);
+  assert_int_equal(gw_store_flush(f->st), 0); /* the retry */
+  assert_int_equal(gw_store_series(f->st, "m", "old", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(s.n, 40);
+  for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], i + 1);
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_series(f->st, "m", "new", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(s.n, 60);
+  for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], i + 41);
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  raw_check_counts(f->path);
+}
+
+static void close_while_failing(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  fault_t ft = {0};
+  struct timespec a, b;
+  atomic_store(&ft.op, GW_STORE_OP_COMMIT);
+  atomic_store(&ft.code, SQLITE_FULL);
+  cfg_init(&c, f->path);
+  c.fault = fault_cb;
+  c.fault_arg = &ft;
+  c.close_timeout_ms = 300;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "c", "t", 8, 1, 1, 1), 0);
+  for (uint64_t n = 1; n <= 10; n++) {
+    gw_point_t p = mkpoint(0, n, n, 1);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  gw_store_close(f->st);
+  f->st = NULL;
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  assert_true((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 < 3000);
+  assert_int_equal(gw_stats_get(&f->stats.store_dropped), 10);
+  assert_int_equal(gw_stats_get(&f->stats.store_written), 0);
+  raw_check_counts(f->path);
+}
+
+static off_t file_size(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0 ? sb.st_size : -1;
+}
+
+/* The writer leaves checkpoints to the checkpointer thread: while they fail
+ * nothing is lost and errors are counted; once they pass, the pages reach
+ * the main database file. */
+static void checkpointer(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  fault_t ft = {0};
+  uint64_t rows;
+  int i;
+  atomic_store(&ft.op, GW_STORE_OP_CHECKPOINT);
+  atomic_store(&ft.code, SQLITE_IOERR_FSYNC);
+  cfg_init(&c, f->path);
+  c.fault = fault_cb;
+  c.fault_arg = &ft;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "ck", "t", 8, 1, 1, 1), 0);
+  for (uint64_t n = 1; n <= 3000; n++) {
+    gw_point_t p = mkpoint(0, n, n, 1);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  for (i = 0; i < 300 && atomic_load(&ft.calls) == 0; i++) sleep_ms(10);
+  assert_true(atomic_load(&ft.calls) >= 1);
+  assert_true(gw_stats_get(&f->stats.store_errors) >= 1);
+  assert_true(file_size(f->path) < 100000); /* all of it still in the WAL */
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, 3000);
+  atomic_store(&ft.code, 0);
+  for (i = 0; i < 300 && file_size(f->path) < 500000; i++) sleep_ms(10);
+  assert_true(file_size(f->path) >= 500000); /* 3000 × 240 B blobs */
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  gw_store_close(f->st);
+  f->st = NULL;
+  raw_check_counts(f->path);
+}
+
+static void retention(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_stream_t *ss;
+  gw_series_t s;
+  size_t n;
+  uint64_t rows = 0, *steps;
+  float *z;
+  uint32_t k;
+  int64_t now = now_ns(), day = 86400LL * 1000000000LL;
+  double zz[4] = {1, 2, 3, 4};
+  sqlite3 *db;
+  cfg_init(&c, f->path);
+  c.retention_days = 1;
+  c.retention_check_ms = 50;
+  c.store_sketches = 1;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "ret", "t", 4, 1, 1, 1), 0);
+  assert_int_equal(gw_store_put_stream(f->st, 1, "ret", "u", 4, 1, 1, 1), 0);
+  for (uint64_t i = 1; i <= 200; i++) {
+    int64_t wall = i <= 100 ? now - 3 * day + (int64_t)i * 1000000000LL
+                            : now - 3600LL * 1000000000LL + (int64_t)i;
+    gw_point_t p = mkpoint(0, i, i, wall);
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+    p = mkpoint(1, i, i, now - 3600LL * 1000000000LL); /* all young */
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  }
+  assert_int_equal(gw_store_put_sketch(f->st, 0, 50, zz, 4), 0);
+  assert_int_equal(gw_store_put_sketch(f->st, 0, 150, zz, 4), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  for (int i = 0; i < 200; i++) { /* retention runs every 50 ms */
+    assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+    if (rows == 300) break;
+    sleep_ms(10);
+  }
+  assert_int_equal(rows, 300);
+  assert_int_equal(gw_store_series(f->st, "ret", "t", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(s.n, 100);
+  for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], 101 + i);
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_streams(f->st, "ret", &ss, &n), 0);
+  assert_int_equal(n, 2);
+  assert_int_equal(ss[0].points, 100);
+  assert_int_equal(ss[0].first_step, 101);
+  assert_int_equal(ss[0].last_step, 200);
+  assert_int_equal(ss[1].points, 200);
+  assert_int_equal(ss[1].first_step, 1);
+  gw_store_streams_free(ss, n);
+  assert_int_equal(gw_store_sketches(f->st, "ret", "t", 0, UINT64_MAX, &steps, &z, &k, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(steps[0], 150);
+  free(steps);
+  free(z);
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM points"), 300);
+  sqlite3_close(db);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  raw_check_counts(f->path);
+}
+
+static void max_db_size(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  struct stat sb;
+  uint64_t rows;
+  gw_series_t s;
+  int64_t t0 = now_ns();
+  enum { STREAMS = 4, PER = 5000 };
+  cfg_init(&c, f->path);
+  c.max_db_mb = 1;
+  open_ok(f, &c);
+  for (uint32_t sid = 0; sid < STREAMS; sid++) {
+    char tag[8];
+    snprintf(tag, sizeof tag, "s%u", sid);
+    assert_int_equal(gw_store_put_stream(f->st, sid, "big", tag, 8, 1, 1, 1), 0);
+  }
+  for (uint64_t n = 1; n <= PER; n++) {
+    for (uint32_t sid = 0; sid < STREAMS; sid++) { /* one step per second */
+      gw_point_t p = mkpoint(sid, n, n, t0 + (int64_t)n * 1000000000LL);
+      assert_int_equal(gw_store_put_point(f->st, &p), 0);
+    }
+    if (n % 500 == 0) assert_int_equal(gw_store_flush(f->st), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_true(rows > 0);
+  assert_true(rows < STREAMS * PER / 2); /* 20000 points are ~6 MB */
+  /* the newest points are kept, the oldest went */
+  for (uint32_t sid = 0; sid < STREAMS; sid++) {
+    char tag[8];
+    snprintf(tag, sizeof tag, "s%u", sid);
+    assert_int_equal(gw_store_series(f->st, "big", tag, all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+    assert_true(s.n > 0);
+    assert_int_equal(s.step[s.n - 1], PER);
+    assert_true(s.step[0] > 1);
+    for (size_t i = 1; i < s.n; i++) assert_int_equal(s.step[i], s.step[i - 1] + 1);
+    gw_store_series_free(&s);
+  }
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  gw_store_close(f->st);
+  f->st = NULL;
+  assert_int_equal(stat(f->path, &sb), 0);
+  assert_true(sb.st_size <= 1 << 20);
+  raw_check_counts(f->path);
+}
+
+typedef struct {
+  gw_store_t *st;
+  atomic_int stop;
+  int iterations, errors;
+  uint64_t last_rows;
+  int monotonic;
+} reader_t;
+
+static void *reader_main(void *arg) {
+  reader_t *r = arg;
+  int metrics[2] = {GW_METRIC_KAPPA_EMA, GW_METRIC_SIGMA_1};
+  r->monotonic = 1;
+  while (!atomic_load(&r->stop)) {
+    gw_store_run_t *runs;
+    gw_store_stream_t *ss;
+    gw_series_t s;
+    size_t n;
+    uint64_t rows;
+    int rc = gw_store_runs(r->st, &runs, &n);
+    if (rc == 0) gw_store_runs_free(runs, n);
+    else r->errors++;
+    rc = gw_store_streams(r->st, "conc", &ss, &n);
+    if (rc == 0) gw_store_streams_free(ss, n);
+    else if (rc != GW_ENOTFOUND) r->errors++;
+    rc = gw_store_series(r->st, "conc", "t7", metrics, 2, 0, UINT64_MAX, 50, &s);
+    if (rc == 0) {
+      if (s.n > 50) r->errors++;
+      gw_store_series_free(&s);
+    } else if (rc != GW_ENOTFOUND) {
+      r->errors++;
+    }
+    rc = gw_store_row_count(r->st, &rows);
+    if (rc) r->errors++;
+    else if (rows < r->last_rows) r->monotonic = 0;
+    else r->last_rows = rows;
+    r->iterations++;
+  }
+  return NULL;
+}
+
+static void concurrent_readers_at(fx_t *f, const char *path, int per) {
+  gw_store_config_t c;
+  pthread_t th;
+  reader_t r = {0};
+  uint64_t rows;
+  cfg_init(&c, path);
+  open_ok(f, &c);
+  r.st = f->st;
+  assert_int_equal(pthread_create(&th, NULL, reader_main, &r), 0);
+  for (uint32_t sid = 0; sid < 100; sid++) {
+    char tag[8];
+    snprintf(tag, sizeof tag, "t%u", sid);
+    assert_int_equal(gw_store_put_stream(f->st, sid, "conc", tag, 8, 1, 1, 1), 0);
+  }
+  for (int n = 1; n <= per; n++) {
+    for (uint32_t sid = 0; sid < 100; sid++) {
+      gw_point_t p = mkpoint(sid, (uint64_t)n, (uint64_t)n, n);
+      assert_int_equal(gw_store_put_point(f->st, &p), 0);
+    }
+    if (n % 10 == 0) assert_int_equal(gw_store_flush(f->st), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  sleep_ms(20);
+  atomic_store(&r.stop, 1);
+  pthread_join(th, NULL);
+  assert_int_equal(r.errors, 0);
+  assert_true(r.iterations > 0);
+  assert_true(r.monotonic);
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, 100u * (uint64_t)per);
+  assert_int_equal(gw_stats_get(&f->stats.store_written), 100u * (uint64_t)per);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+static void concurrent_readers(void **state) {
+  fx_t *f = *state;
+  concurrent_readers_at(f, f->path, 200); /* 20,000 points */
+  gw_store_close(f->st);
+  f->st = NULL;
+  raw_check_counts(f->path);
+}
+
+static void memory_db(void **state) {
+  fx_t *f = *state;
+  gw_series_t s;
+  concurrent_readers_at(f, ":memory:", 50);
+  assert_int_equal(gw_store_series(f->st, "conc", "t3", all_metrics, GW_METRIC_COUNT, 0,
+                                   UINT64_MAX, 0, &s),
+                   0);
+  assert_int_equal(s.n, 50);
+  for (size_t r = 0; r < s.n; r++) {
+    gw_point_t p = mkpoint(3, r + 1, r + 1, (int64_t)r + 1);
+    for (int m = 0; m < GW_METRIC_COUNT; m++)
+      assert_true(same_double(s.cols[m][r], gw_point_get(&p, m)));
+  }
+  gw_store_series_free(&s);
+  assert_int_equal(access(":memory:", F_OK), -1); /* no file was created */
+}
+
+static void check_alert(const gw_store_alert_t *got, const gw_store_alert_t *want) {
+  assert_int_equal(got->id, want->id);
+  assert_string_equal(got->rule, want->rule);
+  if (want->run) assert_string_equal(got->run, want->run);
+  else assert_null(got->run);
+  if (want->tag) assert_string_equal(got->tag, want->tag);
+  else assert_null(got->tag);
+  assert_string_equal(got->severity, want->severity);
+  assert_int_equal(got->state, want->state);
+  assert_true(same_double(got->value, want->value));
+  assert_true(same_double(got->threshold, want->threshold));
+  assert_int_equal(got->started_step, want->started_step);
+  assert_int_equal(got->started_ns, want->started_ns);
+  assert_int_equal(got->fired_ns, want->fired_ns);
+  assert_int_equal(got->resolved_ns, want->resolved_ns);
+  if (want->labels) assert_string_equal(got->labels, want->labels);
+  else assert_null(got->labels);
+  if (want->annotations) assert_string_equal(got->annotations, want->annotations);
+  else assert_null(got->annotations);
+}
+
+static void alerts_roundtrip(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_alert_t *a;
+  size_t n;
+  uint64_t id;
+  gw_store_alert_t A = {.rule = "kappa_jump", .run = "r1", .tag = "all",
+                        .severity = "warning", .state = GW_ALERT_PENDING,
+                        .value = 3.25, .threshold = 2.5, .started_step = 1200,
+                        .started_ns = 1000, .labels = "{\"team\":\"ml\"}",
+                        .annotations = "{\"summary\":\"κ jumped\"}"};
+  gw_store_alert_t B = {.rule = "stalled", .run = "r2", .tag = NULL,
+                        .severity = "critical", .state = GW_ALERT_RESOLVED,
+                        .value = NAN, .threshold = 60, .started_step = 0,
+                        .started_ns = 2000, .fired_ns = 2100, .resolved_ns = 2500};
+  gw_store_alert_t C = {.rule = "rank_jump", .run = "r1", .tag = "layer1",
+                        .severity = "warning", .state = GW_ALERT_FIRING,
+                        .value = 40, .threshold = NAN, .started_step = 7,
+                        .started_ns = 3000, .fired_ns = 3001};
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_alert(f->st, &A, &A.id), 0);
+  assert_int_equal(A.id, 1);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  A.state = GW_ALERT_FIRING; /* pending → firing: same row */
+  A.fired_ns = 1500;
+  assert_int_equal(gw_store_put_alert(f->st, &A, &id), 0);
+  assert_int_equal(id, A.id);
+  assert_int_equal(gw_store_put_alert(f->st, &B, &B.id), 0);
+  assert_int_equal(gw_store_put_alert(f->st, &C, &C.id), 0);
+  assert_int_equal(B.id, 2);
+  assert_int_equal(C.id, 3);
+  assert_int_equal(gw_store_flush(f->st), 0);
+
+  assert_int_equal(gw_store_alerts(f->st, GW_ALERT_ANY, 0, &a, &n), 0);
+  assert_int_equal(n, 3); /* newest first */
+  check_alert(&a[0], &C);
+  check_alert(&a[1], &B);
+  check_alert(&a[2], &A);
+  gw_store_alerts_free(a, n);
+  assert_int_equal(gw_store_alerts(f->st, GW_ALERT_ANY, 2, &a, &n), 0);
+  assert_int_equal(n, 2);
+  gw_store_alerts_free(a, n);
+  assert_int_equal(gw_store_alerts(f->st, GW_ALERT_FIRING, 0, &a, &n), 0);
+  assert_int_equal(n, 2);
+  check_alert(&a[0], &C);
+  check_alert(&a[1], &A);
+  gw_store_alerts_free(a, n);
+  assert_int_equal(gw_store_alerts(f->st, GW_ALERT_RESOLVED, 0, &a, &n), 0);
+  assert_int_equal(n, 1);
+  check_alert(&a[0], &B);
+  gw_store_alerts_free(a, n);
+  assert_int_equal(gw_store_alerts(f->st, GW_ALERT_PENDING, 0, &a, &n), 0);
+  assert_int_equal(n, 0);
+  gw_store_alerts_free(a, n);
+  assert_int_equal(gw_store_alerts(f->st, 7, 0, &a, &n), GW_EINVAL);
+  {
+    gw_store_alert_t bad = A;
+    bad.rule = NULL;
+    assert_int_equal(gw_store_put_alert(f->st, &bad, NULL), GW_EINVAL);
+    bad.rule = "x";
+    bad.state = 3;
+    assert_int_equal(gw_store_put_alert(f->st, &bad, NULL), GW_EINVAL);
+  }
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+
+  /* restart: active alerts come back; new ids continue after the old ones */
+  gw_store_close(f->st);
+  f->st = NULL;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_alerts_firing(f->st, &a, &n), 0);
+  assert_int_equal(n, 2);
+  check_alert(&a[0], &A);
+  check_alert(&a[1], &C);
+  gw_store_alerts_free(a, n);
+  {
+    gw_store_alert_t D = C;
+    D.id = 0;
+    assert_int_equal(gw_store_put_alert(f->st, &D, &id), 0);
+    assert_int_equal(id, 4);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+static void sketches(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  uint64_t *steps;
+  float *z;
+  uint32_t k;
+  size_t n;
+  double zz[10][8];
+  uint64_t x = 42;
+  cfg_init(&c, f->path);
+  c.store_sketches = 1;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "sk", "all", 8, 1, 1, 1), 0);
+  for (int i = 0; i < 10; i++) {
+    for (int j = 0; j < 8; j++) zz[i][j] = (unif(&x) - 0.5) * 1e3;
+    assert_int_equal(gw_store_put_sketch(f->st, 0, (uint64_t)(10 + i), zz[i], 8), 0);
+  }
+  assert_int_equal(gw_store_put_sketch(f->st, 5, 1, zz[0], 8), GW_ENOTFOUND);
+  assert_int_equal(gw_store_put_sketch(f->st, 0, 1, zz[0], 0), GW_EINVAL);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_sketches(f->st, "sk", "all", 12, 15, &steps, &z, &k, &n), 0);
+  assert_int_equal(k, 8);
+  assert_int_equal(n, 4);
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(steps[i], 12 + i);
+    for (int j = 0; j < 8; j++) {
+      float want = (float)zz[12 + i - 10][j];
+      assert_memory_equal(&z[i * 8 + (size_t)j], &want, sizeof want);
+    }
+  }
+  free(steps);
+  free(z);
+  assert_int_equal(gw_store_sketches(f->st, "sk", "nope", 0, 1, &steps, &z, &k, &n),
+                   GW_ENOTFOUND);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  gw_store_close(f->st);
+  f->st = NULL;
+
+  /* without store_sketches, a put is accepted and ignored */
+  c.store_sketches = 0;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_sketch(f->st, 0, 100, zz[0], 8), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_sketches(f->st, "sk", "all", 100, 100, &steps, &z, &k, &n), 0);
+  assert_int_equal(n, 0);
+  free(steps);
+  free(z);
+}
+
+static void bad_input(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_t *st2 = NULL;
+  fault_t ft = {0};
+  gw_series_t s;
+  gw_point_t p = mkpoint(0, 1, 1, 1);
+  cfg_init(&c, f->path);
+  assert_int_equal(gw_store_open(&st2, NULL, &f->stats), GW_EINVAL);
+  assert_int_equal(gw_store_open(&st2, &c, NULL), GW_EINVAL);
+  c.path = "";
+  assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EINVAL);
+  c.path = f->path;
+  c.store_every = 0;
+  assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EINVAL);
+  c.store_every = 1;
+  c.path = "/nonexistent-dir-gw/x.db";
+  assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EIO);
+  assert_null(st2);
+  c.path = f->path;
+  atomic_store(&ft.op, GW_STORE_OP_OPEN);
+  atomic_store(&ft.code, SQLITE_IOERR);
+  c.fault = fault_cb;
+  c.fault_arg = &ft;
+  assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EIO);
+  assert_null(st2);
+  c.fault = NULL;
+
+  open_ok(f, &c);
+  assert_int_equal(gw_store_put_point(f->st, &p), GW_ENOTFOUND);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "", "t", 8, 1, 1, 1), GW_EINVAL);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "r", NULL, 8, 1, 1, 1), GW_EINVAL);
+  assert_int_equal(gw_store_put_stream(f->st, 1u << 30, "r", "t", 8, 1, 1, 1), GW_EINVAL);
+  assert_int_equal(gw_store_put_stream(f->st, 0, "r", "t", 8, 1, 1, 1), 0);
+  p.step = (uint64_t)INT64_MAX + 1;
+  assert_int_equal(gw_store_put_point(f->st, &p), GW_EINVAL);
+  p.step = 1;
+  assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  assert_int_equal(gw_store_put_point(f->st, NULL), GW_EINVAL);
+  assert_int_equal(gw_store_series(f->st, "r", "t", NULL, 2, 0, 1, 0, &s), GW_EINVAL);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  /* a point at an existing step replaces it and is not counted twice */
+  p = mkpoint(0, 2, 1, 1);
+  assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_series(f->st, "r", "t", all_metrics, GW_METRIC_COUNT, 0, 9, 0, &s), 0);
+  assert_int_equal(s.n, 1);
+  for (int m = 0; m < GW_METRIC_COUNT; m++)
+    assert_true(same_double(s.cols[m][0], gw_point_get(&p, m)));
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  gw_store_close(NULL);
+  gw_store_close(f->st);
+  f->st = NULL;
+  raw_check_counts(f->path);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(roundtrip_points, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(listings, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(series_range, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(downsampling, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(store_every, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(durability_reopen, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(kill9_durability, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(schema_newer_refused, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(queue_full, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(fault_disk_full, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(fault_ioerr_commit, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(fault_ioerr_begin, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(fault_mid_batch, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(close_while_failing, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(checkpointer, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(retention, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(max_db_size, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(concurrent_readers, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(memory_db, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(alerts_roundtrip, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(sketches, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(bad_input, fx_setup, fx_teardown),
+  };
+  init_all_metrics();
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
