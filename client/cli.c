@@ -50,6 +50,8 @@ int cli_fail(const char *cmd, const char *fmt, ...) {
 int cli_bad_option(const char *cmd, int c, char **argv) {
   const char *arg = optind > 0 ? argv[optind - 1] : "?";
   if (c == ':') return cli_usage(cmd, "option '%s' needs a value", arg);
+  if (optopt != 0 && strncmp(arg, "--", 2) == 0 && strchr(arg, '=') != NULL)
+    return cli_usage(cmd, "option '%.*s' takes no value", (int)(strchr(arg, '=') - arg), arg);
   if (optopt != 0 && optopt < CLI_O_BASE && strncmp(arg, "--", 2) != 0)
     return cli_usage(cmd, "unknown option '-%c'", optopt);
   return cli_usage(cmd, "unknown option '%s'", arg);

@@ -287,6 +287,14 @@ done:
   return rc;
 }
 
+/* 0 if everything written to stdout so far went out; else CLI_FAIL, with a
+ * message unless the reader simply went away (EPIPE: `| head`). */
+static int stdout_ok(const char *cmd) {
+  if (fflush(stdout) == 0 && !ferror(stdout)) return 0;
+  if (errno != EPIPE) cli_fail(cmd, "writing the output: %s", strerror(errno));
+  return CLI_FAIL;
+}
+
 /* ---- values ---------------------------------------------------------------------------- */
 
 enum { FMT_TABLE, FMT_CSV, FMT_JSON };
@@ -620,10 +628,7 @@ int cli_query(int argc, char **argv) {
     }
     buf_free(&cell);
   }
-  if (fflush(stdout) != 0 || ferror(stdout)) {
-    cli_fail(cmd, "writing the output: %s", strerror(errno));
-    goto done;
-  }
+  if (stdout_ok(cmd) != 0) goto done;
   status = CLI_OK;
 done:
   free(r.cur);
@@ -715,10 +720,9 @@ static void export_rows(const char *run, const char *tag, const series_t *s, row
         if (cell->n) buf_put(line, cell->p, cell->n, BODY_MAX);
       }
     }
-    if (!line->oom) {
-      fwrite(line->p, 1, line->n, stdout);
-      putchar('\n');
-    }
+    if (line->oom || ferror(stdout)) return; /* the caller reports it */
+    fwrite(line->p, 1, line->n, stdout);
+    putchar('\n');
   }
 }
 
@@ -816,16 +820,14 @@ int cli_export(int argc, char **argv) {
     if (rows_start(&r, cur) != 0) goto oom;
     export_rows(run, tags[i], cur, &r, &head, jsonl, &line, &cell);
     if (line.oom || cell.oom) goto oom;
+    if (stdout_ok(cmd) != 0) goto done_curl;
   }
   if (nt == 0 && !jsonl) { /* an empty run: just the fixed columns */
     fputs("run,tag,step", stdout);
     for (size_t j = 0; j < nm; j++) printf(",%s", metrics[j]);
     putchar('\n');
   }
-  if (fflush(stdout) != 0 || ferror(stdout)) {
-    cli_fail(cmd, "writing the output: %s", strerror(errno));
-    goto done_curl;
-  }
+  if (stdout_ok(cmd) != 0) goto done_curl;
   status = cli_stopped() ? CLI_FAIL : CLI_OK;
   goto done_curl;
 oom:
@@ -876,7 +878,8 @@ typedef struct sse_s {
   const char *run, *tag; /* filters, NULL = any */
   int json;
   uint64_t count, seen; /* stop after count points (0 = never) */
-  int done;             /* count reached */
+  int done;             /* count reached, or stdout failed */
+  int out_err;          /* errno of a failed write to stdout, 0 if none */
   long status;          /* HTTP status once known, 0 before */
   int got_data;         /* some bytes of a 200 answer arrived */
   buf_t errbody;        /* the body of a non-200 answer */
@@ -947,7 +950,10 @@ static void sse_dispatch(sse_t *s) {
     if (!any) printf("  %s", s->data.p);
     putchar('\n');
   }
-  fflush(stdout);
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    s->out_err = errno ? errno : EIO;
+    s->done = 1;
+  }
   if (strcmp(name, "point") == 0 && s->count && ++s->seen >= s->count) s->done = 1;
 reset:
   cJSON_Delete(d);
@@ -1069,6 +1075,10 @@ int cli_tail(int argc, char **argv) {
     curl_easy_setopt(h.curl, CURLOPT_WRITEDATA, &s);
     curl_easy_setopt(h.curl, CURLOPT_TCP_KEEPALIVE, 1L);
     cc = curl_easy_perform(h.curl);
+    if (s.out_err) {
+      if (s.out_err != EPIPE) cli_fail(cmd, "writing the output: %s", strerror(s.out_err));
+      goto done;
+    }
     if (s.done || cli_stopped()) break;
     if (s.status == 0) curl_easy_getinfo(h.curl, CURLINFO_RESPONSE_CODE, &s.status);
     if (s.status != 0 && s.status != 200) {

@@ -12,6 +12,7 @@ GW_ZMQ=${GW_ZMQ:-tcp://127.0.0.1:5557}
 GW_DB=${GW_DB:-./gradwatch.db}
 
 GW_WITH_BROWSER=0 bash scripts/deps.sh
+(cd web && npm ci --no-audit --no-fund --loglevel=error)   # uPlot, embedded into the binary
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGW_BUILD_TESTS=OFF >/dev/null
 cmake --build build -j"$(nproc)" --target gradwatchd gradwatch_cli
 

@@ -162,6 +162,7 @@ def bf16_round(x32):
     (["publish", "--synthetic", "--bogus"], "unknown option '--bogus'"),
     (["publish", "--synthetic", "--k"], "option '--k' needs a value"),
     (["publish", "--synthetic", "--k", "0"], "--k wants an integer from 1 to 65536"),
+    (["publish", "--synthetic", "--report=yes"], "option '--report' takes no value"),
     (["publish", "--synthetic", "--k", "12x"], "not '12x'"),
     (["publish", "--synthetic", "--kind", "dense"], "--kind is sjlt or gaussian"),
     (["publish", "--synthetic", "--kind", "gaussian", "--s", "2"], "--kind gaussian needs --s 0"),
@@ -841,3 +842,60 @@ def test_tail_stops_on_sigint(cli, http):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
+
+
+# ---- against the real daemon ($GW_DAEMON, started by conftest's Daemon) -----------------
+
+
+@pytest.fixture
+def gwd(tmp_path):
+    if not os.environ.get("GW_DAEMON"):
+        pytest.skip("GW_DAEMON not set (ctest's integration test sets it)")
+    from conftest import Daemon
+    d = Daemon(os.environ["GW_DAEMON"], tmp_path, extra=["--window", "64", "--rank-every", "1"])
+    d.start()
+    yield d
+    assert d.stop() == 0, d.log.read_text()
+
+
+def test_daemon_sees_the_documented_structure(cli, gwd):
+    server = f"http://127.0.0.1:{gwd.http_port}"
+    p = run(cli, "publish", "--synthetic", "--run", "e2e", "--tags", 2, "--steps", 200, "--k", 128,
+            "--rank", 3, "--collapse-at", 130, "--rate", 0, "--loss", "--endpoint", gwd.endpoint,
+            "--report")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1].startswith("total: sent 400  dropped 0")
+
+    def rows():
+        q = run(cli, "query", "e2e", "layer0", "rank_90", "kappa_onestep", "loss", "--csv",
+                "--server", server)
+        if q.returncode == 1 and "unknown stream" in q.stderr:
+            return []  # not ingested yet
+        assert q.returncode == 0, q.stderr
+        return [l.split(",") for l in q.stdout.splitlines()[1:]]
+    gwd.wait_for(lambda: len(rows()) == 199, what="199 points")
+    r = {int(s): (float(r90), float(k1), float(loss)) for s, r90, k1, loss in rows()}
+    assert r[129][0] == 3 and r[129][1] == pytest.approx(0.005, rel=0.25)   # before: rank R
+    assert r[199][0] > 30 and 1.5 < r[199][1] < 2.5                          # after: noise
+    assert r[50][2] == pytest.approx(0.1 + 2.2 * math.exp(-0.05), rel=1e-12)
+
+    e = run(cli, "export", "e2e", "--format", "jsonl", "--metrics", "rank_90", "--server", server)
+    assert e.returncode == 0, e.stderr
+    pts = [json.loads(l) for l in e.stdout.splitlines()]
+    assert sorted({p["tag"] for p in pts}) == ["layer0", "layer1"] and len(pts) == 2 * 199
+
+    # tail: a slow stream publishes until tail has printed 3 of its points
+    tail = popen(cli, "tail", "--run", "live", "--count", 3, "--server", server,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pub = popen(cli, "publish", "--synthetic", "--run", "live", "--rate", 20, "--endpoint",
+                gwd.endpoint, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        out, err = tail.communicate(timeout=30)
+    finally:
+        pub.terminate()
+        assert pub.wait(10) == 0  # SIGTERM: flush and exit 0
+    assert tail.returncode == 0, err
+    got = [l.split() for l in out.splitlines()[1:]]
+    steps = [int(g[0]) for g in got]
+    assert len(got) == 3 and all(g[1] == "live/all" for g in got)
+    assert steps == list(range(steps[0], steps[0] + 3)) and all(len(g) == 5 for g in got)

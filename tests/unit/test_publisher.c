@@ -513,7 +513,7 @@ static void never_blocks_with_stalled_subscriber(void **state) {
   gw_publisher_t *p;
   float z[256];
   double t0, dt;
-  int hwm = 8, quiet = 300;
+  int hwm = 8, quiet = 1000; /* ms without a message: drained */
   uint64_t last = 0, n = 0;
 
   for (int i = 0; i < 256; i++) z[i] = (float)i;
