@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef enum { T_STR, T_LIST, T_U32, T_DOUBLE, T_BOOL, T_SHARD, T_FLAG } opt_type_t;
 
@@ -63,6 +64,8 @@ static const opt_t opts[] = {
     {"window", "window", T_U32, E(window), 0, 2, 4096, "window W (64)"},
     {"rank-every", "window", T_U32, E(rank_every), 0, 1, 1000000, "recompute rank fields every N points (8)"},
     {"ema-beta", "window", T_DOUBLE, E(ema_beta), 0, 0, 0.999999, "EMA predictor beta (0.9)"},
+    {"engine-threads", "window", T_U32, F(engine_threads), 0, 1, 64,
+     "threads computing windows (number of CPUs, at most 8)"},
     {"log-level", "daemon", T_STR, F(log_level), 0, 0, 0, "error|warn|info|debug (info)"},
     {"log-file", "daemon", T_STR, F(log_file), 0, 0, 0, "log to FILE instead of stderr (reopened on SIGHUP)"},
     {"help", "", T_FLAG, F(want_help), 0, 0, 0, "this text"},
@@ -83,6 +86,8 @@ void gw_config_init(gw_config_t *c) {
   c->zmq_rcvhwm = 100000;
   c->store_every = 1;
   c->flush_ms = 200;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  c->engine_threads = cpus < 1 ? 1 : cpus > 8 ? 8 : (uint32_t)cpus;
 }
 
 static void free_list(char **list, size_t *n) {

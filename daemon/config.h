@@ -46,6 +46,7 @@ typedef struct gw_config_s {
   int store_sketches;
   /* [window] */
   gw_engine_config_t engine;
+  uint32_t engine_threads; /* worker threads running engines (default: CPUs, <= 8) */
   /* [daemon] */
   char *log_level; /* error|warn|info|debug */
   char *log_file;  /* NULL = stderr */

@@ -2,7 +2,8 @@
  *
  * One access handler answers every request; no request has a body we read,
  * so there is no per-request state (see handle() for first vs second call
- * and keep-alive). Order of checks: bearer token (all but /healthz) → method
+ * and keep-alive). Order of checks: bearer token (all but /healthz and the
+ * embedded dashboard files) → method
  * (GET/HEAD only) → route → parameters → data. Every error is {"error": "..."} with a 4xx/5xx code.
  * JSON is built with cJSON; numbers go in as raw text (integers exact, doubles
  * by gw_fmt_double) so values leave bit-for-bit. The one large document,
@@ -577,7 +578,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     return MHD_YES;
   }
 
-  if (strcmp(url, "/healthz") != 0 && !authorized(h, c)) {
+  /* The dashboard's own files (embedded at build time, no data in them)
+   * load without the token: a browser cannot add a header to a page load.
+   * The page then sends the token on every API call. Everything else but
+   * /healthz needs it. */
+  int public_asset = strncmp(url, "/api/", 5) != 0 && strcmp(url, "/metrics") != 0 &&
+                     gw_asset_find(strcmp(url, "/") == 0 ? "/index.html" : url) != NULL;
+  if (strcmp(url, "/healthz") != 0 && !public_asset && !authorized(h, c)) {
     struct MHD_Response *r = error_response("missing or wrong bearer token");
     if (r) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                    "Bearer realm=\"gradwatch\"");

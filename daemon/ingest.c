@@ -12,6 +12,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,30 +28,61 @@
 #define DRAIN_BUDGET 2048 /* messages per socket per loop turn */
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define CURVE_KEY_LEN 32
+#define RING_BYTES ((size_t)8 << 20) /* per worker: ~7,000 k=256 messages */
+#define RING_SKIP UINT32_MAX         /* record header: rest of the ring unused */
 
 typedef struct watcher_s {
   uv_poll_t poll;
   void *sock;
   gw_ingest_t *in;
-  int pending; /* budget ran out with messages left */
+  int pending; /* budget ran out (or a worker was full) with messages left */
   int is_zap;
 } watcher_t;
+
+/* Single-producer (loop thread) single-consumer (worker) byte ring of
+ * records: u32 length of topic+body, u32 topic length, the bytes, padded to
+ * 8. head and tail count bytes ever written/read; position = count % cap. */
+typedef struct ring_s {
+  uint8_t *buf;
+  size_t cap;
+  _Atomic size_t head;
+  _Atomic size_t tail;
+} ring_t;
+
+typedef struct worker_s {
+  gw_ingest_t *in;
+  pthread_t thread;
+  int started;
+  gw_engine_t *engine; /* owned; only this worker touches it */
+  ring_t ring;
+  pthread_mutex_t mu; /* guards sleeping/stop for the condvar handshake */
+  pthread_cond_t cv;
+  int sleeping, stop;
+  int dirty;      /* loop thread: pushed since the last wake-up */
+  double *z;      /* scratch: payload as float64 */
+  size_t streams; /* engine's stream count last reported to stats */
+} worker_t;
 
 struct gw_ingest_s {
   uv_loop_t *loop;
   const gw_config_t *cfg;
-  gw_engine_t *engine;
   gw_stats_t *stats;
   gw_log_t *log;
   gw_ingest_sinks_t sinks;
+  pthread_mutex_t sink_mu; /* serialises sinks, the shared rate limiter */
   void *zctx;
   watcher_t *w;
   size_t n_w;
+  worker_t *workers;
+  size_t n_workers;
   uv_idle_t idle;
   int idle_active;
+  uv_async_t wake; /* a worker freed ring space while the loop was blocked */
+  atomic_int blocked;
+  uint8_t *stash; /* the message that did not fit its worker's ring */
+  size_t stash_len, stash_topic_len, stash_cap;
+  worker_t *stash_worker;
   int open_handles; /* handles still to be closed before freeing */
-  double *z;        /* scratch: payload as float64, max_k long */
-  uint32_t z_cap;
   gw_ratelimit_t reject_rl;
   /* CURVE allow list: n_keys keys of 32 bytes */
   uint8_t (*keys)[CURVE_KEY_LEN];
@@ -73,11 +106,15 @@ uint32_t gw_ingest_shard_of(const char *run, size_t len, uint32_t n) {
 
 /* ---- rejections ---- */
 
-static void reject(gw_ingest_t *in, int code, const gw_msg_t *m, int decoded) {
+/* Count and (rate-limited) log a rejection. Any thread. */
+static void reject(gw_ingest_t *in, int code, const gw_msg_t *m) {
   gw_stats_reject(in->stats, code);
   uint64_t suppressed = 0;
-  if (!gw_ratelimit_allow(&in->reject_rl, now_ns(), &suppressed)) return;
-  if (decoded)
+  pthread_mutex_lock(&in->sink_mu);
+  int allow = gw_ratelimit_allow(&in->reject_rl, now_ns(), &suppressed);
+  pthread_mutex_unlock(&in->sink_mu);
+  if (!allow) return;
+  if (m)
     gw_log(in->log, GW_LOG_WARN, "reject", "reason=%s run=%.*s tag=%.*s step=%llu suppressed=%llu",
            gw_err_reason(code), (int)m->run_len, m->run, (int)m->tag_len, m->tag,
            (unsigned long long)m->step, (unsigned long long)suppressed);
@@ -86,11 +123,72 @@ static void reject(gw_ingest_t *in, int code, const gw_msg_t *m, int decoded) {
            (unsigned long long)suppressed);
 }
 
-/* ---- one message ---- */
+/* ---- the ring between the loop thread and a worker ---- */
 
-static void deliver(gw_ingest_t *in, const gw_point_t *p, const double *z, uint32_t k) {
+static size_t pad8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+/* Loop thread: append one record; 0 if there is no room now. */
+static int ring_push(ring_t *r, const void *topic, size_t tlen, const void *body, size_t blen) {
+  size_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+  size_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+  size_t need = 8 + pad8(tlen + blen), pos = head % r->cap, skip = 0;
+  if (r->cap - pos < need) skip = r->cap - pos; /* wrap: waste the end */
+  if (need + skip > r->cap - (head - tail)) return 0;
+  if (skip) {
+    uint32_t mark[2] = {RING_SKIP, 0};
+    if (skip >= 8) memcpy(r->buf + pos, mark, 8);
+    head += skip;
+    pos = 0;
+  }
+  uint32_t hdr[2] = {(uint32_t)(tlen + blen), (uint32_t)tlen};
+  memcpy(r->buf + pos, hdr, 8);
+  memcpy(r->buf + pos + 8, topic, tlen);
+  memcpy(r->buf + pos + 8 + tlen, body, blen);
+  atomic_store_explicit(&r->head, head + need, memory_order_release);
+  return 1;
+}
+
+/* Worker: the next record, or NULL if empty. Consume with ring_pop. */
+static const uint8_t *ring_peek(ring_t *r, uint32_t *len, uint32_t *tlen) {
+  for (;;) {
+    size_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    size_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+    if (tail == head) return NULL;
+    size_t pos = tail % r->cap;
+    uint32_t hdr[2] = {RING_SKIP, 0};
+    if (r->cap - pos >= 8) memcpy(hdr, r->buf + pos, 8);
+    if (hdr[0] == RING_SKIP) { /* the producer wrapped here */
+      atomic_store_explicit(&r->tail, tail + (r->cap - pos), memory_order_release);
+      continue;
+    }
+    *len = hdr[0];
+    *tlen = hdr[1];
+    return r->buf + pos + 8;
+  }
+}
+
+static void ring_pop(ring_t *r, uint32_t len) {
+  size_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+  atomic_store_explicit(&r->tail, tail + 8 + pad8(len), memory_order_release);
+}
+
+static size_t ring_used(ring_t *r) {
+  return atomic_load_explicit(&r->head, memory_order_acquire) -
+         atomic_load_explicit(&r->tail, memory_order_acquire);
+}
+
+/* ---- worker threads: engine → sinks ---- */
+
+/* Hand p to every sink. Called with sink_mu held, so sinks see one point
+ * at a time, in order per stream. Engine stream ids are per worker; sinks
+ * get daemon-wide ones: local id × workers + worker index. */
+static void deliver(gw_ingest_t *in, worker_t *w, const gw_point_t *local, const double *z,
+                    uint32_t k) {
   gw_stream_info_t info;
-  if (gw_engine_stream_info(in->engine, p->stream_id, &info) != 0) return;
+  if (gw_engine_stream_info(w->engine, local->stream_id, &info) != 0) return;
+  gw_point_t global = *local;
+  const gw_point_t *p = &global;
+  global.stream_id = local->stream_id * (uint32_t)in->n_workers + (uint32_t)(w - in->workers);
   const gw_ingest_sinks_t *s = &in->sinks;
   if (s->store) {
     if (p->n == 1)
@@ -103,45 +201,137 @@ static void deliver(gw_ingest_t *in, const gw_point_t *p, const double *z, uint3
   if (s->live) gw_live_publish_point(s->live, info.run, info.tag, p);
 }
 
-static void handle(gw_ingest_t *in, zmq_msg_t *parts, int n_parts) {
+static void process(worker_t *w, const uint8_t *rec, uint32_t len, uint32_t tlen) {
+  gw_ingest_t *in = w->in;
   gw_msg_t m;
-  gw_stats_add(&in->stats->received, 1);
-  if (n_parts != 2) {
-    reject(in, GW_EFRAMES, NULL, 0);
-    return;
-  }
-  int rc = gw_proto_decode(zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]),
-                           zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]),
-                           in->cfg->engine.max_k, &m);
-  if (rc) {
-    reject(in, rc, NULL, 0);
-    return;
-  }
-  if (in->cfg->shard_count > 1 &&
-      gw_ingest_shard_of(m.run, m.run_len, in->cfg->shard_count) != in->cfg->shard_index)
-    return; /* another daemon's run: not ours, not an error */
-  if ((rc = gw_proto_read_payload(&m, in->z))) {
-    reject(in, rc, &m, 1);
-    return;
-  }
+  /* Validated by the loop thread already; decoding again only re-derives
+   * the borrowed pointers into this copy. */
+  int rc = gw_proto_decode(rec, tlen, rec + tlen, len - tlen, in->cfg->engine.max_k, &m);
+  if (rc == 0) rc = gw_proto_read_payload(&m, w->z);
   gw_point_t p;
-  rc = gw_engine_push_f64(in->engine, &m, in->z, &p);
+  if (rc == 0) rc = gw_engine_push_f64(w->engine, &m, w->z, &p);
   if (rc < 0) {
-    reject(in, rc, &m, 1);
+    reject(in, rc, &m);
     return;
   }
   gw_stats_add(&in->stats->accepted, 1);
-  atomic_store_explicit(&in->stats->streams, gw_engine_stream_count(in->engine),
-                        memory_order_relaxed);
+  size_t streams = gw_engine_stream_count(w->engine);
+  if (streams != w->streams) { /* stats->streams is the sum over workers */
+    atomic_fetch_add_explicit(&in->stats->streams, (uint64_t)streams - (uint64_t)w->streams,
+                              memory_order_relaxed);
+    w->streams = streams;
+  }
   if (rc == 1) {
     gw_stats_add(&in->stats->points, 1);
-    deliver(in, &p, in->z, m.k);
+    pthread_mutex_lock(&in->sink_mu);
+    deliver(in, w, &p, w->z, m.k);
+    pthread_mutex_unlock(&in->sink_mu);
   }
 }
 
-/* Read one whole multipart message; 1 if read, 0 on EAGAIN, <0 on error.
- * Frames past the second are read and discarded (the message is rejected
- * as bad_frames): libzmq delivers all parts of a message atomically. */
+static void *worker_main(void *arg) {
+  worker_t *w = arg;
+  gw_ingest_t *in = w->in;
+  for (;;) {
+    uint32_t len, tlen;
+    const uint8_t *rec = ring_peek(&w->ring, &len, &tlen);
+    if (rec) {
+      process(w, rec, len, tlen);
+      ring_pop(&w->ring, len);
+      if (atomic_load_explicit(&in->blocked, memory_order_acquire) &&
+          ring_used(&w->ring) < w->ring.cap / 2)
+        uv_async_send(&in->wake);
+      continue;
+    }
+    pthread_mutex_lock(&w->mu);
+    while (ring_used(&w->ring) == 0 && !w->stop) {
+      w->sleeping = 1;
+      pthread_cond_wait(&w->cv, &w->mu);
+      w->sleeping = 0;
+    }
+    int done = w->stop && ring_used(&w->ring) == 0;
+    pthread_mutex_unlock(&w->mu);
+    if (done) return NULL;
+  }
+}
+
+static void wake_worker(worker_t *w) {
+  pthread_mutex_lock(&w->mu);
+  if (w->sleeping) pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Streams are spread over workers by (run, tag), so a stream's messages stay
+ * in order on one worker. */
+static worker_t *route(gw_ingest_t *in, const gw_msg_t *m) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < m->run_len; i++) h = (h ^ (uint8_t)m->run[i]) * 0x100000001b3ull;
+  h = (h ^ '/') * 0x100000001b3ull;
+  for (size_t i = 0; i < m->tag_len; i++) h = (h ^ (uint8_t)m->tag[i]) * 0x100000001b3ull;
+  return &in->workers[h % in->n_workers];
+}
+
+/* Loop thread: validate, then queue for the stream's worker. Returns 0 if
+ * the worker's ring was full (the message is kept in the stash). */
+static int handle(gw_ingest_t *in, const zmq_msg_t *parts, int n_parts) {
+  gw_msg_t m;
+  gw_stats_add(&in->stats->received, 1);
+  if (n_parts != 2) {
+    reject(in, GW_EFRAMES, NULL);
+    return 1;
+  }
+  const void *topic = zmq_msg_data((zmq_msg_t *)&parts[0]);
+  const void *body = zmq_msg_data((zmq_msg_t *)&parts[1]);
+  size_t tlen = zmq_msg_size((zmq_msg_t *)&parts[0]), blen = zmq_msg_size((zmq_msg_t *)&parts[1]);
+  int rc = gw_proto_decode(topic, tlen, body, blen, in->cfg->engine.max_k, &m);
+  if (rc) {
+    reject(in, rc, NULL);
+    return 1;
+  }
+  if (in->cfg->shard_count > 1 &&
+      gw_ingest_shard_of(m.run, m.run_len, in->cfg->shard_count) != in->cfg->shard_index)
+    return 1; /* another daemon's run: not ours, not an error */
+  worker_t *w = route(in, &m);
+  w->dirty = 1;
+  if (ring_push(&w->ring, topic, tlen, body, blen)) return 1;
+  /* Full: keep it, stop draining until the worker catches up. */
+  memcpy(in->stash, topic, tlen);
+  memcpy(in->stash + tlen, body, blen);
+  in->stash_len = tlen + blen;
+  in->stash_topic_len = tlen;
+  in->stash_worker = w;
+  atomic_store_explicit(&in->blocked, 1, memory_order_release);
+  return 0;
+}
+
+static void wake_dirty(gw_ingest_t *in) {
+  for (size_t i = 0; i < in->n_workers; i++)
+    if (in->workers[i].dirty) {
+      in->workers[i].dirty = 0;
+      wake_worker(&in->workers[i]);
+    }
+}
+
+/* Loop thread: retry the stashed message; 1 once it is queued. */
+static int unstash(gw_ingest_t *in) {
+  if (!in->stash_worker) return 1;
+  worker_t *w = in->stash_worker;
+  const uint8_t *t = in->stash;
+  if (!ring_push(&w->ring, t, in->stash_topic_len, t + in->stash_topic_len,
+                 in->stash_len - in->stash_topic_len)) {
+    wake_worker(w);
+    return 0;
+  }
+  in->stash_worker = NULL;
+  atomic_store_explicit(&in->blocked, 0, memory_order_release);
+  wake_worker(w);
+  return 1;
+}
+
+/* Read one whole multipart message; 1 if read and queued, 2 if read but its
+ * worker is full (stashed), 0 on EAGAIN, <0 on error. Frames past the second
+ * are read and discarded (the message is rejected as bad_frames): libzmq
+ * delivers all parts of a message atomically. */
 static int recv_one(gw_ingest_t *in, void *sock) {
   zmq_msg_t parts[2];
   int n = 0, more = 1;
@@ -158,9 +348,9 @@ static int recv_one(gw_ingest_t *in, void *sock) {
     if (msg == &extra) zmq_msg_close(msg);
     n++;
   }
-  handle(in, parts, n);
+  int queued = handle(in, parts, n);
   for (int i = 0; i < (n < 2 ? n : 2); i++) zmq_msg_close(&parts[i]);
-  return 1;
+  return queued ? 1 : 2;
 }
 
 /* ---- ZAP (CURVE authentication) ---- */
@@ -283,21 +473,30 @@ int gw_ingest_reload_keys(gw_ingest_t *in) {
 
 /* ---- the loop side ---- */
 
+/* Returns 1 if messages may be left (budget spent, or a worker is full). */
 static int drain(watcher_t *w) {
   gw_ingest_t *in = w->in;
   if (w->is_zap) {
     zap_handle(in, w->sock);
     return 0;
   }
+  if (atomic_load_explicit(&in->blocked, memory_order_acquire)) return 1;
+  int more = 1;
   for (int i = 0; i < DRAIN_BUDGET; i++) {
     int rc = recv_one(in, w->sock);
-    if (rc == 0) return 0;
+    if (rc == 0) {
+      more = 0;
+      break;
+    }
+    if (rc == 2) break; /* blocked: the wake-up async resumes us */
     if (rc < 0 && rc != -EINTR) {
       gw_log(in->log, GW_LOG_ERROR, "zmq_recv", "error=\"%s\"", zmq_strerror(-rc));
-      return 0;
+      more = 0;
+      break;
     }
   }
-  return 1; /* budget spent: messages may be left */
+  wake_dirty(in);
+  return more;
 }
 
 static void update_idle(gw_ingest_t *in);
@@ -309,9 +508,12 @@ static void on_idle(uv_idle_t *h) {
   update_idle(in);
 }
 
+/* The idle handle runs while some socket has messages left, except while a
+ * worker is full: then the wake-up async restarts draining. */
 static void update_idle(gw_ingest_t *in) {
   int any = 0;
   for (size_t i = 0; i < in->n_w; i++) any |= in->w[i].pending;
+  if (atomic_load_explicit(&in->blocked, memory_order_acquire)) any = 0;
   if (any && !in->idle_active) {
     uv_idle_start(&in->idle, on_idle);
     in->idle_active = 1;
@@ -324,16 +526,49 @@ static void update_idle(gw_ingest_t *in) {
 static void on_poll(uv_poll_t *h, int status, int events) {
   watcher_t *w = h->data;
   if (status < 0) return;
-  w->pending = drain(w);
+  w->pending = drain(w) || w->pending;
   update_idle(w->in);
+}
+
+static void on_wake(uv_async_t *h) {
+  gw_ingest_t *in = h->data;
+  if (unstash(in)) update_idle(in);
+}
+
+static void stop_workers(gw_ingest_t *in) {
+  /* A stashed message is still owed to its worker. */
+  while (in->stash_worker && !unstash(in)) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  for (size_t i = 0; i < in->n_workers; i++) {
+    worker_t *w = &in->workers[i];
+    if (!w->started) continue;
+    pthread_mutex_lock(&w->mu);
+    w->stop = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL); /* drains its ring first */
+    w->started = 0;
+  }
 }
 
 static void free_ingest(gw_ingest_t *in) {
   for (size_t i = 0; i < in->n_w; i++)
     if (in->w[i].sock) zmq_close(in->w[i].sock);
   if (in->zctx) zmq_ctx_term(in->zctx);
+  for (size_t i = 0; in->workers && i < in->n_workers; i++) {
+    worker_t *w = &in->workers[i];
+    gw_engine_free(w->engine);
+    free(w->ring.buf);
+    free(w->z);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+  }
+  pthread_mutex_destroy(&in->sink_mu);
+  free(in->workers);
   free(in->w);
-  free(in->z);
+  free(in->stash);
   free(in->keys);
   free(in);
 }
@@ -346,12 +581,15 @@ static void on_closed(uv_handle_t *h) {
 
 void gw_ingest_stop(gw_ingest_t *in) {
   if (!in) return;
-  in->open_handles = 1; /* the idle handle */
+  in->open_handles = 2; /* the idle and async handles */
   for (size_t i = 0; i < in->n_w; i++)
     if (in->w[i].poll.data) in->open_handles++;
   for (size_t i = 0; i < in->n_w; i++)
     if (in->w[i].poll.data) uv_close((uv_handle_t *)&in->w[i].poll, on_closed);
+  /* No more input; let the workers finish what was queued. */
+  stop_workers(in);
   uv_close((uv_handle_t *)&in->idle, on_closed);
+  uv_close((uv_handle_t *)&in->wake, on_closed);
 }
 
 static int read_secret_key(const char *path, char z85[41], char *err, size_t errlen) {
@@ -419,27 +657,62 @@ static int add_socket(gw_ingest_t *in, int type, const char *endpoint, const cha
   return 0;
 }
 
+static int start_workers(gw_ingest_t *in, char *err, size_t errlen) {
+  const gw_config_t *cfg = in->cfg;
+  gw_engine_config_t ec = cfg->engine;
+  /* The stream cap is split evenly: a stream belongs to one worker. */
+  ec.max_streams = (cfg->engine.max_streams + in->n_workers - 1) / in->n_workers;
+  if (!(in->workers = calloc(in->n_workers, sizeof(worker_t)))) return GW_ENOMEM;
+  for (size_t i = 0; i < in->n_workers; i++) {
+    worker_t *w = &in->workers[i];
+    w->in = in;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->ring.cap = RING_BYTES;
+    if (!(w->engine = gw_engine_new(&ec))) {
+      snprintf(err, errlen, "engine: invalid window settings or out of memory");
+      return GW_ECONFIG;
+    }
+    if (!(w->ring.buf = malloc(w->ring.cap)) || !(w->z = malloc(sizeof(double) * cfg->engine.max_k)))
+      return GW_ENOMEM;
+  }
+  for (size_t i = 0; i < in->n_workers; i++) {
+    worker_t *w = &in->workers[i];
+    int rc = pthread_create(&w->thread, NULL, worker_main, w);
+    if (rc) return -rc;
+    w->started = 1;
+  }
+  return 0;
+}
+
 int gw_ingest_start(gw_ingest_t **out, uv_loop_t *loop, const gw_config_t *cfg,
-                    gw_engine_t *engine, gw_stats_t *stats, gw_log_t *log,
-                    const gw_ingest_sinks_t *sinks, char *err, size_t errlen) {
+                    gw_stats_t *stats, gw_log_t *log, const gw_ingest_sinks_t *sinks, char *err,
+                    size_t errlen) {
   *out = NULL;
   gw_ingest_t *in = calloc(1, sizeof(*in));
   if (!in) return GW_ENOMEM;
   int rc = GW_ENOMEM;
   in->loop = loop;
   in->cfg = cfg;
-  in->engine = engine;
   in->stats = stats;
   in->log = log;
   if (sinks) in->sinks = *sinks;
   in->reject_rl.per_sec = 10;
-  in->z_cap = cfg->engine.max_k;
+  in->n_workers = cfg->engine_threads ? cfg->engine_threads : 1;
+  pthread_mutex_init(&in->sink_mu, NULL);
   size_t n_sock = cfg->n_zmq + cfg->n_zmq_pull + 1;
-  if (!(in->z = malloc(sizeof(double) * in->z_cap)) || !(in->w = calloc(n_sock, sizeof(watcher_t))) ||
+  in->stash_cap = GW_PROTO_TOPIC_MAX + GW_PROTO_HEADER_SIZE + (size_t)cfg->engine.max_k * 4;
+  if (!(in->w = calloc(n_sock, sizeof(watcher_t))) || !(in->stash = malloc(in->stash_cap)) ||
       !(in->zctx = zmq_ctx_new()))
     goto fail_early;
   if ((rc = uv_idle_init(loop, &in->idle))) goto fail_early;
   in->idle.data = in;
+  if ((rc = uv_async_init(loop, &in->wake, on_wake))) {
+    uv_close((uv_handle_t *)&in->idle, NULL);
+    goto fail_early;
+  }
+  in->wake.data = in;
+  if ((rc = start_workers(in, err, errlen))) goto fail;
 
   char secret[41], *sk = NULL;
   if (cfg->curve_secret_key) {
@@ -466,14 +739,16 @@ int gw_ingest_start(gw_ingest_t **out, uv_loop_t *loop, const gw_config_t *cfg,
   return 0;
 
 fail:
-  if (!err[0]) snprintf(err, errlen, "ingest: %s", rc > -1000 && rc < 0 ? uv_strerror(rc) : gw_strerror(rc));
+  if (!err[0])
+    snprintf(err, errlen, "ingest: %s", rc > -1000 && rc < 0 ? uv_strerror(rc) : gw_strerror(rc));
   gw_ingest_stop(in); /* frees once the loop has closed the handles */
   return rc;
 fail_early:
   if (!err[0]) snprintf(err, errlen, "ingest: out of memory");
   if (in->zctx) zmq_ctx_term(in->zctx);
+  pthread_mutex_destroy(&in->sink_mu);
   free(in->w);
-  free(in->z);
+  free(in->stash);
   free(in);
   return rc;
 }

@@ -1,9 +1,17 @@
 /* ingest.h — ZeroMQ sockets driven by libuv, feeding the engine.
  *
- * Data flow: ZeroMQ frame → gw_proto_decode → (shard filter) →
- * gw_proto_read_payload → gw_engine_push_f64 → point → sinks (store queue,
- * live SSE hub, Prometheus latest values, alerts). Sinks are downstream and
- * never call back into ingest.
+ * Data flow: ZeroMQ frame → gw_proto_decode → (shard filter) → the
+ * stream's worker → gw_proto_read_payload → gw_engine_push_f64 → point →
+ * sinks (store queue, live SSE hub, Prometheus latest values, alerts).
+ * Sinks are downstream and never call back into ingest.
+ *
+ * Threads: the libuv loop thread receives and validates; `engine_threads`
+ * workers each own a gw_engine_t and the streams hashed to it by (run, tag),
+ * so a stream's messages stay in order. A worker's input is a bounded
+ * single-producer ring; when it is full the loop stops reading ZeroMQ
+ * (whose RCVHWM then applies) until the worker catches up — memory stays
+ * bounded. Workers call the sinks one at a time under a mutex, so sinks see
+ * a single stream of points, as if from one thread.
  *
  * Each bound socket (SUB or PULL) is watched through its ZMQ_FD with a
  * uv_poll_t. That FD is edge-triggered and only says "look at ZMQ_EVENTS":
@@ -45,11 +53,13 @@ typedef struct gw_ingest_s gw_ingest_t;
  * Returns 0 or a negative code (GW_ECONFIG with a message in err for bad
  * endpoints or keys); *out is NULL on failure and nothing is left open. */
 int gw_ingest_start(gw_ingest_t **out, uv_loop_t *loop, const gw_config_t *cfg,
-                    gw_engine_t *engine, gw_stats_t *stats, gw_log_t *log,
-                    const gw_ingest_sinks_t *sinks, char *err, size_t errlen);
+                    gw_stats_t *stats, gw_log_t *log, const gw_ingest_sinks_t *sinks,
+                    char *err, size_t errlen);
 
-/* Stop polling and close the sockets; the struct is freed once libuv has
- * closed its handles (run the loop afterwards). Accepts NULL. */
+/* Stop polling, let the workers finish every queued message (their points
+ * reach the sinks before this returns), join them, close the sockets; the
+ * struct is freed once libuv has closed its handles (run the loop
+ * afterwards). Accepts NULL. */
 void gw_ingest_stop(gw_ingest_t *in);
 
 /* Reload the --curve-allow directory (SIGHUP). */

@@ -1,8 +1,8 @@
 /* main.c — gradwatchd: wires the modules together and owns their lifetimes.
  *
  * Start-up order follows the data flow backwards, so every sink exists
- * before anything can reach it: log → engine → store → live/metrics → http →
- * ingest; then READY=1. Shutdown (SIGTERM/SIGINT) runs it forwards: stop
+ * before anything can reach it: log → store → live/metrics → http → ingest
+ * (which owns the engines, one per worker thread); then READY=1. Shutdown (SIGTERM/SIGINT) runs it forwards: stop
  * ingest (no new points), flush and close the store, stop http, free.
  * SIGHUP reopens the log file and reloads the CURVE allow list.
  * One daemon context struct, passed explicitly; no globals.
@@ -32,7 +32,6 @@ typedef struct daemon_s {
   gw_log_t log;
   uv_loop_t loop;
   gw_stats_t stats;
-  gw_engine_t *engine;
   gw_store_t *store;
   gw_live_t *live;
   gw_metrics_t *metrics;
@@ -117,10 +116,6 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   atomic_store(&d->stats.started_ns, wall_ns());
   if (c->http_token_file && (rc = read_token(c->http_token_file, &d->token, err, errlen)))
     return rc;
-  if (!(d->engine = gw_engine_new(&c->engine))) {
-    snprintf(err, errlen, "engine: invalid window settings or out of memory");
-    return GW_ECONFIG;
-  }
   gw_store_config_t sc;
   gw_store_config_default(&sc);
   sc.path = c->db;
@@ -152,8 +147,7 @@ static int start(daemon_t *d, char *err, size_t errlen) {
     return rc;
   }
   gw_ingest_sinks_t sinks = {.store = d->store, .live = d->live, .metrics = d->metrics};
-  if ((rc = gw_ingest_start(&d->ingest, &d->loop, c, d->engine, &d->stats, &d->log, &sinks, err,
-                            errlen)))
+  if ((rc = gw_ingest_start(&d->ingest, &d->loop, c, &d->stats, &d->log, &sinks, err, errlen)))
     return rc;
   uv_signal_init(&d->loop, &d->sig_term);
   uv_signal_init(&d->loop, &d->sig_int);
@@ -170,9 +164,10 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   }
   atomic_store(&d->ready, 1);
   sd_notify(0, "READY=1");
-  gw_log(&d->log, GW_LOG_INFO, "ready", "http=%s port=%d db=%s zmq=%s window=%u rank_every=%u",
+  gw_log(&d->log, GW_LOG_INFO, "ready",
+         "http=%s port=%d db=%s zmq=%s window=%u rank_every=%u engine_threads=%u",
          c->http, gw_http_port(d->http), c->db, c->n_zmq ? c->zmq[0] : c->zmq_pull[0],
-         c->engine.window, c->engine.rank_every);
+         c->engine.window, c->engine.rank_every, c->engine_threads);
   return 0;
 }
 
@@ -186,7 +181,6 @@ static void teardown(daemon_t *d) {
   gw_http_stop(d->http);
   gw_live_free(d->live);
   gw_metrics_free(d->metrics);
-  gw_engine_free(d->engine);
   free(d->token);
   uv_loop_close(&d->loop);
 }

@@ -312,3 +312,28 @@ def test_cli_flags(daemon_bin, tmp_path):
     r = subprocess.run([daemon_bin, "--zmq", "bogus://x", "--db", ":memory:", "--http", "127.0.0.1:0"],
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 2 and "bogus://x" in r.stderr
+
+
+def test_engine_threads_keep_streams_apart(daemon, pub):
+    """Streams spread over 3 engine workers: each keeps its own order,
+    values and stored rows (stream ids must be daemon-wide, not per worker)."""
+    daemon.extra = ["--engine-threads", "3", "--window", "8"]
+    daemon.start()
+    pub.connect_daemon()
+    rng = np.random.default_rng(3)
+    zs = {f"layer.{i}": [rng.standard_normal(16).astype(np.float32) for _ in range(30)]
+          for i in range(6)}
+    for t in range(30):
+        for tag, seq in zs.items():
+            pub.send_multipart(encode("mt", tag, t, seq[t]))
+    for tag, seq in zs.items():
+        wait_points(daemon, "mt", tag, 29)
+        got = series(daemon, "mt", tag, ["kappa_onestep", "path_onestep"])
+        assert got["step"] == list(range(1, 30))
+        ref = reference(seq, W=8)
+        for i, r in enumerate(ref):
+            assert got["path_onestep"][i] == pytest.approx(r["path_onestep"], rel=1e-9), (tag, i)
+    code, streams = daemon.json("/api/v1/runs/mt/streams")
+    assert sorted(s["tag"] for s in streams["streams"]) == sorted(zs)
+    assert all(s["points"] == 29 for s in streams["streams"])
+    assert daemon.stats()["streams"] == 6

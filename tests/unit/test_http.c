@@ -815,8 +815,8 @@ static void methods_other_than_get_head(void **state) {
 static void bearer_token(void **state) {
   (void)state;
   uint16_t port = F->auth_port;
-  const char *paths[] = {"/", "/api/v1/runs", "/api/v1/stats", "/metrics", "/readyz",
-                         "/api/v1/events", "/api/v1/alerts", "/nope"};
+  const char *paths[] = {"/api/v1/runs", "/api/v1/stats", "/metrics", "/readyz",
+                         "/api/v1/events", "/api/v1/alerts", "/nope", "/api/v1/index.html"};
   const char *wrong[] = {NULL,
                          "Authorization: Bearer wrong\r\n",
                          "Authorization: Bearer " TOKEN "x\r\n",
@@ -835,6 +835,13 @@ static void bearer_token(void **state) {
       cJSON_Delete(o);
       resp_free(&r);
     }
+  /* the dashboard's embedded files load without it (no data in them) */
+  resp_t pub = req(port, "GET", "/", NULL);
+  assert_int_equal(pub.status, 200);
+  resp_free(&pub);
+  pub = req(port, "GET", "/index.html", NULL);
+  assert_int_equal(pub.status, 200);
+  resp_free(&pub);
   /* a POST without a token is refused for the token first */
   expect_error(port, "POST", "/api/v1/runs", "Content-Length: 0\r\n", 401, NULL);
   resp_t r = req(port, "GET", "/api/v1/runs", "Authorization: Bearer " TOKEN "\r\n");

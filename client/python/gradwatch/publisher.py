@@ -1,0 +1,374 @@
+"""Publisher: sketch gradients and send them to gradwatchd without ever blocking.
+
+A Publisher owns one ZeroMQ socket connected to the daemon's endpoint. It is
+an XPUB socket (a PUB socket that also sees its subscribers' subscriptions)
+with ZMQ_XPUB_NODROP set, so that every message that does not reach a
+subscriber is *counted* instead of vanishing silently, as it would on a plain
+PUB socket:
+
+- no subscriber (daemon down, not yet connected, or subscribed to other
+  prefixes) matches the topic            -> dropped
+- a matching subscriber's queue holds SNDHWM messages (a slow daemon), so the
+  non-blocking send fails with EAGAIN    -> dropped
+- any other ZeroMQ error while sending   -> dropped (kept in .last_error)
+
+Sends use ZMQ_DONTWAIT, so publish() costs the sketch plus a few microseconds
+and never waits for the network. Subscriptions arrive asynchronously after
+connect (the "slow joiner"): the first messages after start-up are dropped
+until the daemon's subscription has arrived; wait_subscribed() waits for it
+where that matters (tests, short scripts).
+
+Rejected before sending, with ValueError or TypeError naming the argument:
+bad run/tag names (PROTOCOL.md 2), k/s/seed/kind out of range, a sketch of
+the wrong length, a step outside 0..2^63-1, non-finite scalars, and non-finite
+gradients or sketches (NaN/Inf in grad, or a sketch that overflows the payload
+dtype): the daemon would reject such a message anyway.
+
+A Publisher is not thread-safe (neither is its socket): use one per thread.
+"""
+
+import math
+import os
+import time
+
+import numpy as np
+import zmq
+
+from . import _proto
+from ._sketch import Sketcher, check_params
+
+
+def _curve_key(value, what, want):
+    """A CURVE key as bytes (Z85, 40 chars, or raw 32 bytes), or read from a file.
+
+    A path (str or os.PathLike) that is not itself a 40-character key names a
+    ZeroMQ certificate file (zmq.auth format); want is "public" or "secret".
+    """
+    if isinstance(value, str) and len(value) == 40:
+        value = value.encode("ascii")
+    if isinstance(value, (bytes, bytearray)) and len(value) in (32, 40):
+        return bytes(value)
+    if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+        import zmq.auth
+        public, secret = zmq.auth.load_certificate(value)
+        key = public if want == "public" else secret
+        if key is None:
+            raise ValueError(f"{what}: certificate file {value!s} holds no {want} key")
+        return key
+    raise ValueError(f"{what} must be a Z85 key (40 chars), 32 raw bytes or a "
+                     f"certificate file, got {value!r:.60}")
+
+
+def _as_numpy(grad, what="grad"):
+    """A float numpy view/copy of a numpy array, sequence or (CPU) torch tensor."""
+    mod = type(grad).__module__
+    if mod.startswith("torch"):
+        t = grad.detach()
+        if t.dtype.is_complex or not t.dtype.is_floating_point:
+            raise TypeError(f"{what} must be a floating-point tensor, got {t.dtype}")
+        if t.dtype not in _torch_numpy_dtypes():
+            t = t.float()
+        return t.cpu().numpy()
+    a = np.asarray(grad)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{what} must be a floating-point array, got dtype {a.dtype}")
+    return a
+
+
+_TORCH_NP = None
+
+
+def _torch_numpy_dtypes():
+    global _TORCH_NP
+    if _TORCH_NP is None:
+        import torch
+        _TORCH_NP = (torch.float32, torch.float64, torch.float16)
+    return _TORCH_NP
+
+
+class Publisher:
+    """Sketch gradients with S(seed, kind, s, k) and publish them for one run.
+
+    Publisher(endpoint, run=, k=256, seed=0, kind="sjlt", s=4 (0 for gaussian),
+    dtype="f32"|"f16"|"bf16", sndhwm=10000, linger_ms=1000,
+    curve_serverkey=, curve_publickey=, curve_secretkey=, context=None)
+
+    Attributes: sent, dropped (messages), last_error, and the parameters.
+    """
+
+    def __init__(self, endpoint, run, k=256, seed=0, kind="sjlt", s=None, *,
+                 dtype="f32", sndhwm=10000, linger_ms=1000, curve_serverkey=None,
+                 curve_publickey=None, curve_secretkey=None, context=None,
+                 cache_bytes=256 << 20):
+        if not isinstance(endpoint, str) or "://" not in endpoint:
+            raise ValueError(f"endpoint must be a ZeroMQ endpoint like "
+                             f"'tcp://127.0.0.1:5557', got {endpoint!r}")
+        self._run_b = _proto.check_run(run)
+        self.run = self._run_b.decode()
+        self.k, self.seed, self.kind, self.s = check_params(k, seed, kind, s)
+        self.kind_code = 1 if self.kind == "sjlt" else 2
+        self.dtype = _proto.check_dtype(dtype)
+        self._dtype_code = _proto.DTYPES[self.dtype]
+        if isinstance(sndhwm, bool) or not isinstance(sndhwm, int) or sndhwm < 1:
+            raise ValueError(f"sndhwm must be a positive int, got {sndhwm!r}")
+        keys = (curve_serverkey, curve_publickey, curve_secretkey)
+        if any(x is not None for x in keys) and not all(x is not None for x in keys):
+            raise ValueError("CURVE needs all three of curve_serverkey, curve_publickey "
+                             "and curve_secretkey")
+        self.endpoint = endpoint
+        self.sent = 0
+        self.dropped = 0
+        self.last_error = None
+        self._sketcher = Sketcher(self.k, self.seed, self.kind, self.s, cache_bytes)
+        self._subs = set()
+        self._match = {}  # topic -> bool, valid for the current self._subs
+        self._topics = {}  # tag (str) -> topic bytes
+        self._msg_dtype = _proto.message_dtype(self.k, self.dtype)
+        self._batches = {}  # m -> reusable structured array of m bodies
+        self._closed = True
+        self._sock = None
+        ctx = context if context is not None else zmq.Context.instance()
+        sock = ctx.socket(zmq.XPUB)
+        try:
+            sock.setsockopt(zmq.SNDHWM, sndhwm)
+            sock.setsockopt(zmq.LINGER, int(linger_ms))
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+            # Pipes exist only while connected: while the daemon is away nothing
+            # queues up (it is dropped and counted), and a lost connection
+            # removes its subscriptions.
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            if curve_serverkey is not None:
+                sock.setsockopt(zmq.CURVE_SERVERKEY,
+                                _curve_key(curve_serverkey, "curve_serverkey", "public"))
+                sock.setsockopt(zmq.CURVE_PUBLICKEY,
+                                _curve_key(curve_publickey, "curve_publickey", "public"))
+                sock.setsockopt(zmq.CURVE_SECRETKEY,
+                                _curve_key(curve_secretkey, "curve_secretkey", "secret"))
+            sock.connect(endpoint)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            raise ValueError(f"endpoint {endpoint!r}: {e}") from None
+        self._sock = sock
+        self._closed = False
+
+    # -- sketching ---------------------------------------------------------
+
+    def sketch(self, grad, offset=0):
+        """z = S[:, offset:offset+d] g as a float64 numpy array of length k.
+
+        grad: numpy array, sequence or torch tensor, flattened row-major.
+        Tensors on an accelerator are sketched on their device (only k
+        numbers are copied back). offset places a slice of a larger vector
+        at its global coordinates (sketches of slices add up).
+        """
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+            raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+        if type(grad).__module__.startswith("torch") and getattr(grad, "is_cuda", False):
+            from .torch import torch_sketch
+            return torch_sketch(grad, self.k, self.seed, self.kind, self.s,
+                                offset=int(offset)).cpu().numpy()
+        return self._sketcher.sketch(_as_numpy(grad), int(offset))
+
+    # -- publishing --------------------------------------------------------
+
+    def _topic(self, tag):
+        t = self._topics.get(tag)
+        if t is None:
+            t = _proto.topic(self._run_b, _proto.check_tag(tag))
+            if len(self._topics) < 100000:
+                self._topics[tag] = t
+        return t
+
+    def publish(self, tag, step, grad, grad_norm=None, loss=None, lr=None):
+        """Sketch grad and send it; returns True if sent, False if dropped.
+
+        grad_norm defaults to ||grad|| (computed here in float64). Raises
+        ValueError if grad holds NaN/Inf (decided: a non-finite gradient is
+        never sent, the daemon would reject it) and for bad arguments.
+        """
+        topic = self._topic(tag)
+        step = _proto.check_step(step)
+        if isinstance(grad, np.ndarray) and grad.dtype.kind == "f":
+            g = grad
+        elif type(grad).__module__.startswith("torch") and getattr(grad, "is_cuda", False):
+            from .torch import torch_sketch
+            zn = torch_sketch(grad, self.k, self.seed, self.kind, self.s, with_norm=True)
+            zn = zn.cpu().numpy()
+            z, gn = zn[:-1], math.sqrt(zn[-1])
+            return self._publish_z(topic, step, z, grad_norm if grad_norm is not None else gn,
+                                   loss, lr, what="grad")
+        else:
+            g = _as_numpy(grad)
+        g = g.reshape(-1)
+        if grad_norm is None:
+            g64 = g.astype(np.float64, copy=False)
+            grad_norm = math.sqrt(float(np.dot(g64, g64)))
+            if not math.isfinite(grad_norm):
+                raise ValueError("grad must be finite (it contains NaN or Inf)")
+        z = self._sketcher.sketch(g)
+        return self._publish_z(topic, step, z, grad_norm, loss, lr, what="grad")
+
+    def publish_sketch(self, tag, step, z, grad_norm=None, loss=None, lr=None):
+        """Send an already projected sketch z (length k); True if sent, False if dropped."""
+        topic = self._topic(tag)
+        step = _proto.check_step(step)
+        z = _as_numpy(z, "z").reshape(-1)
+        if z.size != self.k:
+            raise ValueError(f"z must have length k={self.k}, got {z.size}")
+        return self._publish_z(topic, step, z, grad_norm, loss, lr, what="z")
+
+    def _publish_z(self, topic, step, z, grad_norm, loss, lr, what):
+        gn = _proto.check_scalar(grad_norm, "grad_norm")
+        loss = _proto.check_scalar(loss, "loss")
+        lr = _proto.check_scalar(lr, "lr")
+        rows, ok = self._encode(step, np.asarray(z, dtype=np.float64).reshape(1, -1),
+                                None if gn is None else np.array([gn]), loss, lr)
+        if not ok[0]:
+            raise ValueError(f"{what} must be finite: its sketch has NaN/Inf or "
+                             f"overflows dtype {self.dtype}")
+        return self._send(topic, rows[0])
+
+    def _encode(self, step, Z, gns, loss, lr, wall_ns=None):
+        """Bodies of m messages at once: (rows, ok).
+
+        Z: (m, k) float64 sketches; gns: (m,) grad norms or None (absent);
+        loss, lr: float or None. rows[i] (uint8, 64 + k w bytes) is the body
+        of message i; ok[i] is False when Z[i] or gns[i] is NaN/Inf or Z[i]
+        exceeds the largest finite value of the payload dtype (the row must
+        then not be sent). The returned rows are reused by the next call.
+        """
+        m = Z.shape[0]
+        arr = self._batches.get(m)
+        if arr is None:
+            arr = np.zeros(m, dtype=self._msg_dtype)
+            arr["magic"], arr["version"], arr["dtype"] = _proto.MAGIC, 1, self._dtype_code
+            arr["kind"], arr["s"], arr["k"], arr["seed"] = self.kind_code, self.s, self.k, self.seed
+            if len(self._batches) > 8:
+                self._batches.clear()
+            self._batches[m] = arr
+        ok = np.abs(Z).max(axis=1) <= _proto.LARGEST[self.dtype]  # False for NaN too
+        flags = 0
+        if gns is not None:
+            ok &= np.isfinite(gns)
+            flags |= _proto.HAS_GRAD_NORM
+            arr["grad_norm"] = gns
+        else:
+            arr["grad_norm"] = 0.0
+        if loss is not None:
+            flags |= _proto.HAS_LOSS
+        if lr is not None:
+            flags |= _proto.HAS_LR
+        arr["flags"] = flags
+        arr["step"] = step
+        arr["wall_ns"] = time.time_ns() if wall_ns is None else wall_ns
+        arr["loss"] = 0.0 if loss is None else loss
+        arr["lr"] = 0.0 if lr is None else lr
+        src = Z if ok.all() else np.where(ok[:, None], Z, 0.0)
+        if self.dtype == "f32":
+            arr["payload"] = src
+        elif self.dtype == "f16":
+            arr["payload"] = src.astype(np.float32)  # via binary32, as PROTOCOL.md 4 says
+        else:
+            arr["payload"] = _proto.f32_to_bf16_bits(src.astype(np.float32))
+        return arr.view(np.uint8).reshape(m, -1), ok
+
+    def _poll_subscriptions(self):
+        """Read pending (un)subscription messages from the XPUB socket."""
+        sock = self._sock
+        changed = False
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                m = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if m[:1] == b"\x01":
+                self._subs.add(m[1:])
+            elif m[:1] == b"\x00":
+                self._subs.discard(m[1:])
+            changed = True
+        if changed:
+            self._match.clear()
+
+    def _matches(self, topic):
+        m = self._match.get(topic)
+        if m is None:
+            m = any(topic.startswith(p) for p in self._subs)
+            self._match[topic] = m
+        return m
+
+    def _send(self, topic, body, poll=True):
+        if self._closed:
+            raise RuntimeError("publisher is closed")
+        if poll:
+            self._poll_subscriptions()
+        if not self._matches(topic):
+            self.dropped += 1
+            return False
+        try:
+            self._sock.send(topic, zmq.SNDMORE | zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        except zmq.ZMQError as e:
+            self.last_error = e
+            self.dropped += 1
+            return False
+        # The first frame was accepted, so the high-water mark check has passed
+        # for this message and the second frame is accepted too.
+        self._sock.send(body, zmq.NOBLOCK)
+        self.sent += 1
+        return True
+
+    def subscribed(self, tag=None):
+        """True if some subscriber would receive this run's messages (for tag, if given)."""
+        if self._closed:
+            return False
+        self._poll_subscriptions()
+        if tag is not None:
+            return self._matches(self._topic(tag))
+        pre = _proto.TOPIC_PREFIX + self._run_b + b"/"
+        return any(pre.startswith(p) or p.startswith(pre) for p in self._subs)
+
+    def wait_subscribed(self, timeout=5.0, tag=None):
+        """Wait up to timeout seconds for a subscriber (see subscribed()); returns bool.
+
+        For start-up in scripts and tests; never needed for correctness.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.subscribed(tag):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._closed:
+                return False
+            self._sock.poll(min(left, 0.05) * 1000, zmq.POLLIN)
+
+    def close(self):
+        """Close the socket (waiting at most linger_ms for queued messages). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._sock.close()
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            if not self._closed:
+                self._sock.close(linger=0)
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return (f"Publisher({self.endpoint!r}, run={self.run!r}, k={self.k}, seed={self.seed}, "
+                f"kind={self.kind!r}, s={self.s}, dtype={self.dtype!r}, sent={self.sent}, "
+                f"dropped={self.dropped})")

@@ -1,0 +1,342 @@
+"""Publisher: API, argument checking, non-blocking drops, and end to end with a
+real ZeroMQ SUB socket standing in for the daemon."""
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+import gradwatch
+from conftest import free_port, ref_sketch
+
+
+def recv_msgs(sub, n, timeout=5.0):
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        if sub.poll(100):
+            frames = sub.recv_multipart()
+            assert len(frames) == 2
+            out.append(gradwatch.decode(frames[0], frames[1]))
+    return out
+
+
+@pytest.fixture
+def sub():
+    """A SUB socket bound on loopback, subscribed to everything of protocol v1."""
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.SUB)
+    port = free_port()
+    s.bind(f"tcp://127.0.0.1:{port}")
+    s.setsockopt(zmq.SUBSCRIBE, b"gw1/")
+    yield s
+    s.close(linger=0)
+
+
+def ep(sock):
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def handshake(pub, *subs, timeout=5.0, tag=None):
+    """Wait until pub sees a subscription, keeping the SUB sockets serviced.
+
+    A bound SUB socket attaches an accepted connection (and sends its
+    subscriptions) only when it processes commands, i.e. inside a call on the
+    socket; a daemon's event loop does this all the time, an idle test socket
+    does not (libzmq issue #2267).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for s in subs:
+            s.getsockopt(zmq.EVENTS)
+        if pub.wait_subscribed(0.01, tag=tag):
+            return True
+    return False
+
+
+def test_end_to_end_publish_decodes(sub):
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((30, 20)).astype(np.float32)
+    with gradwatch.Publisher(ep(sub), run="e2e-1", k=64, seed=5, kind="sjlt", s=4) as pub:
+        assert handshake(pub, sub, timeout=5.0)
+        assert pub.publish("all", 1, g, loss=0.5, lr=0.1) is True
+        assert pub.publish("layer1.weight", 2, torch.from_numpy(g)) is True
+        z = np.arange(64, dtype=np.float32) / 10
+        assert pub.publish_sketch("all", 3, z, grad_norm=2.0) is True
+        assert (pub.sent, pub.dropped) == (3, 0)
+        msgs = recv_msgs(sub, 3)
+    assert [(m.run, m.tag, m.step) for m in msgs] == \
+        [("e2e-1", "all", 1), ("e2e-1", "layer1.weight", 2), ("e2e-1", "all", 3)]
+    want = np.asarray(ref_sketch(g.reshape(-1), 64, 5, "sjlt", 4), np.float32)
+    m = msgs[0]
+    assert (m.k, m.seed, m.kind, m.s, m.dtype, m.version) == (64, 5, "sjlt", 4, "f32", 1)
+    assert np.array_equal(m.z(), want.astype(np.float64))
+    assert m.grad_norm == pytest.approx(float(np.linalg.norm(g.astype(np.float64))), rel=1e-12)
+    assert (m.loss, m.lr) == (0.5, 0.1)
+    assert abs(m.wall_ns - time.time_ns()) < 60e9
+    assert np.array_equal(msgs[1].z(), want.astype(np.float64))
+    assert (msgs[1].loss, msgs[1].lr) == (None, None)
+    assert np.array_equal(msgs[2].z(), z.astype(np.float64))
+    assert (msgs[2].grad_norm, msgs[2].loss, msgs[2].flags) == (2.0, None, 1)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_half_precision_payloads(sub, dtype):
+    g = np.random.default_rng(1).standard_normal(500)
+    with gradwatch.Publisher(ep(sub), run="half", k=32, seed=1, dtype=dtype) as pub:
+        assert handshake(pub, sub, timeout=5.0)
+        pub.publish("all", 0, g)
+        (m,) = recv_msgs(sub, 1)
+        z = pub.sketch(g)
+    assert m.dtype == dtype and m.k == 32
+    want = gradwatch.decode(*gradwatch.encode("half", "all", 0, z, seed=1, dtype=dtype)).z()
+    assert np.array_equal(m.z(), want)
+    assert np.allclose(m.z(), z, rtol={"f16": 1e-3, "bf16": 8e-3}[dtype], atol=1e-6)
+
+
+def test_gaussian_kind(sub):
+    g = np.random.default_rng(2).standard_normal(40)
+    with gradwatch.Publisher(ep(sub), run="g", k=8, seed=3, kind="gaussian") as pub:
+        assert pub.s == 0
+        assert handshake(pub, sub, timeout=5.0)
+        pub.publish("all", 0, g)
+        (m,) = recv_msgs(sub, 1)
+    assert (m.kind, m.s) == ("gaussian", 0)
+    assert np.allclose(m.z(), ref_sketch(g, 8, 3, "gaussian", 0), rtol=1e-6, atol=1e-6)
+
+
+def test_no_daemon_never_blocks_and_counts_drops():
+    """100,000 publishes with nobody listening: prompt, all counted as dropped."""
+    pub = gradwatch.Publisher(f"tcp://127.0.0.1:{free_port()}", run="nodaemon", k=16)
+    g = np.ones(8, dtype=np.float32)
+    t0 = time.monotonic()
+    for step in range(100_000):
+        pub.publish("all", step, g)
+    dt = time.monotonic() - t0
+    pub.close()
+    assert (pub.sent, pub.dropped) == (0, 100_000)
+    assert dt < 20.0, f"100k publishes took {dt:.1f} s"
+
+
+def test_slow_subscriber_fills_hwm_then_drops():
+    """A subscriber that does not read: sends fail at the high-water mark and are counted."""
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.RCVHWM, 5)
+    s.bind("inproc://slow")
+    s.setsockopt(zmq.SUBSCRIBE, b"")
+    pub = gradwatch.Publisher("inproc://slow", run="slow", k=4, sndhwm=5, context=ctx)
+    assert handshake(pub, s, timeout=5.0)
+    t0 = time.monotonic()
+    for step in range(2000):
+        pub.publish_sketch("all", step, np.ones(4))
+    assert time.monotonic() - t0 < 5.0
+    assert pub.sent + pub.dropped == 2000
+    assert 5 <= pub.sent <= 100 and pub.dropped >= 1900
+    got = []
+    while s.poll(200):
+        got.append(gradwatch.decode(*s.recv_multipart()).step)
+    assert len(got) == pub.sent
+    assert got == sorted(got) and got[0] == 0  # the first ones got through, in order
+    pub.close()
+    s.close(linger=0)
+    ctx.term()
+
+
+def test_only_matching_subscriptions_count(sub):
+    sub.setsockopt(zmq.UNSUBSCRIBE, b"gw1/")
+    sub.setsockopt(zmq.SUBSCRIBE, b"gw1/other/")
+    with gradwatch.Publisher(ep(sub), run="mine", k=4) as pub:
+        deadline = time.monotonic() + 5
+        while not pub._subs and time.monotonic() < deadline:
+            sub.getsockopt(zmq.EVENTS)
+            pub._sock.poll(10)
+            pub._poll_subscriptions()
+        assert pub._subs == {b"gw1/other/"}
+        assert not pub.subscribed()
+        assert pub.publish_sketch("all", 0, np.ones(4)) is False
+        assert (pub.sent, pub.dropped) == (0, 1)
+        sub.setsockopt(zmq.SUBSCRIBE, b"gw1/mine/ab")  # one tag prefix of this run
+        assert handshake(pub, sub, tag="abc")
+        assert pub.subscribed() and not pub.subscribed(tag="all")
+        assert pub.publish_sketch("all", 1, np.ones(4)) is False
+        assert pub.publish_sketch("abc", 1, np.ones(4)) is True
+        (m,) = recv_msgs(sub, 1)
+        assert m.tag == "abc"
+
+
+def test_subscriber_gone_means_dropped(sub):
+    pub = gradwatch.Publisher(ep(sub), run="gone", k=4)
+    assert handshake(pub, sub, timeout=5.0)
+    assert pub.publish_sketch("all", 0, np.ones(4))
+    sub.close(linger=0)
+    deadline = time.monotonic() + 5
+    while pub.subscribed() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pub.subscribed()
+    assert pub.publish_sketch("all", 1, np.ones(4)) is False
+    assert (pub.sent, pub.dropped) == (1, 1)
+    pub.close()
+
+
+def test_curve(port):
+    srv_pub, srv_sec = zmq.curve_keypair()
+    cli_pub, cli_sec = zmq.curve_keypair()
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.CURVE_SERVER, 1)
+    s.setsockopt(zmq.CURVE_SECRETKEY, srv_sec)
+    s.bind(f"tcp://127.0.0.1:{port}")
+    s.setsockopt(zmq.SUBSCRIBE, b"gw1/")
+    try:
+        with gradwatch.Publisher(f"tcp://127.0.0.1:{port}", run="sec", k=4,
+                                 curve_serverkey=srv_pub, curve_publickey=cli_pub.decode(),
+                                 curve_secretkey=cli_sec) as pub:
+            assert handshake(pub, s, timeout=5.0)
+            assert pub.publish_sketch("all", 0, np.ones(4))
+            (m,) = recv_msgs(s, 1)
+            assert m.run == "sec"
+        # a publisher without CURVE never completes the handshake: all dropped
+        with gradwatch.Publisher(f"tcp://127.0.0.1:{port}", run="plain", k=4) as pub:
+            assert not handshake(pub, s, timeout=0.5)
+            assert pub.publish_sketch("all", 0, np.ones(4)) is False
+            assert pub.dropped == 1
+        # the wrong server key: likewise
+        wrong_pub, _ = zmq.curve_keypair()
+        with gradwatch.Publisher(f"tcp://127.0.0.1:{port}", run="wrong", k=4,
+                                 curve_serverkey=wrong_pub, curve_publickey=cli_pub,
+                                 curve_secretkey=cli_sec) as pub:
+            assert not handshake(pub, s, timeout=0.5)
+        assert not s.poll(100)
+    finally:
+        s.close(linger=0)
+
+
+def test_curve_keys_from_certificate_files(tmp_path, port):
+    import zmq.auth
+    pub_file, sec_file = zmq.auth.create_certificates(str(tmp_path), "client")
+    srv_pub, _ = zmq.curve_keypair()
+    with gradwatch.Publisher(f"tcp://127.0.0.1:{port}", run="files", k=4,
+                             curve_serverkey=srv_pub, curve_publickey=pub_file,
+                             curve_secretkey=sec_file) as pub:
+        assert pub.closed is False
+    from gradwatch.publisher import _curve_key
+    want_pub, want_sec = zmq.auth.load_certificate(sec_file)
+    assert _curve_key(pub_file, "k", "public") == want_pub
+    assert _curve_key(sec_file, "k", "secret") == want_sec
+    with pytest.raises(ValueError, match="curve_secretkey"):
+        gradwatch.Publisher(f"tcp://127.0.0.1:{port}", run="files", k=4, curve_serverkey=srv_pub,
+                            curve_publickey=pub_file, curve_secretkey=pub_file)
+
+
+# -- argument checking ----------------------------------------------------------
+
+
+@pytest.fixture
+def pub():
+    p = gradwatch.Publisher(f"tcp://127.0.0.1:{free_port()}", run="args", k=8, seed=1)
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("kw,exc,word", [
+    (dict(run=""), ValueError, "run"), (dict(run="a/b"), ValueError, "run"),
+    (dict(run="x" * 129), ValueError, "run"), (dict(run="sp ace"), ValueError, "run"),
+    (dict(run="café"), ValueError, "run"), (dict(run=5), TypeError, "run"),
+    (dict(k=0), ValueError, "k"), (dict(k=65537), ValueError, "k"),
+    (dict(s=9), ValueError, "s"), (dict(k=2, s=3), ValueError, "s"),
+    (dict(kind="gaussian", s=2), ValueError, "s"), (dict(kind="fft"), ValueError, "kind"),
+    (dict(seed=-3), ValueError, "seed"), (dict(dtype="f64"), ValueError, "dtype"),
+    (dict(sndhwm=0), ValueError, "sndhwm"), (dict(endpoint="localhost"), ValueError, "endpoint"),
+    (dict(endpoint="bogus://x"), ValueError, "endpoint"),
+    (dict(curve_serverkey=b"x" * 40), ValueError, "curve"),
+    (dict(curve_serverkey=b"x" * 40, curve_publickey=b"x" * 40, curve_secretkey=b"short"),
+     ValueError, "curve_secretkey"),
+])
+def test_constructor_rejects(kw, exc, word):
+    args = dict(endpoint="tcp://127.0.0.1:1", run="r", k=8)
+    args.update(kw)
+    with pytest.raises(exc, match=word):
+        gradwatch.Publisher(args.pop("endpoint"), **args)
+
+
+def test_bad_tags(pub):
+    for tag in ("", "a b", "t" * 129, "é", "a\n"):
+        with pytest.raises(ValueError, match="tag"):
+            pub.publish_sketch(tag, 0, np.ones(8))
+    with pytest.raises(TypeError, match="tag"):
+        pub.publish_sketch(None, 0, np.ones(8))
+    pub.publish_sketch("t" * 128, 0, np.ones(8))
+    pub.publish_sketch("model/enc.0/attn:q-proj", 0, np.ones(8))
+    assert pub.dropped == 2
+
+
+def test_bad_steps_and_scalars(pub):
+    z = np.ones(8)
+    with pytest.raises(ValueError, match="step"):
+        pub.publish_sketch("all", -1, z)
+    with pytest.raises(ValueError, match="step"):
+        pub.publish_sketch("all", 2 ** 63, z)
+    with pytest.raises(TypeError, match="step"):
+        pub.publish_sketch("all", 1.0, z)
+    for name in ("grad_norm", "loss", "lr"):
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=name):
+                pub.publish_sketch("all", 0, z, **{name: bad})
+        with pytest.raises(TypeError, match=name):
+            pub.publish_sketch("all", 0, z, **{name: "x"})
+    pub.publish_sketch("all", 2 ** 63 - 1, z, loss=torch.tensor(0.5), lr=np.float32(0.1))
+
+
+def test_bad_sketches_and_grads(pub):
+    with pytest.raises(ValueError, match="length k=8"):
+        pub.publish_sketch("all", 0, np.ones(7))
+    with pytest.raises(ValueError, match="finite"):
+        pub.publish_sketch("all", 0, np.array([1, 2, 3, 4, 5, 6, 7, np.nan]))
+    with pytest.raises(ValueError, match="finite"):  # overflows float32
+        pub.publish_sketch("all", 0, np.full(8, 1e39))
+    for bad in (np.nan, np.inf, -np.inf):
+        g = np.ones(100, dtype=np.float32)
+        g[17] = bad
+        with pytest.raises(ValueError, match="grad must be finite"):
+            pub.publish("all", 0, g)
+        with pytest.raises(ValueError, match="grad must be finite"):
+            pub.publish("all", 0, torch.from_numpy(g))
+        with pytest.raises(ValueError, match="grad must be finite"):
+            pub.publish("all", 0, g, grad_norm=1.0)  # caught on the sketch
+    with pytest.raises(TypeError, match="grad"):
+        pub.publish("all", 0, np.arange(10))
+    with pytest.raises(TypeError, match="grad"):
+        pub.publish("all", 0, torch.arange(10))
+    with pytest.raises(TypeError, match="z"):
+        pub.publish_sketch("all", 0, ["a"] * 8)
+    assert pub.sent == 0 and pub.dropped == 0  # nothing reached the socket
+
+
+def test_f16_overflow_is_rejected():
+    with gradwatch.Publisher("tcp://127.0.0.1:1", run="r", k=4, dtype="f16") as p:
+        with pytest.raises(ValueError, match="f16"):
+            p.publish_sketch("all", 0, np.array([1.0, 2.0, 7e4, 0.0]))
+        p.publish_sketch("all", 0, np.array([1.0, 2.0, 6e4, 0.0]))
+
+
+def test_grad_norm_is_float64_exact(pub, sub):
+    g = np.full(1000, 0.1, dtype=np.float32)
+    with gradwatch.Publisher(ep(sub), run="gn", k=8) as p:
+        assert handshake(p, sub)
+        p.publish("all", 0, g)
+        p.publish("all", 1, torch.tensor(g, dtype=torch.bfloat16))
+        m0, m1 = recv_msgs(sub, 2)
+    assert m0.grad_norm == pytest.approx(math.sqrt(1000 * float(np.float32(0.1)) ** 2), rel=1e-14)
+    assert m1.grad_norm == pytest.approx(math.sqrt(1000) * 0.1, rel=1e-2)
+
+
+def test_close(pub):
+    pub.close()
+    pub.close()
+    assert pub.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        pub.publish_sketch("all", 0, np.ones(8))
+    assert "dropped=0" in repr(pub)
