@@ -419,6 +419,7 @@ static const char usage_text[] =
     "  query RUN TAG METRIC...  print a stream's metrics as a table, CSV or JSON\n"
     "  tail                     follow live points and alerts\n"
     "  export RUN               write every stream of a run as CSV or JSON lines\n"
+    "  proxy                    forward publishers to sharded daemons (docs/SCALE.md)\n"
     "\n"
     "'gradwatch COMMAND --help' describes a command's options; --version prints the version.\n"
     "Exit status: 0 success, 1 run-time failure, 2 usage error.\n";
@@ -428,9 +429,11 @@ typedef struct cmd_s {
   int (*run)(int argc, char **argv);
 } cmd_t;
 
+int cli_proxy(int argc, char **argv); /* cli_proxy.c */
+
 static const cmd_t commands[] = {
     {"publish", cli_publish}, {"replay", cli_replay}, {"query", cli_query},
-    {"tail", cli_tail},       {"export", cli_export},
+    {"tail", cli_tail},       {"export", cli_export}, {"proxy", cli_proxy},
 };
 
 static const cmd_t *find_cmd(const char *name) {

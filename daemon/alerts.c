@@ -36,10 +36,12 @@
  * a ring (insertion order) plus a sorted copy: an update is a binary search
  * and a memmove of at most window doubles, the median is O(1).
  *
- * Threads. Everything runs on the loop thread except the HTTP side
- * (gw_alerts_metrics, gw_alerts_firing_count), which reads `firing`, the
- * counters and the webhook list under `mu`; the loop thread takes `mu` only
- * on a transition or a reload.
+ * Threads. observe (ingest's workers, one at a time), tick and reload (the
+ * loop thread) and forget serialise on `eval_mu`, which guards the rules,
+ * the streams and their states. The HTTP side (gw_alerts_metrics,
+ * gw_alerts_firing_count) reads `firing`, the counters and the webhook list
+ * under `mu`, which the evaluating side takes only on a transition or a
+ * reload. Lock order: eval_mu, then mu, then a webhook's own mutex.
  */
 #include "alerts.h"
 
@@ -65,6 +67,7 @@
 #define MAX_WEBHOOKS 8
 #define NAME_MAX_LEN 64
 #define TEXT_MAX_LEN 4096
+#define INI_LINE_MAX INI_MAX_LINE /* libinih's line buffer (200 in Debian's build) */
 #define CAPPED_LOG_NS 60000000000LL /* log "states capped" at most once a minute */
 #define SEEN_UNKNOWN INT64_MIN      /* last_seen of a restored stream until the first tick */
 
@@ -91,11 +94,13 @@ enum {
   KEY_TAG,
   KEY_SUMMARY,
   KEY_DESCRIPTION,
+  KEY_MIN_BASELINE,
   KEY_COUNT
 };
 static const char *const key_names[KEY_COUNT] = {
     "kind",       "metric",  "op",       "threshold", "resolve", "for_steps", "window",
-    "min_points", "seconds", "severity", "run",       "tag",     "summary",   "description"};
+    "min_points", "seconds", "severity", "run",       "tag",     "summary",   "description",
+    "min_baseline"};
 
 typedef struct rule_s {
   char *name;
@@ -103,6 +108,7 @@ typedef struct rule_s {
   double threshold, resolve;
   uint32_t for_steps, window, min_points;
   double seconds;
+  double min_baseline; /* relative: no verdict while the median is below it */
   char *severity, *run_glob, *tag_glob, *summary, *description;
   unsigned given; /* 1 << KEY_* of the keys present */
 } rule_t;
@@ -125,7 +131,7 @@ typedef struct state_s {
   uint8_t phase;
   uint32_t breaches; /* consecutive, while PENDING */
   uint64_t id;       /* store id while FIRING */
-  uint64_t started_step, fired_step;
+  uint64_t started_step;
   int64_t started_ns, fired_ns; /* wall clock */
   double value;                 /* what tripped: ratio for relative, seconds for stalled */
   char *labels, *annotations;   /* JSON text, while FIRING */
@@ -151,6 +157,7 @@ typedef struct firing_s {
 
 struct gw_alerts_s {
   gw_alerts_deps_t deps;
+  pthread_mutex_t eval_mu; /* rules, streams, states: see Threads above */
   ruleset_t rs;
   stream_t **buckets;
   size_t nbuckets, n_streams;
@@ -169,35 +176,52 @@ struct gw_alerts_s {
   gw_webhook_stats_t retired; /* counters of webhooks replaced at reload */
 };
 
+/* Tuned on examples/train_digits.py (docs/ALERTS.md has the runs and the
+ * numbers): silent on healthy SGD/Adam runs, minibatch and full batch;
+ * rank_collapse fires 4-24 points after an lr change that makes the run
+ * diverge, kappa_surge confirms ~70 points later. They watch the whole-model
+ * stream `all` that every gradwatch client publishes: one alert per run,
+ * not one per layer. */
 const char GW_ALERTS_DEFAULT_RULES[] =
-    "; Shipped defaults (docs/ALERTS.md explains and measures them).\n"
-    "[alert kappa_collapse]\n"
+    "[alert rank_collapse]\n"
+    "tag = all\n"
     "kind = relative\n"
-    "metric = kappa_onestep\n"
+    "metric = rank_90\n"
+    "op = <\n"
+    "threshold = 0.3\n"
+    "resolve = 0.5\n"
+    "for_steps = 4\n"
+    "window = 128\n"
+    "min_points = 64\n"
+    "min_baseline = 4\n"
+    "severity = critical\n"
+    "summary = predictability collapse on {run}/{tag}: rank_90 fell to {observed}, {value}x its "
+    "trailing median {baseline}\n"
+    "description = One direction dominates the gradient increments of the window since step\n"
+    "  {started_step} (a gradient spike, divergence): the predictable rank left the run's regime\n"
+    "  (below {threshold}x the median of the last {window} healthy points for {for_steps} points).\n"
+    "[alert kappa_surge]\n"
+    "tag = all\n"
+    "kind = relative\n"
+    "metric = kappa_ema\n"
     "op = >\n"
-    "threshold = 1.5\n"
-    "resolve = 1.2\n"
-    "for_steps = 8\n"
+    "threshold = 20\n"
+    "resolve = 2\n"
+    "for_steps = 4\n"
     "window = 128\n"
     "min_points = 64\n"
     "severity = critical\n"
-    "summary = predictability collapse on {run}/{tag}: kappa_onestep {observed} is {value}x its trailing median {baseline}\n"
-    "description = The one-step predictability index left the run's own regime at step {started_step} (rule {rule}: > {threshold}x the median of the last {window} healthy points for {for_steps} steps).\n"
-    "[alert rank_collapse]\n"
-    "kind = relative\n"
-    "metric = rank_90\n"
-    "op = >\n"
-    "threshold = 2.5\n"
-    "resolve = 1.5\n"
-    "for_steps = 8\n"
-    "window = 128\n"
-    "min_points = 64\n"
-    "severity = warning\n"
-    "summary = predictable rank jumped on {run}/{tag}: rank_90 {observed} is {value}x its trailing median {baseline}\n"
+    "summary = predictability collapse on {run}/{tag}: kappa_ema {observed} is {value}x its "
+    "trailing median {baseline}\n"
+    "description = The EMA predictor's relative path length left the run's regime at step\n"
+    "  {started_step} (above {threshold}x the median of the last {window} healthy points for\n"
+    "  {for_steps} points).\n"
     "[alert stream_stalled]\n"
+    "tag = all\n"
     "kind = stalled\n"
     "seconds = 600\n"
-    "severity = warning\n";
+    "severity = warning\n"
+    "summary = no message from {run}/{tag} for {seconds} s (last step {step})\n";
 
 /* ------------------------------------------------------------ utilities */
 
@@ -349,15 +373,15 @@ static int set_str(char **dst, const char *v) {
   return 0;
 }
 
-/* summary/description: a repeated key (or an inih continuation line)
- * appends a line. */
+/* summary/description: a repeated key (or an inih continuation line, an
+ * indented line under it) continues the text after a space. */
 static int append_str(char **dst, const char *v) {
   if (!*dst) return set_str(dst, v);
   size_t a = strlen(*dst), b = strlen(v);
   if (a + b + 2 > TEXT_MAX_LEN) return GW_EINVAL;
   char *d = realloc(*dst, a + b + 2);
   if (!d) return GW_ENOMEM;
-  d[a] = '\n';
+  d[a] = ' ';
   memcpy(d + a + 1, v, b + 1);
   *dst = d;
   return 0;
@@ -418,6 +442,10 @@ static int rule_key(parse_t *p, rule_t *r, const char *name, const char *v) {
     case KEY_SECONDS:
       if (parse_double(v, &r->seconds) || r->seconds <= 0 || r->seconds > 1e7)
         PFAIL("[alert %s] seconds: '%s' is not a number in (0, 1e7]", r->name, v);
+      break;
+    case KEY_MIN_BASELINE:
+      if (parse_double(v, &r->min_baseline) || r->min_baseline < 0)
+        PFAIL("[alert %s] min_baseline: '%s' is not a number >= 0", r->name, v);
       break;
     case KEY_SEVERITY:
       if (strcmp(v, "info") && strcmp(v, "warning") && strcmp(v, "critical"))
@@ -547,7 +575,8 @@ static int rule_finish(rule_t *r, char *msg, size_t msglen) {
   static const unsigned only_metric_kinds = (1u << KEY_METRIC) | (1u << KEY_OP) |
                                             (1u << KEY_THRESHOLD) | (1u << KEY_RESOLVE) |
                                             (1u << KEY_FOR_STEPS);
-  static const unsigned only_relative = (1u << KEY_WINDOW) | (1u << KEY_MIN_POINTS);
+  static const unsigned only_relative =
+      (1u << KEY_WINDOW) | (1u << KEY_MIN_POINTS) | (1u << KEY_MIN_BASELINE);
   static const unsigned only_stalled = 1u << KEY_SECONDS;
   unsigned bad = r->kind == K_STALLED    ? (only_metric_kinds | only_relative)
                  : r->kind == K_RELATIVE ? only_stalled
@@ -626,6 +655,23 @@ static int parse_into(ruleset_t *rs, FILE *f, const char *s, int *line, char *ms
   return 0;
 }
 
+/* First line of f with INI_LINE_MAX - 1 characters or more (inih would cut
+ * it and read the rest as a line of its own), or 0; f is rewound. */
+static int long_line(FILE *f) {
+  int c, line = 1, found = 0;
+  size_t len = 0;
+  while (!found && (c = getc(f)) != EOF) {
+    if (c == '\n') {
+      line++;
+      len = 0;
+    } else if (++len >= INI_LINE_MAX - 1) {
+      found = line;
+    }
+  }
+  rewind(f);
+  return found;
+}
+
 /* The whole ruleset of path (NULL: defaults only): the file, then the
  * defaults under it unless it says defaults = false. */
 static int load_ruleset(ruleset_t *out, const char *path, char *err, size_t errlen) {
@@ -638,6 +684,13 @@ static int load_ruleset(ruleset_t *out, const char *path, char *err, size_t errl
     FILE *f = fopen(path, "r");
     if (!f) {
       say(err, errlen, "%s: %s", path, strerror(errno));
+      rc = GW_ECONFIG;
+      goto done;
+    }
+    if ((line = long_line(f)) > 0) {
+      fclose(f);
+      say(err, errlen, "%s:%d: line longer than %d characters (libinih's limit; continue a "
+          "summary or description on indented lines)", path, line, INI_LINE_MAX - 1);
       rc = GW_ECONFIG;
       goto done;
     }
@@ -1180,7 +1233,6 @@ static void emit(gw_alerts_t *a, const stream_t *s, state_t *st, const rule_t *r
 static void fire(gw_alerts_t *a, const stream_t *s, state_t *st, const rule_t *r, const trip_t *t) {
   st->phase = P_FIRING;
   st->fired_ns = wall_ns();
-  st->fired_step = t->step;
   st->value = t->value;
   st->id = 0;
   if (describe(a, s, st, r, t)) logf_(a, GW_LOG_ERROR, "alert_describe", "error=\"out of memory\"");
@@ -1209,7 +1261,7 @@ static void eval(gw_alerts_t *a, const stream_t *s, state_t *st, const rule_t *r
       return;
     }
     base = median(st);
-    if (!(base > 0)) { /* no positive baseline: a ratio means nothing */
+    if (!(base > 0) || base < r->min_baseline) { /* a ratio to this means nothing */
       if (st->phase == P_INACTIVE) absorb(st, r->window, v);
       return;
     }
@@ -1253,8 +1305,12 @@ int gw_alerts_observe(gw_alerts_t *a, const char *run, const char *tag, const gw
                       int64_t now_ns) {
   if (!a || !run || !tag || !p) return GW_EINVAL;
   int rc;
+  pthread_mutex_lock(&a->eval_mu);
   stream_t *s = get_stream(a, run, tag, now_ns, &rc);
-  if (!s) return rc;
+  if (!s) {
+    pthread_mutex_unlock(&a->eval_mu);
+    return rc;
+  }
   s->last_seen = now_ns;
   s->last_step = p->step;
   for (uint32_t i = 0; i < s->n; i++) {
@@ -1263,6 +1319,7 @@ int gw_alerts_observe(gw_alerts_t *a, const char *run, const char *tag, const gw
     if (r->kind != K_STALLED) eval(a, s, st, r, p);
     else if (st->phase == P_FIRING) resolve(a, s, st, r, p->step);
   }
+  pthread_mutex_unlock(&a->eval_mu);
   return 0;
 }
 
@@ -1281,6 +1338,7 @@ static void drop_stream(gw_alerts_t *a, stream_t *s) {
 }
 
 int gw_alerts_tick(gw_alerts_t *a, int64_t now_ns) {
+  pthread_mutex_lock(&a->eval_mu);
   double forget_ns = a->rs.forget_after * 1e9;
   for (size_t b = 0; b < a->nbuckets; b++) {
     for (stream_t **pp = &a->buckets[b]; *pp;) {
@@ -1308,17 +1366,23 @@ int gw_alerts_tick(gw_alerts_t *a, int64_t now_ns) {
       pp = &s->next;
     }
   }
+  pthread_mutex_unlock(&a->eval_mu);
   return 0;
 }
 
 int gw_alerts_forget(gw_alerts_t *a, const char *run, const char *tag) {
   if (!a || !run || !tag) return GW_EINVAL;
+  int rc = GW_ENOTFOUND;
+  pthread_mutex_lock(&a->eval_mu);
   stream_t **pp = find_slot(a, run, tag, key_hash(run, tag));
-  if (!*pp) return GW_ENOTFOUND;
-  stream_t *s = *pp;
-  *pp = s->next;
-  drop_stream(a, s);
-  return 0;
+  if (*pp) {
+    stream_t *s = *pp;
+    *pp = s->next;
+    drop_stream(a, s);
+    rc = 0;
+  }
+  pthread_mutex_unlock(&a->eval_mu);
+  return rc;
 }
 
 /* ------------------------------------------------------------ restore */
@@ -1386,7 +1450,7 @@ static int restore(gw_alerts_t *a, int64_t now) {
     }
     st->phase = P_FIRING;
     st->id = rec->id;
-    st->started_step = st->fired_step = rec->started_step;
+    st->started_step = rec->started_step;
     st->started_ns = rec->started_ns;
     st->fired_ns = rec->fired_ns;
     st->value = rec->value;
@@ -1466,6 +1530,11 @@ int gw_alerts_new(gw_alerts_t **out, const char *path, const gw_alerts_deps_t *d
     free(a);
     return rc;
   }
+  if ((rc = -pthread_mutex_init(&a->eval_mu, NULL))) {
+    pthread_mutex_destroy(&a->mu);
+    free(a);
+    return rc;
+  }
   ruleset_init(&a->rs);
   a->nbuckets = 64;
   if (!(a->buckets = calloc(a->nbuckets, sizeof(*a->buckets)))) {
@@ -1514,6 +1583,7 @@ void gw_alerts_free(gw_alerts_t *a, uint32_t drain_ms) {
   firing_clear(a);
   free(a->firing);
   ruleset_free(&a->rs);
+  pthread_mutex_destroy(&a->eval_mu);
   pthread_mutex_destroy(&a->mu);
   free(a);
 }
@@ -1537,6 +1607,7 @@ int gw_alerts_reload(gw_alerts_t *a, const char *path, char *err, size_t errlen)
   /* From here on nothing fails but allocations, which degrade (a stream
    * left without states) instead of undoing the reload. */
   size_t n_old = 0;
+  pthread_mutex_lock(&a->eval_mu); /* observe reads the webhook list too */
   pthread_mutex_lock(&a->mu);
   for (size_t j = 0; j < a->n_wh; j++)
     if (!taken[j]) old[n_old++] = a->wh[j];
@@ -1598,12 +1669,14 @@ int gw_alerts_reload(gw_alerts_t *a, const char *path, char *err, size_t errlen)
     gw_webhook_stats_t ws;
     gw_webhook_stats(old[j], &ws);
     add_stats(&a->retired, &ws);
+    a->retired.dropped += ws.queued; /* freed below with what it still holds */
   }
   pthread_mutex_unlock(&a->mu);
   publish_count(a);
-  for (size_t j = 0; j < n_old; j++) gw_webhook_free(old[j]); /* drops what they still queue */
   logf_(a, GW_LOG_INFO, "alerts_reloaded", "rules=%zu webhooks=%zu streams=%zu states=%zu",
         a->rs.n, a->n_wh, a->n_streams, a->n_states);
+  pthread_mutex_unlock(&a->eval_mu);
+  for (size_t j = 0; j < n_old; j++) gw_webhook_free(old[j]); /* drops what they still queue */
   return 0;
 }
 
@@ -1629,10 +1702,12 @@ static void webhook_totals(gw_alerts_t *a, gw_webhook_stats_t *t) {
 void gw_alerts_counters(gw_alerts_t *a, gw_alerts_counters_t *out) {
   gw_webhook_stats_t t;
   memset(out, 0, sizeof(*out));
+  pthread_mutex_lock(&a->eval_mu);
   out->rules = a->rs.n;
   out->streams = a->n_streams;
   out->states = a->n_states;
   out->states_capped = a->capped;
+  pthread_mutex_unlock(&a->eval_mu);
   pthread_mutex_lock(&a->mu);
   out->fired = a->fired;
   out->resolved = a->resolved;
@@ -1662,7 +1737,7 @@ int gw_alerts_metrics(void *arg, gw_metrics_writer_t *w) {
   webhook_totals(a, &t);
   pthread_mutex_unlock(&a->mu);
   if (rc) goto done;
-  qsort(snap, n, sizeof(*snap), firing_cmp);
+  if (n) qsort(snap, n, sizeof(*snap), firing_cmp);
   if ((rc = gw_metrics_family(w, "gradwatch_alert", "gauge",
                               "Alerts firing now: 1 per alert (rule, run, tag, severity).")))
     goto done;

@@ -12,9 +12,11 @@
  * in gradwatch_alerts_firing (gw_metrics_set_alerts_firing) and queued to
  * every webhook (gw_webhook_send). Nothing here waits on disk or network.
  *
- * Threads: observe, tick, forget, reload and free belong to one thread (the
- * daemon's loop); gw_alerts_metrics and gw_alerts_firing_count may run on
- * any thread (HTTP) at the same time.
+ * Threads: observe, tick, forget and counters may be called from any
+ * thread and serialise on an internal mutex (ingest's workers observe, the
+ * loop thread ticks); reload too, but from one thread at a time (SIGHUP on
+ * the loop). gw_alerts_metrics and gw_alerts_firing_count may run on any
+ * thread (HTTP) beside them. new and free: nothing else may run.
  */
 #ifndef GW_ALERTS_H
 #define GW_ALERTS_H
@@ -89,7 +91,7 @@ int gw_alerts_metrics(void *arg, gw_metrics_writer_t *w);
 /* Alerts firing now. Any thread. */
 size_t gw_alerts_firing_count(gw_alerts_t *a);
 
-/* Counters (loop thread, or after the fact in tests). */
+/* Counters, a snapshot. Any thread. */
 typedef struct gw_alerts_counters_s {
   size_t rules;           /* rules in force */
   size_t streams;         /* streams tracked */

@@ -53,6 +53,9 @@ static const opt_t opts[] = {
     {"http", "http", T_STR, F(http), 0, 0, 0, "HTTP listen ADDR:PORT (127.0.0.1:8080)"},
     {"http-token-file", "http", T_STR, F(http_token_file), 0, 0, 0,
      "require Authorization: Bearer <token in FILE>"},
+    {"http-cert", "http", T_STR, F(http_cert), 0, 0, 0,
+     "serve HTTPS with this PEM certificate (chain) file (needs --http-key)"},
+    {"http-key", "http", T_STR, F(http_key), 0, 0, 0, "PEM private key file for --http-cert"},
     {"metrics-tags", "http", T_STR, F(metrics_tags), 0, 0, 0,
      "glob of tags exported per stream on /metrics (*)"},
     {"db", "store", T_STR, F(db), 0, 0, 0, "SQLite database (./gradwatch.db; :memory: allowed)"},
@@ -316,6 +319,10 @@ static int validate(const gw_config_t *c, char *err, size_t errlen) {
   }
   if (!!c->curve_secret_key != !!c->curve_allow) {
     fail(err, errlen, "curve-secret-key and curve-allow must be given together");
+    return GW_ECONFIG;
+  }
+  if (!!c->http_cert != !!c->http_key) {
+    fail(err, errlen, "http-cert and http-key must be given together");
     return GW_ECONFIG;
   }
   if (!strchr(c->http, ':')) {

@@ -36,6 +36,8 @@ typedef struct gw_config_s {
   /* [http] */
   char *http;            /* ADDR:PORT */
   char *http_token_file; /* bearer token file, NULL = open */
+  char *http_cert;       /* HTTPS certificate (PEM), NULL = plain HTTP */
+  char *http_key;        /* HTTPS private key (PEM); both or neither */
   char *metrics_tags;    /* glob of tags with per-stream series */
   /* [store] */
   char *db;

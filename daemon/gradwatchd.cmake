@@ -1,7 +1,7 @@
 # gradwatchd executable: main, config, log, ingest + the module libraries.
 add_library(gwdaemon STATIC config.c log.c ingest.c)
 target_include_directories(gwdaemon PUBLIC ${CMAKE_CURRENT_SOURCE_DIR})
-target_link_libraries(gwdaemon PUBLIC gwengine gwstore gwhttp PkgConfig::LIBUV PkgConfig::ZMQ
+target_link_libraries(gwdaemon PUBLIC gwengine gwstore gwhttp gwalerts PkgConfig::LIBUV PkgConfig::ZMQ
                                       PkgConfig::INIH Threads::Threads)
 add_executable(gradwatchd main.c)
 target_link_libraries(gradwatchd PRIVATE gwdaemon PkgConfig::SYSTEMD)

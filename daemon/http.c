@@ -4,7 +4,8 @@
  * so there is no per-request state (see handle() for first vs second call
  * and keep-alive). Order of checks: bearer token (all but /healthz and the
  * embedded dashboard files) → method
- * (GET/HEAD only) → route → parameters → data. Every error is {"error": "..."} with a 4xx/5xx code.
+ * (GET/HEAD only) → route → parameters → data. Routes and the series
+ * parameters are parsed by http_query.c (pure functions, fuzzed). Every error is {"error": "..."} with a 4xx/5xx code.
  * JSON is built with cJSON; numbers go in as raw text (integers exact, doubles
  * by gw_fmt_double) so values leave bit-for-bit. The one large document,
  * /api/v1/series, is written straight into a buffer (names still escaped by
@@ -14,6 +15,8 @@
  * and port 0 can be read back) and handed to libmicrohttpd, which runs an
  * epoll thread pool with suspend/resume enabled for the SSE hub (live.c).
  * Request line and headers are bounded by the per-connection memory limit.
+ * With a certificate and key (gw_http_config_t) it serves HTTPS through
+ * libmicrohttpd's GnuTLS; the PEM texts are read once at start.
  */
 #include "http.h"
 
@@ -37,17 +40,18 @@
 #include "assets.h"
 #include "gw_error.h"
 #include "gw_proto.h"
+#include "http_query.h"
 #include "numfmt.h"
 #include "point.h"
 
 #define MEMORY_LIMIT (64 * 1024) /* per connection: request line + headers */
-#define MAX_POINTS_MAX 1000000u
 
 struct gw_http_s {
   struct MHD_Daemon *mhd;
   int fd; /* listening socket; ours to close */
   uint16_t port;
   char *token; /* NULL = no auth */
+  char *cert_pem, *key_pem; /* HTTPS only; kept until the daemon stops */
   gw_http_deps_t deps;
 };
 
@@ -58,6 +62,8 @@ void gw_http_config_default(gw_http_config_t *cfg) {
   cfg->conn_limit = 1024;
   cfg->per_ip_limit = 256;
   cfg->timeout_s = 60;
+  cfg->cert_file = NULL;
+  cfg->key_file = NULL;
 }
 
 /* ---- responses ---- */
@@ -113,14 +119,7 @@ static enum MHD_Result send_error2(struct MHD_Connection *c, unsigned status,
                                    const char *what, const char *value,
                                    size_t vlen) {
   char msg[160];
-  if (vlen > 64) vlen = 64;
-  int k = snprintf(msg, sizeof msg, "%s: ", what);
-  for (size_t i = 0; i < vlen && (size_t)k + 1 < sizeof msg; i++) {
-    unsigned char ch = (unsigned char)value[i];
-    msg[k++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
-  }
-  msg[k] = '\0';
-  return send_error(c, status, msg);
+  return send_error(c, status, gw_http_errmsg(msg, sizeof msg, what, value, vlen));
 }
 
 /* A failure of ours (store, memory), not of the request: 503 for memory,
@@ -144,22 +143,6 @@ static cJSON *add_num(cJSON *o, const char *key, double v) {
   if (!isfinite(v)) return cJSON_AddNullToObject(o, key);
   gw_fmt_double(b, v);
   return cJSON_AddRawToObject(o, key, b);
-}
-
-/* ---- small parsers ---- */
-
-/* Decimal uint64, digits only, no overflow. 0 or GW_EINVAL. */
-static int parse_u64(const char *s, uint64_t *out) {
-  uint64_t v = 0;
-  if (!*s) return GW_EINVAL;
-  for (; *s; s++) {
-    if (*s < '0' || *s > '9') return GW_EINVAL;
-    unsigned d = (unsigned)(*s - '0');
-    if (v > (UINT64_MAX - d) / 10) return GW_EINVAL;
-    v = v * 10 + d;
-  }
-  *out = v;
-  return 0;
 }
 
 static double ns_to_s(int64_t ns) { return (double)ns * 1e-9; }
@@ -310,51 +293,19 @@ static void sb_column(sb_t *b, const char *key, const double *v,
 }
 
 static enum MHD_Result h_series(gw_http_t *h, struct MHD_Connection *c) {
-  const char *run = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "run");
-  const char *tag = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "tag");
-  const char *ms = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "metrics");
-  const char *from_s = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "from");
-  const char *to_s = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "to");
-  const char *mp_s = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "max_points");
-  int ids[GW_METRIC_COUNT];
-  size_t nm = 0;
-  uint64_t from = 0, to = UINT64_MAX, mp = 0;
-
-  if (!run) return send_error(c, MHD_HTTP_BAD_REQUEST, "missing parameter: run");
-  if (!tag) return send_error(c, MHD_HTTP_BAD_REQUEST, "missing parameter: tag");
-  if (gw_proto_check_run(run, strlen(run)) != 0)
-    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad run name", run, strlen(run));
-  if (gw_proto_check_tag(tag, strlen(tag)) != 0)
-    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad tag name", tag, strlen(tag));
-  if (!ms) {
-    for (int i = 0; i < GW_METRIC_COUNT; i++) ids[nm++] = i;
-  } else {
-    const char *p = ms;
-    for (;;) {
-      const char *e = strchr(p, ',');
-      size_t len = e ? (size_t)(e - p) : strlen(p);
-      if (len == 0) return send_error(c, MHD_HTTP_BAD_REQUEST, "empty metric name");
-      int id = gw_metric_lookup(p, len);
-      if (id < 0) return send_error2(c, MHD_HTTP_BAD_REQUEST, "unknown metric", p, len);
-      for (size_t i = 0; i < nm; i++)
-        if (ids[i] == id)
-          return send_error2(c, MHD_HTTP_BAD_REQUEST, "duplicate metric", p, len);
-      ids[nm++] = id; /* no duplicates, so nm <= GW_METRIC_COUNT */
-      if (!e) break;
-      p = e + 1;
-    }
-  }
-  if (from_s && parse_u64(from_s, &from) != 0)
-    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad from", from_s, strlen(from_s));
-  if (to_s && parse_u64(to_s, &to) != 0)
-    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad to", to_s, strlen(to_s));
-  if (from > to) return send_error(c, MHD_HTTP_BAD_REQUEST, "from is greater than to");
-  if (mp_s && (parse_u64(mp_s, &mp) != 0 || mp < 2 || mp > MAX_POINTS_MAX))
-    return send_error(c, MHD_HTTP_BAD_REQUEST,
-                      "bad max_points: an integer from 2 to 1000000");
+  gw_series_query_t q;
+  char msg[160];
+#define ARG(name) MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name)
+  if (gw_http_series_query(&q, ARG("run"), ARG("tag"), ARG("metrics"), ARG("from"), ARG("to"),
+                           ARG("max_points"), msg, sizeof msg) != 0)
+    return send_error(c, MHD_HTTP_BAD_REQUEST, msg);
+#undef ARG
+  const char *run = q.run, *tag = q.tag;
+  const int *ids = q.ids;
+  size_t nm = q.n_metrics;
 
   gw_series_t s = {0};
-  int rc = gw_store_series(h->deps.store, run, tag, ids, nm, from, to, (size_t)mp, &s);
+  int rc = gw_store_series(h->deps.store, run, tag, ids, nm, q.from, q.to, (size_t)q.max_points, &s);
   if (rc == GW_ENOTFOUND) return send_error(c, MHD_HTTP_NOT_FOUND, "unknown stream");
   if (rc != 0) return send_failure(c, rc);
   sb_t b = {0};
@@ -431,7 +382,7 @@ static enum MHD_Result h_alerts(gw_http_t *h, struct MHD_Connection *c) {
   else if (strcmp(state, "firing") == 0) filter = GW_ALERT_FIRING;
   else if (strcmp(state, "resolved") == 0) filter = GW_ALERT_RESOLVED;
   else return send_error(c, MHD_HTTP_BAD_REQUEST, "bad state: firing, resolved or all");
-  if (limit_s && (parse_u64(limit_s, &limit) != 0 || limit < 1 || limit > 100000))
+  if (limit_s && (gw_http_parse_u64(limit_s, &limit) != 0 || limit < 1 || limit > 100000))
     return send_error(c, MHD_HTTP_BAD_REQUEST, "bad limit: an integer from 1 to 100000");
 
   gw_store_alert_t *as = NULL;
@@ -552,7 +503,6 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                               const char *upload_data, size_t *upload_data_size,
                               void **con_cls) {
   gw_http_t *h = cls;
-  static const char runs_prefix[] = "/api/v1/runs/", streams_suffix[] = "/streams";
   static char seen; /* *con_cls marker: the first call has happened */
   int head = strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
   (void)version;
@@ -581,10 +531,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
   /* The dashboard's own files (embedded at build time, no data in them)
    * load without the token: a browser cannot add a header to a page load.
    * The page then sends the token on every API call. Everything else but
-   * /healthz needs it. */
-  int public_asset = strncmp(url, "/api/", 5) != 0 && strcmp(url, "/metrics") != 0 &&
-                     gw_asset_find(strcmp(url, "/") == 0 ? "/index.html" : url) != NULL;
-  if (strcmp(url, "/healthz") != 0 && !public_asset && !authorized(h, c)) {
+   * /healthz needs it. Assets are found by exact path only (assets.h), so
+   * no spelling of a path (/../, %2e%2e, //etc/passwd) reaches a file. */
+  const char *arg;
+  size_t arg_len;
+  gw_route_t route = gw_http_route(url, &arg, &arg_len);
+  const gw_asset_t *asset = route == GW_ROUTE_ASSET ? gw_asset_find(arg) : NULL;
+  if (route != GW_ROUTE_HEALTHZ && !asset && !authorized(h, c)) {
     struct MHD_Response *r = error_response("missing or wrong bearer token");
     if (r) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                    "Bearer realm=\"gradwatch\"");
@@ -596,58 +549,49 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     return send_response(c, MHD_HTTP_METHOD_NOT_ALLOWED, r);
   }
 
-  if (strcmp(url, "/healthz") == 0) {
-    cJSON *o = cJSON_CreateObject();
-    if (o && !cJSON_AddStringToObject(o, "status", "ok")) {
-      cJSON_Delete(o);
-      o = NULL;
+  switch (route) {
+    case GW_ROUTE_HEALTHZ:
+    case GW_ROUTE_READYZ: {
+      int healthz = route == GW_ROUTE_HEALTHZ;
+      if (!healthz && h->deps.ready && !atomic_load(h->deps.ready))
+        return unavailable(c, "not ready");
+      cJSON *o = cJSON_CreateObject();
+      if (o && !cJSON_AddStringToObject(o, "status", healthz ? "ok" : "ready")) {
+        cJSON_Delete(o);
+        o = NULL;
+      }
+      return o ? send_json(c, MHD_HTTP_OK, o) : MHD_NO;
     }
-    return o ? send_json(c, MHD_HTTP_OK, o) : MHD_NO;
-  }
-  if (strcmp(url, "/readyz") == 0) {
-    if (h->deps.ready && !atomic_load(h->deps.ready)) return unavailable(c, "not ready");
-    cJSON *o = cJSON_CreateObject();
-    if (o && !cJSON_AddStringToObject(o, "status", "ready")) {
-      cJSON_Delete(o);
-      o = NULL;
-    }
-    return o ? send_json(c, MHD_HTTP_OK, o) : MHD_NO;
-  }
-  if (strcmp(url, "/metrics") == 0)
-    return h->deps.metrics ? h_metrics(h, c) : unavailable(c, "metrics not configured");
-  if (strcmp(url, "/api/v1/stats") == 0) return h_stats(h, c);
-  if (strcmp(url, "/api/v1/events") == 0)
-    return h->deps.live ? h_events(h, c, head) : unavailable(c, "live feed not configured");
-  if (strcmp(url, "/api/v1/runs") == 0 || strcmp(url, "/api/v1/alerts") == 0 ||
-      strcmp(url, "/api/v1/series") == 0 ||
-      strncmp(url, runs_prefix, sizeof runs_prefix - 1) == 0) {
-    if (!h->deps.store) return unavailable(c, "store not configured");
-    if (strcmp(url, "/api/v1/runs") == 0) return h_runs(h, c);
-    if (strcmp(url, "/api/v1/alerts") == 0) return h_alerts(h, c);
-    if (strcmp(url, "/api/v1/series") == 0) return h_series(h, c);
-    const char *run = url + sizeof runs_prefix - 1;
-    size_t ul = strlen(run), sl = sizeof streams_suffix - 1;
-    if (ul > sl && strcmp(run + ul - sl, streams_suffix) == 0)
-      return h_streams(h, c, run, ul - sl);
-    return send_error(c, MHD_HTTP_NOT_FOUND, "not found");
-  }
-  if (strncmp(url, "/api/", 5) != 0) {
-    const gw_asset_t *a = gw_asset_find(strcmp(url, "/") == 0 ? "/index.html" : url);
-    if (a) return h_asset(c, a);
+    case GW_ROUTE_METRICS:
+      return h->deps.metrics ? h_metrics(h, c) : unavailable(c, "metrics not configured");
+    case GW_ROUTE_STATS:
+      return h_stats(h, c);
+    case GW_ROUTE_EVENTS:
+      return h->deps.live ? h_events(h, c, head) : unavailable(c, "live feed not configured");
+    case GW_ROUTE_RUNS:
+    case GW_ROUTE_ALERTS:
+    case GW_ROUTE_SERIES:
+    case GW_ROUTE_STREAMS:
+      if (!h->deps.store) return unavailable(c, "store not configured");
+      if (route == GW_ROUTE_RUNS) return h_runs(h, c);
+      if (route == GW_ROUTE_ALERTS) return h_alerts(h, c);
+      if (route == GW_ROUTE_SERIES) return h_series(h, c);
+      return h_streams(h, c, arg, arg_len);
+    case GW_ROUTE_ASSET:
+      if (asset) return h_asset(c, asset);
+      break;
+    case GW_ROUTE_NONE:
+      break;
   }
   return send_error(c, MHD_HTTP_NOT_FOUND, "not found");
 }
 
-/* libmicrohttpd's %XX decoding, except that a string holding %00 is left
- * encoded: a decoded NUL would silently cut the URL or a parameter short
- * ("/index.html%00.txt"). Left as is, it matches no route and fails every
- * name check. */
+/* libmicrohttpd's %XX decoding, except that "%00" is left encoded
+ * (gw_http_unescape). */
 static size_t unescape(void *cls, struct MHD_Connection *c, char *s) {
   (void)cls;
   (void)c;
-  for (const char *p = s; *p; p++)
-    if (p[0] == '%' && p[1] == '0' && p[2] == '0') return strlen(s);
-  return MHD_http_unescape(s);
+  return gw_http_unescape(s);
 }
 
 /* ---- start / stop ---- */
@@ -673,7 +617,7 @@ static int parse_addr(const char *addr, struct sockaddr_storage *ss, socklen_t *
     if (strchr(host, ':')) return GW_ECONFIG; /* bare IPv6 needs brackets */
     port = e + 1;
   }
-  if (parse_u64(port, &pn) != 0 || pn > 65535) return GW_ECONFIG;
+  if (gw_http_parse_u64(port, &pn) != 0 || pn > 65535) return GW_ECONFIG;
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -711,6 +655,31 @@ fail:
   return rc;
 }
 
+/* A whole PEM file as a NUL-terminated string (caller frees), at most 1 MiB. */
+static int read_pem(const char *path, char **out) {
+  FILE *f = fopen(path, "r");
+  char *buf = NULL;
+  size_t len;
+  int rc = 0;
+  *out = NULL;
+  if (!f) return -errno;
+  if (!(buf = malloc((1u << 20) + 1))) {
+    rc = GW_ENOMEM;
+    goto done;
+  }
+  len = fread(buf, 1, 1u << 20, f);
+  if (ferror(f)) rc = GW_EIO;
+  else if (len == 0 || !feof(f)) rc = GW_ECONFIG; /* empty, or over 1 MiB */
+  if (rc) goto done;
+  buf[len] = '\0';
+  *out = buf;
+  buf = NULL;
+done:
+  free(buf);
+  fclose(f);
+  return rc;
+}
+
 int gw_http_start(gw_http_t **out, const gw_http_config_t *cfg,
                   const gw_http_deps_t *deps) {
   gw_http_t *h = NULL;
@@ -729,9 +698,26 @@ int gw_http_start(gw_http_t **out, const gw_http_config_t *cfg,
     rc = GW_ENOMEM;
     goto fail;
   }
+  if (!!cfg->cert_file != !!cfg->key_file) {
+    rc = GW_ECONFIG;
+    goto fail;
+  }
+  if (cfg->cert_file) {
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+      rc = GW_ECONFIG;
+      goto fail;
+    }
+    if ((rc = read_pem(cfg->cert_file, &h->cert_pem)) != 0 ||
+        (rc = read_pem(cfg->key_file, &h->key_pem)) != 0)
+      goto fail;
+  }
   if ((rc = listen_on(&ss, sl, &h->fd, &h->port)) != 0) goto fail;
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME;
   if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+  if (h->cert_pem) flags |= MHD_USE_TLS;
+  struct MHD_OptionItem tls[] = {{MHD_OPTION_HTTPS_MEM_CERT, 0, h->cert_pem},
+                                 {MHD_OPTION_HTTPS_MEM_KEY, 0, h->key_pem},
+                                 {MHD_OPTION_END, 0, NULL}};
   h->mhd = MHD_start_daemon(
       flags, 0, NULL, NULL, handle, h,
       MHD_OPTION_LISTEN_SOCKET, (MHD_socket)h->fd,
@@ -742,6 +728,7 @@ int gw_http_start(gw_http_t **out, const gw_http_config_t *cfg,
       MHD_OPTION_CONNECTION_TIMEOUT, cfg->timeout_s ? cfg->timeout_s : def.timeout_s,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)MEMORY_LIMIT,
       MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+      MHD_OPTION_ARRAY, h->cert_pem ? tls : tls + 2, /* no TLS: an empty list */
       MHD_OPTION_END);
   if (!h->mhd) {
     rc = GW_EIO;
@@ -752,6 +739,8 @@ int gw_http_start(gw_http_t **out, const gw_http_config_t *cfg,
 fail:
   if (h->fd >= 0) close(h->fd);
   free(h->token);
+  free(h->cert_pem);
+  free(h->key_pem);
   free(h);
   return rc;
 }
@@ -767,5 +756,7 @@ void gw_http_stop(gw_http_t *h) {
   MHD_stop_daemon(h->mhd);
   if (fd != MHD_INVALID_SOCKET) close(fd);
   free(h->token);
+  free(h->cert_pem);
+  free(h->key_pem);
   free(h);
 }

@@ -47,6 +47,8 @@ typedef struct gw_http_config_s {
   unsigned per_ip_limit; /* per client address (default 256) */
   unsigned timeout_s;    /* idle connection timeout (default 60; SSE clients
                             are kept alive by the 15 s heartbeat) */
+  const char *cert_file; /* HTTPS: PEM certificate (chain) file; NULL = plain HTTP */
+  const char *key_file;  /* HTTPS: PEM private key file; both or neither */
 } gw_http_config_t;
 
 /* addr "127.0.0.1:8080", no token, and the defaults above. */
@@ -66,10 +68,13 @@ typedef struct gw_http_deps_s {
 
 typedef struct gw_http_s gw_http_t;
 
-/* Bind cfg->addr and start serving. Returns 0; GW_EINVAL (no stats);
- * GW_ECONFIG (unparsable address); -errno from socket/bind/listen (-EADDRINUSE,
- * -EACCES, …); GW_ENOMEM; GW_EIO (libmicrohttpd failed to start). *out is
- * NULL on failure. */
+/* Bind cfg->addr and start serving (HTTPS when cert_file and key_file are
+ * given: libmicrohttpd's GnuTLS, files read once here). Returns 0; GW_EINVAL
+ * (no stats); GW_ECONFIG (unparsable address, only one of cert/key, no TLS
+ * in this libmicrohttpd); -errno from reading the PEM files or from
+ * socket/bind/listen (-EADDRINUSE, -EACCES, …); GW_ENOMEM; GW_EIO
+ * (libmicrohttpd failed to start, e.g. a certificate or key GnuTLS
+ * refuses). *out is NULL on failure. */
 int gw_http_start(gw_http_t **out, const gw_http_config_t *cfg,
                   const gw_http_deps_t *deps);
 

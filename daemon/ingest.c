@@ -20,6 +20,7 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "alerts.h"
 #include "gw_proto.h"
 #include "live.h"
 #include "metrics.h"
@@ -199,6 +200,7 @@ static void deliver(gw_ingest_t *in, worker_t *w, const gw_point_t *local, const
   }
   if (s->metrics) gw_metrics_observe(s->metrics, info.run, info.tag, p);
   if (s->live) gw_live_publish_point(s->live, info.run, info.tag, p);
+  if (s->alerts) gw_alerts_observe(s->alerts, info.run, info.tag, p, (int64_t)uv_hrtime());
 }
 
 static void process(worker_t *w, const uint8_t *rec, uint32_t len, uint32_t tlen) {

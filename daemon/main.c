@@ -17,6 +17,7 @@
 #include <time.h>
 #include <uv.h>
 
+#include "alerts.h"
 #include "config.h"
 #include "engine.h"
 #include "http.h"
@@ -35,12 +36,14 @@ typedef struct daemon_s {
   gw_store_t *store;
   gw_live_t *live;
   gw_metrics_t *metrics;
+  gw_alerts_t *alerts;
   gw_http_t *http;
   gw_ingest_t *ingest;
   atomic_int ready;
   char *token;
   uv_signal_t sig_term, sig_int, sig_hup;
   uv_timer_t watchdog;
+  uv_timer_t alerts_tick; /* 1 s: stalled rules, silent streams */
   int watchdog_on;
   int exit_code;
 } daemon_t;
@@ -76,6 +79,15 @@ static int read_token(const char *path, char **out, char *err, size_t errlen) {
 
 static void on_closed_noop(uv_handle_t *h) { (void)h; }
 
+static void alerts_log(void *arg, int level, const char *event, const char *kv) {
+  gw_log((gw_log_t *)arg, level, event, "%s", kv);
+}
+
+static void on_alerts_tick(uv_timer_t *t) {
+  daemon_t *d = t->data;
+  gw_alerts_tick(d->alerts, (int64_t)uv_hrtime());
+}
+
 static void shutdown_daemon(daemon_t *d) {
   if (!d->ingest) return;
   sd_notify(0, "STOPPING=1");
@@ -88,6 +100,7 @@ static void shutdown_daemon(daemon_t *d) {
   uv_close((uv_handle_t *)&d->sig_term, on_closed_noop);
   uv_close((uv_handle_t *)&d->sig_int, on_closed_noop);
   uv_close((uv_handle_t *)&d->sig_hup, on_closed_noop);
+  uv_close((uv_handle_t *)&d->alerts_tick, on_closed_noop);
   if (d->watchdog_on) uv_close((uv_handle_t *)&d->watchdog, on_closed_noop);
 }
 
@@ -99,6 +112,12 @@ static void on_signal(uv_signal_t *h, int signum) {
            rc ? strerror(-rc) : "ok");
     if (d->ingest && (rc = gw_ingest_reload_keys(d->ingest)))
       gw_log(&d->log, GW_LOG_ERROR, "curve_reload", "error=\"%s\"", gw_strerror(rc));
+    if (d->alerts) {
+      char err[1024] = "", quoted[1100];
+      if ((rc = gw_alerts_reload(d->alerts, d->cfg.config_path, err, sizeof(err))))
+        gw_log(&d->log, GW_LOG_ERROR, "alerts_reload", "error=%s",
+               gw_log_quote(quoted, sizeof(quoted), err));
+    }
     return;
   }
   gw_log(&d->log, GW_LOG_INFO, "signal", "signal=%s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -136,17 +155,26 @@ static int start(daemon_t *d, char *err, size_t errlen) {
     snprintf(err, errlen, "metrics: %s", gw_strerror(rc));
     return rc;
   }
+  gw_alerts_deps_t ad = {.store = d->store,
+                         .live = d->live,
+                         .metrics = d->metrics,
+                         .log = alerts_log,
+                         .log_arg = &d->log};
+  if ((rc = gw_alerts_new(&d->alerts, c->config_path, &ad, err, errlen))) return rc;
   gw_http_config_t hc = {.addr = c->http, .token = d->token};
   gw_http_deps_t deps = {.store = d->store,
                          .live = d->live,
                          .metrics = d->metrics,
                          .stats = &d->stats,
-                         .ready = &d->ready};
+                         .ready = &d->ready,
+                         .metrics_extra = gw_alerts_metrics,
+                         .metrics_extra_arg = d->alerts};
   if ((rc = gw_http_start(&d->http, &hc, &deps))) {
     snprintf(err, errlen, "http: cannot listen on %s: %s", c->http, gw_strerror(rc));
     return rc;
   }
-  gw_ingest_sinks_t sinks = {.store = d->store, .live = d->live, .metrics = d->metrics};
+  gw_ingest_sinks_t sinks = {
+      .store = d->store, .live = d->live, .metrics = d->metrics, .alerts = d->alerts};
   if ((rc = gw_ingest_start(&d->ingest, &d->loop, c, &d->stats, &d->log, &sinks, err, errlen)))
     return rc;
   uv_signal_init(&d->loop, &d->sig_term);
@@ -156,6 +184,9 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   uv_signal_start(&d->sig_term, on_signal, SIGTERM);
   uv_signal_start(&d->sig_int, on_signal, SIGINT);
   uv_signal_start(&d->sig_hup, on_signal, SIGHUP);
+  uv_timer_init(&d->loop, &d->alerts_tick);
+  d->alerts_tick.data = d;
+  uv_timer_start(&d->alerts_tick, on_alerts_tick, 1000, 1000);
   uint64_t wd_usec = 0;
   if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {
     uv_timer_init(&d->loop, &d->watchdog);
@@ -177,8 +208,9 @@ static void teardown(daemon_t *d) {
     d->ingest = NULL;
   }
   uv_run(&d->loop, UV_RUN_DEFAULT); /* let handles close */
-  gw_store_close(d->store); /* flushes */
-  gw_http_stop(d->http);
+  gw_http_stop(d->http);           /* no render may call into alerts or the store now */
+  gw_alerts_free(d->alerts, 2000); /* webhooks get 2 s to deliver what is queued */
+  gw_store_close(d->store);        /* flushes */
   gw_live_free(d->live);
   gw_metrics_free(d->metrics);
   free(d->token);

@@ -12,6 +12,14 @@ bin="$out/fuzz_$target"
 case $target in
   proto) srcs=("$root/tests/fuzz/fuzz_proto.c" "$root/proto/proto.c" "$root/proto/error.c")
          incs=(-I"$root/proto") libs=(-lm) ;;
+  config) srcs=("$root/tests/fuzz/fuzz_config.c" "$root/daemon/config.c" "$root/daemon/engine.c"
+                "$root/proto/proto.c" "$root/proto/error.c")
+          incs=(-I"$root/daemon" -I"$root/proto" $(pkg-config --cflags inih lapacke openblas))
+          libs=($(pkg-config --libs inih lapacke openblas) -lm) ;;
+  http_query) srcs=("$root/tests/fuzz/fuzz_http_query.c" "$root/daemon/http_query.c"
+                    "$root/daemon/point.c" "$root/proto/proto.c" "$root/proto/error.c")
+              incs=(-I"$root/daemon" -I"$root/proto" $(pkg-config --cflags libmicrohttpd))
+              libs=($(pkg-config --libs libmicrohttpd) -lm) ;;
   *) echo "unknown fuzz target $target" >&2; exit 2 ;;
 esac
 clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

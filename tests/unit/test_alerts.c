@@ -7,6 +7,8 @@
  * alerts from a real SQLite store, the state cap, and the /metrics families
  * (checked by promtool when installed). */
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -88,7 +90,7 @@ static void defaults_parse(void **state) {
   a = load("[alerts]\ndefaults = false\n", NULL);
   assert_int_equal(counters(a).rules, 0);
   gw_alerts_free(a, 0);
-  a = load("[alert kappa_collapse]\nmetric = loss\nthreshold = 3\n", NULL);
+  a = load("[alert kappa_surge]\nmetric = loss\nthreshold = 3\n", NULL);
   assert_int_equal(counters(a).rules, 3);
   gw_point_t p = point(1, GW_METRIC_LOSS, 4);
   assert_int_equal(gw_alerts_observe(a, "r", "all", &p, 0), 0);
@@ -153,6 +155,7 @@ static void smooth_stream_never_fires(void **state) {
     v[t] = 2.0 + 0.8 * sin(2 * M_PI * t / 3000.0) + 0.25 * noise(&seed);
     gw_point_t p = point((uint64_t)t + 1, GW_METRIC_KAPPA_ONESTEP, v[t]);
     p.rank_90 = (uint32_t)(9.5 + 3.5 * sin(2 * M_PI * t / 700.0));
+    p.kappa_ema = 1.07 + 0.02 * noise(&seed);
     assert_int_equal(gw_alerts_observe(a, "healthy", "all", &p, (int64_t)t * SEC / 10), 0);
     if (t >= W) {
       double win[W];
@@ -292,6 +295,27 @@ static void nan_moves_nothing(void **state) {
   gw_alerts_free(a, 0);
 }
 
+/* min_baseline: a rank whose median is 3 falling to 0 is no verdict; the
+ * same fall from a median of 8 fires (0 / 8 < 0.3 for for_steps points). */
+static void min_baseline_guards_small_medians(void **state) {
+  (void)state;
+  gw_alerts_t *a = load("[alerts]\ndefaults = false\n[alert rc]\nkind = relative\n"
+                        "metric = rank_90\nop = <\nthreshold = 0.3\nresolve = 0.5\n"
+                        "for_steps = 2\nwindow = 16\nmin_baseline = 4\n",
+                        NULL);
+  const char *runs[] = {"small", "large"};
+  double level[] = {3, 8};
+  for (int k = 0; k < 2; k++)
+    for (uint64_t t = 1; t <= 30; t++) {
+      gw_point_t p = point(t, GW_METRIC_RANK_90, t <= 20 ? level[k] : 0);
+      gw_alerts_observe(a, runs[k], "all", &p, 0);
+      if (k == 1 && t == 21) assert_int_equal(counters(a).fired, 0);
+      if (k == 1 && t == 22) assert_int_equal(counters(a).fired, 1);
+    }
+  assert_int_equal(counters(a).fired, 1);
+  gw_alerts_free(a, 0);
+}
+
 /* Stalled: fires at exactly `seconds` of silence (tick driven by explicit
  * clocks), once; resolves on the next point; only for matching tags. */
 static void stalled_fires_and_resolves(void **state) {
@@ -368,6 +392,15 @@ static void rule_errors_name_rule_and_key(void **state) {
       {"[alerts]\nwebhook_retries = 99\n", {"[alerts] webhook_retries", "'99'", NULL}},
       {"[alerts]\nbogus = 1\n", {"[alerts] bogus", "unknown key", NULL}},
       {"[alert hot]\nmetric = loss\nthreshold 2\n", {":3:", "syntax error", NULL}},
+      {"[alert hot]\nmetric = loss\nthreshold = 2\nmin_baseline = 1\n",
+       {"[alert hot] min_baseline", "kind = threshold", NULL}},
+      {"[alert hot]\nkind = relative\nmetric = loss\nthreshold = 2\nmin_baseline = -1\n",
+       {":5:", "[alert hot] min_baseline", "'-1'"}},
+      {"[alert hot]\nmetric = loss\nthreshold = 2\nsummary = "
+       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n",
+       {":4:", "longer than 199", NULL}},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char err[1024] = "";
@@ -385,12 +418,31 @@ static void rule_errors_name_rule_and_key(void **state) {
   gw_alerts_t *a;
   assert_int_equal(gw_alerts_new(&a, "/nonexistent/gw.ini", NULL, err, sizeof err), GW_ECONFIG);
   assert_non_null(strstr(err, "/nonexistent/gw.ini"));
-  /* other modules' sections are not ours to judge; multi-line text is */
+  /* other modules' sections are not ours to judge; an indented line
+   * continues a text, {placeholders} are filled in */
+  gw_store_t *st = NULL;
+  gw_stats_t stats;
+  memset(&stats, 0, sizeof stats);
+  gw_store_config_t sc;
+  gw_store_config_default(&sc);
+  sc.path = ":memory:";
+  assert_int_equal(gw_store_open(&st, &sc, &stats), 0);
+  gw_alerts_deps_t deps = {.store = st};
   a = load("[http]\nwhatever = 1\n[alert hot]\nmetric = loss\nthreshold = 1\n"
-           "summary = line one\n  line two\n",
-           NULL);
+           "summary = {metric} of {run}/{tag} is {value} {op} {threshold}\n  at {step} {nope}\n",
+           &deps);
   assert_int_equal(counters(a).rules, 4);
+  gw_point_t p = point(7, GW_METRIC_LOSS, 2.5);
+  gw_alerts_observe(a, "r", "all", &p, 0);
+  assert_int_equal(gw_store_flush(st), 0);
+  gw_store_alert_t *recs;
+  size_t n;
+  assert_int_equal(gw_store_alerts(st, GW_ALERT_ANY, 0, &recs, &n), 0);
+  assert_int_equal(n, 1);
+  assert_non_null(strstr(recs[0].annotations, "\"summary\":\"loss of r/all is 2.5 > 1 at 7 {nope}\""));
+  gw_store_alerts_free(recs, n);
   gw_alerts_free(a, 0);
+  gw_store_close(st);
 }
 
 /* SIGHUP with a broken file: error back, old rules still evaluated. With a
@@ -600,6 +652,69 @@ static void metrics_families(void **state) {
   gw_metrics_free(m);
 }
 
+/* Two threads observing (each its own run, alternating breach/recover),
+ * one ticking, one rendering /metrics, all at once: every transition is
+ * counted exactly once and nothing deadlocks (ASan/UBSan run this too). */
+typedef struct race_s {
+  gw_alerts_t *a;
+  gw_metrics_t *m;
+  const char *run;
+  atomic_int *stop;
+} race_t;
+
+enum { RACE_CYCLES = 500 };
+
+static void *race_observe(void *arg) {
+  race_t *r = arg;
+  for (uint64_t t = 1; t <= 2 * RACE_CYCLES; t++) {
+    gw_point_t p = point(t, GW_METRIC_LOSS, t % 2 ? 5.0 : 0.0);
+    assert_int_equal(gw_alerts_observe(r->a, r->run, "all", &p, (int64_t)t), 0);
+  }
+  return NULL;
+}
+
+static void *race_side(void *arg) {
+  race_t *r = arg;
+  for (int64_t i = 0; !atomic_load(r->stop); i++) {
+    gw_alerts_tick(r->a, i);
+    char *out = NULL;
+    size_t len;
+    assert_int_equal(gw_metrics_render(r->m, NULL, gw_alerts_metrics, r->a, &out, &len), 0);
+    free(out);
+    gw_alerts_firing_count(r->a);
+  }
+  return NULL;
+}
+
+static void threads_serialise(void **state) {
+  (void)state;
+  gw_metrics_t *m;
+  assert_int_equal(gw_metrics_new(&m, NULL), 0);
+  gw_alerts_deps_t deps = {.metrics = m};
+  gw_alerts_t *a = load("[alerts]\ndefaults = false\n[alert hot]\nmetric = loss\n"
+                        "threshold = 1\n[alert quiet]\nkind = stalled\nseconds = 1e-9\n",
+                        &deps);
+  atomic_int stop;
+  atomic_init(&stop, 0);
+  race_t r1 = {a, m, "one", &stop}, r2 = {a, m, "two", &stop};
+  pthread_t t1, t2, t3;
+  pthread_create(&t3, NULL, race_side, &r1);
+  pthread_create(&t1, NULL, race_observe, &r1);
+  pthread_create(&t2, NULL, race_observe, &r2);
+  pthread_join(t1, NULL);
+  pthread_join(t2, NULL);
+  atomic_store(&stop, 1);
+  pthread_join(t3, NULL);
+  gw_alerts_counters_t c = counters(a);
+  /* "hot": one fire and one resolve per cycle and run; "quiet" (stalled)
+   * fires on ticks between points and resolves on the next point */
+  assert_true(c.fired >= 2 * RACE_CYCLES);
+  assert_int_equal(c.fired - c.resolved, gw_alerts_firing_count(a));
+  assert_true(gw_alerts_firing_count(a) <= 2); /* at most "quiet" on both runs */
+  gw_alerts_free(a, 0);
+  gw_metrics_free(m);
+}
+
 static int cleanup(void **state) {
   (void)state;
   char p[64];
@@ -618,12 +733,14 @@ int main(void) {
       cmocka_unit_test(hysteresis_does_not_flap),
       cmocka_unit_test(relative_baseline_frozen_while_firing),
       cmocka_unit_test(nan_moves_nothing),
+      cmocka_unit_test(min_baseline_guards_small_medians),
       cmocka_unit_test(stalled_fires_and_resolves),
       cmocka_unit_test(rule_errors_name_rule_and_key),
       cmocka_unit_test(reload_keeps_old_rules_on_error),
       cmocka_unit_test(restart_restores_firing_alerts),
       cmocka_unit_test(states_are_capped),
       cmocka_unit_test(metrics_families),
+      cmocka_unit_test(threads_serialise),
   };
   return cmocka_run_group_tests(tests, NULL, cleanup);
 }
