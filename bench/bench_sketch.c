@@ -11,6 +11,7 @@
  *   usage: bench_sketch [REPS]     (default 9)
  */
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,9 +114,10 @@ static int run_size(size_t d, const job_t *jobs, int njobs, int reps) {
     const char *name = i == ROW_MEMCPY ? "memcpy"
                        : i == ROW_SUM  ? "float sum"
                                        : jobs[i - ROW_FIRST_SKETCH].name;
-    printf("| %.0e | %-24s | %9.3f | %7.2f | %6.1f%% | %6.1f%% |\n", (double)d,
-           name, med[i] * 1e3, bytes / med[i] / 1e9,
-           100.0 * med[ROW_MEMCPY] / med[i], 100.0 * med[ROW_SUM] / med[i]);
+    printf("| 1e%d | %-24s | %9.3f | %8.3f | %8.3g | %6.1f%% | %6.1f%% |\n",
+           (int)lround(log10((double)d)), name, med[i] * 1e3, med[i] / (double)d * 1e9,
+           bytes / med[i] / 1e9, 100.0 * med[ROW_MEMCPY] / med[i],
+           100.0 * med[ROW_SUM] / med[i]);
   }
   (void)sink;
 done:
@@ -128,13 +130,13 @@ done:
 int main(int argc, char **argv) {
   int reps = argc > 1 ? atoi(argv[1]) : 9;
   static const job_t big[] = {
-      {"sjlt s=1 k=256", GW_SKETCH_SJLT, 1, 0},
-      {"sjlt s=4 k=256", GW_SKETCH_SJLT, 4, 0},
-      {"sjlt s=1 k=256, portable", GW_SKETCH_SJLT, 1, 1},
-      {"sjlt s=4 k=256, portable", GW_SKETCH_SJLT, 4, 1},
+      {"sjlt s=1, best", GW_SKETCH_SJLT, 1, 0},
+      {"sjlt s=4, best", GW_SKETCH_SJLT, 4, 0},
+      {"sjlt s=1, portable", GW_SKETCH_SJLT, 1, 1},
+      {"sjlt s=4, portable", GW_SKETCH_SJLT, 4, 1},
   };
   static const job_t small[] = {
-      {"gaussian k=256", GW_SKETCH_GAUSSIAN, 0, 0},
+      {"gaussian", GW_SKETCH_GAUSSIAN, 0, 0},
   };
   int rc = 0;
 
@@ -142,8 +144,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: bench_sketch [REPS]\n");
     return 2;
   }
-  printf("| d | what | median ms | GB/s | vs memcpy | vs sum |\n");
-  printf("|---|------|----------:|-----:|----------:|-------:|\n");
+  printf("| d | what | median ms | ns/coord | GB/s | vs memcpy | vs sum |\n");
+  printf("|---|------|----------:|---------:|-----:|----------:|-------:|\n");
   rc = run_size(1000000, big, 4, reps);
   if (rc == 0) rc = run_size(10000000, big, 4, reps);
   if (rc == 0) rc = run_size(100000, small, 1, reps < 3 ? reps : 3);

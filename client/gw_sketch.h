@@ -29,13 +29,15 @@ int gw_sketch_check(const gw_sketch_params_t *p);
 uint64_t gw_sketch_hash(uint64_t seed, uint64_t i, uint64_t j);
 
 /* z[0..k-1] += S[:, offset .. offset+n-1] · g[0..n-1]. z is float64 and is
- * not cleared, so shards and chunks accumulate. Returns 0 or GW_E*. */
+ * not cleared, so shards and chunks accumulate. g may be NULL when n = 0;
+ * offset + n - 1 must fit in 64 bits (else GW_EINVAL). Returns 0 or GW_E*. */
 int gw_sketch_accum_f32(const gw_sketch_params_t *p, const float *g, size_t n,
                         uint64_t offset, double *z);
 int gw_sketch_accum_f64(const gw_sketch_params_t *p, const double *g, size_t n,
                         uint64_t offset, double *z);
 
-/* z = S g for a whole gradient g ∈ R^d (z cleared first, rounded to float). */
+/* z = S g for a whole gradient g ∈ R^d (z cleared first, rounded to float).
+ * Invalid parameters leave z untouched; a later failure leaves it zeroed. */
 int gw_sketch_f32(const gw_sketch_params_t *p, const float *g, size_t d,
                   float *z);
 
