@@ -429,7 +429,6 @@ typedef struct cmd_s {
   int (*run)(int argc, char **argv);
 } cmd_t;
 
-int cli_proxy(int argc, char **argv); /* cli_proxy.c */
 
 static const cmd_t commands[] = {
     {"publish", cli_publish}, {"replay", cli_replay}, {"query", cli_query},

@@ -5,6 +5,7 @@
  *   cli_publish.c  publish --synthetic: the generator and its send loop
  *   cli_replay.c   replay FILE: .npy / raw float32 rows as one stream
  *   cli_http.c     query, tail, export: the daemon's HTTP API via libcurl
+ *   cli_proxy.c    proxy: XSUB/XPUB forwarder in front of sharded daemons
  *
  * Every subcommand is `int cli_NAME(int argc, char **argv)` with argv[0] the
  * subcommand's name, and returns the process exit status: CLI_OK, CLI_FAIL
@@ -28,6 +29,7 @@ int cli_replay(int argc, char **argv);
 int cli_query(int argc, char **argv);
 int cli_tail(int argc, char **argv);
 int cli_export(int argc, char **argv);
+int cli_proxy(int argc, char **argv);
 
 /* ---- messages ----------------------------------------------------------- */
 

@@ -40,7 +40,6 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -316,7 +315,7 @@ int cli_proxy(int argc, char **argv) {
   ctl_t c;
   pthread_t thread;
   void *ctx = NULL, *front = NULL, *back = NULL, *control = NULL;
-  int rc, status = CLI_FAIL, have_thread = 0, monitoring = 0;
+  int rc, status = CLI_FAIL, monitoring = 0;
 
   if ((rc = parse_args(&a, argc, argv)) != 0) return rc < 0 ? CLI_OK : rc;
 
@@ -369,24 +368,18 @@ int cli_proxy(int argc, char **argv) {
     cli_fail(CMD, "cannot start the control thread: %s", strerror(rc));
     goto done;
   }
-  have_thread = 1;
 
   /* Returns 0 after TERMINATE, -1 on an error (errno set). */
   rc = zmq_proxy_steerable(front, back, NULL, control);
   int err = zmq_errno();
   atomic_store(&c.done, 1);
   pthread_join(thread, NULL);
-  have_thread = 0;
   if (rc == 0 && c.stopped_by_signal)
     status = CLI_OK;
   else
     cli_fail(CMD, "the proxy stopped: %s", rc == 0 ? "terminated" : zmq_strerror(err));
 
-done:
-  if (have_thread) {
-    atomic_store(&c.done, 1);
-    pthread_join(thread, NULL);
-  }
+done: /* the control thread, if it ran, has been joined */
   if (monitoring) {
     if (front) zmq_socket_monitor(front, NULL, 0);
     if (back) zmq_socket_monitor(back, NULL, 0);

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -48,6 +49,17 @@ def test_shard_function_reference():
     assert fnv1a64(b"foobar") == 0x85944171f73967e8
     # The test's runs fall in all three shards (else a shard would go untested).
     assert {shard_of(r, N) for r in RUNS} == set(range(N))
+    # docs/SCALE.md's one-liner computes the same owner.
+    doc = open(os.path.join(SRC, "docs", "SCALE.md")).read()
+    m = re.search(r"^python3 -c '([^']+)' (\S+) (\d+)$", doc, re.M)
+    assert m, "docs/SCALE.md lost its shard one-liner"
+    said = re.search(r"^prints `(\d+)`", doc[m.end():], re.M)
+    assert said and int(said.group(1)) == shard_of(m.group(2), int(m.group(3)))
+    for run in [m.group(2), "scale-0", "scale-1", "a", "x" * 128]:
+        for n in [3, 7, 65536]:
+            out = subprocess.run([sys.executable, "-c", m.group(1), run, str(n)],
+                                 capture_output=True, text=True, check=True).stdout
+            assert int(out) == shard_of(run, n), (run, n)
 
 
 # ---- helpers ------------------------------------------------------------------------
