@@ -396,9 +396,19 @@ static void zap_handle(gw_ingest_t *in, void *sock) {
     if (!ok) {
       gw_stats_reject(in->stats, GW_EDENIED);
       uint64_t sup = 0;
-      if (gw_ratelimit_allow(&in->reject_rl, now_ns(), &sup))
-        gw_log(in->log, GW_LOG_WARN, "curve_denied", "suppressed=%llu",
-               (unsigned long long)sup);
+      /* the limiter is shared with the workers' reject(): same lock */
+      pthread_mutex_lock(&in->sink_mu);
+      int allow = gw_ratelimit_allow(&in->reject_rl, now_ns(), &sup);
+      pthread_mutex_unlock(&in->sink_mu);
+      if (allow) {
+        /* the peer's IP address, as libzmq puts it in the request */
+        size_t al = n >= 4 ? zmq_msg_size(&f[3]) : 0;
+        char addr[64], q[80];
+        snprintf(addr, sizeof addr, "%.*s", (int)(al < 63 ? al : 63),
+                 al ? (const char *)zmq_msg_data(&f[3]) : "");
+        gw_log(in->log, GW_LOG_WARN, "curve_denied", "address=%s suppressed=%llu",
+               gw_log_quote(q, sizeof q, addr), (unsigned long long)sup);
+      }
     }
     for (int i = 0; i < (n < 8 ? n : 8); i++) zmq_msg_close(&f[i]);
   }

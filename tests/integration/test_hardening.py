@@ -491,7 +491,7 @@ def test_slow_sse_client_never_slows_ingest(daemon):
     overflows (counted in dropped.live, it is sent resync), ingest keeps its
     pace, and a reading SSE client receives every point, in order."""
     daemon.start()
-    S, per = 10, 2500
+    S, base, per = 10, 2000, 7000  # steps: 20,000 messages alone, then 50,000
     # a client that reads everything (HTTP/1.0: the stream is not chunked)
     got = {"points": 0, "resync": 0, "steps": {}, "errors": []}
     reader = socket.create_connection(("127.0.0.1", daemon.http_port), timeout=30)
@@ -535,8 +535,7 @@ def test_slow_sse_client_never_slows_ingest(daemon):
         wait_stats(daemon, lambda st: st["points"] >= want, timeout=60, what="points")
         return time.monotonic() - t0
 
-    half = per // 2
-    t1 = phase(0, half)  # phase 1: the reading client only
+    t1 = phase(0, base)  # phase 1: the reading client only
     # phase 2 beside a client that never reads: tiny receive buffer, then silence
     lazy = socket.socket()
     lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -544,12 +543,14 @@ def test_slow_sse_client_never_slows_ingest(daemon):
     lazy.sendall(b"GET /api/v1/events HTTP/1.0\r\n\r\n")
     lazy.settimeout(5)
     assert lazy.recv(16, socket.MSG_PEEK).startswith(b"HTTP/1.")  # subscribed
-    t2 = phase(half, per)
+    t2 = phase(base, per)
     st = daemon.stats()
-    print(f"ingest {t1:.2f} s alone, {t2:.2f} s beside the lazy client; "
+    print(f"ingest of 20,000 messages {t1:.2f} s alone, of 50,000 {t2:.2f} s beside the lazy client; "
           f"dropped.live {st['dropped']['live']}")
     assert st["dropped"]["live"] > 0, "the lazy client's queue never overflowed"
-    assert t2 < 2.5 * t1 + 2.0, f"ingest slowed down: {t1:.2f} s then {t2:.2f} s"
+    # same pace per message (2.5x slack for a shared machine)
+    scale = (per - base) / base
+    assert t2 < 2.5 * scale * t1 + 2.0, f"ingest slowed down: {t1:.2f} s then {t2:.2f} s"
     daemon.wait_for(lambda: got["points"] >= S * (per - 1), timeout=30,
                     what=f"reading client's events ({got['points']})")
     assert got["points"] == S * (per - 1) and got["resync"] == 0 and not got["errors"], got["errors"][:5]
@@ -629,7 +630,6 @@ def test_curve_allows_known_keys_and_reloads_on_sighup(daemon_bin, tmp_path):
     write_key(secret, server_sec)
     secret.chmod(0o600)
     d = Daemon(daemon_bin, tmp_path, ["--curve-secret-key", str(secret), "--curve-allow", str(allow)])
-    d.start()
     socks = []
 
     def curve_pub(pub, sec, wait=True):
@@ -650,6 +650,7 @@ def test_curve_allows_known_keys_and_reloads_on_sighup(daemon_bin, tmp_path):
         return False
 
     try:
+        d.start()
         assert "curve_keys_loaded count=1" in d.log.read_text()
         assert "curve_key_skipped file=README" in d.log.read_text()
         # allowed key: ingested
@@ -684,7 +685,8 @@ def test_curve_allows_known_keys_and_reloads_on_sighup(daemon_bin, tmp_path):
     finally:
         for s in socks:
             s.close(linger=0)
-        assert d.stop() == 0
+        if d.proc and d.proc.poll() is None:  # also when start() failed: no daemon left behind
+            assert d.stop() == 0
 
 
 def test_curve_bad_keys_refuse_to_start(daemon_bin, tmp_path):
@@ -744,8 +746,8 @@ def test_https_with_a_self_signed_certificate(daemon_bin, tmp_path):
     d = TlsDaemon(daemon_bin, tmp_path, ["--http-cert", str(cert), "--http-key", str(key),
                                          "--http-token-file", str(tok)],
                   token="tls-token-0123456789abcdef", cafile=cert)
-    d.start()  # waits for /readyz over HTTPS, certificate verified
     try:
+        d.start()  # waits for /readyz over HTTPS, certificate verified
         assert d.get("/healthz")[0] == 200
         assert d.get("/api/v1/stats")[0] == 401
         sock = pub_socket(d.endpoint)
@@ -771,7 +773,8 @@ def test_https_with_a_self_signed_certificate(daemon_bin, tmp_path):
                                             context=ssl.create_default_context())
             c.request("GET", "/healthz")
     finally:
-        assert d.stop() == 0
+        if d.proc and d.proc.poll() is None:  # also when start() failed: no daemon left behind
+            assert d.stop() == 0
     # half a configuration, or a key GnuTLS refuses, is a start-up error
     args = [daemon_bin, "--db", ":memory:", "--http", "127.0.0.1:0", "--zmq",
             f"tcp://127.0.0.1:{free_port()}"]

@@ -145,6 +145,10 @@ static void bad_flags_are_named(void **state) {
   expect_error(a13, 3, "/nonexistent/gw.ini");
   const char *a14[] = {"gradwatchd", "--http", "8080"};
   expect_error(a14, 3, "ADDR:PORT");
+  const char *a15[] = {"gradwatchd", "--http-cert", "/x.pem"};
+  expect_error(a15, 3, "http-cert and http-key must be given together");
+  const char *a16[] = {"gradwatchd", "--engine-threads", "0"};
+  expect_error(a16, 3, "engine-threads");
 }
 
 static void bad_files_are_named(void **state) {
@@ -186,7 +190,9 @@ static void help_and_version(void **state) {
                          "--retention-days", "--max-db-mb", "--store-every", "--window ",
                          "--rank-every", "--ema-beta", "--max-streams", "--max-k",
                          "--store-sketches", "--curve-secret-key", "--curve-allow",
-                         "--log-level", "--version", "--help", "--config", "--metrics-tags"};
+                         "--log-level", "--version", "--help", "--config", "--metrics-tags",
+                         "--engine-threads", "--http-cert", "--http-key", "--shard",
+                         "--zmq-pull", "--flush-ms", "--log-file"};
   for (size_t i = 0; i < sizeof(flags) / sizeof(*flags); i++)
     if (!strstr(buf, flags[i])) fail_msg("--help lacks %s", flags[i]);
   free(buf);
