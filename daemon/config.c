@@ -390,6 +390,36 @@ int gw_config_parse(gw_config_t *c, int argc, char **argv, char *err, size_t err
   return validate(c, err, errlen);
 }
 
+int gw_config_read_secret(const char *flag, const char *path, size_t min_len,
+                          size_t max_len, char **out, char *err, size_t errlen) {
+  *out = NULL;
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    int e = errno;
+    fail(err, errlen, "%s: %s: %s", flag, path, strerror(e));
+    return GW_ECONFIG;
+  }
+  char buf[1025];
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  char *s = buf, *e = buf + n;
+  while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') s++;
+  while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r')) *--e = '\0';
+  size_t len = strlen(s);
+  if (len < min_len || len > max_len) {
+    if (min_len == max_len)
+      fail(err, errlen, "%s: %s: expected a %zu-character value, found %zu", flag, path, min_len,
+           len);
+    else
+      fail(err, errlen, "%s: %s: expected %zu to %zu characters, found %zu", flag, path, min_len,
+           max_len, len);
+    return GW_ECONFIG;
+  }
+  if (!(*out = strdup(s))) return GW_ENOMEM;
+  return 0;
+}
+
 void gw_config_usage(FILE *out) {
   fputs("usage: gradwatchd [--config FILE] [flags]\n"
         "Every flag is also a key in the INI file's section shown in brackets\n"

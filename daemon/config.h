@@ -69,6 +69,13 @@ int gw_config_parse(gw_config_t *c, int argc, char **argv, char *err,
 int gw_config_load_file(gw_config_t *c, const char *path, char *err,
                         size_t errlen);
 
+/* Read a one-line secret (token, key) from the file a flag names: up to 1
+ * KiB, surrounding whitespace dropped, between min_len and max_len bytes.
+ * On success *out is the caller's to free; on failure GW_ECONFIG with a
+ * message naming the flag and the file in err. */
+int gw_config_read_secret(const char *flag, const char *path, size_t min_len,
+                          size_t max_len, char **out, char *err, size_t errlen);
+
 /* Print the --help text. */
 void gw_config_usage(FILE *out);
 

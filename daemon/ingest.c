@@ -604,26 +604,6 @@ void gw_ingest_stop(gw_ingest_t *in) {
   uv_close((uv_handle_t *)&in->wake, on_closed);
 }
 
-static int read_secret_key(const char *path, char z85[41], char *err, size_t errlen) {
-  FILE *f = fopen(path, "r");
-  if (!f) {
-    snprintf(err, errlen, "curve-secret-key: %s: %s", path, strerror(errno));
-    return GW_ECONFIG;
-  }
-  char buf[256];
-  size_t len = fread(buf, 1, sizeof(buf) - 1, f);
-  fclose(f);
-  buf[len] = '\0';
-  while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' '))
-    buf[--len] = '\0';
-  if (len != 40) {
-    snprintf(err, errlen, "curve-secret-key: %s: expected a 40-character Z85 key", path);
-    return GW_ECONFIG;
-  }
-  memcpy(z85, buf, 41);
-  return 0;
-}
-
 static int add_socket(gw_ingest_t *in, int type, const char *endpoint, const char *secret,
                       char *err, size_t errlen) {
   watcher_t *w = &in->w[in->n_w];
@@ -704,6 +684,7 @@ int gw_ingest_start(gw_ingest_t **out, uv_loop_t *loop, const gw_config_t *cfg,
   gw_ingest_t *in = calloc(1, sizeof(*in));
   if (!in) return GW_ENOMEM;
   int rc = GW_ENOMEM;
+  char *sk = NULL; /* the daemon's Z85 CURVE secret key, 40 characters */
   in->loop = loop;
   in->cfg = cfg;
   in->stats = stats;
@@ -726,31 +707,33 @@ int gw_ingest_start(gw_ingest_t **out, uv_loop_t *loop, const gw_config_t *cfg,
   in->wake.data = in;
   if ((rc = start_workers(in, err, errlen))) goto fail;
 
-  char secret[41], *sk = NULL;
   if (cfg->curve_secret_key) {
     if (!zmq_has("curve")) {
       snprintf(err, errlen, "curve-secret-key: this libzmq has no CURVE support");
       rc = GW_ECONFIG;
       goto fail;
     }
-    if ((rc = read_secret_key(cfg->curve_secret_key, secret, err, errlen))) goto fail;
+    if ((rc = gw_config_read_secret("curve-secret-key", cfg->curve_secret_key, 40, 40, &sk, err,
+                                    errlen)))
+      goto fail;
     if ((rc = gw_ingest_reload_keys(in))) {
       snprintf(err, errlen, "curve-allow: %s: %s", cfg->curve_allow, gw_strerror(rc));
       rc = GW_ECONFIG;
       goto fail;
     }
     if ((rc = add_socket(in, ZMQ_REP, ZAP_ENDPOINT, NULL, err, errlen))) goto fail;
-    sk = secret;
   }
   for (size_t i = 0; i < cfg->n_zmq; i++)
     if ((rc = add_socket(in, ZMQ_SUB, cfg->zmq[i], sk, err, errlen))) goto fail;
   for (size_t i = 0; i < cfg->n_zmq_pull; i++)
     if ((rc = add_socket(in, ZMQ_PULL, cfg->zmq_pull[i], sk, err, errlen))) goto fail;
   update_idle(in);
+  free(sk);
   *out = in;
   return 0;
 
 fail:
+  free(sk);
   if (!err[0])
     snprintf(err, errlen, "ingest: %s", rc > -1000 && rc < 0 ? uv_strerror(rc) : gw_strerror(rc));
   gw_ingest_stop(in); /* frees once the loop has closed the handles */

@@ -54,29 +54,6 @@ static int64_t wall_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* The token file holds one line; surrounding whitespace is ignored. */
-static int read_token(const char *path, char **out, char *err, size_t errlen) {
-  FILE *f = fopen(path, "r");
-  if (!f) {
-    snprintf(err, errlen, "http-token-file: %s: %s", path, strerror(errno));
-    return GW_ECONFIG;
-  }
-  char buf[1024];
-  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  char *s = buf, *e;
-  while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') s++;
-  e = s + strlen(s);
-  while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r')) *--e = '\0';
-  if (strlen(s) < 16) {
-    snprintf(err, errlen, "http-token-file: %s: token must be at least 16 characters", path);
-    return GW_ECONFIG;
-  }
-  if (!(*out = strdup(s))) return GW_ENOMEM;
-  return 0;
-}
-
 static void on_closed_noop(uv_handle_t *h) { (void)h; }
 
 /* The store's state changes (commit failing, writes resumed, points dropped
@@ -144,7 +121,9 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   int rc;
   gw_config_t *c = &d->cfg;
   atomic_store(&d->stats.started_ns, wall_ns());
-  if (c->http_token_file && (rc = read_token(c->http_token_file, &d->token, err, errlen)))
+  /* At least 16 characters: a short token is guessable. */
+  if (c->http_token_file && (rc = gw_config_read_secret("http-token-file", c->http_token_file, 16,
+                                                        1024, &d->token, err, errlen)))
     return rc;
   gw_store_config_t sc;
   gw_store_config_default(&sc);

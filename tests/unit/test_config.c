@@ -198,11 +198,35 @@ static void help_and_version(void **state) {
   free(buf);
 }
 
+static void secrets_are_trimmed_and_bounded(void **state) {
+  (void)state;
+  char err[512] = "", *out = NULL;
+  write_file("  s3cret-token-0123456789 \r\n\n");
+  assert_int_equal(gw_config_read_secret("http-token-file", path, 16, 1024, &out, err, 512), 0);
+  assert_string_equal(out, "s3cret-token-0123456789");
+  free(out);
+  write_file("short\n");
+  assert_int_equal(gw_config_read_secret("http-token-file", path, 16, 1024, &out, err, 512),
+                   GW_ECONFIG);
+  assert_null(out);
+  assert_non_null(strstr(err, "http-token-file"));
+  assert_non_null(strstr(err, "found 5"));
+  write_file("0123456789012345678901234567890123456789x\n");
+  assert_int_equal(gw_config_read_secret("curve-secret-key", path, 40, 40, &out, err, 512),
+                   GW_ECONFIG);
+  assert_non_null(strstr(err, "expected a 40-character value, found 41"));
+  unlink(path);
+  assert_int_equal(gw_config_read_secret("curve-secret-key", path, 40, 40, &out, err, 512),
+                   GW_ECONFIG);
+  assert_non_null(strstr(err, "No such file"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(defaults_match_spec), cmocka_unit_test(flags_are_applied),
       cmocka_unit_test(file_then_flags_win), cmocka_unit_test(bad_flags_are_named),
       cmocka_unit_test(bad_files_are_named), cmocka_unit_test(help_and_version),
+      cmocka_unit_test(secrets_are_trimmed_and_bounded),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
