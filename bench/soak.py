@@ -32,9 +32,7 @@ Markdown report and checks:
 Exit status 0 when all checks hold, 1 otherwise.
 """
 import argparse
-import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -42,35 +40,15 @@ import tempfile
 import threading
 import time
 import urllib.error
-import urllib.request
 
 import numpy as np
 import zmq
 
+from bench_ingest import free_port, http_json, rss_kib  # bench/ is on sys.path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HDR = struct.Struct("<IBBBBIIQqQddd")  # proto/PROTOCOL.md §3, 64 bytes
 MAGIC = 0x4B535747
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def http_json(port, path, timeout=10):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def body(step, z, loss=None):

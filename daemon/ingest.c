@@ -96,13 +96,17 @@ static int64_t now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+#define FNV_OFFSET 0xcbf29ce484222325ull
+
+/* FNV-1a 64: fold len bytes into h. */
+static uint64_t fnv1a(uint64_t h, const void *bytes, size_t len) {
+  const uint8_t *b = bytes;
+  for (size_t i = 0; i < len; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+  return h;
+}
+
 uint32_t gw_ingest_shard_of(const char *run, size_t len, uint32_t n) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < len; i++) {
-    h ^= (uint8_t)run[i];
-    h *= 0x100000001b3ull;
-  }
-  return n ? (uint32_t)(h % n) : 0;
+  return n ? (uint32_t)(fnv1a(FNV_OFFSET, run, len) % n) : 0;
 }
 
 /* ---- rejections ---- */
@@ -266,10 +270,9 @@ static void wake_worker(worker_t *w) {
 /* Streams are spread over workers by (run, tag), so a stream's messages stay
  * in order on one worker. */
 static worker_t *route(gw_ingest_t *in, const gw_msg_t *m) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < m->run_len; i++) h = (h ^ (uint8_t)m->run[i]) * 0x100000001b3ull;
-  h = (h ^ '/') * 0x100000001b3ull;
-  for (size_t i = 0; i < m->tag_len; i++) h = (h ^ (uint8_t)m->tag[i]) * 0x100000001b3ull;
+  uint64_t h = fnv1a(FNV_OFFSET, m->run, m->run_len);
+  h = fnv1a(h, "/", 1);
+  h = fnv1a(h, m->tag, m->tag_len);
   return &in->workers[h % in->n_workers];
 }
 
