@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine.h"
+#include "point.h"
 #include "metrics.h"
 
 struct gw_store_s;

@@ -16,8 +16,8 @@
 
 #include "gw_error.h"
 #include "gw_proto.h"
+#include "point.h"
 
-#define GW_TOP_SIGMA 8 /* sigma[] and tail_energy[] length */
 
 typedef struct gw_engine_config_s {
   uint32_t window;      /* W, >= 2 (default 64) */
@@ -30,25 +30,7 @@ typedef struct gw_engine_config_s {
 /* Defaults of SPEC §5. */
 void gw_engine_config_default(gw_engine_config_t *cfg);
 
-/* One point: the state of a stream after message n >= 1. Fields that are
- * null in JSON are NAN here. */
-typedef struct gw_point_s {
-  uint32_t stream_id; /* engine-local id, stable for the stream's life */
-  uint64_t n;         /* message index within the stream (>= 1) */
-  uint64_t step;
-  int64_t wall_ns;
-  uint32_t window_len; /* |J_n| */
-  double path_onestep, path_ema;
-  double kappa_onestep, kappa_ema;         /* NAN for 0/0 */
-  double kappa_onestep_cum, kappa_ema_cum; /* NAN for 0/0 */
-  uint32_t rank_90, rank_99;
-  double stable_rank;                 /* NAN when H = 0 */
-  double tail_energy[GW_TOP_SIGMA];   /* r = 1..8; NAN when H = 0 */
-  double sigma[GW_TOP_SIGMA];         /* top singular values, 0-padded */
-  uint64_t rank_step;                 /* step at which rank fields were computed */
-  double grad_norm, loss, lr;         /* NAN when not sent */
-  double sketch_norm;                 /* ‖z_n‖ */
-} gw_point_t;
+
 
 /* Read-only view of a stream for listing. */
 typedef struct gw_stream_info_s {

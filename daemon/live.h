@@ -27,7 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine.h"
+#include "point.h"
 #include "stats.h"
 
 struct MHD_Connection;

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine.h"
+#include "point.h"
 #include "stats.h"
 
 typedef struct gw_metrics_s gw_metrics_t;

@@ -37,3 +37,24 @@ void gw_point_values(const gw_point_t *p, double *out) {
   GW_METRIC_MAP(XX)
 #undef XX
 }
+
+/* ---- restart reasons (sink.h) ---- */
+
+#include "sink.h"
+
+static const char *const reasons[GW_RESTART_COUNT] = {
+    NULL,
+#define XX(id, name) name,
+    GW_RESTART_MAP(XX)
+#undef XX
+};
+
+const char *gw_restart_reason_name(int reason) {
+  return reason > 0 && reason < GW_RESTART_COUNT ? reasons[reason] : NULL;
+}
+
+int gw_restart_reason_lookup(const char *name) {
+  for (int i = 1; i < GW_RESTART_COUNT; i++)
+    if (name && strcmp(reasons[i], name) == 0) return i;
+  return GW_RESTART_NONE;
+}

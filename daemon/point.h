@@ -1,4 +1,8 @@
-/* point.h — the named metrics of a point (SPEC §2, §6).
+/* point.h — a point (what the engine produces for every message n >= 1)
+ * and its named metrics.
+ *
+ * Every sink (store, live feed, metrics, alerts) sees points through this
+ * header only, so none of them depends on the engine or on LAPACK.
  *
  * One table, GW_METRIC_MAP, gives every metric a stable id, its public name
  * (the `metrics=` names of /api/v1/series, the fields of SSE events) and how
@@ -9,7 +13,32 @@
 #ifndef GW_POINT_H
 #define GW_POINT_H
 
-#include "engine.h"
+#include <stdint.h>
+#include <stddef.h>
+
+#define GW_TOP_SIGMA 8 /* sigma[] and tail_energy[] length */
+
+/* One point: the state of a stream after message n >= 1. Fields that are
+ * null in JSON are NAN here. */
+typedef struct gw_point_s {
+  uint32_t stream_id; /* engine: its local id; sinks: the daemon-wide id (sink.h) */
+  uint64_t n;         /* message index within the stream (>= 1) */
+  uint64_t step;
+  int64_t wall_ns;     /* the publisher's clock, informational */
+  int64_t recv_ns;     /* the daemon's clock when the message arrived */
+  uint64_t incarnation; /* publisher incarnation (0: a version 1 publisher) */
+  uint32_t window_len; /* |J_n| */
+  double path_onestep, path_ema;
+  double kappa_onestep, kappa_ema;         /* NAN for 0/0 */
+  double kappa_onestep_cum, kappa_ema_cum; /* NAN for 0/0 */
+  uint32_t rank_90, rank_99;
+  double stable_rank;                 /* NAN when H = 0 */
+  double tail_energy[GW_TOP_SIGMA];   /* r = 1..8; NAN when H = 0 */
+  double sigma[GW_TOP_SIGMA];         /* top singular values, 0-padded */
+  uint64_t rank_step;                 /* step at which rank fields were computed */
+  double grad_norm, loss, lr;         /* NAN when not sent */
+  double sketch_norm;                 /* ‖z_n‖ */
+} gw_point_t;
 
 /* XX(id suffix, "name", expression over `p` (const gw_point_t *)) */
 #define GW_METRIC_MAP(XX)                                         \

@@ -36,7 +36,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine.h"
 #include "point.h"
 #include "stats.h"
 

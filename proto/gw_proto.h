@@ -72,6 +72,7 @@ typedef struct gw_msg_s {
   double lr;
   const void *payload; /* k * gw_dtype_size(dtype) bytes, may be unaligned */
   size_t payload_len;
+  uint64_t incarnation; /* version 2: the publisher's incarnation id; 0 for version 1 */
 } gw_msg_t;
 
 /* Size in bytes of one element of dtype, 0 if unknown. */
