@@ -63,12 +63,15 @@
 #include "engine.h"
 
 #include <assert.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cblas.h>
 #include <lapacke.h>
+
+#include "sink.h"
 
 #define MAG_MAX 1e60        /* larger |z_i| rejected as GW_ENONFINITE */
 #define WINDOW_MAX 65536u   /* sanity bound on W */
@@ -105,9 +108,13 @@ typedef struct stream_s {
   uint32_t k;
   uint8_t kind, s;
   uint64_t seed;
-  uint64_t n_msgs; /* accepted messages; the next one has index n = n_msgs */
+  uint64_t n_msgs; /* messages of this window; the next one has index n = n_msgs */
   uint64_t last_step;
   int64_t last_wall_ns;
+  int64_t last_recv_ns;  /* daemon clock: what retirement measures */
+  uint64_t incarnation;  /* of the current window */
+  int has_last;          /* last_step is meaningful (also for a stub) */
+  int stub_reason;       /* a stub (n_msgs = 0, no window): restart reason */
   ksum_t cum_r1, cum_re, cum_zz; /* sums over j = 1..n */
   rankf_t rank;
   uint16_t run_len, tag_len;
@@ -200,8 +207,27 @@ size_t gw_engine_stream_bytes(uint32_t k, uint32_t window) {
   return L.total + 2 * sizeof(tslot_t) + sizeof(stream_t *) + sizeof(uint32_t);
 }
 
-static stream_t *stream_new(const gw_engine_t *e, const gw_msg_t *m,
-                            uint32_t hash) {
+/* What a stream block is made from: its identity and sketch parameters. */
+typedef struct {
+  const char *run, *tag;
+  size_t run_len, tag_len;
+  uint32_t k;
+  uint8_t kind, s;
+  uint64_t seed;
+} sparams_t;
+
+static void params_of_msg(const gw_msg_t *m, sparams_t *p) {
+  p->run = m->run;
+  p->tag = m->tag;
+  p->run_len = m->run_len;
+  p->tag_len = m->tag_len;
+  p->k = m->k;
+  p->kind = m->kind;
+  p->s = m->s;
+  p->seed = m->seed;
+}
+
+static stream_t *stream_new(const gw_engine_t *e, const sparams_t *m, uint32_t hash) {
   layout_t L;
   layout(m->k, e->cfg.window, &L);
   char *b = aligned_alloc(64, L.total);
@@ -445,8 +471,34 @@ static int scalar_bad(const gw_msg_t *m, uint32_t flag, double v) {
   return (m->flags & flag) && !isfinite(v);
 }
 
-int gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z,
-                       gw_point_t *out) {
+/* Start a fresh window in st with message m (n = 0): same id and table
+ * slot; a new block only when k changes. On failure st is unchanged. */
+static int stream_restart(gw_engine_t *e, stream_t **stp, const gw_msg_t *m) {
+  stream_t *st = *stp;
+  if (st->k != m->k) {
+    sparams_t p;
+    params_of_msg(m, &p);
+    stream_t *nst = stream_new(e, &p, st->hash);
+    if (!nst) return GW_ENOMEM;
+    nst->id = st->id;
+    e->streams[st->id] = nst;
+    free(st);
+    *stp = st = nst;
+  }
+  st->kind = m->kind;
+  st->s = m->s;
+  st->seed = m->seed;
+  memset(&st->cum_r1, 0, sizeof st->cum_r1);
+  memset(&st->cum_re, 0, sizeof st->cum_re);
+  memset(&st->cum_zz, 0, sizeof st->cum_zz);
+  memset(&st->rank, 0, sizeof st->rank);
+  /* ring, gram and the per-slot scalars need no clearing: a slot is
+   * written before any sum or Gram entry reads it (see the design note) */
+  return 0;
+}
+
+int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_t recv_ns,
+                      gw_point_t *out, gw_engine_event_t *ev) {
   if (!e || !m || !z || !m->run || !m->tag) return GW_EINVAL;
   if (m->run_len == 0 || m->run_len > GW_PROTO_NAME_MAX || m->tag_len == 0 ||
       m->tag_len > GW_PROTO_NAME_MAX)
@@ -459,10 +511,16 @@ int gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z,
   uint32_t hash = key_hash(e->hash_seed, m->run, m->run_len, m->tag, m->tag_len);
   size_t pos = table_find(e, hash, m->run, m->run_len, m->tag, m->tag_len);
   stream_t *st = e->table[pos].id1 ? e->streams[e->table[pos].id1 - 1] : NULL;
+  int restart = GW_RESTART_NONE; /* nonzero: this message starts a new window */
   if (st) {
-    if (st->k != m->k || st->kind != m->kind || st->s != m->s || st->seed != m->seed)
-      return GW_EMISMATCH;
-    if (m->step <= st->last_step) return GW_EORDER;
+    if (m->incarnation != st->incarnation) {
+      restart = GW_RESTART_INCARNATION; /* new parameters are allowed */
+    } else {
+      if (st->k != m->k || st->kind != m->kind || st->s != m->s || st->seed != m->seed)
+        return GW_EMISMATCH;
+      if (st->has_last && m->step <= st->last_step) return GW_EORDER;
+      if (st->n_msgs == 0) restart = st->stub_reason;
+    }
   } else if (e->count >= e->cfg.max_streams) {
     return GW_ESTREAMS;
   }
@@ -475,7 +533,8 @@ int gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z,
     if (!(fabs(v) <= MAG_MAX)) return GW_ENONFINITE; /* also catches NaN */
     zz += v * v;
   }
-  if (st) {
+  int fresh = !st || restart != GW_RESTART_NONE || st->n_msgs == 0;
+  if (!fresh) {
     for (uint32_t i = 0; i < k; i++) {
       double d = z[i] - st->zprev[i], f = z[i] - st->ema[i];
       r1 += d * d;
@@ -483,20 +542,43 @@ int gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z,
     }
   }
 
-  if (!st) { /* n = 0: the stream begins, no point */
-    st = stream_new(e, m, hash);
-    if (!st) return GW_ENOMEM;
-    int rc = stream_register(e, st, pos);
-    if (rc) {
-      free(st);
-      return rc;
+  if (fresh) { /* n = 0: a window begins, no point */
+    gw_engine_event_t ev0 = {0};
+    if (!st) {
+      sparams_t p;
+      params_of_msg(m, &p);
+      st = stream_new(e, &p, hash);
+      if (!st) return GW_ENOMEM;
+      int rc = stream_register(e, st, pos);
+      if (rc) {
+        free(st);
+        return rc;
+      }
+      ev0.flags = GW_ENGINE_OPENED;
+    } else {
+      ev0.flags = GW_ENGINE_RESTARTED;
+      ev0.reason = restart;
+      ev0.prev_incarnation = st->incarnation;
+      ev0.prev_last_step = st->has_last ? st->last_step : 0;
+      int rc = stream_restart(e, &st, m);
+      if (rc) return rc;
     }
     memcpy(st->zprev, z, k * sizeof(double));
     memcpy(st->ema, z, k * sizeof(double));
     st->n_msgs = 1;
     st->last_step = m->step;
     st->last_wall_ns = m->wall_ns;
+    st->last_recv_ns = recv_ns;
+    st->incarnation = m->incarnation;
+    st->has_last = 1;
+    st->stub_reason = GW_RESTART_NONE;
+    ev0.stream_id = st->id;
+    if (ev) *ev = ev0;
     return 0;
+  }
+  if (ev) {
+    memset(ev, 0, sizeof *ev);
+    ev->stream_id = st->id;
   }
 
   /* Pass 2: commit message n. */
@@ -520,6 +602,7 @@ int gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z,
   st->n_msgs = n + 1;
   st->last_step = m->step;
   st->last_wall_ns = m->wall_ns;
+  st->last_recv_ns = recv_ns;
 
   /* Gram row and column of the new slot: d_t · d_n for every t in J_n */
   double *row = st->gram + (size_t)slot * w;
@@ -544,6 +627,8 @@ int gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z,
   out->n = n;
   out->step = m->step;
   out->wall_ns = m->wall_ns;
+  out->recv_ns = recv_ns;
+  out->incarnation = st->incarnation;
   out->window_len = len;
   out->path_onestep = p1;
   out->path_ema = pe;
@@ -562,6 +647,11 @@ int gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z,
   out->lr = (m->flags & GW_HAS_LR) ? m->lr : NAN;
   out->sketch_norm = sqrt(zz);
   return 1;
+}
+
+int gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z,
+                       gw_point_t *out) {
+  return gw_engine_push_at(e, m, z, m ? m->wall_ns : 0, out, NULL);
 }
 
 int gw_engine_push(gw_engine_t *e, const gw_msg_t *m, gw_point_t *out) {
@@ -604,6 +694,8 @@ int gw_engine_stream_info(const gw_engine_t *e, uint32_t stream_id,
   out->n_messages = st->n_msgs;
   out->last_step = st->last_step;
   out->last_wall_ns = st->last_wall_ns;
+  out->incarnation = st->incarnation;
+  out->last_recv_ns = st->last_recv_ns;
   return 0;
 }
 
@@ -617,5 +709,208 @@ int gw_engine_stream_drop(gw_engine_t *e, uint32_t stream_id) {
   e->free_ids[e->n_free++] = stream_id;
   e->count--;
   free(st);
+  return 0;
+}
+
+size_t gw_engine_reap(gw_engine_t *e, int64_t idle_before_ns,
+                      void (*cb)(void *arg, const gw_stream_info_t *info), void *arg) {
+  size_t n = 0;
+  for (uint32_t id = 0; e && id < e->next_id; id++) {
+    const stream_t *st = e->streams[id];
+    if (!st || st->last_recv_ns >= idle_before_ns) continue;
+    if (cb) {
+      gw_stream_info_t info;
+      gw_engine_stream_info(e, id, &info);
+      cb(arg, &info);
+    }
+    gw_engine_stream_drop(e, id);
+    n++;
+  }
+  return n;
+}
+
+/* ---- state across daemon restarts --------------------------------------- */
+
+/* The blob: a fixed header, then the run and tag bytes, then the window in
+ * slot order (only the `len` filled slots): ring rows (len × k), Gram rows
+ * (len × len), zprev (k), ema (k), r1, re, zz (len each). Native byte order:
+ * a blob is read back by the same build on the same host (the state table
+ * is not an interchange format; a foreign or older blob fails the checks and
+ * the stream starts afresh). */
+#define STATE_MAGIC 0x53455747u /* "GWES" */
+#define STATE_VERSION 1u
+
+typedef struct {
+  uint32_t magic, version, header_bytes, window, rank_every, k;
+  double ema_beta;
+  uint8_t kind, s;
+  uint16_t run_len, tag_len, pad;
+  uint64_t seed, incarnation, n_msgs, last_step;
+  int64_t last_wall_ns, last_recv_ns;
+  uint32_t has_last, len;
+  ksum_t cum_r1, cum_re, cum_zz;
+  rankf_t rank;
+} state_hdr_t;
+
+static size_t state_len(uint32_t k, uint32_t len, size_t names) {
+  return sizeof(state_hdr_t) + names +
+         sizeof(double) * ((size_t)len * k + (size_t)len * len + 2 * (size_t)k + 3 * (size_t)len);
+}
+
+static uint32_t filled(const stream_t *st, uint32_t w) {
+  if (st->n_msgs <= 1) return 0;
+  return st->n_msgs - 1 < w ? (uint32_t)(st->n_msgs - 1) : w;
+}
+
+int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob, size_t *len) {
+  *blob = NULL;
+  *len = 0;
+  const stream_t *st = by_id(e, stream_id);
+  if (!st) return GW_ENOTFOUND;
+  const uint32_t w = e->cfg.window, k = st->k, m = filled(st, w);
+  size_t total = state_len(k, m, (size_t)st->run_len + st->tag_len);
+  unsigned char *b = malloc(total), *q = b;
+  if (!b) return GW_ENOMEM;
+  state_hdr_t h;
+  memset(&h, 0, sizeof h);
+  h.magic = STATE_MAGIC;
+  h.version = STATE_VERSION;
+  h.header_bytes = sizeof h;
+  h.window = w;
+  h.rank_every = e->cfg.rank_every;
+  h.ema_beta = e->cfg.ema_beta;
+  h.k = k;
+  h.kind = st->kind;
+  h.s = st->s;
+  h.run_len = st->run_len;
+  h.tag_len = st->tag_len;
+  h.seed = st->seed;
+  h.incarnation = st->incarnation;
+  h.n_msgs = st->n_msgs;
+  h.last_step = st->last_step;
+  h.last_wall_ns = st->last_wall_ns;
+  h.last_recv_ns = st->last_recv_ns;
+  h.has_last = (uint32_t)st->has_last;
+  h.len = m;
+  h.cum_r1 = st->cum_r1;
+  h.cum_re = st->cum_re;
+  h.cum_zz = st->cum_zz;
+  h.rank = st->rank;
+  memcpy(q, &h, sizeof h);
+  q += sizeof h;
+  memcpy(q, st->run, st->run_len);
+  q += st->run_len;
+  memcpy(q, st->tag, st->tag_len);
+  q += st->tag_len;
+  memcpy(q, st->ring, sizeof(double) * m * k);
+  q += sizeof(double) * m * k;
+  for (uint32_t a = 0; a < m; a++, q += sizeof(double) * m)
+    memcpy(q, st->gram + (size_t)a * w, sizeof(double) * m);
+  memcpy(q, st->zprev, sizeof(double) * k);
+  q += sizeof(double) * k;
+  memcpy(q, st->ema, sizeof(double) * k);
+  q += sizeof(double) * k;
+  memcpy(q, st->r1, sizeof(double) * m);
+  q += sizeof(double) * m;
+  memcpy(q, st->re, sizeof(double) * m);
+  q += sizeof(double) * m;
+  memcpy(q, st->zz, sizeof(double) * m);
+  q += sizeof(double) * m;
+  assert((size_t)(q - b) == total);
+  *blob = b;
+  *len = total;
+  return 0;
+}
+
+/* Enter a new stream of params p (must be absent) and return it. */
+static int stream_add(gw_engine_t *e, const sparams_t *p, stream_t **out) {
+  if (p->run_len == 0 || p->run_len > GW_PROTO_NAME_MAX || p->tag_len == 0 ||
+      p->tag_len > GW_PROTO_NAME_MAX)
+    return GW_ENAME;
+  if (p->k == 0 || p->k > e->cfg.max_k) return GW_EKLIMIT;
+  uint32_t hash = key_hash(e->hash_seed, p->run, p->run_len, p->tag, p->tag_len);
+  size_t pos = table_find(e, hash, p->run, p->run_len, p->tag, p->tag_len);
+  if (e->table[pos].id1) return GW_EINVAL; /* already live */
+  if (e->count >= e->cfg.max_streams) return GW_ESTREAMS;
+  stream_t *st = stream_new(e, p, hash);
+  if (!st) return GW_ENOMEM;
+  int rc = stream_register(e, st, pos);
+  if (rc) {
+    free(st);
+    return rc;
+  }
+  *out = st;
+  return 0;
+}
+
+int gw_engine_stream_load(gw_engine_t *e, const void *blob, size_t len, uint32_t *id) {
+  state_hdr_t h;
+  if (!e || !blob || len < sizeof h) return GW_EINVAL;
+  memcpy(&h, blob, sizeof h);
+  if (h.magic != STATE_MAGIC || h.version != STATE_VERSION || h.header_bytes != sizeof h)
+    return GW_EINVAL;
+  if (h.window != e->cfg.window || h.rank_every != e->cfg.rank_every ||
+      h.ema_beta != e->cfg.ema_beta)
+    return GW_ECONFIG;
+  if (h.k == 0 || h.k > GW_PROTO_K_MAX || h.len > h.window || h.n_msgs == 0 ||
+      h.len != filled(&(stream_t){.n_msgs = h.n_msgs}, h.window) ||
+      len != state_len(h.k, h.len, (size_t)h.run_len + h.tag_len))
+    return GW_EINVAL;
+  const unsigned char *q = (const unsigned char *)blob + sizeof h;
+  sparams_t p = {.run = (const char *)q, .run_len = h.run_len,
+                 .tag = (const char *)q + h.run_len, .tag_len = h.tag_len,
+                 .k = h.k, .kind = h.kind, .s = h.s, .seed = h.seed};
+  if (gw_proto_check_run(p.run, p.run_len) || gw_proto_check_tag(p.tag, p.tag_len))
+    return GW_EINVAL;
+  stream_t *st;
+  int rc = stream_add(e, &p, &st);
+  if (rc) return rc;
+  const uint32_t w = e->cfg.window, k = h.k, m = h.len;
+  q += (size_t)h.run_len + h.tag_len;
+  memcpy(st->ring, q, sizeof(double) * m * k);
+  q += sizeof(double) * m * k;
+  for (uint32_t a = 0; a < m; a++, q += sizeof(double) * m)
+    memcpy(st->gram + (size_t)a * w, q, sizeof(double) * m);
+  memcpy(st->zprev, q, sizeof(double) * k);
+  q += sizeof(double) * k;
+  memcpy(st->ema, q, sizeof(double) * k);
+  q += sizeof(double) * k;
+  memcpy(st->r1, q, sizeof(double) * m);
+  q += sizeof(double) * m;
+  memcpy(st->re, q, sizeof(double) * m);
+  q += sizeof(double) * m;
+  memcpy(st->zz, q, sizeof(double) * m);
+  st->incarnation = h.incarnation;
+  st->n_msgs = h.n_msgs;
+  st->last_step = h.last_step;
+  st->last_wall_ns = h.last_wall_ns;
+  st->last_recv_ns = h.last_recv_ns;
+  st->has_last = h.has_last != 0;
+  st->cum_r1 = h.cum_r1;
+  st->cum_re = h.cum_re;
+  st->cum_zz = h.cum_zz;
+  st->rank = h.rank;
+  if (id) *id = st->id;
+  return 0;
+}
+
+int gw_engine_stream_stub(gw_engine_t *e, const gw_stream_info_t *info, int reason, uint32_t *id) {
+  if (!e || !info || !info->run || !info->tag || reason <= GW_RESTART_NONE ||
+      reason >= GW_RESTART_COUNT)
+    return GW_EINVAL;
+  sparams_t p = {.run = info->run, .run_len = strlen(info->run), .tag = info->tag,
+                 .tag_len = strlen(info->tag), .k = info->k, .kind = info->kind,
+                 .s = info->s, .seed = info->seed};
+  stream_t *st;
+  int rc = stream_add(e, &p, &st);
+  if (rc) return rc;
+  st->incarnation = info->incarnation;
+  st->last_step = info->last_step;
+  st->last_wall_ns = info->last_wall_ns;
+  st->last_recv_ns = info->last_recv_ns;
+  st->has_last = 1;
+  st->n_msgs = 0;
+  st->stub_reason = reason;
+  if (id) *id = st->id;
   return 0;
 }

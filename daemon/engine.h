@@ -43,6 +43,9 @@ typedef struct gw_stream_info_s {
   uint64_t n_messages; /* accepted messages */
   uint64_t last_step;
   int64_t last_wall_ns;
+  /* additions for the stream lifecycle */
+  uint64_t incarnation; /* current publisher incarnation (0: version 1) */
+  int64_t last_recv_ns; /* daemon clock of the last accepted message */
 } gw_stream_info_t;
 
 typedef struct gw_engine_s gw_engine_t;
@@ -66,6 +69,57 @@ int gw_engine_push(gw_engine_t *e, const gw_msg_t *m, gw_point_t *out);
  * by tests and replays. m->payload is ignored. */
 int gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z,
                        gw_point_t *out);
+
+/* What a push did to the stream besides (maybe) producing a point. */
+#define GW_ENGINE_OPENED 0x1u    /* the stream was created by this message */
+#define GW_ENGINE_RESTARTED 0x2u /* its window restarted with this message (n = 0) */
+
+typedef struct gw_engine_event_s {
+  uint32_t stream_id;        /* set whenever the message was accepted */
+  unsigned flags;            /* GW_ENGINE_* */
+  int reason;                /* gw_restart_reason_t (sink.h) when RESTARTED */
+  uint64_t prev_incarnation; /* before the restart */
+  uint64_t prev_last_step;   /* last step before the restart (0: none) */
+} gw_engine_event_t;
+
+/* The full form of a push. recv_ns is the daemon's receive time (what idle
+ * retirement measures). A message whose incarnation differs from the
+ * stream's restarts it: window, EMA and cumulative sums start afresh with
+ * this message as n = 0 (no point), sketch parameters may change, and the
+ * event says GW_ENGINE_RESTARTED with reason GW_RESTART_INCARNATION. Within
+ * one incarnation a step not above the last is GW_EORDER. ev may be NULL.
+ * Same return values as gw_engine_push_f64. */
+int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_t recv_ns,
+                      gw_point_t *out, gw_engine_event_t *ev);
+
+/* Retire every stream whose last message arrived before idle_before_ns (the
+ * daemon clock): cb (may be NULL) sees each one's info, then it is dropped.
+ * Returns the number retired. O(streams). */
+size_t gw_engine_reap(gw_engine_t *e, int64_t idle_before_ns,
+                      void (*cb)(void *arg, const gw_stream_info_t *info), void *arg);
+
+/* ---- state across daemon restarts ----
+ *
+ * A stream's whole state (window, Gram matrix, EMA, last sketch, cumulative
+ * sums, rank fields, last step, incarnation) as an opaque, versioned blob of
+ * gw_engine_state_bytes() bytes. Loading it into an engine with the same
+ * window, rank_every and ema_beta continues the stream exactly as if the
+ * daemon had never stopped (bit for bit). */
+
+/* Serialise stream_id into a malloc'd blob (*blob is the caller's to free).
+ * GW_ENOTFOUND, GW_ENOMEM. */
+int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob, size_t *len);
+/* Recreate a stream from a blob; *id gets its id. GW_ECONFIG when the blob
+ * was written with another window, rank_every or ema_beta (the caller then
+ * starts the stream afresh), GW_EINVAL for a damaged or foreign blob or a
+ * stream that already exists, GW_ESTREAMS, GW_EKLIMIT, GW_ENOMEM. */
+int gw_engine_stream_load(gw_engine_t *e, const void *blob, size_t len, uint32_t *id);
+/* A stream known only by its identity and last step (state lost): it holds
+ * no window. Its next message of the same incarnation must still be above
+ * last_step (GW_EORDER otherwise) and starts a fresh window with a
+ * GW_ENGINE_RESTARTED event of the given reason. info supplies run, tag, k,
+ * kind, s, seed, last_step, incarnation, last_recv_ns. */
+int gw_engine_stream_stub(gw_engine_t *e, const gw_stream_info_t *info, int reason, uint32_t *id);
 
 /* Number of live streams, and a lookup by id (GW_ENOTFOUND if absent). */
 size_t gw_engine_stream_count(const gw_engine_t *e);

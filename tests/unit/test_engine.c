@@ -28,6 +28,7 @@
 #include <cmocka.h>
 
 #include "engine.h"
+#include "sink.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -677,6 +678,219 @@ static void stream_bytes_budget(void **state) {
   assert_true(gw_engine_stream_bytes(1024, 128) > gw_engine_stream_bytes(256, 64));
 }
 
+/* ---- lifecycle: incarnations, retirement, state across restarts -------- */
+
+/* A pseudo-random sketch for message j of a stream (deterministic). */
+static void zvec(double *z, uint32_t k, uint64_t j, uint64_t salt) {
+  uint64_t x = (j + 1) * 0x9e3779b97f4a7c15ull ^ salt;
+  for (uint32_t i = 0; i < k; i++) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    /* a float32 value, as a sketch from the wire is */
+    z[i] = (double)(float)((double)(x >> 11) / 9007199254740992.0 - 0.5 + 0.01 * (double)j);
+  }
+}
+
+/* A new incarnation restarts the stream: the points after the restart equal
+ * those of a fresh engine fed only the new incarnation's messages, even at
+ * steps the old incarnation already used. */
+static void incarnation_restarts(void **state) {
+  (void)state;
+  enum { K = 16 };
+  gw_engine_t *a = engine(8, 1, 0.9), *fresh = engine(8, 1, 0.9);
+  double z[K];
+  gw_point_t pa, pf;
+  gw_engine_event_t ev;
+  for (uint64_t s = 0; s < 30; s++) {
+    gw_msg_t m = msg("r", "t", K, s);
+    m.incarnation = 11;
+    zvec(z, K, s, 1);
+    int rc = gw_engine_push_at(a, &m, z, 1000 + (int64_t)s, &pa, &ev);
+    assert_int_equal(rc, s == 0 ? 0 : 1);
+    assert_int_equal(ev.flags, s == 0 ? GW_ENGINE_OPENED : 0u);
+  }
+  /* within the incarnation a regression is still out of order */
+  gw_msg_t back = msg("r", "t", K, 10);
+  back.incarnation = 11;
+  assert_int_equal(gw_engine_push_at(a, &back, z, 2000, &pa, &ev), GW_EORDER);
+  /* resume from the step-20 checkpoint as incarnation 12 */
+  for (uint64_t s = 20; s < 50; s++) {
+    gw_msg_t m = msg("r", "t", K, s);
+    m.incarnation = 12;
+    zvec(z, K, s, 2);
+    int ra = gw_engine_push_at(a, &m, z, 3000 + (int64_t)s, &pa, &ev);
+    int rf = gw_engine_push_at(fresh, &m, z, 3000 + (int64_t)s, &pf, NULL);
+    assert_int_equal(ra, rf);
+    if (s == 20) {
+      assert_int_equal(ra, 0);
+      assert_int_equal(ev.flags, GW_ENGINE_RESTARTED);
+      assert_int_equal(ev.reason, GW_RESTART_INCARNATION);
+      assert_int_equal(ev.prev_incarnation, 11);
+      assert_int_equal(ev.prev_last_step, 29);
+    } else {
+      assert_int_equal(ev.flags, 0u);
+      assert_int_equal(pa.incarnation, 12);
+      assert_int_equal(pa.recv_ns, 3000 + (int64_t)s);
+      assert_point_same(&pa, &pf);
+    }
+  }
+  assert_int_equal(gw_engine_stream_count(a), 1);
+  /* a new incarnation may change the sketch parameters, even k */
+  gw_msg_t m = msg("r", "t", 8, 5);
+  m.incarnation = 13;
+  m.seed = 99;
+  zvec(z, 8, 5, 3);
+  assert_int_equal(gw_engine_push_at(a, &m, z, 9000, &pa, &ev), 0);
+  assert_int_equal(ev.reason, GW_RESTART_INCARNATION);
+  gw_stream_info_t info;
+  assert_int_equal(gw_engine_stream_info(a, ev.stream_id, &info), 0);
+  assert_int_equal(info.k, 8);
+  assert_int_equal(info.seed, 99);
+  assert_int_equal(info.incarnation, 13);
+  m.step = 6;
+  zvec(z, 8, 6, 3);
+  assert_int_equal(gw_engine_push_at(a, &m, z, 9001, &pa, &ev), 1);
+  assert_int_equal(pa.n, 1);
+  gw_engine_free(a);
+  gw_engine_free(fresh);
+}
+
+static int reaped_count;
+static void on_reap(void *arg, const gw_stream_info_t *info) {
+  (void)arg;
+  assert_string_equal(info->tag, "old");
+  reaped_count++;
+}
+
+static void reap_idle(void **state) {
+  (void)state;
+  enum { K = 4 };
+  gw_engine_t *e = engine(4, 1, 0.9);
+  double z[K];
+  zvec(z, K, 0, 0);
+  gw_msg_t old = msg("r", "old", K, 1), young = msg("r", "young", K, 1);
+  assert_int_equal(gw_engine_push_at(e, &old, z, 100, NULL, NULL), 0);
+  assert_int_equal(gw_engine_push_at(e, &young, z, 500, NULL, NULL), 0);
+  /* the cutoff is exclusive: last_recv 100 < 101 goes, 500 stays */
+  assert_int_equal(gw_engine_reap(e, 100, on_reap, NULL), 0);
+  assert_int_equal(gw_engine_reap(e, 101, on_reap, NULL), 1);
+  assert_int_equal(reaped_count, 1);
+  assert_int_equal(gw_engine_stream_count(e), 1);
+  /* the retired stream speaks again: a new stream, no out_of_order */
+  old.step = 1;
+  gw_engine_event_t ev;
+  assert_int_equal(gw_engine_push_at(e, &old, z, 600, NULL, &ev), 0);
+  assert_int_equal(ev.flags, GW_ENGINE_OPENED);
+  gw_engine_free(e);
+}
+
+/* Save every stream mid-run, load into a new engine, continue: every later
+ * point is bit-identical to the uninterrupted run's, for windows that are
+ * partly filled, exactly full and wrapped several times. */
+static void save_load_continues(void **state) {
+  (void)state;
+  enum { K = 24, W = 16 };
+  const uint64_t cut[] = {1, 2, 9, 16, 17, 40};
+  for (size_t c = 0; c < sizeof cut / sizeof cut[0]; c++) {
+    gw_engine_t *a = engine(W, 3, 0.8), *b = engine(W, 3, 0.8);
+    double z[K];
+    gw_point_t pa, pb;
+    uint32_t id = 0;
+    for (uint64_t s = 0; s < cut[c]; s++) {
+      gw_msg_t m = msg("run-1", "layer.0/w", K, 10 + s);
+      m.incarnation = 5;
+      m.flags = GW_HAS_LOSS;
+      m.loss = 1.0 / (double)(s + 1);
+      zvec(z, K, s, 7);
+      gw_engine_event_t ev;
+      assert_true(gw_engine_push_at(a, &m, z, (int64_t)s, &pa, &ev) >= 0);
+      id = ev.stream_id;
+    }
+    void *blob;
+    size_t len;
+    assert_int_equal(gw_engine_stream_save(a, id, &blob, &len), 0);
+    uint32_t bid;
+    assert_int_equal(gw_engine_stream_load(b, blob, len, &bid), 0);
+    /* loading twice is refused: the stream exists */
+    assert_int_equal(gw_engine_stream_load(b, blob, len, &bid), GW_EINVAL);
+    for (uint64_t s = cut[c]; s < cut[c] + 50; s++) {
+      gw_msg_t m = msg("run-1", "layer.0/w", K, 10 + s);
+      m.incarnation = 5;
+      zvec(z, K, s, 7);
+      int ra = gw_engine_push_at(a, &m, z, (int64_t)s, &pa, NULL);
+      int rb = gw_engine_push_at(b, &m, z, (int64_t)s, &pb, NULL);
+      assert_int_equal(ra, 1);
+      assert_int_equal(rb, 1);
+      assert_point_same(&pa, &pb);
+    }
+    /* another config refuses the blob with GW_ECONFIG; damage with EINVAL */
+    gw_engine_t *w4 = engine(4, 3, 0.8), *beta = engine(W, 3, 0.9), *re = engine(W, 1, 0.8);
+    assert_int_equal(gw_engine_stream_load(w4, blob, len, NULL), GW_ECONFIG);
+    assert_int_equal(gw_engine_stream_load(beta, blob, len, NULL), GW_ECONFIG);
+    assert_int_equal(gw_engine_stream_load(re, blob, len, NULL), GW_ECONFIG);
+    gw_engine_t *d = engine(W, 3, 0.8);
+    assert_int_equal(gw_engine_stream_load(d, blob, len - 1, NULL), GW_EINVAL);
+    assert_int_equal(gw_engine_stream_load(d, blob, 10, NULL), GW_EINVAL);
+    ((unsigned char *)blob)[0] ^= 1;
+    assert_int_equal(gw_engine_stream_load(d, blob, len, NULL), GW_EINVAL);
+    assert_int_equal(gw_engine_stream_count(d), 0);
+    free(blob);
+    gw_engine_free(a);
+    gw_engine_free(b);
+    gw_engine_free(w4);
+    gw_engine_free(beta);
+    gw_engine_free(re);
+    gw_engine_free(d);
+  }
+}
+
+/* A stub knows the last step: regressions of the same incarnation are out
+ * of order, the next message starts a window with the stub's reason, and a
+ * new incarnation restarts with reason incarnation. */
+static void stub_semantics(void **state) {
+  (void)state;
+  enum { K = 8 };
+  gw_engine_t *e = engine(8, 1, 0.9);
+  gw_stream_info_t info = {.run = "r", .tag = "t", .k = K, .kind = GW_SKETCH_SJLT, .s = 4,
+                           .seed = 7, .last_step = 100, .incarnation = 3, .last_recv_ns = 50};
+  uint32_t id;
+  assert_int_equal(gw_engine_stream_stub(e, &info, GW_RESTART_NO_STATE, &id), 0);
+  assert_int_equal(gw_engine_stream_stub(e, &info, GW_RESTART_NO_STATE, &id), GW_EINVAL);
+  assert_int_equal(gw_engine_stream_stub(e, &info, GW_RESTART_NONE, NULL), GW_EINVAL);
+  double z[K];
+  zvec(z, K, 0, 0);
+  gw_msg_t m = msg("r", "t", K, 100);
+  m.incarnation = 3;
+  gw_engine_event_t ev;
+  assert_int_equal(gw_engine_push_at(e, &m, z, 60, NULL, &ev), GW_EORDER);
+  m.seed = 8;
+  m.step = 101;
+  assert_int_equal(gw_engine_push_at(e, &m, z, 60, NULL, &ev), GW_EMISMATCH);
+  m.seed = 7;
+  assert_int_equal(gw_engine_push_at(e, &m, z, 60, NULL, &ev), 0);
+  assert_int_equal(ev.flags, GW_ENGINE_RESTARTED);
+  assert_int_equal(ev.reason, GW_RESTART_NO_STATE);
+  assert_int_equal(ev.prev_last_step, 100);
+  m.step = 102;
+  zvec(z, K, 1, 0);
+  gw_point_t p;
+  assert_int_equal(gw_engine_push_at(e, &m, z, 61, &p, &ev), 1);
+  assert_int_equal(p.n, 1);
+  /* a stub whose next message is a new incarnation */
+  gw_stream_info_t i2 = info;
+  i2.tag = "u";
+  assert_int_equal(gw_engine_stream_stub(e, &i2, GW_RESTART_CONFIG, NULL), 0);
+  gw_msg_t m2 = msg("r", "u", K, 5);
+  m2.incarnation = 4;
+  assert_int_equal(gw_engine_push_at(e, &m2, z, 70, NULL, &ev), 0);
+  assert_int_equal(ev.reason, GW_RESTART_INCARNATION);
+  /* stubs count toward the cap and can be retired like any stream */
+  assert_int_equal(gw_engine_stream_count(e), 2);
+  assert_int_equal(gw_engine_reap(e, 1000, NULL, NULL), 2);
+  gw_engine_free(e);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(reference_streams),
@@ -692,6 +906,10 @@ int main(void) {
       cmocka_unit_test(stream_drop),
       cmocka_unit_test(payload_push),
       cmocka_unit_test(stream_bytes_budget),
+      cmocka_unit_test(incarnation_restarts),
+      cmocka_unit_test(reap_idle),
+      cmocka_unit_test(save_load_continues),
+      cmocka_unit_test(stub_semantics),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
