@@ -108,7 +108,7 @@ void gw_buf_printf(gw_buf_t *b, const char *fmt, ...) {
 char *gw_buf_steal(gw_buf_t *b) {
   char *p = NULL;
   if (!b->oom) {
-    if (!b->p) gw_buf_reserve(b, 0);
+    if (!b->p && gw_buf_reserve(b, 0) == 0) b->p[0] = '\0';
     p = b->p;
     if (p) b->p = NULL;
   }
