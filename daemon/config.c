@@ -67,6 +67,8 @@ static const opt_t opts[] = {
     {"window", "window", T_U32, E(window), 0, 2, 4096, "window W (64)"},
     {"rank-every", "window", T_U32, E(rank_every), 0, 1, 1000000, "recompute rank fields every N points (8)"},
     {"ema-beta", "window", T_DOUBLE, E(ema_beta), 0, 0, 0.999999, "EMA predictor beta (0.9)"},
+    {"stream-idle", "window", T_U32, F(stream_idle), 0, 1, 315360000,
+     "retire a stream silent this many seconds (3600)"},
     {"engine-threads", "window", T_U32, F(engine_threads), 0, 1, 64,
      "threads computing windows (number of CPUs, at most 8)"},
     {"log-level", "daemon", T_STR, F(log_level), 0, 0, 0, "error|warn|info|debug (info)"},
@@ -91,6 +93,7 @@ void gw_config_init(gw_config_t *c) {
   c->flush_ms = 200;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   c->engine_threads = cpus < 1 ? 1 : cpus > 8 ? 8 : (uint32_t)cpus;
+  c->stream_idle = 3600;
 }
 
 static void free_list(char **list, size_t *n) {

@@ -49,6 +49,7 @@ typedef struct gw_config_s {
   /* [window] */
   gw_engine_config_t engine;
   uint32_t engine_threads; /* worker threads running engines (default: CPUs, <= 8) */
+  uint32_t stream_idle;    /* seconds of silence before a stream is retired (3600) */
   /* [daemon] */
   char *log_level; /* error|warn|info|debug */
   char *log_file;  /* NULL = stderr */

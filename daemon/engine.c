@@ -699,6 +699,16 @@ int gw_engine_stream_info(const gw_engine_t *e, uint32_t stream_id,
   return 0;
 }
 
+int gw_engine_stream_find(const gw_engine_t *e, const char *run, size_t run_len, const char *tag,
+                          size_t tag_len, uint32_t *id) {
+  if (!e || !run || !tag) return GW_EINVAL;
+  uint32_t hash = key_hash(e->hash_seed, run, run_len, tag, tag_len);
+  size_t pos = table_find(e, hash, run, run_len, tag, tag_len);
+  if (!e->table[pos].id1) return GW_ENOTFOUND;
+  if (id) *id = e->table[pos].id1 - 1;
+  return 0;
+}
+
 int gw_engine_stream_drop(gw_engine_t *e, uint32_t stream_id) {
   stream_t *st = by_id(e, stream_id);
   if (!st) return GW_ENOTFOUND;

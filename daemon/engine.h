@@ -121,6 +121,10 @@ int gw_engine_stream_load(gw_engine_t *e, const void *blob, size_t len, uint32_t
  * kind, s, seed, last_step, incarnation, last_recv_ns. */
 int gw_engine_stream_stub(gw_engine_t *e, const gw_stream_info_t *info, int reason, uint32_t *id);
 
+/* The id of a live stream by name; GW_ENOTFOUND if absent. */
+int gw_engine_stream_find(const gw_engine_t *e, const char *run, size_t run_len, const char *tag,
+                          size_t tag_len, uint32_t *id);
+
 /* Number of live streams, and a lookup by id (GW_ENOTFOUND if absent). */
 size_t gw_engine_stream_count(const gw_engine_t *e);
 int gw_engine_stream_info(const gw_engine_t *e, uint32_t stream_id,

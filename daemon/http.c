@@ -426,6 +426,8 @@ static enum MHD_Result h_stats(gw_http_t *h, struct MHD_Connection *c) {
       !add_u64(drop, "store", gw_stats_get(&st->store_dropped)) ||
       !add_u64(drop, "live", gw_stats_get(&st->live_dropped)) ||
       !add_u64(o, "streams", gw_stats_get(&st->streams)) ||
+      !add_u64(o, "streams_retired", gw_stats_get(&st->streams_retired)) ||
+      !add_u64(o, "stream_restarts", gw_stats_get(&st->stream_restarts)) ||
       !(have_rows ? add_u64(o, "db_rows", rows) : cJSON_AddNullToObject(o, "db_rows")) ||
       !add_u64(o, "queue_depth", gw_stats_get(&st->store_queue_depth)) ||
       !(store = cJSON_AddObjectToObject(o, "store")) ||

@@ -1,6 +1,15 @@
 /* ingest.c — ZeroMQ → proto → engine → sinks, on the libuv loop. See
  * ingest.h for the flow and the edge-triggered ZMQ_FD rule this file obeys.
  *
+ * Threads and ownership: the loop thread owns the sockets, the watchers, the
+ * stash and the producer side of every worker's ring; worker i owns its
+ * engine (and so its streams) and the consumer side of its ring. Sinks are
+ * called by workers under sink_mu, one call at a time. The reaper timer
+ * (loop thread) only posts a cutoff to each worker; the worker retires its
+ * own streams between messages. Start-up restores streams into the engines
+ * before any worker or socket exists; gw_ingest_save reads them after every
+ * worker has been joined.
+ *
  * States of a socket watcher: polling (uv_poll active, waiting for an edge)
  * → draining (read until EAGAIN or the budget) → polling, or → pending (the
  * budget ran out with messages left: the shared uv_idle_t is started and
@@ -10,6 +19,7 @@
  */
 #include "ingest.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
@@ -20,17 +30,14 @@
 #include <time.h>
 #include <zmq.h>
 
-#include "alerts.h"
 #include "gw_proto.h"
-#include "live.h"
-#include "metrics.h"
-#include "store.h"
+#include "ring.h"
+#include "util.h"
 
 #define DRAIN_BUDGET 2048 /* messages per socket per loop turn */
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define CURVE_KEY_LEN 32
 #define RING_BYTES ((size_t)8 << 20) /* per worker: ~7,000 k=256 messages */
-#define RING_SKIP UINT32_MAX         /* record header: rest of the ring unused */
 
 typedef struct watcher_s {
   uv_poll_t poll;
@@ -40,28 +47,21 @@ typedef struct watcher_s {
   int is_zap;
 } watcher_t;
 
-/* Single-producer (loop thread) single-consumer (worker) byte ring of
- * records: u32 length of topic+body, u32 topic length, the bytes, padded to
- * 8. head and tail count bytes ever written/read; position = count % cap. */
-typedef struct ring_s {
-  uint8_t *buf;
-  size_t cap;
-  _Atomic size_t head;
-  _Atomic size_t tail;
-} ring_t;
-
 typedef struct worker_s {
   gw_ingest_t *in;
+  uint32_t index;
   pthread_t thread;
   int started;
-  gw_engine_t *engine; /* owned; only this worker touches it */
-  ring_t ring;
+  gw_engine_t *engine; /* owned; only this worker touches it once started */
+  gw_owner_t owner;    /* the worker thread, once started */
+  gw_ring_t ring;
   pthread_mutex_t mu; /* guards sleeping/stop for the condvar handshake */
   pthread_cond_t cv;
   int sleeping, stop;
-  int dirty;      /* loop thread: pushed since the last wake-up */
-  double *z;      /* scratch: payload as float64 */
-  size_t streams; /* engine's stream count last reported to stats */
+  int dirty;                 /* loop thread: pushed since the last wake-up */
+  _Atomic int64_t reap_before; /* posted by the reaper timer; 0 = nothing to do */
+  double *z;                 /* scratch: payload as float64 */
+  size_t streams;            /* engine's stream count last reported to stats */
 } worker_t;
 
 struct gw_ingest_s {
@@ -69,7 +69,8 @@ struct gw_ingest_s {
   const gw_config_t *cfg;
   gw_stats_t *stats;
   gw_log_t *log;
-  gw_ingest_sinks_t sinks;
+  gw_sink_t sinks[GW_SINKS_MAX];
+  size_t n_sinks;
   pthread_mutex_t sink_mu; /* serialises sinks, the shared rate limiter */
   void *zctx;
   watcher_t *w;
@@ -79,6 +80,7 @@ struct gw_ingest_s {
   uv_idle_t idle;
   int idle_active;
   uv_async_t wake; /* a worker freed ring space while the loop was blocked */
+  uv_timer_t reaper; /* every second: post the idle cutoff to the workers */
   atomic_int blocked;
   uint8_t *stash; /* the message that did not fit its worker's ring */
   size_t stash_len, stash_topic_len, stash_cap;
@@ -90,23 +92,8 @@ struct gw_ingest_s {
   size_t n_keys;
 };
 
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-#define FNV_OFFSET 0xcbf29ce484222325ull
-
-/* FNV-1a 64: fold len bytes into h. */
-static uint64_t fnv1a(uint64_t h, const void *bytes, size_t len) {
-  const uint8_t *b = bytes;
-  for (size_t i = 0; i < len; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-  return h;
-}
-
 uint32_t gw_ingest_shard_of(const char *run, size_t len, uint32_t n) {
-  return n ? (uint32_t)(fnv1a(FNV_OFFSET, run, len) % n) : 0;
+  return n ? (uint32_t)(gw_fnv1a(GW_FNV_OFFSET, run, len) % n) : 0;
 }
 
 /* ---- rejections ---- */
@@ -116,7 +103,7 @@ static void reject(gw_ingest_t *in, int code, const gw_msg_t *m) {
   gw_stats_reject(in->stats, code);
   uint64_t suppressed = 0;
   pthread_mutex_lock(&in->sink_mu);
-  int allow = gw_ratelimit_allow(&in->reject_rl, now_ns(), &suppressed);
+  int allow = gw_ratelimit_allow(&in->reject_rl, gw_now_ns(), &suppressed);
   pthread_mutex_unlock(&in->sink_mu);
   if (!allow) return;
   if (m)
@@ -128,86 +115,100 @@ static void reject(gw_ingest_t *in, int code, const gw_msg_t *m) {
            (unsigned long long)suppressed);
 }
 
-/* ---- the ring between the loop thread and a worker ---- */
+/* ---- sinks ---- */
 
-static size_t pad8(size_t n) { return (n + 7) & ~(size_t)7; }
+/* Engine stream ids are per worker; sinks get daemon-wide ones: local id ×
+ * workers + worker index. */
+static uint32_t global_id(const gw_ingest_t *in, const worker_t *w, uint32_t local) {
+  return local * (uint32_t)in->n_workers + w->index;
+}
 
-/* Loop thread: append one record; 0 if there is no room now. */
-static int ring_push(ring_t *r, const void *topic, size_t tlen, const void *body, size_t blen) {
-  size_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-  size_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-  size_t need = 8 + pad8(tlen + blen), pos = head % r->cap, skip = 0;
-  if (r->cap - pos < need) skip = r->cap - pos; /* wrap: waste the end */
-  if (need + skip > r->cap - (head - tail)) return 0;
-  if (skip) {
-    uint32_t mark[2] = {RING_SKIP, 0};
-    if (skip >= 8) memcpy(r->buf + pos, mark, 8);
-    head += skip;
-    pos = 0;
+static void ref_of(const gw_ingest_t *in, const worker_t *w, const gw_stream_info_t *info,
+                   gw_stream_ref_t *ref) {
+  ref->stream_id = global_id(in, w, info->stream_id);
+  ref->run = info->run;
+  ref->tag = info->tag;
+  ref->k = info->k;
+  ref->kind = info->kind;
+  ref->s = info->s;
+  ref->seed = info->seed;
+  ref->incarnation = info->incarnation;
+}
+
+#define EACH_SINK(in, sk) for (const gw_sink_t *sk = (in)->sinks; sk < (in)->sinks + (in)->n_sinks; sk++)
+
+/* Caller holds sink_mu (or runs before any worker exists). */
+static void sinks_open(gw_ingest_t *in, const gw_stream_ref_t *ref, int how, uint64_t step,
+                       int64_t recv_ns) {
+  gw_open_t o = {.how = how, .step = step, .recv_ns = recv_ns};
+  EACH_SINK(in, sk) if (sk->open) sk->open(sk->arg, ref, &o);
+}
+
+/* Everything one accepted message means downstream, in the order of
+ * sink.h: open, restart, sketch, point. */
+static void deliver(gw_ingest_t *in, worker_t *w, const gw_msg_t *m, const double *z,
+                    const gw_engine_event_t *ev, const gw_point_t *local, int64_t recv_ns) {
+  gw_stream_info_t info;
+  if (gw_engine_stream_info(w->engine, ev->stream_id, &info) != 0) return;
+  gw_stream_ref_t ref;
+  ref_of(in, w, &info, &ref);
+  pthread_mutex_lock(&in->sink_mu);
+  if (ev->flags & GW_ENGINE_OPENED) sinks_open(in, &ref, GW_OPEN_NEW, m->step, recv_ns);
+  if (ev->flags & GW_ENGINE_RESTARTED) {
+    gw_restart_t r = {.reason = ev->reason, .step = m->step,
+                      .prev_incarnation = ev->prev_incarnation,
+                      .prev_last_step = ev->prev_last_step, .recv_ns = recv_ns};
+    EACH_SINK(in, sk) if (sk->restart) sk->restart(sk->arg, &ref, &r);
+    gw_stats_add(&in->stats->stream_restarts, 1);
+    gw_log(in->log, GW_LOG_INFO, "stream_restart",
+           "run=%s tag=%s step=%llu reason=%s incarnation=%llu prev_incarnation=%llu", info.run,
+           info.tag, (unsigned long long)m->step, gw_restart_reason_name(ev->reason),
+           (unsigned long long)info.incarnation, (unsigned long long)ev->prev_incarnation);
   }
-  uint32_t hdr[2] = {(uint32_t)(tlen + blen), (uint32_t)tlen};
-  memcpy(r->buf + pos, hdr, 8);
-  memcpy(r->buf + pos + 8, topic, tlen);
-  memcpy(r->buf + pos + 8 + tlen, body, blen);
-  atomic_store_explicit(&r->head, head + need, memory_order_release);
-  return 1;
-}
-
-/* Worker: the next record, or NULL if empty. Consume with ring_pop. */
-static const uint8_t *ring_peek(ring_t *r, uint32_t *len, uint32_t *tlen) {
-  for (;;) {
-    size_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-    size_t head = atomic_load_explicit(&r->head, memory_order_acquire);
-    if (tail == head) return NULL;
-    size_t pos = tail % r->cap;
-    uint32_t hdr[2] = {RING_SKIP, 0};
-    if (r->cap - pos >= 8) memcpy(hdr, r->buf + pos, 8);
-    if (hdr[0] == RING_SKIP) { /* the producer wrapped here */
-      atomic_store_explicit(&r->tail, tail + (r->cap - pos), memory_order_release);
-      continue;
-    }
-    *len = hdr[0];
-    *tlen = hdr[1];
-    return r->buf + pos + 8;
+  EACH_SINK(in, sk) if (sk->sketch) sk->sketch(sk->arg, &ref, m->step, z);
+  if (local) {
+    gw_point_t p = *local;
+    p.stream_id = ref.stream_id;
+    EACH_SINK(in, sk) if (sk->point) sk->point(sk->arg, &ref, &p);
   }
+  pthread_mutex_unlock(&in->sink_mu);
 }
 
-static void ring_pop(ring_t *r, uint32_t len) {
-  size_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-  atomic_store_explicit(&r->tail, tail + 8 + pad8(len), memory_order_release);
-}
-
-static size_t ring_used(ring_t *r) {
-  return atomic_load_explicit(&r->head, memory_order_acquire) -
-         atomic_load_explicit(&r->tail, memory_order_acquire);
+/* gw_engine_reap callback: the stream is about to be dropped. */
+static void on_retire(void *arg, const gw_stream_info_t *info) {
+  worker_t *w = arg;
+  gw_ingest_t *in = w->in;
+  gw_stream_ref_t ref;
+  ref_of(in, w, info, &ref);
+  pthread_mutex_lock(&in->sink_mu);
+  EACH_SINK(in, sk) if (sk->forget) sk->forget(sk->arg, &ref);
+  pthread_mutex_unlock(&in->sink_mu);
 }
 
 /* ---- worker threads: engine → sinks ---- */
 
-/* Hand p to every sink. Called with sink_mu held, so sinks see one point
- * at a time, in order per stream. Engine stream ids are per worker; sinks
- * get daemon-wide ones: local id × workers + worker index. */
-static void deliver(gw_ingest_t *in, worker_t *w, const gw_point_t *local, const double *z,
-                    uint32_t k) {
-  gw_stream_info_t info;
-  if (gw_engine_stream_info(w->engine, local->stream_id, &info) != 0) return;
-  gw_point_t global = *local;
-  const gw_point_t *p = &global;
-  global.stream_id = local->stream_id * (uint32_t)in->n_workers + (uint32_t)(w - in->workers);
-  const gw_ingest_sinks_t *s = &in->sinks;
-  if (s->store) {
-    if (p->n == 1)
-      gw_store_put_stream(s->store, p->stream_id, info.run, info.tag, info.k, info.kind,
-                          info.s, info.seed);
-    gw_store_put_point(s->store, p); /* GW_EFULL is counted by the store */
-    if (in->cfg->store_sketches) gw_store_put_sketch(s->store, p->stream_id, p->step, z, k);
+static void note_streams(worker_t *w) {
+  size_t streams = gw_engine_stream_count(w->engine);
+  if (streams != w->streams) { /* stats->streams is the sum over workers */
+    atomic_fetch_add_explicit(&w->in->stats->streams, (uint64_t)streams - (uint64_t)w->streams,
+                              memory_order_relaxed);
+    w->streams = streams;
   }
-  if (s->metrics) gw_metrics_observe(s->metrics, info.run, info.tag, p);
-  if (s->live) gw_live_publish_point(s->live, info.run, info.tag, p);
-  if (s->alerts) gw_alerts_observe(s->alerts, info.run, info.tag, p, (int64_t)uv_hrtime());
+}
+
+static void reap(worker_t *w) {
+  GW_ASSERT_OWNER(&w->owner);
+  int64_t cutoff = atomic_exchange_explicit(&w->reap_before, 0, memory_order_acq_rel);
+  if (cutoff == 0) return;
+  size_t n = gw_engine_reap(w->engine, cutoff, on_retire, w);
+  if (n) {
+    gw_stats_add(&w->in->stats->streams_retired, n);
+    note_streams(w);
+  }
 }
 
 static void process(worker_t *w, const uint8_t *rec, uint32_t len, uint32_t tlen) {
+  GW_ASSERT_OWNER(&w->owner);
   gw_ingest_t *in = w->in;
   gw_msg_t m;
   /* Validated by the loop thread already; decoding again only re-derives
@@ -215,47 +216,43 @@ static void process(worker_t *w, const uint8_t *rec, uint32_t len, uint32_t tlen
   int rc = gw_proto_decode(rec, tlen, rec + tlen, len - tlen, in->cfg->engine.max_k, &m);
   if (rc == 0) rc = gw_proto_read_payload(&m, w->z);
   gw_point_t p;
-  if (rc == 0) rc = gw_engine_push_f64(w->engine, &m, w->z, &p);
+  gw_engine_event_t ev;
+  int64_t recv_ns = gw_now_ns();
+  if (rc == 0) rc = gw_engine_push_at(w->engine, &m, w->z, recv_ns, &p, &ev);
   if (rc < 0) {
     reject(in, rc, &m);
     return;
   }
   gw_stats_add(&in->stats->accepted, 1);
-  size_t streams = gw_engine_stream_count(w->engine);
-  if (streams != w->streams) { /* stats->streams is the sum over workers */
-    atomic_fetch_add_explicit(&in->stats->streams, (uint64_t)streams - (uint64_t)w->streams,
-                              memory_order_relaxed);
-    w->streams = streams;
-  }
-  if (rc == 1) {
-    gw_stats_add(&in->stats->points, 1);
-    pthread_mutex_lock(&in->sink_mu);
-    deliver(in, w, &p, w->z, m.k);
-    pthread_mutex_unlock(&in->sink_mu);
-  }
+  note_streams(w);
+  if (rc == 1) gw_stats_add(&in->stats->points, 1);
+  deliver(in, w, &m, w->z, &ev, rc == 1 ? &p : NULL, recv_ns);
 }
 
 static void *worker_main(void *arg) {
   worker_t *w = arg;
   gw_ingest_t *in = w->in;
+  gw_owner_claim(&w->owner);
   for (;;) {
     uint32_t len, tlen;
-    const uint8_t *rec = ring_peek(&w->ring, &len, &tlen);
+    reap(w);
+    const uint8_t *rec = gw_ring_peek(&w->ring, &len, &tlen);
     if (rec) {
       process(w, rec, len, tlen);
-      ring_pop(&w->ring, len);
+      gw_ring_pop(&w->ring, len);
       if (atomic_load_explicit(&in->blocked, memory_order_acquire) &&
-          ring_used(&w->ring) < w->ring.cap / 2)
+          gw_ring_used(&w->ring) < w->ring.cap / 2)
         uv_async_send(&in->wake);
       continue;
     }
     pthread_mutex_lock(&w->mu);
-    while (ring_used(&w->ring) == 0 && !w->stop) {
+    while (gw_ring_used(&w->ring) == 0 && !w->stop &&
+           atomic_load_explicit(&w->reap_before, memory_order_acquire) == 0) {
       w->sleeping = 1;
       pthread_cond_wait(&w->cv, &w->mu);
       w->sleeping = 0;
     }
-    int done = w->stop && ring_used(&w->ring) == 0;
+    int done = w->stop && gw_ring_used(&w->ring) == 0;
     pthread_mutex_unlock(&w->mu);
     if (done) return NULL;
   }
@@ -267,13 +264,26 @@ static void wake_worker(worker_t *w) {
   pthread_mutex_unlock(&w->mu);
 }
 
+/* Loop thread, every second: streams silent for stream_idle seconds are
+ * retired by their worker within about a second of reaching that age. */
+static void on_reaper(uv_timer_t *t) {
+  gw_ingest_t *in = t->data;
+  int64_t cutoff = gw_now_ns() - (int64_t)in->cfg->stream_idle * 1000000000;
+  for (size_t i = 0; i < in->n_workers; i++) {
+    atomic_store_explicit(&in->workers[i].reap_before, cutoff, memory_order_release);
+    wake_worker(&in->workers[i]);
+  }
+}
+
 /* Streams are spread over workers by (run, tag), so a stream's messages stay
  * in order on one worker. */
+static worker_t *route_name(gw_ingest_t *in, const char *run, size_t rl, const char *tag,
+                            size_t tl) {
+  return &in->workers[gw_stream_hash(run, rl, tag, tl) % in->n_workers];
+}
+
 static worker_t *route(gw_ingest_t *in, const gw_msg_t *m) {
-  uint64_t h = fnv1a(FNV_OFFSET, m->run, m->run_len);
-  h = fnv1a(h, "/", 1);
-  h = fnv1a(h, m->tag, m->tag_len);
-  return &in->workers[h % in->n_workers];
+  return route_name(in, m->run, m->run_len, m->tag, m->tag_len);
 }
 
 /* Loop thread: validate, then queue for the stream's worker. Returns 0 if
@@ -298,7 +308,7 @@ static int handle(gw_ingest_t *in, const zmq_msg_t *parts, int n_parts) {
     return 1; /* another daemon's run: not ours, not an error */
   worker_t *w = route(in, &m);
   w->dirty = 1;
-  if (ring_push(&w->ring, topic, tlen, body, blen)) return 1;
+  if (gw_ring_push(&w->ring, topic, tlen, body, blen)) return 1;
   /* Full: keep it, stop draining until the worker catches up. */
   memcpy(in->stash, topic, tlen);
   memcpy(in->stash + tlen, body, blen);
@@ -322,7 +332,7 @@ static int unstash(gw_ingest_t *in) {
   if (!in->stash_worker) return 1;
   worker_t *w = in->stash_worker;
   const uint8_t *t = in->stash;
-  if (!ring_push(&w->ring, t, in->stash_topic_len, t + in->stash_topic_len,
+  if (!gw_ring_push(&w->ring, t, in->stash_topic_len, t + in->stash_topic_len,
                  in->stash_len - in->stash_topic_len)) {
     wake_worker(w);
     return 0;
@@ -401,7 +411,7 @@ static void zap_handle(gw_ingest_t *in, void *sock) {
       uint64_t sup = 0;
       /* the limiter is shared with the workers' reject(): same lock */
       pthread_mutex_lock(&in->sink_mu);
-      int allow = gw_ratelimit_allow(&in->reject_rl, now_ns(), &sup);
+      int allow = gw_ratelimit_allow(&in->reject_rl, gw_now_ns(), &sup);
       pthread_mutex_unlock(&in->sink_mu);
       if (allow) {
         /* the peer's IP address, as libzmq puts it in the request */
@@ -575,7 +585,7 @@ static void free_ingest(gw_ingest_t *in) {
   for (size_t i = 0; in->workers && i < in->n_workers; i++) {
     worker_t *w = &in->workers[i];
     gw_engine_free(w->engine);
-    free(w->ring.buf);
+    gw_ring_free(&w->ring);
     free(w->z);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
@@ -596,7 +606,7 @@ static void on_closed(uv_handle_t *h) {
 
 void gw_ingest_stop(gw_ingest_t *in) {
   if (!in) return;
-  in->open_handles = 2; /* the idle and async handles */
+  in->open_handles = 3; /* the idle, async and reaper handles */
   for (size_t i = 0; i < in->n_w; i++)
     if (in->w[i].poll.data) in->open_handles++;
   for (size_t i = 0; i < in->n_w; i++)
@@ -605,6 +615,7 @@ void gw_ingest_stop(gw_ingest_t *in) {
   stop_workers(in);
   uv_close((uv_handle_t *)&in->idle, on_closed);
   uv_close((uv_handle_t *)&in->wake, on_closed);
+  uv_close((uv_handle_t *)&in->reaper, on_closed);
 }
 
 static int add_socket(gw_ingest_t *in, int type, const char *endpoint, const char *secret,
@@ -663,14 +674,19 @@ static int start_workers(gw_ingest_t *in, char *err, size_t errlen) {
     w->in = in;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
-    w->ring.cap = RING_BYTES;
+    w->index = (uint32_t)i;
+    atomic_init(&w->reap_before, 0);
     if (!(w->engine = gw_engine_new(&ec))) {
       snprintf(err, errlen, "engine: invalid window settings or out of memory");
       return GW_ECONFIG;
     }
-    if (!(w->ring.buf = malloc(w->ring.cap)) || !(w->z = malloc(sizeof(double) * cfg->engine.max_k)))
+    if (gw_ring_init(&w->ring, RING_BYTES) || !(w->z = malloc(sizeof(double) * cfg->engine.max_k)))
       return GW_ENOMEM;
   }
+  return 0;
+}
+
+static int start_threads(gw_ingest_t *in) {
   for (size_t i = 0; i < in->n_workers; i++) {
     worker_t *w = &in->workers[i];
     int rc = pthread_create(&w->thread, NULL, worker_main, w);
@@ -680,9 +696,124 @@ static int start_workers(gw_ingest_t *in, char *err, size_t errlen) {
   return 0;
 }
 
+/* ---- start-up: streams carried over a daemon restart ---- */
+
+typedef struct {
+  worker_t *w;
+  const gw_ingest_resume_t *r;
+  int64_t recv_ns;
+  size_t n;
+} replay_t;
+
+/* gw_ingest_replay_fn callback: one stored sketch back through the engine. */
+static int replay_one(void *arg, uint64_t step, const double *z, uint32_t k) {
+  replay_t *rp = arg;
+  const gw_ingest_resume_t *r = rp->r;
+  gw_msg_t m;
+  memset(&m, 0, sizeof m);
+  m.run = r->run;
+  m.run_len = strlen(r->run);
+  m.tag = r->tag;
+  m.tag_len = strlen(r->tag);
+  m.k = k;
+  m.kind = r->kind;
+  m.s = r->s;
+  m.seed = r->seed;
+  m.step = step;
+  m.incarnation = r->incarnation;
+  int rc = gw_engine_push_at(rp->w->engine, &m, z, rp->recv_ns, NULL, NULL);
+  if (rc < 0) return rc;
+  rp->n++;
+  return 0;
+}
+
+/* Bring one stream back into its worker's engine: its saved state, else a
+ * replay of its stored sketches, else a stub that knows only its last step
+ * (its next message starts a fresh window with a restart event). Returns
+ * the restart reason a stub was made with, or 0 if the state came back. */
+static int restore_one(gw_ingest_t *in, const gw_ingest_resume_t *r, gw_ingest_replay_fn replay,
+                       void *replay_arg) {
+  worker_t *w = route_name(in, r->run, strlen(r->run), r->tag, strlen(r->tag));
+  int reason = GW_RESTART_NO_STATE;
+  uint32_t id;
+  int rc = GW_ENOTFOUND;
+  if (r->state) {
+    rc = gw_engine_stream_load(w->engine, r->state, r->state_len, &id);
+    if (rc == GW_ECONFIG) reason = GW_RESTART_CONFIG;
+  } else if (r->has_sketches && replay) {
+    replay_t rp = {.w = w, .r = r, .recv_ns = r->last_seen_ns};
+    rc = replay(replay_arg, r->run, r->tag, replay_one, &rp);
+    if (rc == 0)
+      rc = gw_engine_stream_find(w->engine, r->run, strlen(r->run), r->tag, strlen(r->tag), &id);
+    if (rc == 0 && rp.n == 0) rc = GW_ENOTFOUND;
+  }
+  if (rc != 0 && rc != GW_ESTREAMS) {
+    gw_stream_info_t info = {.run = r->run, .tag = r->tag, .k = r->k, .kind = r->kind,
+                             .s = r->s, .seed = r->seed, .last_step = r->last_step,
+                             .incarnation = r->incarnation, .last_recv_ns = r->last_seen_ns};
+    int src = rc;
+    rc = gw_engine_stream_stub(w->engine, &info, reason, &id);
+    if (rc == 0)
+      gw_log(in->log, GW_LOG_INFO, "stream_stub", "run=%s tag=%s reason=%s state_error=\"%s\"",
+             r->run, r->tag, gw_restart_reason_name(reason), gw_strerror(src));
+  }
+  if (rc != 0) {
+    gw_log(in->log, GW_LOG_WARN, "stream_not_restored", "run=%s tag=%s error=\"%s\"", r->run,
+           r->tag, gw_strerror(rc));
+    return rc;
+  }
+  gw_stream_info_t info;
+  gw_engine_stream_info(w->engine, id, &info);
+  gw_stream_ref_t ref;
+  ref_of(in, w, &info, &ref);
+  sinks_open(in, &ref, GW_OPEN_RESTORED, info.last_step, info.last_recv_ns);
+  return info.n_messages > 0 ? 0 : reason;
+}
+
+static void restore_all(gw_ingest_t *in, const gw_ingest_restore_t *rs) {
+  size_t exact = 0, stubs = 0, failed = 0;
+  for (size_t i = 0; i < rs->n; i++) {
+    int rc = restore_one(in, &rs->items[i], rs->replay, rs->replay_arg);
+    if (rc < 0)
+      failed++;
+    else if (rc > 0)
+      stubs++;
+    else
+      exact++;
+  }
+  for (size_t i = 0; i < in->n_workers; i++) note_streams(&in->workers[i]);
+  if (rs->n)
+    gw_log(in->log, GW_LOG_INFO, "streams_restored", "restored=%zu fresh=%zu failed=%zu", exact,
+           stubs, failed);
+}
+
+int gw_ingest_save(gw_ingest_t *in, gw_ingest_save_fn put, void *arg, size_t *saved) {
+  size_t n = 0;
+  int rc = 0;
+  for (size_t i = 0; i < in->n_workers && rc == 0; i++) {
+    worker_t *w = &in->workers[i];
+    assert(!w->started); /* joined: the engine is ours again */
+    size_t count = gw_engine_stream_count(w->engine);
+    for (uint32_t id = 0, seen = 0; seen < count && rc == 0; id++) {
+      gw_stream_info_t info;
+      if (gw_engine_stream_info(w->engine, id, &info) != 0) continue;
+      seen++;
+      if (info.n_messages == 0) continue; /* a stub: nothing to save, it stays live */
+      void *blob;
+      size_t len;
+      if ((rc = gw_engine_stream_save(w->engine, id, &blob, &len))) break;
+      rc = put(arg, info.run, info.tag, blob, len);
+      free(blob);
+      if (rc == 0) n++;
+    }
+  }
+  if (saved) *saved = n;
+  return rc;
+}
+
 int gw_ingest_start(gw_ingest_t **out, uv_loop_t *loop, const gw_config_t *cfg,
-                    gw_stats_t *stats, gw_log_t *log, const gw_ingest_sinks_t *sinks, char *err,
-                    size_t errlen) {
+                    gw_stats_t *stats, gw_log_t *log, const gw_sink_t *sinks, size_t n_sinks,
+                    const gw_ingest_restore_t *restore, char *err, size_t errlen) {
   *out = NULL;
   gw_ingest_t *in = calloc(1, sizeof(*in));
   if (!in) return GW_ENOMEM;
@@ -692,7 +823,13 @@ int gw_ingest_start(gw_ingest_t **out, uv_loop_t *loop, const gw_config_t *cfg,
   in->cfg = cfg;
   in->stats = stats;
   in->log = log;
-  if (sinks) in->sinks = *sinks;
+  if (n_sinks > GW_SINKS_MAX) {
+    free(in);
+    snprintf(err, errlen, "ingest: at most %d sinks", GW_SINKS_MAX);
+    return GW_EINVAL;
+  }
+  for (size_t i = 0; i < n_sinks; i++) in->sinks[i] = sinks[i];
+  in->n_sinks = n_sinks;
   in->reject_rl.per_sec = 10;
   in->n_workers = cfg->engine_threads ? cfg->engine_threads : 1;
   pthread_mutex_init(&in->sink_mu, NULL);
@@ -708,7 +845,13 @@ int gw_ingest_start(gw_ingest_t **out, uv_loop_t *loop, const gw_config_t *cfg,
     goto fail_early;
   }
   in->wake.data = in;
+  uv_timer_init(loop, &in->reaper);
+  in->reaper.data = in;
   if ((rc = start_workers(in, err, errlen))) goto fail;
+  /* No worker thread and no socket yet: the engines are the loop thread's. */
+  if (restore) restore_all(in, restore);
+  if ((rc = start_threads(in))) goto fail;
+  uv_timer_start(&in->reaper, on_reaper, 1000, 1000);
 
   if (cfg->curve_secret_key) {
     if (!zmq_has("curve")) {

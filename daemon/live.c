@@ -53,6 +53,7 @@
 #include "gw_error.h"
 #include "numfmt.h"
 #include "point.h"
+#include "util.h"
 
 #define BLOCK_SIZE 16384 /* most bytes handed to libmicrohttpd per call */
 #define SHRINK_ABOVE 65536 /* free an idle client's buffer above this */
@@ -276,7 +277,9 @@ static int matches(const client_t *c, const char *run, const char *tag) {
 /* Queue `event: alert` with obj's JSON to every client whose run filter
  * accepts run (NULL: the alert has no run, every client takes it). obj is
  * printed once, and only if someone listens. */
-static int publish_alert(gw_live_t *live, const cJSON *obj, const char *run) {
+/* Queue `event: <name>` with obj as its data to every client whose run
+ * filter admits run (NULL: every client). */
+static int publish_json(gw_live_t *live, const char *name, const cJSON *obj, const char *run) {
   int rc = 0;
   char *json = NULL, *ev = NULL;
   size_t n = 0;
@@ -284,16 +287,12 @@ static int publish_alert(gw_live_t *live, const cJSON *obj, const char *run) {
   for (client_t *c = live->head; c; c = c->next) {
     if (c->run && run && strcmp(c->run, run) != 0) continue;
     if (!ev) {
-      static const char head[] = "event: alert\ndata: ";
-      const size_t hl = sizeof head - 1;
-      size_t jl;
       if (!(json = cJSON_PrintUnformatted(obj))) goto nomem;
-      jl = strlen(json);
-      n = hl + jl + 2;
-      if (!(ev = malloc(n + 1))) goto nomem;
-      memcpy(ev, head, hl);
-      memcpy(ev + hl, json, jl);
-      memcpy(ev + hl + jl, "\n\n", 2);
+      gw_buf_t b;
+      gw_buf_init(&b);
+      gw_buf_printf(&b, "event: %s\ndata: %s\n\n", name, json);
+      n = b.len;
+      if (!(ev = gw_buf_steal(&b))) goto nomem;
     }
     enqueue(c, ev, n, 1);
   }
@@ -308,30 +307,16 @@ out:
   return rc;
 }
 
-/* Append s to the growing text t (len *n, capacity *cap). */
-static int put(char **t, size_t *n, size_t *cap, const char *s, size_t len) {
-  if (*n + len + 1 > *cap) {
-    size_t c = *cap ? *cap : 2048;
-    while (c < *n + len + 1) c *= 2;
-    char *b = realloc(*t, c);
-    if (!b) return GW_ENOMEM;
-    *t = b;
-    *cap = c;
-  }
-  memcpy(*t + *n, s, len);
-  *n += len;
-  (*t)[*n] = '\0';
-  return 0;
-}
-
 /* cJSON's quoting of a string (run and tag are user data). */
-static int put_string(char **t, size_t *n, size_t *cap, const char *s) {
+static void put_string(gw_buf_t *b, const char *s) {
   cJSON *item = cJSON_CreateStringReference(s);
   char *q = item ? cJSON_PrintUnformatted(item) : NULL;
-  int rc = q ? put(t, n, cap, q, strlen(q)) : GW_ENOMEM;
+  if (q)
+    gw_buf_puts(b, q);
+  else
+    b->oom = 1;
   cJSON_Delete(item);
   free(q);
-  return rc;
 }
 
 /* The whole event text for a point, written directly (not as a cJSON tree:
@@ -339,15 +324,15 @@ static int put_string(char **t, size_t *n, size_t *cap, const char *s) {
  * point.h; numbers come from gw_fmt_double; run and tag are quoted by cJSON. */
 static char *point_event(const char *run, const char *tag, const gw_point_t *p,
                          size_t *len) {
-  static const char head[] = "event: point\ndata: {\"run\":";
-  char *t = NULL, num[GW_NUMFMT_MAX + 40];
-  size_t n = 0, cap = 0;
-  int rc = put(&t, &n, &cap, head, sizeof head - 1);
-  if (!rc) rc = put_string(&t, &n, &cap, run);
-  if (!rc) rc = put(&t, &n, &cap, ",\"tag\":", 7);
-  if (!rc) rc = put_string(&t, &n, &cap, tag);
-  if (!rc) rc = put(&t, &n, &cap, num, (size_t)snprintf(num, sizeof num, ",\"step\":%" PRIu64, p->step));
-  for (int i = 0; !rc && i < GW_METRIC_COUNT; i++) {
+  char num[GW_NUMFMT_MAX + 40];
+  gw_buf_t b;
+  gw_buf_init(&b);
+  gw_buf_puts(&b, "event: point\ndata: {\"run\":");
+  put_string(&b, run);
+  gw_buf_puts(&b, ",\"tag\":");
+  put_string(&b, tag);
+  gw_buf_printf(&b, ",\"step\":%" PRIu64, p->step);
+  for (int i = 0; i < GW_METRIC_COUNT; i++) {
     double v = gw_point_get(p, i);
     const char *name = gw_metric_name(i);
     size_t k = strlen(name);
@@ -364,15 +349,11 @@ static char *point_event(const char *run, const char *tag, const gw_point_t *p,
       memcpy(num + k, "null", 4);
       k += 4;
     }
-    rc = put(&t, &n, &cap, num, k);
+    gw_buf_append(&b, num, k);
   }
-  if (!rc) rc = put(&t, &n, &cap, "}\n\n", 3);
-  if (rc) {
-    free(t);
-    return NULL;
-  }
-  *len = n;
-  return t;
+  gw_buf_puts(&b, "}\n\n");
+  *len = b.len;
+  return gw_buf_steal(&b);
 }
 
 int gw_live_publish_point(gw_live_t *live, const char *run, const char *tag,
@@ -404,9 +385,43 @@ int gw_live_publish_alert(gw_live_t *live, const char *json_object) {
     return GW_EINVAL;
   }
   const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "run");
-  rc = publish_alert(live, o, cJSON_IsString(r) ? r->valuestring : NULL);
+  rc = publish_json(live, "alert", o, cJSON_IsString(r) ? r->valuestring : NULL);
   cJSON_Delete(o);
   return rc;
+}
+
+int gw_live_publish_restart(gw_live_t *live, const gw_stream_ref_t *s, const gw_restart_t *r) {
+  char inc[24], prev[24];
+  snprintf(inc, sizeof inc, "%" PRIu64, s->incarnation);
+  snprintf(prev, sizeof prev, "%" PRIu64, r->prev_incarnation);
+  cJSON *o = cJSON_CreateObject();
+  int ok = o && cJSON_AddStringToObject(o, "run", s->run) && cJSON_AddStringToObject(o, "tag", s->tag) &&
+           cJSON_AddNumberToObject(o, "step", (double)r->step) &&
+           cJSON_AddStringToObject(o, "incarnation", inc) &&
+           cJSON_AddStringToObject(o, "prev_incarnation", prev) &&
+           cJSON_AddStringToObject(o, "reason", gw_restart_reason_name(r->reason)) &&
+           cJSON_AddNumberToObject(o, "time", (double)r->recv_ns * 1e-9);
+  int rc = ok ? publish_json(live, "restart", o, s->run) : GW_ENOMEM;
+  cJSON_Delete(o);
+  return rc;
+}
+
+/* ---- as a sink (sink.h) ---- */
+
+static void sink_point(void *arg, const gw_stream_ref_t *s, const gw_point_t *p) {
+  gw_live_publish_point(arg, s->run, s->tag, p);
+}
+
+static void sink_restart(void *arg, const gw_stream_ref_t *s, const gw_restart_t *r) {
+  gw_live_publish_restart(arg, s, r);
+}
+
+void gw_live_sink(gw_live_t *live, gw_sink_t *out) {
+  memset(out, 0, sizeof *out);
+  out->name = "live";
+  out->arg = live;
+  out->point = sink_point;
+  out->restart = sink_restart;
 }
 
 /* ---- heartbeat ---- */

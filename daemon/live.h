@@ -17,6 +17,8 @@
  * Events on the wire:
  *   event: point\ndata: {"run","tag","step",<every metric of point.h>}\n\n
  *   event: alert\ndata: <the alert object>\n\n
+ *   event: restart\ndata: {"run","tag","step","incarnation","prev_incarnation","reason","time"}\n\n
+ *                                  (incarnations as decimal strings: 64-bit ids)
  *   event: resync\ndata: {}\n\n
  *   : hb\n\n                       (heartbeat comment)
  * JSON numbers that are NaN/Inf are null.
@@ -28,6 +30,7 @@
 #include <stdint.h>
 
 #include "point.h"
+#include "sink.h"
 #include "stats.h"
 
 struct MHD_Connection;
@@ -59,6 +62,12 @@ int gw_live_publish_point(gw_live_t *live, const char *run, const char *tag,
 /* json_object: a JSON object (borrowed); its "run" string, if any, is matched
  * against run filters. GW_EINVAL if it is not a JSON object. */
 int gw_live_publish_alert(gw_live_t *live, const char *json_object);
+/* A stream's window restarted (sink.h): `event: restart` to the clients of
+ * its run. 0 or GW_ENOMEM. */
+int gw_live_publish_restart(gw_live_t *live, const gw_stream_ref_t *s, const gw_restart_t *r);
+/* The hub as a sink: point → gw_live_publish_point, restart →
+ * gw_live_publish_restart. */
+void gw_live_sink(gw_live_t *live, gw_sink_t *out);
 
 /* ---- HTTP side ---- */
 

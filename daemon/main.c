@@ -1,11 +1,15 @@
 /* main.c — gradwatchd: wires the modules together and owns their lifetimes.
  *
  * Start-up order follows the data flow backwards, so every sink exists
- * before anything can reach it: log → store → live/metrics → http → ingest
- * (which owns the engines, one per worker thread); then READY=1. Shutdown (SIGTERM/SIGINT) runs it forwards: stop
- * ingest (no new points), flush and close the store, stop http, free.
- * SIGHUP reopens the log file and reloads the CURVE allow list.
- * One daemon context struct, passed explicitly; no globals.
+ * before anything can reach it: log → store → live/metrics/alerts → http →
+ * the streams to resume (from the store) → ingest (which owns the engines,
+ * one per worker thread, and is handed the sinks store, live, metrics,
+ * alerts in that order); then READY=1. Shutdown (SIGTERM/SIGINT) runs it
+ * forwards: stop ingest (no new points; workers joined), save every live
+ * stream's engine state into the store, flush and close the store, stop
+ * http, free. SIGHUP reopens the log file and reloads the CURVE allow list
+ * and the alert rules. One daemon context struct, passed explicitly; no
+ * globals.
  */
 #include <cblas.h>
 #include <errno.h>
@@ -27,6 +31,7 @@
 #include "metrics.h"
 #include "stats.h"
 #include "store.h"
+#include "util.h"
 
 typedef struct daemon_s {
   gw_config_t cfg;
@@ -39,6 +44,7 @@ typedef struct daemon_s {
   gw_alerts_t *alerts;
   gw_http_t *http;
   gw_ingest_t *ingest;
+  gw_sink_t sinks[4];
   atomic_int ready;
   char *token;
   uv_signal_t sig_term, sig_int, sig_hup;
@@ -47,12 +53,6 @@ typedef struct daemon_s {
   int watchdog_on;
   int exit_code;
 } daemon_t;
-
-static int64_t wall_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static void on_closed_noop(uv_handle_t *h) { (void)h; }
 
@@ -76,6 +76,26 @@ static void on_alerts_tick(uv_timer_t *t) {
   gw_alerts_tick(d->alerts, (int64_t)uv_hrtime());
 }
 
+static int save_one(void *arg, const char *run, const char *tag, const void *blob, size_t len) {
+  return gw_store_state_put(arg, run, tag, blob, len);
+}
+
+/* After the workers are joined: every live stream's engine state into the
+ * store, in one transaction, so a restart continues every window. */
+static void save_state(daemon_t *d) {
+  int64_t t0 = gw_mono_ns();
+  size_t n = 0;
+  int rc = gw_store_flush(d->store);
+  if (rc == 0) rc = gw_store_state_begin(d->store);
+  if (rc == 0) {
+    rc = gw_ingest_save(d->ingest, save_one, d->store, &n);
+    int rc2 = gw_store_state_commit(d->store); /* what was saved is kept */
+    if (rc == 0) rc = rc2;
+  }
+  gw_log(&d->log, rc ? GW_LOG_ERROR : GW_LOG_INFO, "state_saved", "streams=%zu ms=%.1f error=\"%s\"",
+         n, (double)(gw_mono_ns() - t0) * 1e-6, rc ? gw_strerror(rc) : "");
+}
+
 static void shutdown_daemon(daemon_t *d) {
   if (!d->ingest) return;
   sd_notify(0, "STOPPING=1");
@@ -83,7 +103,8 @@ static void shutdown_daemon(daemon_t *d) {
          (unsigned long long)gw_stats_get(&d->stats.received),
          (unsigned long long)gw_stats_get(&d->stats.points));
   atomic_store(&d->ready, 0);
-  gw_ingest_stop(d->ingest);
+  gw_ingest_stop(d->ingest); /* joins the workers; frees once the loop closes its handles */
+  save_state(d);
   d->ingest = NULL;
   uv_close((uv_handle_t *)&d->sig_term, on_closed_noop);
   uv_close((uv_handle_t *)&d->sig_int, on_closed_noop);
@@ -117,10 +138,54 @@ static void on_watchdog(uv_timer_t *t) {
   sd_notify(0, "WATCHDOG=1");
 }
 
+static int replay(void *arg, const char *run, const char *tag,
+                  int (*cb)(void *cb_arg, uint64_t step, const double *z, uint32_t k),
+                  void *cb_arg) {
+  return gw_store_replay(arg, run, tag, cb, cb_arg);
+}
+
+/* Ingest, with the streams the store says were live within stream_idle:
+ * their saved state, or a replay of their sketches, or a fresh start. */
+static int start_ingest(daemon_t *d, char *err, size_t errlen) {
+  gw_config_t *c = &d->cfg;
+  gw_store_resume_t *rs = NULL;
+  size_t n = 0;
+  int64_t since = gw_now_ns() - (int64_t)c->stream_idle * 1000000000;
+  int rc = gw_store_resume_list(d->store, since, &rs, &n);
+  if (rc) {
+    snprintf(err, errlen, "store: cannot read the streams to resume: %s", gw_strerror(rc));
+    return rc;
+  }
+  gw_ingest_resume_t *items = n ? calloc(n, sizeof(*items)) : NULL;
+  if (n && !items) {
+    gw_store_resume_free(rs, n);
+    return GW_ENOMEM;
+  }
+  for (size_t i = 0; i < n; i++)
+    items[i] = (gw_ingest_resume_t){.run = rs[i].run, .tag = rs[i].tag, .k = rs[i].k,
+                                    .kind = rs[i].kind, .s = rs[i].s, .seed = rs[i].seed,
+                                    .incarnation = rs[i].incarnation,
+                                    .last_step = rs[i].last_step,
+                                    .last_seen_ns = rs[i].last_seen_ns, .state = rs[i].state,
+                                    .state_len = rs[i].state_len,
+                                    .has_sketches = rs[i].has_sketches};
+  gw_ingest_restore_t restore = {.items = items, .n = n,
+                                 .replay = c->store_sketches ? replay : NULL,
+                                 .replay_arg = d->store};
+  rc = gw_ingest_start(&d->ingest, &d->loop, c, &d->stats, &d->log, d->sinks, 4, &restore, err,
+                       errlen);
+  free(items);
+  gw_store_resume_free(rs, n);
+  /* Restored state is used once: a later kill -9 must not bring it back. */
+  if (rc == 0 && (rc = gw_store_state_clear(d->store)))
+    snprintf(err, errlen, "store: cannot clear the saved state: %s", gw_strerror(rc));
+  return rc;
+}
+
 static int start(daemon_t *d, char *err, size_t errlen) {
   int rc;
   gw_config_t *c = &d->cfg;
-  atomic_store(&d->stats.started_ns, wall_ns());
+  atomic_store(&d->stats.started_ns, gw_now_ns());
   /* At least 16 characters: a short token is guessable. */
   if (c->http_token_file && (rc = gw_config_read_secret("http-token-file", c->http_token_file, 16,
                                                         1024, &d->token, err, errlen)))
@@ -166,10 +231,11 @@ static int start(daemon_t *d, char *err, size_t errlen) {
     snprintf(err, errlen, "http: cannot listen on %s: %s", c->http, gw_strerror(rc));
     return rc;
   }
-  gw_ingest_sinks_t sinks = {
-      .store = d->store, .live = d->live, .metrics = d->metrics, .alerts = d->alerts};
-  if ((rc = gw_ingest_start(&d->ingest, &d->loop, c, &d->stats, &d->log, &sinks, err, errlen)))
-    return rc;
+  gw_store_sink(d->store, &d->sinks[0]);
+  gw_live_sink(d->live, &d->sinks[1]);
+  gw_metrics_sink(d->metrics, &d->sinks[2]);
+  gw_alerts_sink(d->alerts, &d->sinks[3]);
+  if ((rc = start_ingest(d, err, errlen))) return rc;
   uv_signal_init(&d->loop, &d->sig_term);
   uv_signal_init(&d->loop, &d->sig_int);
   uv_signal_init(&d->loop, &d->sig_hup);
@@ -189,9 +255,9 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   atomic_store(&d->ready, 1);
   sd_notify(0, "READY=1");
   gw_log(&d->log, GW_LOG_INFO, "ready",
-         "http=%s port=%d db=%s zmq=%s window=%u rank_every=%u engine_threads=%u",
+         "http=%s port=%d db=%s zmq=%s window=%u rank_every=%u engine_threads=%u stream_idle=%u",
          c->http, gw_http_port(d->http), c->db, c->n_zmq ? c->zmq[0] : c->zmq_pull[0],
-         c->engine.window, c->engine.rank_every, c->engine_threads);
+         c->engine.window, c->engine.rank_every, c->engine_threads, c->stream_idle);
   return 0;
 }
 

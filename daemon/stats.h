@@ -22,6 +22,8 @@ typedef struct gw_stats_s {
   atomic_uint_fast64_t store_errors;         /* failed flushes (I/O, full) */
   atomic_uint_fast64_t live_dropped;         /* SSE events dropped (slow client) */
   atomic_uint_fast64_t streams;              /* live streams in the engine */
+  atomic_uint_fast64_t streams_retired;      /* streams retired for idleness */
+  atomic_uint_fast64_t stream_restarts;      /* windows restarted (incarnation, …) */
   atomic_uint_fast64_t store_queue_depth;    /* points waiting for the writer */
   atomic_int store_last_error;               /* GW_E* / -errno of the last failed flush, 0 if healthy */
   atomic_int_fast64_t started_ns;            /* daemon start, wall clock */
