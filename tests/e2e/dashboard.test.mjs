@@ -249,6 +249,35 @@ test("a page opened before its run starts picks the run up from the feed", async
   }
 });
 
+test("a resumed run: a restart marker on the charts, superseded points left out", async () => {
+  const p = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+  p.on("pageerror", (e) => pageErrors.push("pageerror (resumed run): " + e.message));
+  try {
+    // steps 0..99, then a second process (a new incarnation) resumes from step 60
+    await publish(daemon, ["--run", "resumed-run", "--tags", "all", "--steps", "100", "--rate", "0", "--noise", "0.003"]);
+    await until("the first incarnation stored", async () => (await getJSON(daemon, "/api/v1/runs/resumed-run/streams")).streams[0]?.last_step === 99);
+    await p.goto(daemon.base + "/#/run/resumed-run");
+    await p.locator("#run-view[data-ready='1']").waitFor({ timeout: 10000 });
+    assert.equal(await p.locator("#charts").getAttribute("data-restart-markers"), "0");
+    await publish(daemon, ["--run", "resumed-run", "--tags", "all", "--start", "60", "--steps", "40", "--rate", "0", "--noise", "0.003"]);
+    // the live feed's restart event draws the marker without a reload
+    await until("a restart marker", async () => (await p.locator("#charts").getAttribute("data-restart-markers")) === "1");
+    const { restarts } = await getJSON(daemon, "/api/v1/restarts?run=resumed-run");
+    assert.deepEqual(restarts.map((r) => [r.step, r.reason]), [[60, "incarnation"]]);
+    // default series: steps 1..59 of the first incarnation, 61..99 of the second
+    const s = await getJSON(daemon, "/api/v1/series?run=resumed-run&tag=all&metrics=kappa_ema");
+    const want = [...Array(59).keys()].map((i) => i + 1).concat([...Array(39).keys()].map((i) => i + 61));
+    await until("the superseded points gone", async () => {
+      const got = (await getJSON(daemon, "/api/v1/series?run=resumed-run&tag=all&metrics=kappa_ema")).step;
+      return JSON.stringify(got) === JSON.stringify(want);
+    });
+    assert.ok(s.step.length >= 59);
+    await p.screenshot({ path: path.join(OUT, "restart.png") });
+  } finally {
+    await p.close();
+  }
+});
+
 test("the tag filter hides and shows series", async () => {
   const series = async () => (await page.locator("#run-view").getAttribute("data-series")).split(",").filter(Boolean);
   const legend = () => page.locator('#charts .chart[data-metric="kappa_ema"] .u-legend').textContent();

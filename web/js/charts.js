@@ -83,6 +83,7 @@ export class ChartGroup {
     this.cells = [];
     this.tags = [];
     this.alerts = [];
+    this.restarts = [];
     this.inSelect = false;
     this.lastCursor = undefined;
     this.ro = new ResizeObserver(() => this.resize());
@@ -192,7 +193,44 @@ export class ChartGroup {
     for (const u of this.plots) u.redraw(false, false);
   }
 
+  /** Restart markers: [{step, reason, tag}] — a stream's window started afresh there. */
+  setRestarts(restarts) {
+    this.restarts = restarts;
+    this.root.dataset.restartMarkers = String(restarts.length);
+    for (const u of this.plots) u.redraw(false, false);
+  }
+
+  drawRestarts(u) {
+    if (!this.restarts.length) return;
+    const ctx = u.ctx;
+    const { left, top, width, height } = u.bbox;
+    const min = u.scales.x.min;
+    const max = u.scales.x.max;
+    const dpr = window.devicePixelRatio || 1;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(left, top, width, height);
+    ctx.clip();
+    ctx.lineWidth = 1 * dpr;
+    ctx.strokeStyle = cssVar("--accent") || "#2563eb";
+    ctx.fillStyle = ctx.strokeStyle;
+    ctx.setLineDash([2 * dpr, 3 * dpr]);
+    for (const r of this.restarts) {
+      if (r.step < min || r.step > max) continue;
+      const x = Math.round(u.valToPos(r.step, "x", true)) + 0.5;
+      ctx.beginPath();
+      ctx.moveTo(x, top);
+      ctx.lineTo(x, top + height);
+      ctx.stroke();
+      ctx.beginPath(); // a small square at the bottom: "the window restarted here"
+      ctx.rect(x - 3 * dpr, top + height - 6 * dpr, 6 * dpr, 6 * dpr);
+      ctx.fill();
+    }
+    ctx.restore();
+  }
+
   drawMarkers(u) {
+    this.drawRestarts(u);
     if (!this.alerts.length) return;
     const ctx = u.ctx;
     const { left, top, width, height } = u.bbox;

@@ -61,6 +61,7 @@ export class RunView {
     this.ring = new Map();
     this.latest = new Map();
     this.alerts = new Map();
+    this.restarts = []; // {step, tag, reason, incarnation}: windows that started afresh
     this.queue = [];
     this.raf = 0;
     this.gen = { series: 0, heat: 0, spectrum: 0 };
@@ -176,7 +177,7 @@ export class RunView {
     this.spectrumTag = this.selected[0];
     this.tagList.setTags(this.tags, this.selected, this.colors);
     this.buildCharts();
-    await Promise.all([this.loadSeries(), this.loadHeat(), this.loadAlerts(), this.loadSpectrum(null)]);
+    await Promise.all([this.loadSeries(), this.loadHeat(), this.loadAlerts(), this.loadRestarts(), this.loadSpectrum(null)]);
     if (this.alive) this.rootEl.dataset.ready = "1";
   }
 
@@ -302,6 +303,25 @@ export class RunView {
     }
   }
 
+  /** Restart events of the run (new incarnations, resumed or restarted streams). */
+  async loadRestarts() {
+    try {
+      const d = await getJSON(`/api/v1/restarts?run=${encodeURIComponent(this.run)}&limit=1000`);
+      if (!this.alive) return;
+      this.restarts = d.restarts;
+      this.charts.setRestarts(this.restartMarkers());
+    } catch (e) {
+      /* secondary, like the alerts */
+    }
+  }
+
+  /** One marker per step (a restart usually hits every tag of a run at once). */
+  restartMarkers() {
+    const seen = new Map();
+    for (const r of this.restarts) if (!seen.has(r.step)) seen.set(r.step, { step: r.step, reason: r.reason, tag: r.tag });
+    return [...seen.values()];
+  }
+
   /** σ of spectrumTag at step (the last point ≤ step), or the latest when step is null. */
   async loadSpectrum(step) {
     const tag = this.spectrumTag;
@@ -336,7 +356,7 @@ export class RunView {
       return;
     }
     this.tagList.addTags(this.tags);
-    await Promise.all([this.loadSeries(), this.loadHeat(), this.loadAlerts(), this.loadSpectrum(this.cursorStep)]);
+    await Promise.all([this.loadSeries(), this.loadHeat(), this.loadAlerts(), this.loadRestarts(), this.loadSpectrum(this.cursorStep)]);
   }
 
   /** The token changed: start over. */
@@ -420,6 +440,12 @@ export class RunView {
       if (d.run && d.run !== this.run) return;
       this.alerts.set(d.id, d);
       this.renderAlerts();
+    } else if (type === "restart") {
+      if (d.run !== this.run) return;
+      this.restarts.push(d);
+      this.charts.setRestarts(this.restartMarkers());
+      // points of the old incarnation past this step are superseded: refetch
+      if (!this.restartTimer) this.restartTimer = setTimeout(() => { this.restartTimer = 0; this.resync(); }, 500);
     } else if (type === "resync") {
       this.resync();
     }
@@ -557,6 +583,7 @@ export class RunView {
 
   destroy() {
     this.alive = false;
+    clearTimeout(this.restartTimer);
     this.feed.close();
     clearInterval(this.clock);
     clearTimeout(this.chartTimer);

@@ -118,7 +118,7 @@ export class RunsView {
   // Rates of live runs, RATE_RUNS_MAX at most, 4 requests in flight.
   async measureRates() {
     const now = serverNow();
-    const live = this.runs.filter((r) => runState(now - r.last_seen) === "live").slice(0, RATE_RUNS_MAX);
+    const live = this.runs.filter((r) => (r.state || runState(now - r.last_seen)) === "live").slice(0, RATE_RUNS_MAX);
     await pool(
       live.map((r) => async () => {
         try {
@@ -169,7 +169,8 @@ export class RunsView {
     }
     for (const r of shown) {
       const since = r.last_seen ? now - r.last_seen : null;
-      const state = runState(since);
+      // the daemon's word (live | stalled | finished) when it gives one
+      const state = r.state || runState(since);
       const rate = this.rates.get(r.run);
       const firing = this.firing.get(r.run) || 0;
       const open = () => {
