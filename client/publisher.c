@@ -1,13 +1,14 @@
 /* publisher.c — libgradwatch's publisher: sketches in, ZeroMQ frames out,
- * never blocking the training loop (PROTOCOL.md §1.3, SPEC §4).
+ * never blocking the training loop (PROTOCOL.md §1.3).
  *
  * A publisher owns one socket connected to the daemon, the run name and
  * sketch parameters of its run, its incarnation (a random nonzero 64-bit id
  * drawn with getrandom(2) at creation and written into every message, so a
  * daemon can tell a rerun or a resume from a continuation; PROTOCOL.md
  * §3.2), and three buffers sized once at creation: the body (the largest
- * header + k payload elements, the largest message it can send), the topic, and — for gw_publisher_publish — a float64 accumulator
- * and a float32 sketch of length k. Every publish writes the payload straight
+ * header + k payload elements, the largest message it can send), the
+ * topic, and — for gw_publisher_publish — a float64 accumulator and a
+ * float32 sketch of length k. Every publish writes the payload straight
  * into the body buffer (converting to the payload dtype and refusing NaN/Inf
  * on the way), lets gw_proto_encode_body fill the header in front of it, and
  * hands both frames to ZeroMQ with ZMQ_DONTWAIT. Nothing is allocated per
@@ -47,8 +48,8 @@
  * _DISCONNECTED, read from an inproc PAIR socket). From them it keeps
  * `connected` (a daemon takes this run's messages now: with PUB a
  * subscription matching some topic of the run, with PUSH a handshaken
- * connection) and `ever_connected`, and it returns how many daemons newly
- * arrived, the hook for anything to be sent to a daemon when it arrives.
+ * connection) and `ever_connected`, and it returns 1 when a daemon newly
+ * arrived: the hook for anything to be sent to a daemon when it arrives.
  * It runs on every publish and in gw_publisher_connected; nothing runs in
  * the background. The no-daemon warning is checked at those same two
  * places: the first check at least warn_after_ns after the first publish
