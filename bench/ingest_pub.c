@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <zmq.h>
 
@@ -54,6 +55,9 @@ int main(int argc, char **argv) {
       pool[(size_t)t * k + i] = (float)(sin(0.05 * t + i) + 0.1 * ((double)rand() / RAND_MAX - 0.5));
 
   size_t body_len = GW_PROTO_HEADER_SIZE + (size_t)k * 4;
+  uint64_t incarnation = 0; /* one publisher incarnation per run of this tool */
+  while (incarnation == 0)
+    if (getrandom(&incarnation, sizeof incarnation, 0) != (ssize_t)sizeof incarnation) return 1;
   char (*topics)[GW_PROTO_TOPIC_MAX + 1] = malloc(sizeof(*topics) * S);
   int *topic_len = malloc(sizeof(int) * S);
   uint8_t *body = malloc(body_len);
@@ -82,7 +86,8 @@ int main(int argc, char **argv) {
   for (long t = 0; t < M; t++) {
     for (int s = 0; s < S; s++) {
       gw_msg_t m = {.run = "x", .run_len = 1, .tag = "x", .tag_len = 1,
-                    .version = GW_PROTO_VERSION, .dtype = GW_DTYPE_F32,
+                    .version = GW_PROTO_VERSION, .incarnation = incarnation,
+                    .dtype = GW_DTYPE_F32,
                     .kind = GW_SKETCH_SJLT, .s = 4, .k = k, .flags = GW_HAS_LOSS,
                     .step = (uint64_t)t, .wall_ns = wall_ns(), .seed = 0,
                     .loss = 1.0 / (1.0 + t),

@@ -74,7 +74,8 @@ def main():
                 t0 = time.perf_counter()
             h = HDR.unpack_from(body)
             k = h[5]
-            z = np.frombuffer(body, dtype="<f4", count=k, offset=64).astype(np.float64)
+            off = 72 if body[4] == 2 else 64  # wire version 2 adds the incarnation
+            z = np.frombuffer(body, dtype="<f4", count=k, offset=off).astype(np.float64)
             if not np.isfinite(z).all():
                 continue
             st = streams.get(topic)

@@ -272,6 +272,12 @@ static int make_runs(names_t *out, const char *run, uint64_t nruns) {
 
 /* ---- the command ------------------------------------------------------------------ */
 
+/* The library's no-daemon warning, on stderr. */
+static void warn_stderr(void *arg, const char *msg) {
+  (void)arg;
+  fprintf(stderr, "gradwatch %s: warning: %s\n", CMD, msg);
+}
+
 static const char help_text[] =
     "Usage: gradwatch publish --synthetic [OPTIONS]\n"
     "\n"
@@ -465,6 +471,11 @@ int cli_publish(int argc, char **argv) {
     }
   }
   cli_wait_subscribers(&a.pub, CMD, pubs, runs.n);
+  /* --wait has already warned about a publisher nobody subscribed to; the
+   * others warn (once, on stderr) if no daemon comes within 5 s. */
+  for (size_t i = 0; i < runs.n; i++)
+    if (!(a.pub.wait_s > 0) || gw_publisher_connected(pubs[i]))
+      gw_publisher_set_warn(pubs[i], warn_stderr, NULL);
 
   cli_bucket_init(&bucket, a.total ? a.rate : a.rate * (double)(runs.n * tags.n));
   cli_progress_start(&prog);

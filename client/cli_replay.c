@@ -15,6 +15,12 @@
  * (every 1 ms, until --retry-ms pass without any row going out) rather than
  * lost; a row still not sent then — or dropped for want of any subscriber —
  * is counted, and any such row makes the exit status 1.
+ *
+ * A replay is one publisher incarnation (PROTOCOL.md §3.2): random, so the
+ * daemon restarts the stream at the first replayed row, or chosen with
+ * --incarnation N (replaying again as the same N continues that stream, and
+ * its steps must then be new). --wire-version 1 sends the old layout with no
+ * incarnation, for daemons that predate version 2.
  */
 #include "cli.h"
 
@@ -219,16 +225,22 @@ static const char help_text[] =
     "  --rate R              rows per second, 0 = as fast as possible (default 0)\n"
     "  --retry-ms MS         retry a row dropped on a full queue until MS pass\n"
     "                        without progress (default 10000)\n"
+    "  --incarnation N       replay as publisher incarnation N (1..2^64-1, decimal or\n"
+    "                        0x hex; default: a random one, as a new training run)\n"
+    "  --wire-version 1|2    wire format version (default 2; 1 sends no incarnation,\n"
+    "                        for daemons older than version 2)\n"
     "  (--k: the row length of a raw file; for .npy it must match shape[1] if given)\n"
     "Exit status 1 if a row could not be sent (named on stderr).\n"
     "\n";
 
-enum { O_RUN = 1, O_TAG, O_START, O_RATE, O_RETRY, O_HELP };
+enum { O_RUN = 1, O_TAG, O_START, O_RATE, O_RETRY, O_INCARNATION, O_WIRE, O_HELP };
 
 static const struct option long_opts[] = {
     {"run", required_argument, NULL, O_RUN},     {"tag", required_argument, NULL, O_TAG},
     {"start", required_argument, NULL, O_START}, {"rate", required_argument, NULL, O_RATE},
     {"retry-ms", required_argument, NULL, O_RETRY}, {"help", no_argument, NULL, O_HELP},
+    {"incarnation", required_argument, NULL, O_INCARNATION},
+    {"wire-version", required_argument, NULL, O_WIRE},
     CLI_PUB_LONG_OPTIONS,                        {NULL, 0, NULL, 0},
 };
 
@@ -240,7 +252,25 @@ typedef struct args_s {
   int k_given;
 } args_t;
 
+/* An incarnation id: 1..2^64-1, decimal or 0x-prefixed hex. */
+static int opt_incarnation(const char *s, uint64_t *out) {
+  char *end;
+  unsigned long long v;
+  int hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+  const char *d = hex ? s + 2 : s;
+  if (!((*d >= '0' && *d <= '9') || (hex && ((*d >= 'a' && *d <= 'f') || (*d >= 'A' && *d <= 'F')))))
+    goto bad;
+  errno = 0;
+  v = strtoull(d, &end, hex ? 16 : 10);
+  if (errno != 0 || *end != '\0' || v == 0) goto bad;
+  *out = (uint64_t)v;
+  return 0;
+bad:
+  return cli_usage(CMD, "--incarnation wants an id from 1 to 2^64-1 (decimal or 0x hex), not '%s'", s);
+}
+
 static int parse_args(args_t *a, int argc, char **argv) {
+  uint64_t wire;
   int c, rc;
   memset(a, 0, sizeof *a);
   cli_pub_opts_init(&a->pub, 5.0);
@@ -261,6 +291,11 @@ static int parse_args(args_t *a, int argc, char **argv) {
     case O_START: rc = cli_opt_u64(CMD, "--start", optarg, 0, INT64_MAX, &a->start); break;
     case O_RATE: rc = cli_opt_double(CMD, "--rate", optarg, 0, 1e9, &a->rate); break;
     case O_RETRY: rc = cli_opt_u64(CMD, "--retry-ms", optarg, 0, 86400000, &a->retry_ms); break;
+    case O_INCARNATION: rc = opt_incarnation(optarg, &a->pub.cfg.incarnation); break;
+    case O_WIRE:
+      if ((rc = cli_opt_u64(CMD, "--wire-version", optarg, 1, 2, &wire)) == 0)
+        a->pub.cfg.wire_version = (int)wire;
+      break;
     case '?':
     case ':':
       return cli_bad_option(CMD, c, argv);
@@ -277,7 +312,15 @@ static int parse_args(args_t *a, int argc, char **argv) {
     return cli_usage(CMD, "bad run name '%s': 1..128 of [A-Za-z0-9._:-]", a->run);
   if (gw_proto_check_tag(a->tag, strlen(a->tag)) != 0)
     return cli_usage(CMD, "bad tag '%s': 1..128 of [A-Za-z0-9._:/-]", a->tag);
+  if (a->pub.cfg.wire_version == 1 && a->pub.cfg.incarnation != 0)
+    return cli_usage(CMD, "--wire-version 1 carries no incarnation; drop --incarnation");
   return 0;
+}
+
+/* The library's no-daemon warning, on stderr. */
+static void warn_stderr(void *arg, const char *msg) {
+  (void)arg;
+  fprintf(stderr, "gradwatch %s: warning: %s\n", CMD, msg);
 }
 
 /* Publish one row. A row dropped while a subscriber is there (its queue is
@@ -399,6 +442,9 @@ int cli_replay(int argc, char **argv) {
     goto done;
   }
   cli_wait_subscribers(&a.pub, CMD, &pub, 1);
+  /* --wait has already said so if nobody came; otherwise let the library
+   * say it if nobody comes 5 s into the replay. */
+  if (!(a.pub.wait_s > 0) || gw_publisher_connected(pub)) gw_publisher_set_warn(pub, warn_stderr, NULL);
   cli_bucket_init(&bucket, a.rate);
   cli_progress_start(&prog);
   progress = cli_now();

@@ -21,7 +21,15 @@
  * Publishing never blocks training: every send is non-blocking and a message
  * that cannot be handed to ZeroMQ right away — no subscriber wants it yet, or
  * the peer's queue holds SNDHWM messages — is dropped and counted
- * (gw_publisher_dropped). A publisher is not thread-safe: use one per thread
+ * (gw_publisher_dropped). gw_publisher_connected says whether a daemon is
+ * there, and gw_publisher_set_warn asks to be told (once) when none has come
+ * 5 s after the first publish.
+ *
+ * Every publisher is one *incarnation* of its run (PROTOCOL.md §3.2): it
+ * draws a random nonzero 64-bit id at creation and sends it with every
+ * message (wire version 2), so the daemon starts the run's streams afresh
+ * when a script is rerun or resumed from a checkpoint at an earlier step,
+ * instead of rejecting those steps as out of order. A publisher is not thread-safe: use one per thread
  * (several may share one ZeroMQ context, see gw_publisher_config_t).
  *
  * Link with `pkg-config --cflags --libs gradwatch`.
@@ -62,6 +70,14 @@ typedef struct gw_publisher_config_s {
    * by the caller and terminated after every publisher using it is freed.
    * NULL: the publisher creates and terminates its own. */
   void *zmq_context;
+  /* This publisher's incarnation id. 0 (the default): draw a random one with
+   * getrandom(2), as every training process should; nonzero: use it (to
+   * replay data as a chosen incarnation). */
+  uint64_t incarnation;
+  /* Wire version to write: 0 (default) or 2; 1 only for receivers that
+   * predate version 2 (and tests): no incarnation is sent, so incarnation
+   * must be 0 and gw_publisher_incarnation returns 0. */
+  int wire_version;
 } gw_publisher_config_t;
 
 /* Optional scalars sent along with a sketch. Only the fields whose GW_HAS_*
@@ -81,7 +97,7 @@ typedef struct gw_publisher_s gw_publisher_t;
 
 /* Defaults: no endpoint or run (both must be set), k = 256, sjlt, s = 4,
  * seed = 0, f32, PUB, sndhwm = 10000, linger_ms = 1000, no CURVE, own
- * context. */
+ * context, a random incarnation, wire version 2. */
 void gw_publisher_config_init(gw_publisher_config_t *cfg);
 
 /* Create a publisher and connect it (connecting is asynchronous: it
@@ -91,10 +107,12 @@ void gw_publisher_config_init(gw_publisher_config_t *cfg);
  *   GW_ENAME    bad run name
  *   GW_EKIND, GW_EKLIMIT  bad sketch parameters (gw_sketch_check)
  *   GW_EDTYPE   unknown dtype
+ *   GW_EVERSION wire_version other than 0, 1, 2
+ *   GW_EINCARNATION  wire_version 1 with a nonzero incarnation
  *   GW_ENOMEM
  *   -ENOTSUP    CURVE asked for but libzmq was built without it
  *   -errno      from ZeroMQ (a malformed endpoint gives -EINVAL,
- *               an unknown transport -EPROTONOSUPPORT)
+ *               an unknown transport -EPROTONOSUPPORT), or from getrandom
  * *out is NULL after a failure. */
 int gw_publisher_new(gw_publisher_t **out, const gw_publisher_config_t *cfg);
 
@@ -132,6 +150,34 @@ int gw_publisher_publish(gw_publisher_t *pub, const char *tag, uint64_t step,
  * (-1: no limit), GW_ENAME for a bad tag, or -errno from ZeroMQ. */
 int gw_publisher_wait_subscribed(gw_publisher_t *pub, const char *tag,
                                  int timeout_ms);
+
+/* 1 if a daemon takes this run's messages now, 0 if not (never blocks).
+ * PUB: some subscriber's subscription matches a topic of this run (a daemon
+ * subscribed only to other runs does not count). PUSH: a connection to the
+ * endpoint has completed its ZeroMQ handshake (seen through a socket
+ * monitor); PUSH cannot tell whether that peer is a gradwatch daemon. Like
+ * every publish, this also reads pending subscriptions and may give the
+ * no-daemon warning (gw_publisher_set_warn). 0 for NULL. */
+int gw_publisher_connected(gw_publisher_t *pub);
+
+/* Called at most once per publisher, with a one-line message (borrowed,
+ * valid during the call) naming the run and the endpoint. */
+typedef void (*gw_publisher_warn_fn)(void *arg, const char *msg);
+
+/* Opt in to the no-daemon warning: fn(arg, msg) is called once, from the
+ * first gw_publisher_publish*, or gw_publisher_connected call made 5 s or
+ * more after the first publish, if no daemon has been connected (in the
+ * sense of gw_publisher_connected) at any time since the publisher was
+ * created. It runs on the caller's thread inside that call; nothing runs in
+ * the background, so a program that stops publishing is not warned. The
+ * environment variable GW_PUBLISHER_WARN_MS, read by gw_publisher_new,
+ * replaces the 5 s (e.g. for tests). fn NULL turns the warning off.
+ * Returns 0, or GW_EINVAL for a NULL pub. */
+int gw_publisher_set_warn(gw_publisher_t *pub, gw_publisher_warn_fn fn, void *arg);
+
+/* The incarnation id sent with every message (never 0), or 0 for a wire
+ * version 1 publisher or NULL. */
+uint64_t gw_publisher_incarnation(const gw_publisher_t *pub);
 
 /* Messages handed to ZeroMQ / dropped since gw_publisher_new. */
 uint64_t gw_publisher_sent(const gw_publisher_t *pub);

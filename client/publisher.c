@@ -1,11 +1,14 @@
 /* publisher.c — libgradwatch's publisher: sketches in, ZeroMQ frames out,
- * never blocking the training loop (PROTOCOL.md §1.3, SPEC §4).
+ * never blocking the training loop (PROTOCOL.md §1.3).
  *
  * A publisher owns one socket connected to the daemon, the run name and
- * sketch parameters of its run, and three buffers sized once at creation:
- * the body (64-byte header + k payload elements, the largest message it can
- * send), the topic, and — for gw_publisher_publish — a float64 accumulator
- * and a float32 sketch of length k. Every publish writes the payload straight
+ * sketch parameters of its run, its incarnation (a random nonzero 64-bit id
+ * drawn with getrandom(2) at creation and written into every message, so a
+ * daemon can tell a rerun or a resume from a continuation; PROTOCOL.md
+ * §3.2), and three buffers sized once at creation: the body (the largest
+ * header + k payload elements, the largest message it can send), the
+ * topic, and — for gw_publisher_publish — a float64 accumulator and a
+ * float32 sketch of length k. Every publish writes the payload straight
  * into the body buffer (converting to the payload dtype and refusing NaN/Inf
  * on the way), lets gw_proto_encode_body fill the header in front of it, and
  * hands both frames to ZeroMQ with ZMQ_DONTWAIT. Nothing is allocated per
@@ -19,9 +22,12 @@
  * ("\x01prefix" / "\x00prefix") that this file reads before every send and
  * keeps as a set of prefixes. A message whose topic matches none of them is
  * dropped here, before ZeroMQ sees it. For subscribers it is an ordinary PUB
- * socket. A PUSH socket is created with ZMQ_IMMEDIATE, so with no connected
- * peer the send fails with EAGAIN instead of queueing for a peer that may
- * never come.
+ * socket. Both sockets are created with ZMQ_IMMEDIATE: a PUSH socket with no
+ * connected peer then fails the send with EAGAIN instead of queueing for a
+ * peer that may never come, and an XPUB socket keeps a daemon's pipe (and
+ * its subscriptions) only while the connection is up, so a daemon that goes
+ * away unsubscribes (messages are dropped and counted, not queued for
+ * later) and one that comes back subscribes again, visibly.
  *
  * Outcome of a send, counted exactly once:
  *   no subscriber matches the topic (PUB)                 -> dropped
@@ -35,6 +41,23 @@
  * Bad arguments (names, step, scalars, non-finite sketches) are rejected with
  * a GW_E* code before anything is sent or counted: the daemon would reject
  * such a message anyway, and a caller learns of its bug at once.
+ *
+ * Is a daemon there? poll_peers is the one place that reads what the socket
+ * says about its peers: with PUB the (un)subscription messages above, with
+ * PUSH the events of a socket monitor (ZMQ_EVENT_HANDSHAKE_SUCCEEDED and
+ * _DISCONNECTED, read from an inproc PAIR socket). From them it keeps
+ * `connected` (a daemon takes this run's messages now: with PUB a
+ * subscription matching some topic of the run, with PUSH a handshaken
+ * connection) and `ever_connected`, and it returns 1 when a daemon newly
+ * arrived: the hook for anything to be sent to a daemon when it arrives.
+ * It runs on every publish and in gw_publisher_connected; nothing runs in
+ * the background. The no-daemon warning is checked at those same two
+ * places: the first check at least warn_after_ns after the first publish
+ * that finds ever_connected still 0 calls the warning callback, once.
+ *
+ *   created ──first publish──► waiting ──daemon subscribes──► connected
+ *                                 │                              (never warns)
+ *                                 └──5 s pass, then a check──► warned (once)
  */
 #include "gradwatch.h"
 
@@ -44,12 +67,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <zmq.h>
 
 #define SUBS_MAX 65536 /* prefixes remembered; beyond, every topic matches */
 #define STEP_MAX 0x7FFFFFFFFFFFFFFFull
+#define WARN_AFTER_MS_DEFAULT 5000
+#define WARN_ENV "GW_PUBLISHER_WARN_MS" /* overrides the 5 s, e.g. for tests */
 
 typedef struct sub_s {
   size_t len;
@@ -63,9 +89,14 @@ struct gw_publisher_s {
   int socket; /* gw_publisher_socket_t */
   char run[GW_PROTO_NAME_MAX + 1];
   size_t run_len;
+  char run_prefix[GW_PROTO_TOPIC_MAX + 1]; /* "gw1/<run>/": topics of this run */
+  size_t run_prefix_len;
+  char *endpoint; /* a copy, for the warning */
   gw_sketch_params_t sk;
   uint8_t dtype;
-  unsigned char *body; /* GW_PROTO_HEADER_SIZE + k * dtype size */
+  uint8_t version;      /* wire version written: 2, or 1 when configured */
+  uint64_t incarnation; /* never 0 with version 2; 0 with version 1 */
+  unsigned char *body;  /* GW_PROTO_HEADER_SIZE + k * dtype size */
   size_t body_cap;
   double *acc; /* k: gw_publisher_publish's sketch accumulator */
   float *z;    /* k: the accumulator rounded to float */
@@ -73,6 +104,16 @@ struct gw_publisher_s {
   sub_t *subs; /* current subscriptions (PUB only), a set */
   size_t nsubs, cap_subs;
   int subs_overflow; /* more than SUBS_MAX prefixes: match everything */
+  void *mon;         /* PUSH: PAIR socket receiving the monitor's events */
+  int peers;         /* PUSH: handshaken connections now */
+  int connected;      /* a daemon takes this run's messages now */
+  int ever_connected; /* ... at some time since creation */
+  int published;      /* a publish got as far as sending */
+  int64_t first_publish_ns;  /* CLOCK_MONOTONIC, when published became 1 */
+  int64_t warn_after_ns;     /* no daemon this long after it: warn */
+  gw_publisher_warn_fn warn; /* NULL: no warning */
+  void *warn_arg;
+  int warned; /* the warning has been given */
   uint64_t sent, dropped;
   int last_error;
 };
@@ -88,6 +129,8 @@ void gw_publisher_config_init(gw_publisher_config_t *cfg) {
   cfg->socket = GW_PUBLISHER_PUB;
   cfg->sndhwm = 10000;
   cfg->linger_ms = 1000;
+  cfg->incarnation = 0;  /* draw one */
+  cfg->wire_version = 0; /* GW_PROTO_VERSION */
 }
 
 /* ---- configuration ------------------------------------------------------ */
@@ -108,6 +151,9 @@ static int check_config(const gw_publisher_config_t *c) {
   if (c->socket != GW_PUBLISHER_PUB && c->socket != GW_PUBLISHER_PUSH)
     return GW_EINVAL;
   if (c->sndhwm < 1 || c->linger_ms < -1) return GW_EINVAL;
+  if (c->wire_version != 0 && c->wire_version != 1 && c->wire_version != 2)
+    return GW_EVERSION;
+  if (c->wire_version == 1 && c->incarnation != 0) return GW_EINCARNATION;
   ncurve = (c->curve_server_key != NULL) + (c->curve_public_key != NULL) +
            (c->curve_secret_key != NULL);
   if (ncurve != 0 && ncurve != 3) return GW_EINVAL;
@@ -129,9 +175,63 @@ static int set_curve(void *sock, const gw_publisher_config_t *c) {
   return rc;
 }
 
+/* 64 random bits from the kernel's CSPRNG, never 0 (PROTOCOL.md §3.2). */
+static int draw_incarnation(uint64_t *out) {
+  uint64_t v = 0;
+  while (v == 0) {
+    unsigned char *b = (unsigned char *)&v;
+    size_t got = 0;
+    while (got < sizeof v) {
+      ssize_t n = getrandom(b + got, sizeof v - got, 0);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return -errno;
+      }
+      got += (size_t)n;
+    }
+  }
+  *out = v;
+  return 0;
+}
+
+/* GW_PUBLISHER_WARN_MS if set to a whole number of ms, else 5 s. */
+static int64_t warn_after_ns(void) {
+  const char *e = getenv(WARN_ENV);
+  char *end;
+  long long ms;
+  if (e == NULL || *e == '\0') return (int64_t)WARN_AFTER_MS_DEFAULT * 1000000;
+  errno = 0;
+  ms = strtoll(e, &end, 10);
+  if (errno != 0 || *end != '\0' || ms < 0 || ms > 86400000LL * 365)
+    return (int64_t)WARN_AFTER_MS_DEFAULT * 1000000;
+  return (int64_t)ms * 1000000;
+}
+
+static int64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* PUSH: watch p->sock's handshakes and disconnections through a PAIR socket
+ * on a private inproc endpoint, connected before p->sock connects so no
+ * event is missed. Only these two events are asked for: they come once per
+ * connection, so the few a caller who never publishes leaves unread stay
+ * few. */
+static int open_monitor(gw_publisher_t *p) {
+  char addr[64];
+  snprintf(addr, sizeof addr, "inproc://gradwatch-publisher-%p", (void *)p);
+  if (zmq_socket_monitor(p->sock, addr,
+                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0)
+    return -errno;
+  if ((p->mon = zmq_socket(p->ctx, ZMQ_PAIR)) == NULL) return -errno;
+  if (zmq_connect(p->mon, addr) != 0) return -errno;
+  return 0;
+}
+
 int gw_publisher_new(gw_publisher_t **out, const gw_publisher_config_t *cfg) {
   gw_publisher_t *p = NULL;
-  int rc, one = 1;
+  int rc, one = 1, zero = 0;
 
   if (out == NULL) return GW_EINVAL;
   *out = NULL;
@@ -143,13 +243,23 @@ int gw_publisher_new(gw_publisher_t **out, const gw_publisher_config_t *cfg) {
   p->socket = cfg->socket;
   p->run_len = strlen(cfg->run);
   memcpy(p->run, cfg->run, p->run_len + 1);
+  p->run_prefix_len = (size_t)snprintf(p->run_prefix, sizeof p->run_prefix, "%s%s/",
+                                       GW_PROTO_TOPIC_PREFIX, p->run);
   p->sk = cfg->sketch;
   p->dtype = cfg->dtype;
+  p->version = cfg->wire_version == 1 ? 1 : GW_PROTO_VERSION;
+  p->incarnation = cfg->incarnation;
+  if (p->version >= 2 && p->incarnation == 0 && (rc = draw_incarnation(&p->incarnation)) != 0)
+    goto fail;
+  p->warn_after_ns = warn_after_ns();
+  /* The payload always goes at GW_PROTO_HEADER_SIZE (the largest header);
+   * a version 1 body ends 8 bytes short of body_cap. */
   p->body_cap = GW_PROTO_HEADER_SIZE + (size_t)p->sk.k * gw_dtype_size(p->dtype);
   p->body = malloc(p->body_cap);
   p->acc = malloc((size_t)p->sk.k * sizeof *p->acc);
   p->z = malloc((size_t)p->sk.k * sizeof *p->z);
-  if (p->body == NULL || p->acc == NULL || p->z == NULL) {
+  p->endpoint = strdup(cfg->endpoint);
+  if (p->body == NULL || p->acc == NULL || p->z == NULL || p->endpoint == NULL) {
     rc = GW_ENOMEM;
     goto fail;
   }
@@ -169,14 +279,15 @@ int gw_publisher_new(gw_publisher_t **out, const gw_publisher_config_t *cfg) {
   }
   if (zmq_setsockopt(p->sock, ZMQ_SNDHWM, &cfg->sndhwm, sizeof(int)) ||
       zmq_setsockopt(p->sock, ZMQ_LINGER, &cfg->linger_ms, sizeof(int)) ||
-      zmq_setsockopt(p->sock,
-                     p->socket == GW_PUBLISHER_PUB ? ZMQ_XPUB_NODROP : ZMQ_IMMEDIATE,
-                     &one, sizeof one)) {
+      zmq_setsockopt(p->sock, ZMQ_IMMEDIATE, &one, sizeof one) ||
+      (p->socket == GW_PUBLISHER_PUB &&
+       zmq_setsockopt(p->sock, ZMQ_XPUB_NODROP, &one, sizeof one))) {
     rc = -errno;
     goto fail;
   }
   if (cfg->curve_server_key != NULL && (rc = set_curve(p->sock, cfg)) != 0)
     goto fail;
+  if (p->socket == GW_PUBLISHER_PUSH && (rc = open_monitor(p)) != 0) goto fail;
   if (zmq_connect(p->sock, cfg->endpoint) != 0) {
     rc = -errno;
     goto fail;
@@ -185,16 +296,19 @@ int gw_publisher_new(gw_publisher_t **out, const gw_publisher_config_t *cfg) {
   return 0;
 
 fail:
-  if (p->sock) {
-    int zero = 0;
-    zmq_setsockopt(p->sock, ZMQ_LINGER, &zero, sizeof zero);
-  }
+  if (p->sock) zmq_setsockopt(p->sock, ZMQ_LINGER, &zero, sizeof zero);
   gw_publisher_free(p);
   return rc;
 }
 
 void gw_publisher_free(gw_publisher_t *pub) {
+  int zero = 0;
   if (pub == NULL) return;
+  if (pub->mon) {
+    zmq_socket_monitor(pub->sock, NULL, 0); /* stop it before its reader goes */
+    zmq_setsockopt(pub->mon, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_close(pub->mon);
+  }
   if (pub->sock) zmq_close(pub->sock);
   if (pub->own_ctx) {
     while (zmq_ctx_term(pub->ctx) != 0 && errno == EINTR) {
@@ -202,6 +316,7 @@ void gw_publisher_free(gw_publisher_t *pub) {
   }
   for (size_t i = 0; i < pub->nsubs; i++) free(pub->subs[i].prefix);
   free(pub->subs);
+  free(pub->endpoint);
   free(pub->body);
   free(pub->acc);
   free(pub->z);
@@ -251,39 +366,6 @@ static void del_sub(gw_publisher_t *p, const char *s, size_t len) {
   *x = p->subs[--p->nsubs];
 }
 
-/* Read every pending (un)subscription without blocking. ZeroMQ reports a
- * prefix once, when its first subscriber subscribes, and unsubscribes it when
- * its last subscriber leaves or disconnects, so a set is the right model. */
-static void poll_subs(gw_publisher_t *p) {
-  char buf[1 + GW_PROTO_TOPIC_MAX + 1];
-  int events;
-  size_t elen = sizeof events;
-
-  for (;;) {
-    if (zmq_getsockopt(p->sock, ZMQ_EVENTS, &events, &elen) != 0 ||
-        !(events & ZMQ_POLLIN))
-      return;
-    int n = zmq_recv(p->sock, buf, sizeof buf, ZMQ_DONTWAIT);
-    if (n < 1) return;
-    /* A prefix longer than any topic can match nothing: ignore it (and its
-     * unsubscription) rather than keep a truncated copy. */
-    if ((size_t)n > sizeof buf) continue;
-    if (buf[0] == 1)
-      add_sub(p, buf + 1, (size_t)n - 1);
-    else if (buf[0] == 0)
-      del_sub(p, buf + 1, (size_t)n - 1);
-  }
-}
-
-/* 1 if some subscription is a prefix of topic[0..len). */
-static int matches(const gw_publisher_t *p, const char *topic, size_t len) {
-  if (p->subs_overflow) return 1;
-  for (size_t i = 0; i < p->nsubs; i++)
-    if (p->subs[i].len <= len && memcmp(p->subs[i].prefix, topic, p->subs[i].len) == 0)
-      return 1;
-  return 0;
-}
-
 /* 1 if some subscription would take some topic starting with pre (a
  * subscription that is a prefix of pre, or one that extends it). */
 static int matches_any_under(const gw_publisher_t *p, const char *pre, size_t len) {
@@ -292,6 +374,112 @@ static int matches_any_under(const gw_publisher_t *p, const char *pre, size_t le
     size_t l = p->subs[i].len < len ? p->subs[i].len : len;
     if (memcmp(p->subs[i].prefix, pre, l) == 0) return 1;
   }
+  return 0;
+}
+
+/* 1 if sock has a message waiting (ZMQ_EVENTS, never blocks). */
+static int readable(void *sock) {
+  int events;
+  size_t elen = sizeof events;
+  return zmq_getsockopt(sock, ZMQ_EVENTS, &events, &elen) == 0 && (events & ZMQ_POLLIN);
+}
+
+/* PUB: read every pending (un)subscription. ZeroMQ reports a prefix once,
+ * when its first subscriber subscribes, and unsubscribes it when its last
+ * subscriber leaves or disconnects, so a set is the right model. Returns 1
+ * if the set changed. */
+static int read_subs(gw_publisher_t *p) {
+  char buf[1 + GW_PROTO_TOPIC_MAX + 1];
+  int changed = 0;
+
+  while (readable(p->sock)) {
+    int n = zmq_recv(p->sock, buf, sizeof buf, ZMQ_DONTWAIT);
+    if (n < 1) break;
+    /* A prefix longer than any topic can match nothing: ignore it (and its
+     * unsubscription) rather than keep a truncated copy. */
+    if ((size_t)n > sizeof buf) continue;
+    if (buf[0] == 1) {
+      add_sub(p, buf + 1, (size_t)n - 1);
+      changed = 1;
+    } else if (buf[0] == 0) {
+      del_sub(p, buf + 1, (size_t)n - 1);
+      changed = 1;
+    }
+  }
+  return changed;
+}
+
+/* PUSH: read every pending monitor event (frame 1: u16 event, u32 value in
+ * host order; frame 2: the endpoint) and count handshaken connections. */
+static void read_monitor(gw_publisher_t *p) {
+  unsigned char ev[6];
+  char ep[256];
+
+  while (readable(p->mon)) {
+    uint16_t id;
+    int n = zmq_recv(p->mon, ev, sizeof ev, ZMQ_DONTWAIT);
+    int more = 0;
+    size_t ml = sizeof more;
+    if (n < 0) break;
+    while (zmq_getsockopt(p->mon, ZMQ_RCVMORE, &more, &ml) == 0 && more &&
+           zmq_recv(p->mon, ep, sizeof ep, ZMQ_DONTWAIT) >= 0) {
+    }
+    if (n < 2) continue;
+    memcpy(&id, ev, sizeof id);
+    if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+      p->peers++;
+    else if (id == ZMQ_EVENT_DISCONNECTED && p->peers > 0)
+      p->peers--;
+  }
+}
+
+/* Everything the socket says about daemons, without blocking: updates
+ * connected and ever_connected and returns 1 when a daemon newly takes
+ * this run's messages (the hook for a later "send to a daemon that just
+ * arrived", e.g. the run's metadata). */
+static int poll_peers(gw_publisher_t *p) {
+  int was = p->connected;
+  if (p->socket == GW_PUBLISHER_PUB) {
+    if (read_subs(p))
+      p->connected = matches_any_under(p, p->run_prefix, p->run_prefix_len);
+  } else {
+    read_monitor(p);
+    p->connected = p->peers > 0;
+  }
+  if (p->connected) p->ever_connected = 1;
+  return p->connected && !was;
+}
+
+/* The no-daemon warning: once, at the first check at least warn_after_ns
+ * after the first publish that finds no daemon has ever been there. */
+static void check_warn(gw_publisher_t *p) {
+  char msg[512];
+  double s;
+  if (p->warned || p->ever_connected || p->warn == NULL || !p->published) return;
+  if (mono_ns() - p->first_publish_ns < p->warn_after_ns) return;
+  p->warned = 1;
+  s = (double)p->warn_after_ns / 1e9;
+  if (p->socket == GW_PUBLISHER_PUB)
+    snprintf(msg, sizeof msg,
+             "no gradwatch daemon has subscribed to run '%s' at %s within %g s of the first "
+             "publish; messages are dropped until one does (is gradwatchd running, listening "
+             "there, and subscribed to this run?)",
+             p->run, p->endpoint, s);
+  else
+    snprintf(msg, sizeof msg,
+             "no gradwatch daemon has connected at %s within %g s of the first publish of "
+             "run '%s'; messages are dropped until one does (is gradwatchd running and "
+             "pulling there?)",
+             p->endpoint, s, p->run);
+  p->warn(p->warn_arg, msg);
+}
+
+/* 1 if some subscription is a prefix of topic[0..len). */
+static int matches(const gw_publisher_t *p, const char *topic, size_t len) {
+  if (p->subs_overflow) return 1;
+  for (size_t i = 0; i < p->nsubs; i++)
+    if (p->subs[i].len <= len && memcmp(p->subs[i].prefix, topic, p->subs[i].len) == 0)
+      return 1;
   return 0;
 }
 
@@ -383,7 +571,8 @@ static int send_z(gw_publisher_t *p, const char *tag, uint64_t step, const float
   m.run_len = p->run_len;
   m.tag = tag;
   m.tag_len = strlen(tag);
-  m.version = GW_PROTO_VERSION;
+  m.version = p->version;
+  m.incarnation = p->incarnation;
   m.dtype = p->dtype;
   m.kind = p->sk.kind;
   m.s = p->sk.s;
@@ -402,10 +591,14 @@ static int send_z(gw_publisher_t *p, const char *tag, uint64_t step, const float
   if ((tlen = gw_proto_encode_topic(&m, p->topic, sizeof p->topic)) < 0) return tlen;
   if ((blen = gw_proto_encode_body(&m, p->body, p->body_cap)) < 0) return blen;
 
-  if (p->socket == GW_PUBLISHER_PUB) {
-    poll_subs(p);
-    if (!matches(p, p->topic, (size_t)tlen)) return drop(p, EAGAIN);
+  if (!p->published) {
+    p->published = 1;
+    p->first_publish_ns = mono_ns();
   }
+  poll_peers(p);
+  check_warn(p);
+  if (p->socket == GW_PUBLISHER_PUB && !matches(p, p->topic, (size_t)tlen))
+    return drop(p, EAGAIN);
   if (zmq_send(p->sock, p->topic, (size_t)tlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
     return drop(p, errno);
   if (zmq_send(p->sock, p->body, (size_t)blen, ZMQ_DONTWAIT) < 0) return drop(p, errno);
@@ -471,10 +664,10 @@ int gw_publisher_wait_subscribed(gw_publisher_t *pub, const char *tag, int timeo
   for (;;) {
     zmq_pollitem_t it = {pub->sock, 0, ZMQ_POLLIN, 0};
     long left = 50;
-    if (pub->socket == GW_PUBLISHER_PUB) {
-      poll_subs(pub);
-      if (tag ? matches(pub, pre, len) : matches_any_under(pub, pre, len)) return 0;
-    }
+    poll_peers(pub);
+    if (pub->socket == GW_PUBLISHER_PUB &&
+        (tag ? matches(pub, pre, len) : matches_any_under(pub, pre, len)))
+      return 0;
     if (timeout_ms >= 0) {
       clock_gettime(CLOCK_MONOTONIC, &t);
       long el = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
@@ -486,6 +679,24 @@ int gw_publisher_wait_subscribed(gw_publisher_t *pub, const char *tag, int timeo
     if (rc < 0 && errno != EINTR) return -errno;
     if (pub->socket == GW_PUBLISHER_PUSH && rc > 0 && (it.revents & ZMQ_POLLOUT)) return 0;
   }
+}
+
+int gw_publisher_connected(gw_publisher_t *pub) {
+  if (pub == NULL) return 0;
+  poll_peers(pub);
+  check_warn(pub);
+  return pub->connected;
+}
+
+int gw_publisher_set_warn(gw_publisher_t *pub, gw_publisher_warn_fn fn, void *arg) {
+  if (pub == NULL) return GW_EINVAL;
+  pub->warn = fn;
+  pub->warn_arg = arg;
+  return 0;
+}
+
+uint64_t gw_publisher_incarnation(const gw_publisher_t *pub) {
+  return pub ? pub->incarnation : 0;
 }
 
 uint64_t gw_publisher_sent(const gw_publisher_t *pub) { return pub ? pub->sent : 0; }

@@ -34,7 +34,8 @@
   XX(ENOTFOUND, "not_found", "not found")                                     \
   XX(ECONFIG, "bad_config", "bad configuration")                              \
   XX(EFULL, "queue_full", "queue full")                                       \
-  XX(EDENIED, "denied", "access denied")
+  XX(EDENIED, "denied", "access denied")                                      \
+  XX(EINCARNATION, "bad_incarnation", "version 2 message with incarnation 0")
 
 #define GW_E_BASE (-1000)
 

@@ -1,8 +1,11 @@
-/* proto.c — the gradwatch wire codec, version 1 (proto/PROTOCOL.md).
+/* proto.c — the gradwatch wire codec, versions 1 and 2 (proto/PROTOCOL.md).
  *
  * Owns the translation between the two ZeroMQ frames of a message (topic
- * "gw1/<run>/<tag>" and a 64-byte little-endian header + payload) and a
- * gw_msg_t, plus the binary16/bfloat16 conversions. It is stateless and never
+ * "gw1/<run>/<tag>" and a little-endian header + payload) and a gw_msg_t,
+ * plus the binary16/bfloat16 conversions. Version 2's header is version 1's
+ * 64 bytes followed by the publisher's 8-byte incarnation id, so both
+ * versions share every offset below 64 and differ only in where the
+ * payload starts (gw_proto_header_size). It is stateless and never
  * allocates, so any thread may call it.
  *
  * Data flow: ingest hands the raw frames to gw_proto_decode, which validates
@@ -50,6 +53,7 @@ enum {
   OFF_GRAD_NORM = 40,
   OFF_LOSS = 48,
   OFF_LR = 56,
+  OFF_INCARNATION = 64, /* version 2 */
 };
 
 #define STEP_RESERVED (UINT64_C(1) << 63)
@@ -138,6 +142,17 @@ size_t gw_dtype_size(int dtype) {
   }
 }
 
+size_t gw_proto_header_size(int version) {
+  switch (version) {
+  case 1:
+    return GW_PROTO_HEADER_SIZE_V1;
+  case 2:
+    return GW_PROTO_HEADER_SIZE_V2;
+  default:
+    return 0;
+  }
+}
+
 /* ---- names and topic ----------------------------------------------------- */
 
 /* [A-Za-z0-9._:-], plus '/' when slash is set. Explicit ranges, not
@@ -188,10 +203,10 @@ static inline int finite_bits(uint64_t u) {
   return (u & F64_EXP_MASK) != F64_EXP_MASK;
 }
 
-/* Checks 8 and 10-16 of PROTOCOL.md §6 on a filled-in message; shared by the
+/* Checks 8 and 10-17 of PROTOCOL.md §6 on a filled-in message; shared by the
  * decoder and the encoder so both accept exactly the same headers. */
 static int check_header(const gw_msg_t *m, uint32_t max_k) {
-  if (m->version != GW_PROTO_VERSION) return GW_EVERSION;
+  if (gw_proto_header_size(m->version) == 0) return GW_EVERSION;
   if (gw_dtype_size(m->dtype) == 0) return GW_EDTYPE;
   if (m->kind == GW_SKETCH_SJLT) {
     if (m->s < 1 || m->s > GW_PROTO_S_MAX) return GW_EKIND;
@@ -210,6 +225,10 @@ static int check_header(const gw_msg_t *m, uint32_t max_k) {
     return GW_ENONFINITE;
   if ((m->flags & GW_HAS_LR) && !finite_bits(f64_bits(m->lr)))
     return GW_ENONFINITE;
+  /* Version 2 must carry an incarnation; version 1 has no room for one (the
+   * decoder leaves it 0, so only an encoder's caller can trip this). */
+  if (m->version >= 2 ? m->incarnation == 0 : m->incarnation != 0)
+    return GW_EINCARNATION;
   return 0;
 }
 
@@ -226,7 +245,7 @@ static double scalar(const unsigned char *b, size_t off, uint32_t flags,
 int gw_proto_decode(const void *topic, size_t topic_len, const void *body,
                     size_t body_len, uint32_t max_k, gw_msg_t *out) {
   const unsigned char *b = body;
-  size_t need;
+  size_t hs, need;
   int rc;
 
   assert(out != NULL);
@@ -234,8 +253,8 @@ int gw_proto_decode(const void *topic, size_t topic_len, const void *body,
   if ((rc = parse_topic(topic, topic_len, out)) != 0) return rc;
   if (b == NULL || body_len < OFF_VERSION + 1) return GW_ETRUNC;
   if (ld32(b + OFF_MAGIC) != GW_PROTO_MAGIC) return GW_EMAGIC;
-  if (b[OFF_VERSION] != GW_PROTO_VERSION) return GW_EVERSION;
-  if (body_len < GW_PROTO_HEADER_SIZE) return GW_ETRUNC;
+  if ((hs = gw_proto_header_size(b[OFF_VERSION])) == 0) return GW_EVERSION;
+  if (body_len < hs) return GW_ETRUNC;
 
   out->version = b[OFF_VERSION];
   out->dtype = b[OFF_DTYPE];
@@ -249,14 +268,15 @@ int gw_proto_decode(const void *topic, size_t topic_len, const void *body,
   out->grad_norm = scalar(b, OFF_GRAD_NORM, out->flags, GW_HAS_GRAD_NORM);
   out->loss = scalar(b, OFF_LOSS, out->flags, GW_HAS_LOSS);
   out->lr = scalar(b, OFF_LR, out->flags, GW_HAS_LR);
+  if (out->version >= 2) out->incarnation = ld64(b + OFF_INCARNATION);
   if ((rc = check_header(out, effective_max_k(max_k))) != 0) return rc;
 
   /* k <= 65536 and size <= 4: no overflow. */
-  need = GW_PROTO_HEADER_SIZE + (size_t)out->k * gw_dtype_size(out->dtype);
+  need = hs + (size_t)out->k * gw_dtype_size(out->dtype);
   if (body_len < need) return GW_ETRUNC;
   if (body_len > need) return GW_ELENGTH;
-  out->payload = b + GW_PROTO_HEADER_SIZE;
-  out->payload_len = need - GW_PROTO_HEADER_SIZE;
+  out->payload = b + hs;
+  out->payload_len = need - hs;
   return 0;
 }
 
@@ -355,12 +375,12 @@ int gw_proto_encode_topic(const gw_msg_t *m, char *buf, size_t cap) {
 }
 
 /* Absent scalars are written as 0 whatever m holds (PROTOCOL.md §3.1). The
- * payload is copied with memmove, so it may already sit at buf + 64 (a
- * caller can convert the sketch straight into its send buffer). On failure
- * buf is untouched. */
+ * payload is moved first, with memmove, so it may already sit in buf — at
+ * buf + GW_PROTO_HEADER_SIZE, say, for either version: a caller can convert
+ * the sketch straight into its send buffer. On failure buf is untouched. */
 int gw_proto_encode_body(const gw_msg_t *m, void *buf, size_t cap) {
   unsigned char *b = buf;
-  size_t n;
+  size_t hs, n;
   int rc;
 
   assert(m != NULL && (buf != NULL || cap == 0));
@@ -368,12 +388,13 @@ int gw_proto_encode_body(const gw_msg_t *m, void *buf, size_t cap) {
   if (m->payload_len != (size_t)m->k * gw_dtype_size(m->dtype))
     return GW_ELENGTH;
   if (m->payload == NULL) return GW_EINVAL;
-  n = GW_PROTO_HEADER_SIZE + m->payload_len;
+  hs = gw_proto_header_size(m->version);
+  n = hs + m->payload_len;
   if (cap < n) return -ENOBUFS;
 
-  memmove(b + GW_PROTO_HEADER_SIZE, m->payload, m->payload_len);
+  memmove(b + hs, m->payload, m->payload_len);
   st32(b + OFF_MAGIC, GW_PROTO_MAGIC);
-  b[OFF_VERSION] = GW_PROTO_VERSION;
+  b[OFF_VERSION] = m->version;
   b[OFF_DTYPE] = m->dtype;
   b[OFF_KIND] = m->kind;
   b[OFF_S] = m->s;
@@ -386,6 +407,7 @@ int gw_proto_encode_body(const gw_msg_t *m, void *buf, size_t cap) {
        (m->flags & GW_HAS_GRAD_NORM) ? f64_bits(m->grad_norm) : 0);
   st64(b + OFF_LOSS, (m->flags & GW_HAS_LOSS) ? f64_bits(m->loss) : 0);
   st64(b + OFF_LR, (m->flags & GW_HAS_LR) ? f64_bits(m->lr) : 0);
+  if (hs > OFF_INCARNATION) st64(b + OFF_INCARNATION, m->incarnation);
   return (int)n;
 }
 

@@ -1,9 +1,9 @@
 #!/usr/bin/python3
 """gen_frames.py -- golden and malformed wire frames of proto/PROTOCOL.md.
 
-An independent encoder of the gradwatch wire format, version 1, written from
-proto/PROTOCOL.md with nothing but Python's struct (it shares no code with
-proto/proto.c). It writes:
+An independent encoder of the gradwatch wire format, versions 2 and 1,
+written from proto/PROTOCOL.md with nothing but Python's struct (it shares no
+code with proto/proto.c or client/python). It writes:
 
   proto/vectors/frames.json   golden frames (fields + payload as float64),
                               malformed frames (expected reason), frames whose
@@ -26,11 +26,13 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 
-# PROTOCOL.md section 3: 64-byte little-endian header, no padding.
+# PROTOCOL.md section 3: the version 1 header is 64 little-endian bytes, no
+# padding; version 2 appends the u64 incarnation (72 bytes).
 HEADER = struct.Struct("<IBBBBIIQqQddd")
 assert HEADER.size == 64
+INCARNATION = struct.Struct("<Q")
+HEADER_SIZE = {1: 64, 2: 72}
 MAGIC = 0x4B535747
-VERSION = 1
 F32, F16, BF16 = 1, 2, 3
 SJLT, GAUSSIAN = 1, 2
 HAS_GRAD_NORM, HAS_LOSS, HAS_LR = 1, 2, 4
@@ -92,7 +94,10 @@ def decode_elem(dtype, b):
 
 class Msg:
     def __init__(self, run, tag, dtype, kind, s, k, values, flags=0, step=0,
-                 wall_ns=0, seed=0, grad_norm=0.0, loss=0.0, lr=0.0):
+                 wall_ns=0, seed=0, grad_norm=0.0, loss=0.0, lr=0.0, version=2,
+                 incarnation=0x8877665544332211):
+        self.version = version
+        self.incarnation = incarnation if version >= 2 else 0
         self.run, self.tag = run, tag
         self.dtype, self.kind, self.s, self.k = dtype, kind, s, k
         self.values = values
@@ -112,8 +117,10 @@ class Msg:
         for bit, v in ((HAS_GRAD_NORM, self.grad_norm), (HAS_LOSS, self.loss),
                        (HAS_LR, self.lr)):
             sc.append(v if self.flags & bit else 0.0)
-        head = HEADER.pack(MAGIC, VERSION, self.dtype, self.kind, self.s, self.k,
+        head = HEADER.pack(MAGIC, self.version, self.dtype, self.kind, self.s, self.k,
                            self.flags, self.step, self.wall_ns, self.seed, *sc)
+        if self.version >= 2:
+            head += INCARNATION.pack(self.incarnation)
         if absent_slots:
             head = bytearray(head)
             for off, raw in absent_slots.items():
@@ -123,6 +130,10 @@ class Msg:
 
     def body(self, absent_slots=None):
         return self.header(absent_slots) + self.payload()
+
+
+    def hs(self):
+        return HEADER_SIZE[self.version]
 
 
 def patch(body, off, fmt, value):
@@ -139,7 +150,7 @@ def jfloat(x):
 def golden_entry(name, m, doc=False, absent_slots=None, note=None):
     body = m.body(absent_slots)
     canonical = m.body()
-    pay = body[64:]
+    pay = body[m.hs():]
     w = WIDTH[m.dtype]
     decoded = [decode_elem(m.dtype, pay[i * w:(i + 1) * w]) for i in range(m.k)]
     e = {
@@ -149,11 +160,12 @@ def golden_entry(name, m, doc=False, absent_slots=None, note=None):
         "body": body.hex(),
         "max_k": 0,
         "fields": {
-            "run": m.run, "tag": m.tag, "version": VERSION,
+            "run": m.run, "tag": m.tag, "version": m.version,
             "dtype": m.dtype, "kind": m.kind, "s": m.s, "k": m.k,
             "flags": m.flags,
             # 64-bit integers as decimal strings (JSON numbers are doubles)
             "step": str(m.step), "wall_ns": str(m.wall_ns), "seed": str(m.seed),
+            "incarnation": str(m.incarnation),  # 0 for version 1
             # decoded scalars: the value when present, 0 when absent
             "grad_norm": jfloat(m.grad_norm if m.flags & HAS_GRAD_NORM else 0.0),
             "loss": jfloat(m.loss if m.flags & HAS_LOSS else 0.0),
@@ -170,6 +182,33 @@ def golden_entry(name, m, doc=False, absent_slots=None, note=None):
 
 
 def golden():
+    """The six frames of version 1, then the same six in version 2 (names
+    prefixed v2_), each v2 frame with its own incarnation."""
+    v1 = golden_v(1)
+    v2 = golden_v(2)
+    return v1 + v2
+
+
+def golden_v(version):
+    inc = {"f32_k4_all_scalars": 0x8877665544332211,  # bit 63 set: any u64 but 0
+           "f16_k3_no_scalars": 1, "bf16_gaussian_k5": 2 ** 64 - 1,
+           "f32_s8_k8_longest_names": 0x0123456789ABCDEF,
+           "absent_scalars_ignored": 0x00000000FFFFFFFF,
+           "f16_edges": 0xFFFFFFFF00000000}
+    out = []
+    for name, m, doc, slots, note in golden_msgs():
+        m.version = version
+        m.incarnation = inc[name] if version >= 2 else 0
+        if version >= 2:
+            name = "v2_" + name
+            note += ", incarnation 0x%016X" % m.incarnation
+        # PROTOCOL.md shows three v2 frames and the first v1 frame
+        doc = doc and (version >= 2 or name == "f32_k4_all_scalars")
+        out.append(golden_entry(name, m, doc, slots, note))
+    return out
+
+
+def golden_msgs():
     g = []
     m1 = Msg("run-1", "all", F32, SJLT, 4, 4, [1.0, -2.0, 0.5, 3.25],
              flags=HAS_GRAD_NORM | HAS_LOSS | HAS_LR, step=1000,
@@ -205,12 +244,21 @@ def golden():
              grad_norm=0.0)
     g.append(("f16_edges", m6, False, None,
               "f16 largest finite, smallest normal, a subnormal, 1+2^-10"))
-    return [golden_entry(n, m, d, sl, note) for n, m, d, sl, note in g], m1
+    return g
 
 
-def malformed(m1):
+def m1_of(version):
+    m = golden_msgs()[0][1]
+    m.version = version
+    m.incarnation = 0x8877665544332211 if version >= 2 else 0
+    return m
+
+
+def malformed():
     """Every reason gw_proto_decode can return, each from a small change to
-    golden frame f32_k4_all_scalars (80-byte body)."""
+    golden frame f32_k4_all_scalars: version 1 (80-byte body), then the cases
+    version 2 (88-byte body) adds or moves."""
+    m1 = m1_of(1)
     t = m1.topic()
     b = m1.body()
     out = []
@@ -250,8 +298,9 @@ def malformed(m1):
     add("magic_before_version", "bad_magic",
         body=patch(patch(b, 0, "<I", 0), 4, "<B", 9))
     add("version_0", "bad_version", body=patch(b, 4, "<B", 0))
-    add("version_2", "bad_version", body=patch(b, 4, "<B", 2))
-    add("version_2_five_bytes", "bad_version", body=patch(b, 4, "<B", 2)[:5])
+    add("version_3", "bad_version", body=patch(b, 4, "<B", 3))
+    add("version_3_five_bytes", "bad_version", body=patch(b, 4, "<B", 3)[:5])
+    add("version_255", "bad_version", body=patch(b, 4, "<B", 255))
     # dtype (10)
     add("dtype_0", "bad_dtype", body=patch(b, 5, "<B", 0))
     add("dtype_4", "bad_dtype", body=patch(b, 5, "<B", 4))
@@ -264,7 +313,7 @@ def malformed(m1):
     add("sjlt_s_9", "bad_sketch", body=patch(b, 7, "<B", 9))
     add("gaussian_s_1", "bad_sketch",
         body=patch(patch(b, 6, "<B", GAUSSIAN), 7, "<B", 1))
-    m_sk = Msg("run-1", "all", F32, SJLT, 3, 2, [1.0, 2.0])
+    m_sk = Msg("run-1", "all", F32, SJLT, 3, 2, [1.0, 2.0], version=1)
     add("sjlt_s_over_k", "bad_sketch", body=m_sk.body())
     add("sketch_before_k", "bad_sketch",
         body=patch(patch(b, 6, "<B", 7), 8, "<I", 0))
@@ -292,6 +341,39 @@ def malformed(m1):
         body=patch(b, 40, "<Q", 0x7FF0000000000001))
     add("scalars_before_length", "non_finite",
         body=patch(b, 48, "<d", math.nan)[:70])
+    # a version 1 body labelled 2: its header is 72 bytes, so the first two
+    # payload floats read as the incarnation and the payload is 8 bytes short
+    add("v1_body_labelled_v2", "truncated", body=patch(b, 4, "<B", 2))
+
+    # version 2 (checks 9, 17-19 move or appear)
+    m2 = m1_of(2)
+    b2 = m2.body()
+    assert len(b2) == 88
+
+    def add2(name, reason, body=b2, max_k=0):
+        add("v2_" + name, reason, body=body, max_k=max_k)
+
+    add2("incarnation_0", "bad_incarnation", body=patch(b2, 64, "<Q", 0))
+    add2("body_64_bytes", "truncated", body=b2[:64])
+    add2("body_71_bytes", "truncated", body=b2[:71])
+    add2("header_only_k4", "truncated", body=b2[:72])
+    add2("payload_one_byte_short", "truncated", body=b2[:-1])
+    add2("payload_one_byte_long", "bad_length", body=b2 + b"\x00")
+    add2("payload_one_element_long", "bad_length", body=b2 + b2[-4:])
+    # a version 2 body labelled 1: 64-byte header, 8 bytes too many
+    add2("body_labelled_v1", "bad_length", body=patch(b2, 4, "<B", 1))
+    add2("version_3", "bad_version", body=patch(b2, 4, "<B", 3))
+    add2("k_over_receiver_limit", "k_over_limit", max_k=3)
+    add2("flags_before_incarnation", "bad_flags",
+         body=patch(patch(b2, 12, "<I", 8), 64, "<Q", 0))
+    add2("step_before_incarnation", "bad_flags",
+         body=patch(patch(b2, 16, "<Q", 2 ** 63), 64, "<Q", 0))
+    add2("scalars_before_incarnation", "non_finite",
+         body=patch(patch(b2, 56, "<d", math.inf), 64, "<Q", 0))
+    add2("incarnation_before_length", "bad_incarnation",
+         body=patch(b2, 64, "<Q", 0)[:80])
+    add2("grad_norm_nan", "non_finite", body=patch(b2, 40, "<d", math.nan))
+    add2("dtype_4", "bad_dtype", body=patch(b2, 5, "<B", 4))
     return out
 
 
@@ -309,14 +391,16 @@ def payload_rejected():
         ("bf16_pos_inf", BF16, struct.pack("<H", 0x7F80)),
         ("bf16_nan", BF16, struct.pack("<H", 0xFFC1)),
     ]
-    for name, dt, bad in cases:
-        m = Msg("run-1", "all", dt, SJLT, 1, 3, [1.0, 2.0, 3.0])
-        w = WIDTH[dt]
-        body = bytearray(m.body())
-        body[64 + w:64 + 2 * w] = bad  # the middle element
-        out.append({"name": name, "topic_hex": m.topic().hex(),
-                    "body": bytes(body).hex(), "max_k": 0,
-                    "reason": "non_finite"})
+    for version in (1, 2):
+        for name, dt, bad in cases:
+            m = Msg("run-1", "all", dt, SJLT, 1, 3, [1.0, 2.0, 3.0], version=version)
+            w = WIDTH[dt]
+            h = m.hs()
+            body = bytearray(m.body())
+            body[h + w:h + 2 * w] = bad  # the middle element
+            out.append({"name": name if version == 1 else "v2_" + name,
+                        "topic_hex": m.topic().hex(), "body": bytes(body).hex(),
+                        "max_k": 0, "reason": "non_finite"})
     return out
 
 
@@ -368,21 +452,25 @@ def markdown(entries):
     dn = {1: "f32", 2: "f16", 3: "bf16"}
     kn = {1: "sjlt", 2: "gaussian"}
     lines = []
-    annotated = False
+    annotated = set()
+    # version 2 first (what senders write), then version 1
+    entries = sorted(entries, key=lambda e: -e["fields"]["version"])
     for e in entries:
         if not e["in_protocol_md"]:
             continue
         f = e["fields"]
         body = bytes.fromhex(e["body"])
-        lines.append("### `%s`" % e["name"])
+        lines.append("### `%s` (version %d)" % (e["name"], f["version"]))
         lines.append("")
         lines.append("About: %s." % e["note"])
         lines.append("")
         lines.append("- topic: `%s` (%d bytes)" % (e["topic"], len(e["topic"])))
-        lines.append("- header: dtype %d (%s), kind %d (%s), s %d, k %d, flags %d, "
-                     "step %s, wall_ns %s, seed %s"
-                     % (f["dtype"], dn[f["dtype"]], f["kind"], kn[f["kind"]], f["s"],
-                        f["k"], f["flags"], f["step"], f["wall_ns"], f["seed"]))
+        inc = (", incarnation %s (0x%016X)" % (f["incarnation"], int(f["incarnation"]))
+               if f["version"] >= 2 else "")
+        lines.append("- header: version %d, dtype %d (%s), kind %d (%s), s %d, k %d, "
+                     "flags %d, step %s, wall_ns %s, seed %s%s"
+                     % (f["version"], f["dtype"], dn[f["dtype"]], f["kind"], kn[f["kind"]],
+                        f["s"], f["k"], f["flags"], f["step"], f["wall_ns"], f["seed"], inc))
         sc = []
         for bit, key in ((1, "grad_norm"), (2, "loss"), (4, "lr")):
             sc.append("%s %s" % (key, repr(f[key]) if f["flags"] & bit else "absent (0)"))
@@ -394,25 +482,28 @@ def markdown(entries):
         lines.extend(hexlines(body))
         lines.append("```")
         lines.append("")
-        if not annotated:
+        if f["version"] not in annotated:
             lines.extend(annotate(body, f))
-            annotated = True
+            annotated.add(f["version"])
     return "\n".join(lines).rstrip() + "\n"
 
 
 def annotate(body, f):
     """Field-by-field reading of one body, for PROTOCOL.md."""
-    rows = [(0, 4, "magic", "0x%08X" % MAGIC), (4, 1, "version", "1"),
+    rows = [(0, 4, "magic", "0x%08X" % MAGIC), (4, 1, "version", str(f["version"])),
             (5, 1, "dtype", str(f["dtype"])), (6, 1, "kind", str(f["kind"])),
             (7, 1, "s", str(f["s"])), (8, 4, "k", str(f["k"])),
             (12, 4, "flags", str(f["flags"])), (16, 8, "step", f["step"]),
             (24, 8, "wall_ns", f["wall_ns"]), (32, 8, "seed", f["seed"]),
             (40, 8, "grad_norm", repr(f["grad_norm"])),
             (48, 8, "loss", repr(f["loss"])), (56, 8, "lr", repr(f["lr"]))]
+    h = HEADER_SIZE[f["version"]]
+    if f["version"] >= 2:
+        rows.append((64, 8, "incarnation", "0x%016X" % int(f["incarnation"])))
     w = WIDTH[f["dtype"]]
     for i in range(f["k"]):
-        x = decode_elem(f["dtype"], body[64 + i * w:64 + (i + 1) * w])
-        rows.append((64 + i * w, w, "payload[%d]" % i, repr(x)))
+        x = decode_elem(f["dtype"], body[h + i * w:h + (i + 1) * w])
+        rows.append((h + i * w, w, "payload[%d]" % i, repr(x)))
     out = ["The same body, field by field:", "",
            "| Offset | Bytes (in order) | Field | Value |",
            "|-------:|------------------|-------|-------|"]
@@ -423,9 +514,14 @@ def annotate(body, f):
     return out
 
 
-def corpus(entries, groups):
+def corpus(groups):
+    """Seeds for tests/fuzz: every file this script wrote before is replaced
+    (the prefixes golden_, malformed_, payload_ are this script's)."""
     d = os.path.join(ROOT, "tests", "fuzz", "corpus", "proto")
     os.makedirs(d, exist_ok=True)
+    for old in os.listdir(d):
+        if old.split("_", 1)[0] in ("golden", "malformed", "payload"):
+            os.remove(os.path.join(d, old))
     for prefix, items in groups:
         for e in items:
             topic = bytes.fromhex(e["topic_hex"])
@@ -435,8 +531,8 @@ def corpus(entries, groups):
 
 
 def main():
-    gold, m1 = golden()
-    bad = malformed(m1)
+    gold = golden()
+    bad = malformed()
     rej = payload_rejected()
     conv = conversions()
     crosscheck_bf16_with_torch(conv)
@@ -444,8 +540,9 @@ def main():
         sys.stdout.write(markdown(gold))
         return
     doc = {
-        "about": "gradwatch wire protocol v1 test vectors (proto/PROTOCOL.md); "
-                 "generated by proto/vectors/gen_frames.py, do not edit",
+        "about": "gradwatch wire protocol test vectors, versions 1 and 2 "
+                 "(proto/PROTOCOL.md); generated by proto/vectors/gen_frames.py, "
+                 "do not edit",
         "golden": gold,
         "malformed": bad,
         "payload_rejected": rej,
@@ -454,7 +551,7 @@ def main():
     with open(os.path.join(HERE, "frames.json"), "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
-    corpus(gold, [("golden", gold), ("malformed", bad), ("payload", rej)])
+    corpus([("golden", gold), ("malformed", bad), ("payload", rej)])
 
 
 if __name__ == "__main__":

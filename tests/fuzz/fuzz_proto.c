@@ -7,7 +7,8 @@
  * Each topic and body is copied into a heap block of exactly its size, so
  * ASan flags any read past a frame. When decode accepts a message the target
  * checks what the decoder promises: the borrowed pointers lie inside the
- * frames, the payload is converted or rejected only as non_finite, accepted
+ * frames, the payload starts where the header of its version ends, a
+ * version 2 message has a nonzero incarnation and a version 1 message none, the payload is converted or rejected only as non_finite, accepted
  * payloads are finite and survive an f16/bf16 round trip, and re-encoding
  * gives back the input exactly (with absent scalar slots zeroed, the one
  * liberty PROTOCOL.md §3.1 allows). Any broken promise aborts.
@@ -38,7 +39,7 @@ static int inside(const void *p, size_t n, const unsigned char *base,
 static void check_accepted(const gw_msg_t *m, const unsigned char *topic,
                            size_t topic_len, const unsigned char *body,
                            size_t body_len) {
-  size_t w = gw_dtype_size(m->dtype);
+  size_t w = gw_dtype_size(m->dtype), hs = gw_proto_header_size(m->version);
   char t[GW_PROTO_TOPIC_MAX + 1];
   unsigned char *re, *want;
   double *out;
@@ -46,9 +47,11 @@ static void check_accepted(const gw_msg_t *m, const unsigned char *topic,
 
   CHECK(inside(m->run, m->run_len, topic, topic_len));
   CHECK(inside(m->tag, m->tag_len, topic, topic_len));
-  CHECK(m->payload == body + GW_PROTO_HEADER_SIZE);
+  CHECK(hs == (m->version == 1 ? 64u : 72u) && m->version == body[4]);
+  CHECK(m->version == 1 ? m->incarnation == 0 : m->incarnation != 0);
+  CHECK(m->payload == body + hs);
   CHECK(w != 0 && m->k >= 1 && m->k <= GW_PROTO_K_MAX);
-  CHECK(m->payload_len == m->k * w && body_len == GW_PROTO_HEADER_SIZE + m->payload_len);
+  CHECK(m->payload_len == m->k * w && body_len == hs + m->payload_len);
 
   out = malloc(m->k * sizeof *out);
   CHECK(out != NULL);
@@ -109,7 +112,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   CHECK(rc == 0 || rc == GW_ETOPIC || rc == GW_ENAME || rc == GW_ETRUNC ||
         rc == GW_EMAGIC || rc == GW_EVERSION || rc == GW_EDTYPE ||
         rc == GW_EKIND || rc == GW_EKLIMIT || rc == GW_EFLAGS ||
-        rc == GW_ELENGTH || rc == GW_ENONFINITE);
+        rc == GW_ELENGTH || rc == GW_ENONFINITE || rc == GW_EINCARNATION);
   if (rc == 0) check_accepted(&m, topic, tlen, body, blen);
 
   free(topic);

@@ -1,5 +1,6 @@
-"""Wire format: the encoder reproduces proto/vectors/frames.json byte for byte,
-the decoder rejects every malformed frame with the expected reason."""
+"""Wire format: the encoder reproduces proto/vectors/frames.json byte for byte
+(versions 1 and 2), the decoder rejects every malformed frame with the
+expected reason."""
 import json
 import os
 import struct
@@ -26,12 +27,14 @@ def _fields_to_encode_args(f, payload):
         kind={1: "sjlt", 2: "gaussian"}[f["kind"]], seed=int(f["seed"]), s=f["s"],
         dtype=_proto.DTYPE_NAMES[f["dtype"]], wall_ns=int(f["wall_ns"]),
         grad_norm=f["grad_norm"] if flags & 1 else None,
-        loss=f["loss"] if flags & 2 else None, lr=f["lr"] if flags & 4 else None)
+        loss=f["loss"] if flags & 2 else None, lr=f["lr"] if flags & 4 else None,
+        version=f["version"], incarnation=int(f["incarnation"]) or None)
 
 
 def test_golden_frames_encode_byte_for_byte():
     golden = frames()["golden"]
-    assert len(golden) >= 3
+    assert {g["fields"]["version"] for g in golden} == {1, 2}
+    assert len(golden) >= 6
     for g in golden:
         topic, body = gradwatch.encode(**_fields_to_encode_args(g["fields"], g["payload"]))
         assert topic.hex() == g["topic_hex"], g["name"]
@@ -48,6 +51,9 @@ def test_golden_frames_decode_to_fields():
         assert (_proto.DTYPES[m.dtype], {"sjlt": 1, "gaussian": 2}[m.kind]) == \
             (f["dtype"], f["kind"])
         assert (m.step, m.wall_ns, m.seed) == (int(f["step"]), int(f["wall_ns"]), int(f["seed"]))
+        assert m.incarnation == int(f["incarnation"]), g["name"]
+        assert (m.incarnation == 0) == (m.version == 1)
+        assert len(m.payload) == len(g["body"]) // 2 - {1: 64, 2: 72}[m.version]
         for bit, name in ((1, "grad_norm"), (2, "loss"), (4, "lr")):
             assert getattr(m, name) == (f[name] if f["flags"] & bit else None), (g["name"], name)
         assert np.array_equal(m.z(), np.asarray(g["payload"], np.float64)), g["name"]
@@ -56,6 +62,7 @@ def test_golden_frames_decode_to_fields():
 def test_malformed_frames_rejected_with_reason():
     bad = frames()["malformed"]
     assert len(bad) > 20
+    assert "bad_incarnation" in {b["reason"] for b in bad}
     for b in bad:
         with pytest.raises(gradwatch.DecodeError) as ei:
             gradwatch.decode(bytes.fromhex(b["topic_hex"]), bytes.fromhex(b["body"]),
@@ -88,11 +95,19 @@ def test_f16_bf16_conversions():
 def test_round_trip(dtype):
     z = np.array([0.5, -1.25, 3.0, 1e-3, 100.0])
     t, b = gradwatch.encode("run.1", "layer/0.w", 12, z, kind="sjlt", seed=7, s=2, dtype=dtype,
-                            wall_ns=-5, loss=0.25)
-    assert len(b) == 64 + 5 * (4 if dtype == "f32" else 2)
+                            wall_ns=-5, loss=0.25, incarnation=2 ** 64 - 1)
+    assert len(b) == 72 + 5 * (4 if dtype == "f32" else 2)
+    assert b[4] == 2 and b[64:72] == b"\xff" * 8
     m = gradwatch.decode(t, b)
     assert (m.run, m.tag, m.step, m.seed, m.s, m.k, m.dtype, m.wall_ns) == \
         ("run.1", "layer/0.w", 12, 7, 2, 5, dtype, -5)
+    assert (m.version, m.incarnation) == (2, 2 ** 64 - 1)
+    # version 1: the same bytes without the incarnation
+    t1, b1 = gradwatch.encode("run.1", "layer/0.w", 12, z, kind="sjlt", seed=7, s=2,
+                              dtype=dtype, wall_ns=-5, loss=0.25, version=1)
+    assert t1 == t and b1 == b[:4] + b"\x01" + b[5:64] + b[72:]
+    m1 = gradwatch.decode(t1, b1)
+    assert (m1.version, m1.incarnation, m1.payload) == (1, 0, m.payload)
     assert (m.grad_norm, m.loss, m.lr, m.flags) == (None, 0.25, None, 2)
     tol = {"f32": 1e-7, "f16": 1e-3, "bf16": 8e-3}[dtype]
     assert np.allclose(m.z(), z, rtol=tol, atol=1e-4)
@@ -116,6 +131,28 @@ def test_encode_rejects_bad_fields():
         gradwatch.encode("a", "t", 0, np.array([1e6]), dtype="f16", s=1)
     with pytest.raises(ValueError, match="dtype"):
         gradwatch.encode("a", "t", 0, z, dtype="f64")
+    with pytest.raises(ValueError, match="incarnation"):  # version 2 needs one
+        gradwatch.encode("a", "t", 0, z)
+    with pytest.raises(ValueError, match="incarnation"):
+        gradwatch.encode("a", "t", 0, z, incarnation=0)
+    with pytest.raises(ValueError, match="incarnation"):
+        gradwatch.encode("a", "t", 0, z, incarnation=2 ** 64)
+    with pytest.raises(TypeError, match="incarnation"):
+        gradwatch.encode("a", "t", 0, z, incarnation=1.0)
+    with pytest.raises(ValueError, match="incarnation"):
+        gradwatch.encode("a", "t", 0, z, incarnation=5, version=1)
+    with pytest.raises(ValueError, match="version"):
+        gradwatch.encode("a", "t", 0, z, incarnation=5, version=3)
+
+
+def test_new_incarnation_is_random_and_nonzero():
+    ids = [_proto.new_incarnation() for _ in range(64)]
+    assert all(1 <= i < 2 ** 64 for i in ids) and len(set(ids)) == 64
+    ones = zeros = 0
+    for i in ids:
+        ones |= i
+        zeros |= ~i & (2 ** 64 - 1)
+    assert ones == zeros == 2 ** 64 - 1  # every bit varies
 
 
 def test_publisher_encoder_reproduces_golden_frames():
@@ -124,7 +161,8 @@ def test_publisher_encoder_reproduces_golden_frames():
         a = _fields_to_encode_args(g["fields"], g["payload"])
         with gradwatch.Publisher("tcp://127.0.0.1:1", run=a["run"], k=len(a["z"]),
                                  seed=a["seed"], kind=a["kind"], s=a["s"],
-                                 dtype=a["dtype"]) as pub:
+                                 dtype=a["dtype"], incarnation=a["incarnation"],
+                                 wire_version=a["version"]) as pub:
             gns = None if a["grad_norm"] is None else np.array([a["grad_norm"]])
             rows, ok = pub._encode(a["step"], a["z"].reshape(1, -1), gns, a["loss"], a["lr"],
                                    wall_ns=a["wall_ns"])

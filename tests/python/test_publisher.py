@@ -1,7 +1,10 @@
 """Publisher: API, argument checking, non-blocking drops, and end to end with a
-real ZeroMQ SUB socket standing in for the daemon."""
+real ZeroMQ SUB socket standing in for the daemon; incarnations, `connected`
+and the no-daemon warning (its delay cut through GW_PUBLISHER_WARN_MS)."""
 import math
+import struct
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -71,7 +74,8 @@ def test_end_to_end_publish_decodes(sub):
         [("e2e-1", "all", 1), ("e2e-1", "layer1.weight", 2), ("e2e-1", "all", 3)]
     want = np.asarray(ref_sketch(g.reshape(-1), 64, 5, "sjlt", 4), np.float32)
     m = msgs[0]
-    assert (m.k, m.seed, m.kind, m.s, m.dtype, m.version) == (64, 5, "sjlt", 4, "f32", 1)
+    assert (m.k, m.seed, m.kind, m.s, m.dtype, m.version) == (64, 5, "sjlt", 4, "f32", 2)
+    assert all(x.incarnation == pub.incarnation != 0 for x in msgs)
     assert np.array_equal(m.z(), want.astype(np.float64))
     assert m.grad_norm == pytest.approx(float(np.linalg.norm(g.astype(np.float64))), rel=1e-12)
     assert (m.loss, m.lr) == (0.5, 0.1)
@@ -91,7 +95,8 @@ def test_half_precision_payloads(sub, dtype):
         (m,) = recv_msgs(sub, 1)
         z = pub.sketch(g)
     assert m.dtype == dtype and m.k == 32
-    want = gradwatch.decode(*gradwatch.encode("half", "all", 0, z, seed=1, dtype=dtype)).z()
+    want = gradwatch.decode(*gradwatch.encode("half", "all", 0, z, seed=1, dtype=dtype,
+                                              incarnation=pub.incarnation)).z()
     assert np.array_equal(m.z(), want)
     assert np.allclose(m.z(), z, rtol={"f16": 1e-3, "bf16": 8e-3}[dtype], atol=1e-6)
 
@@ -331,6 +336,165 @@ def test_grad_norm_is_float64_exact(pub, sub):
         m0, m1 = recv_msgs(sub, 2)
     assert m0.grad_norm == pytest.approx(math.sqrt(1000 * float(np.float32(0.1)) ** 2), rel=1e-14)
     assert m1.grad_norm == pytest.approx(math.sqrt(1000) * 0.1, rel=1e-2)
+
+
+def test_incarnation_per_publisher(sub):
+    """Same id in every message of a publisher, on every tag; another publisher
+    of the same run (a rerun) has another; a chosen id and wire version 1."""
+    z = np.ones(8)
+    got = []
+    with gradwatch.Publisher(ep(sub), run="same", k=8) as a, \
+            gradwatch.Publisher(ep(sub), run="same", k=8) as b:
+        assert isinstance(a.incarnation, int) and 0 < a.incarnation < 2 ** 64
+        assert a.incarnation != b.incarnation != 0
+        assert handshake(a, sub) and handshake(b, sub)
+        for step in range(3):
+            assert a.publish_sketch("all", step, z) and a.publish_sketch("l/0", step, z)
+            assert b.publish_sketch("all", step, z)
+        while len(got) < 9 and sub.poll(5000):
+            got.append(sub.recv_multipart())
+        ia, ib = a.incarnation, b.incarnation
+    assert len(got) == 9
+    incs = [struct.unpack_from("<Q", body, 64)[0] for _, body in got]
+    assert [body[4] for _, body in got] == [2] * 9
+    # (two connections: the SUB interleaves them fairly, not in send order)
+    assert sorted(incs) == sorted([ia] * 6 + [ib] * 3)
+    assert all(inc == ia for (t, _), inc in zip(got, incs) if t == b"gw1/same/l/0")
+    assert [gradwatch.decode(t, body).incarnation for t, body in got] == incs
+
+    with gradwatch.Publisher(ep(sub), run="chosen", k=8, incarnation=2 ** 64 - 1) as c, \
+            gradwatch.Publisher(ep(sub), run="old", k=8, wire_version=1) as old:
+        assert (c.incarnation, old.incarnation) == (2 ** 64 - 1, 0)
+        assert handshake(c, sub) and handshake(old, sub)
+        c.publish_sketch("all", 1, z)
+        m = recv_msgs(sub, 1)[0]
+        assert (m.run, m.version, m.incarnation) == ("chosen", 2, 2 ** 64 - 1)
+        old.publish_sketch("all", 1, z)
+        t, body = sub.recv_multipart()
+        assert (t, body[4], len(body)) == (b"gw1/old/all", 1, 64 + 8 * 4)
+        assert gradwatch.decode(t, body).incarnation == 0
+
+
+@pytest.mark.parametrize("kw,exc", [
+    (dict(incarnation=0), ValueError), (dict(incarnation=2 ** 64), ValueError),
+    (dict(incarnation=-1), ValueError), (dict(incarnation="1"), TypeError),
+    (dict(wire_version=3), ValueError), (dict(wire_version=1, incarnation=7), ValueError),
+])
+def test_constructor_rejects_incarnation(kw, exc):
+    with pytest.raises(exc, match="incarnation|version"):
+        gradwatch.Publisher("tcp://127.0.0.1:1", run="r", k=8, **kw)
+
+
+def wait_connected(pub, want, *subs, timeout=5.0):
+    """pub.connected until it equals want (servicing subs), or timeout; the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for s in subs:
+            s.getsockopt(zmq.EVENTS)
+        c = pub.connected
+        if c == want or time.monotonic() > deadline:
+            return c
+        time.sleep(0.002)
+
+
+def test_connected_follows_subscriptions():
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.SUB)  # connected, subscribed to nothing yet
+    port = free_port()
+    s.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        with gradwatch.Publisher(f"tcp://127.0.0.1:{port}", run="mine", k=8) as mine, \
+                gradwatch.Publisher(f"tcp://127.0.0.1:{port}", run="other", k=8) as other:
+            assert wait_connected(mine, True, s, timeout=0.2) is False
+            s.setsockopt(zmq.SUBSCRIBE, b"gw1/other/")  # another run only
+            assert wait_connected(other, True, s) is True
+            assert wait_connected(mine, True, s, timeout=0.2) is False
+            s.setsockopt(zmq.SUBSCRIBE, b"gw1/mine/layer1.")  # one tag of the run counts
+            assert wait_connected(mine, True, s) is True
+            s.setsockopt(zmq.UNSUBSCRIBE, b"gw1/mine/layer1.")
+            assert wait_connected(mine, False, s) is False
+            s.setsockopt(zmq.SUBSCRIBE, b"gw1/")
+            assert wait_connected(mine, True, s) is True
+            s.close(linger=0)  # the daemon goes away, its subscriptions with it
+            assert wait_connected(mine, False) is False
+            mine.close()
+            assert mine.connected is False
+    finally:
+        s.close(linger=0)
+
+
+def no_subscriber_warnings(caught):
+    return [w for w in caught if issubclass(w.category, gradwatch.NoSubscriberWarning)]
+
+
+def test_warns_once_without_daemon(monkeypatch):
+    monkeypatch.setenv("GW_PUBLISHER_WARN_MS", "200")
+    z = np.ones(8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradwatch.Publisher("tcp://127.0.0.1:1", run="lonely-run", k=8) as p:
+            time.sleep(0.25)  # the clock starts at the first publish, not at creation
+            assert p.connected is False
+            assert p.publish_sketch("all", 1, z) is False
+            assert no_subscriber_warnings(caught) == []
+            time.sleep(0.25)
+            assert p.publish_sketch("all", 2, z) is False  # this line is blamed
+            ws = no_subscriber_warnings(caught)
+            assert len(ws) == 1
+            assert "lonely-run" in str(ws[0].message) and "tcp://127.0.0.1:1" in str(ws[0].message)
+            assert ws[0].filename == __file__  # points at the caller, not gradwatch
+            for step in range(3, 8):
+                p.publish_sketch("all", step, z)
+                assert p.connected is False
+            assert len(no_subscriber_warnings(caught)) == 1  # once
+        # from `connected` alone, too
+        with gradwatch.Publisher("tcp://127.0.0.1:1", run="r2", k=8) as p:
+            p.publish_sketch("all", 1, z)
+            time.sleep(0.25)
+            assert p.connected is False
+        assert len(no_subscriber_warnings(caught)) == 2
+    # a bad value means the default 5 s: nothing after 250 ms
+    monkeypatch.setenv("GW_PUBLISHER_WARN_MS", "soon")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradwatch.Publisher("tcp://127.0.0.1:1", run="r3", k=8) as p:
+            p.publish_sketch("all", 1, z)
+            time.sleep(0.25)
+            p.publish_sketch("all", 2, z)
+            assert p.connected is False
+        assert no_subscriber_warnings(caught) == []
+
+
+def test_warning_from_torch_watch_points_at_the_caller(monkeypatch):
+    monkeypatch.setenv("GW_PUBLISHER_WARN_MS", "0")
+    model = torch.nn.Linear(3, 2)
+    model(torch.ones(4, 3)).sum().backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradwatch.Publisher("tcp://127.0.0.1:1", run="w", k=8) as p:
+            w = gradwatch.torch.watch(model, p)
+            w.log(1)
+            w.log(2)
+            w.close()
+        ws = no_subscriber_warnings(caught)
+    assert len(ws) == 1 and ws[0].filename == __file__
+
+
+def test_never_warns_with_daemon(sub, monkeypatch):
+    monkeypatch.setenv("GW_PUBLISHER_WARN_MS", "100")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gradwatch.Publisher(ep(sub), run="watched", k=8) as p:
+            assert handshake(p, sub)
+            assert p.connected is True
+            assert p.publish_sketch("all", 1, np.ones(8)) is True
+            time.sleep(0.2)
+            assert p.publish_sketch("all", 2, np.ones(8)) is True
+            sub.close(linger=0)  # the daemon came, then left: still no warning
+            assert wait_connected(p, False) is False
+            time.sleep(0.15)
+            p.publish_sketch("all", 3, np.ones(8))
+    assert no_subscriber_warnings(caught) == []
 
 
 def test_close(pub):

@@ -1,9 +1,12 @@
 /* test_proto.c — the wire codec (proto/proto.c) against independent references:
  *
  *  - proto/vectors/frames.json, written by an independent Python encoder
- *    (proto/vectors/gen_frames.py, struct only): golden frames are decoded
- *    field by field and re-encoded byte for byte, malformed frames must fail
- *    with their exact reason, and their f16/bf16 conversions must agree;
+ *    (proto/vectors/gen_frames.py, struct only): golden frames of versions 1
+ *    and 2 are decoded field by field (incarnation included) and re-encoded
+ *    byte for byte, malformed frames must fail with their exact reason, and
+ *    their f16/bf16 conversions must agree; each v2 golden frame re-encoded
+ *    as version 1 must give its v1 twin (the versions differ only by the
+ *    incarnation);
  *  - closed forms: a binary16 value is m·2^-24 or (1024+m)·2^(e-25) (ldexp),
  *    a bfloat16 value is its bits << 16, and the round-to-nearest-even tie
  *    points between every pair of adjacent f16/bf16 values are computed in
@@ -211,10 +214,14 @@ static void check_golden_fields(const cJSON *e, const frame_t *f,
   assert_true(m->step == strtoull(str(fl, "step"), NULL, 10));
   assert_true(m->wall_ns == strtoll(str(fl, "wall_ns"), NULL, 10));
   assert_true(m->seed == strtoull(str(fl, "seed"), NULL, 10));
+  assert_true(m->incarnation == strtoull(str(fl, "incarnation"), NULL, 10));
+  if (m->version == 1) assert_true(m->incarnation == 0);
   assert_true(same_double(m->grad_norm, num(fl, "grad_norm")));
   assert_true(same_double(m->loss, num(fl, "loss")));
   assert_true(same_double(m->lr, num(fl, "lr")));
-  assert_ptr_equal(m->payload, f->body + GW_PROTO_HEADER_SIZE);
+  /* the payload starts where the version's header ends (64 or 72) */
+  assert_ptr_equal(m->payload,
+                   f->body + (m->version == 1 ? 64 : m->version == 2 ? 72 : -1));
   assert_int_equal(m->payload_len, m->k * w);
 }
 
@@ -315,7 +322,7 @@ static void golden_frames_unaligned(void **state) {
 static const char *const decoder_reasons[] = {
     "bad_topic", "bad_name",     "truncated", "bad_magic",
     "bad_version", "bad_dtype",  "bad_sketch", "k_over_limit",
-    "bad_flags", "non_finite",   "bad_length",
+    "bad_flags", "non_finite",   "bad_length", "bad_incarnation",
 };
 #define N_REASONS (sizeof decoder_reasons / sizeof decoder_reasons[0])
 
@@ -418,7 +425,7 @@ static const char run_chars[] =
 
 static void names_at_128_and_129(void **state) {
   char name[GW_PROTO_NAME_MAX + 2], topic[GW_PROTO_TOPIC_MAX + 2];
-  static const unsigned char body[GW_PROTO_HEADER_SIZE + 4] = {
+  static const unsigned char body[GW_PROTO_HEADER_SIZE_V1 + 4] = {
       0x47, 0x57, 0x53, 0x4B, 1, 1, 1, 1, 1}; /* f32, sjlt s=1, k=1 */
   gw_msg_t m;
   (void)state;
@@ -464,7 +471,7 @@ static void names_at_128_and_129(void **state) {
 
 /* All 256 byte values in a run, and in a tag, directly and inside a topic. */
 static void every_character_class(void **state) {
-  static const unsigned char body[GW_PROTO_HEADER_SIZE + 4] = {
+  static const unsigned char body[GW_PROTO_HEADER_SIZE_V1 + 4] = {
       0x47, 0x57, 0x53, 0x4B, 1, 1, 1, 1, 1};
   (void)state;
   for (int c = 0; c < 256; c++) {
@@ -813,6 +820,7 @@ static void valid_msg(gw_msg_t *m, const void *payload) {
   m->tag = "all";
   m->tag_len = 3;
   m->version = GW_PROTO_VERSION;
+  m->incarnation = UINT64_C(0xC0FFEE0000000001);
   m->dtype = GW_DTYPE_F32;
   m->kind = GW_SKETCH_SJLT;
   m->s = 2;
@@ -840,7 +848,9 @@ static void encoder_validates_like_decoder(void **state) {
     assert_int_equal(gw_proto_encode_body(&m, buf, sizeof buf), code);         \
   } while (0)
   BAD(version, 0, GW_EVERSION);
-  BAD(version, 2, GW_EVERSION);
+  BAD(version, 3, GW_EVERSION);
+  BAD(version, 255, GW_EVERSION);
+  BAD(incarnation, 0, GW_EINCARNATION); /* version 2 needs one */
   BAD(dtype, 0, GW_EDTYPE);
   BAD(dtype, 4, GW_EDTYPE);
   BAD(kind, 0, GW_EKIND);
@@ -856,6 +866,26 @@ static void encoder_validates_like_decoder(void **state) {
   BAD(step, UINT64_C(1) << 63, GW_EFLAGS);
   BAD(payload_len, 7, GW_ELENGTH);
   BAD(payload, NULL, GW_EINVAL);
+  /* version 1 has no room for an incarnation: refusing beats dropping it */
+  valid_msg(&m, pay);
+  m.version = 1;
+  assert_int_equal(gw_proto_encode_body(&m, buf, sizeof buf), GW_EINCARNATION);
+  m.incarnation = 0;
+  assert_int_equal(gw_proto_encode_body(&m, buf, sizeof buf), (int)sizeof buf - 8);
+  assert_int_equal(buf[4], 1);
+  assert_int_equal(gw_proto_decode("gw1/r1/all", 10, buf, sizeof buf - 8, 0, &d), 0);
+  assert_true(d.version == 1 && d.incarnation == 0 && d.step == 5);
+  assert_ptr_equal(d.payload, buf + 64);
+  /* and version 2 writes the incarnation little-endian at offset 64 */
+  valid_msg(&m, pay);
+  assert_int_equal(gw_proto_encode_body(&m, buf, sizeof buf), (int)sizeof buf);
+  assert_int_equal(buf[4], 2);
+  for (int i = 0; i < 8; i++)
+    assert_int_equal(buf[64 + i], (m.incarnation >> (8 * i)) & 0xFF);
+  assert_int_equal(gw_proto_decode("gw1/r1/all", 10, buf, sizeof buf, 0, &d), 0);
+  assert_true(d.version == 2 && d.incarnation == m.incarnation);
+  assert_ptr_equal(d.payload, buf + 72);
+  assert_int_equal(gw_proto_encode_body(&m, buf, sizeof buf - 1), -ENOBUFS);
   valid_msg(&m, pay);
   m.kind = GW_SKETCH_GAUSSIAN;
   assert_int_equal(gw_proto_encode_body(&m, buf, sizeof buf), GW_EKIND);
@@ -908,12 +938,81 @@ static void encoder_in_place(void **state) {
   assert_int_equal(gw_proto_decode("gw1/r1/all", 10, buf, sizeof buf, 0, &d), 0);
   assert_int_equal(gw_proto_read_payload(&d, out), 0);
   assert_true(out[0] == 1.0 && out[1] == -2.0 && out[2] == ldexp(1, -24));
+
+  /* version 1 from the same buffer: the payload moves down to offset 64 */
+  memcpy(buf + GW_PROTO_HEADER_SIZE, want_pay, 6);
+  m.version = 1;
+  m.incarnation = 0;
+  m.payload = buf + GW_PROTO_HEADER_SIZE;
+  assert_int_equal(gw_proto_encode_body(&m, buf, sizeof buf), (int)sizeof buf - 8);
+  assert_memory_equal(buf + GW_PROTO_HEADER_SIZE_V1, want_pay, 6);
+  assert_int_equal(gw_proto_decode("gw1/r1/all", 10, buf, sizeof buf - 8, 0, &d), 0);
+  assert_int_equal(gw_proto_read_payload(&d, out), 0);
+  assert_true(out[0] == 1.0 && out[1] == -2.0 && out[2] == ldexp(1, -24));
+}
+
+static void header_sizes(void **state) {
+  (void)state;
+  assert_int_equal(gw_proto_header_size(1), 64);
+  assert_int_equal(gw_proto_header_size(2), 72);
+  assert_int_equal(gw_proto_header_size(0), 0);
+  assert_int_equal(gw_proto_header_size(3), 0);
+  assert_int_equal(gw_proto_header_size(-1), 0);
+  assert_int_equal(GW_PROTO_HEADER_SIZE, 72); /* the largest: sizes buffers */
+  assert_int_equal(GW_PROTO_VERSION, 2);
+}
+
+/* Every v2 golden frame has a v1 twin with the same fields ("v2_" + name):
+ * re-encoded as version 1 (incarnation 0) it must give the twin's bytes, and
+ * the twin re-encoded as version 2 with the v2 frame's incarnation must give
+ * the v2 bytes. So the versions differ by the incarnation and nothing else. */
+static void versions_differ_only_by_incarnation(void **state) {
+  const cJSON *e2, *e1;
+  int pairs = 0;
+  cJSON_ArrayForEach(e2, list(state, "golden")) {
+    const char *name = str(e2, "name");
+    if (strncmp(name, "v2_", 3) != 0) continue;
+    cJSON_ArrayForEach(e1, list(state, "golden")) {
+      if (strcmp(str(e1, "name"), name + 3) != 0) continue;
+      frame_t f1, f2;
+      gw_msg_t m1, m2;
+      const cJSON *c1 = cJSON_GetObjectItemCaseSensitive(e1, "canonical_body");
+      const cJSON *c2 = cJSON_GetObjectItemCaseSensitive(e2, "canonical_body");
+      unsigned char *w1, *w2, buf[GW_PROTO_HEADER_SIZE + 4 * 16];
+      size_t n1, n2;
+      frame_load(e1, &f1);
+      frame_load(e2, &f2);
+      w1 = unhex(c1 ? c1->valuestring : str(e1, "body"), &n1);
+      w2 = unhex(c2 ? c2->valuestring : str(e2, "body"), &n2);
+      assert_int_equal(decode(&f1, &m1), 0);
+      assert_int_equal(decode(&f2, &m2), 0);
+      assert_int_equal(m1.version, 1);
+      assert_int_equal(m2.version, 2);
+      assert_int_equal(n2, n1 + 8);
+      assert_true(n2 <= sizeof buf);
+      m2.version = 1;
+      m2.incarnation = 0;
+      assert_int_equal(gw_proto_encode_body(&m2, buf, sizeof buf), (int)n1);
+      if (memcmp(buf, w1, n1) != 0) fail_msg("%s as version 1 differs from its twin", name);
+      m1.version = 2;
+      decode(&f2, &m2);
+      m1.incarnation = m2.incarnation;
+      assert_int_equal(gw_proto_encode_body(&m1, buf, sizeof buf), (int)n2);
+      if (memcmp(buf, w2, n2) != 0) fail_msg("%s as version 2 differs from its twin", name);
+      free(w1);
+      free(w2);
+      frame_free(&f1);
+      frame_free(&f2);
+      pairs++;
+    }
+  }
+  assert_true(pairs >= 6);
 }
 
 /* max_k: 0 means GW_PROTO_K_MAX, larger values are clamped to it. The k =
  * 65536 frame is built by hand here (f16, zeros). */
 static void max_k_semantics(void **state) {
-  size_t len = GW_PROTO_HEADER_SIZE + 2 * (size_t)GW_PROTO_K_MAX;
+  size_t len = GW_PROTO_HEADER_SIZE_V1 + 2 * (size_t)GW_PROTO_K_MAX;
   unsigned char *b = calloc(1, len);
   gw_msg_t m;
   (void)state;
@@ -930,6 +1029,22 @@ static void max_k_semantics(void **state) {
   b[8] = 1; /* k = 65537 */
   assert_int_equal(gw_proto_decode("gw1/a/b", 7, b, len, 0, &m), GW_EKLIMIT);
   assert_int_equal(gw_proto_decode("gw1/a/b", 7, b, len, UINT32_MAX, &m), GW_EKLIMIT);
+  free(b);
+
+  /* the largest version 2 body: 72 + 65536 * 4 bytes, f32 */
+  len = GW_PROTO_HEADER_SIZE_V2 + 4 * (size_t)GW_PROTO_K_MAX;
+  assert_int_equal(len, 262216);
+  b = calloc(1, len);
+  assert_non_null(b);
+  memcpy(b, "GWSK", 4);
+  b[4] = 2;
+  b[5] = GW_DTYPE_F32;
+  b[6] = GW_SKETCH_GAUSSIAN;
+  b[10] = 1;
+  b[71] = 0x80; /* incarnation 2^63 */
+  assert_int_equal(gw_proto_decode("gw1/a/b", 7, b, len, 0, &m), 0);
+  assert_true(m.k == 65536 && m.incarnation == UINT64_C(1) << 63);
+  assert_int_equal(gw_proto_decode("gw1/a/b", 7, b, len - 1, 0, &m), GW_ETRUNC);
   free(b);
 }
 
@@ -993,6 +1108,8 @@ int main(void) {
       cmocka_unit_test(encoder_validates_like_decoder),
       cmocka_unit_test(encoder_in_place),
       cmocka_unit_test(max_k_semantics),
+      cmocka_unit_test(header_sizes),
+      cmocka_unit_test(versions_differ_only_by_incarnation),
       cmocka_unit_test(dtype_sizes),
       cmocka_unit_test(protocol_md_matches_vectors),
   };

@@ -13,7 +13,12 @@
  *    one-shot sketch, and for d = 1 with s = 1 the closed form (one nonzero);
  *  - never blocking: wall-clock bound, and sent + dropped == published, and a
  *    subscriber that drains its queue receives exactly `sent` messages in
- *    step order.
+ *    step order;
+ *  - incarnations: the u64 at offset 64 of every body, the same for every
+ *    message of one publisher and different between publishers;
+ *  - connected: a real SUB's (un)subscriptions and a real PULL's
+ *    connection and closing; the no-daemon warning with its delay cut to
+ *    200 ms through GW_PUBLISHER_WARN_MS, counted by the callback.
  */
 #include <errno.h>
 #include <math.h>
@@ -183,9 +188,9 @@ static void check_frames(uint8_t dtype, const float *z, const double *want) {
   size_t w = dtype == GW_DTYPE_F32 ? 4 : 2;
   assert_int_equal(f.topic_len, strlen("gw1/exp:a_b.c-1/model/enc.0/attn:q-proj"));
   assert_memory_equal(f.topic, "gw1/exp:a_b.c-1/model/enc.0/attn:q-proj", f.topic_len);
-  assert_int_equal(f.body_len, 64 + 8 * w);
+  assert_int_equal(f.body_len, 72 + 8 * w); /* version 2 */
   assert_memory_equal(f.body, "GWSK", 4);
-  assert_int_equal(f.body[4], 1);
+  assert_int_equal(f.body[4], 2);
   assert_int_equal(f.body[5], dtype);
   assert_int_equal(f.body[6], 1); /* sjlt */
   assert_int_equal(f.body[7], 2); /* s */
@@ -197,6 +202,8 @@ static void check_frames(uint8_t dtype, const float *z, const double *want) {
   assert_true(f64_at(f.body + 40) == 0.0); /* absent grad_norm is zero */
   assert_true(f64_at(f.body + 48) == 0.6931);
   assert_true(f64_at(f.body + 56) == 3e-4);
+  assert_true(le64(f.body + 64) == gw_publisher_incarnation(p));
+  assert_true(gw_publisher_incarnation(p) != 0);
 
   assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
   assert_int_equal(m.run_len, 11);
@@ -207,6 +214,9 @@ static void check_frames(uint8_t dtype, const float *z, const double *want) {
   assert_int_equal(m.step, 4242);
   assert_int_equal(m.seed, 77);
   assert_int_equal(m.flags, GW_HAS_LOSS | GW_HAS_LR);
+  assert_int_equal(m.version, 2);
+  assert_true(m.incarnation == gw_publisher_incarnation(p));
+  assert_ptr_equal(m.payload, f.body + 72);
   assert_int_equal(gw_proto_read_payload(&m, got), 0);
   for (int i = 0; i < 8; i++)
     if (got[i] != want[i]) fail_msg("dtype %d element %d: got %.17g want %.17g", dtype, i, got[i], want[i]);
@@ -385,6 +395,13 @@ static void bad_config(void **state) {
   RESET(); c.linger_ms = -2; assert_int_equal(new_rc(&c), GW_EINVAL);
   RESET(); c.endpoint = "not an endpoint"; assert_int_equal(new_rc(&c), -EINVAL);
   RESET(); c.endpoint = "bogus://x"; assert_int_equal(new_rc(&c), -EPROTONOSUPPORT);
+  RESET(); c.socket = GW_PUBLISHER_PUSH; c.endpoint = "bogus://x";
+  assert_int_equal(new_rc(&c), -EPROTONOSUPPORT); /* monitor cleaned up too (ASan) */
+  RESET(); c.wire_version = 3; assert_int_equal(new_rc(&c), GW_EVERSION);
+  RESET(); c.wire_version = -1; assert_int_equal(new_rc(&c), GW_EVERSION);
+  RESET(); c.wire_version = 1; c.incarnation = 5; assert_int_equal(new_rc(&c), GW_EINCARNATION);
+  RESET(); c.wire_version = 1; assert_int_equal(new_rc(&c), 0);
+  RESET(); c.wire_version = 2; c.incarnation = 5; assert_int_equal(new_rc(&c), 0);
   /* CURVE: all three or none, each 40 characters of valid Z85. */
   assert_int_equal(zmq_curve_keypair(pk, sk), 0);
   RESET(); c.curve_server_key = pk; assert_int_equal(new_rc(&c), GW_EINVAL);
@@ -678,6 +695,315 @@ static void curve(void **state) {
   peer_close(&sub);
 }
 
+/* ---- incarnations ---------------------------------------------------------------- */
+
+static uint64_t recv_incarnation(void *sock, int want_version, const char *want_topic) {
+  frames_t f;
+  gw_msg_t m;
+  uint64_t inc;
+  recv_msg(sock, &f);
+  assert_int_equal(f.topic_len, strlen(want_topic));
+  assert_memory_equal(f.topic, want_topic, f.topic_len);
+  assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
+  assert_int_equal(m.version, want_version);
+  assert_int_equal(f.body[4], want_version);
+  inc = want_version == 2 ? le64(f.body + 64) : 0;
+  assert_true(m.incarnation == inc);
+  frames_free(&f);
+  return inc;
+}
+
+static void incarnation_per_publisher(void **state) {
+  (void)state;
+  peer_t sub;
+  gw_publisher_t *a, *b, *c, *v1;
+  gw_publisher_config_t cfg;
+  float z[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  uint64_t ia, ib;
+
+  peer_open(&sub, ZMQ_SUB, "gw1/", NULL);
+  a = pub_open(sub.endpoint, "same-run", GW_DTYPE_F32);
+  b = pub_open(sub.endpoint, "same-run", GW_DTYPE_F32); /* a rerun of it */
+  ia = gw_publisher_incarnation(a);
+  ib = gw_publisher_incarnation(b);
+  assert_true(ia != 0 && ib != 0 && ia != ib);
+  assert_int_equal(wait_sub(&sub, a, NULL, RECV_TIMEOUT_MS), 0);
+  assert_int_equal(wait_sub(&sub, b, NULL, RECV_TIMEOUT_MS), 0);
+  /* every message of a publisher, on every tag, carries its id */
+  for (uint64_t step = 1; step <= 3; step++) {
+    assert_int_equal(gw_publisher_publish_sketch(a, "all", step, z, NULL), 0);
+    assert_true(recv_incarnation(sub.sock, 2, "gw1/same-run/all") == ia);
+    assert_int_equal(gw_publisher_publish_sketch(a, "layer/0", step, z, NULL), 0);
+    assert_true(recv_incarnation(sub.sock, 2, "gw1/same-run/layer/0") == ia);
+    assert_int_equal(gw_publisher_publish_sketch(b, "all", step, z, NULL), 0);
+    assert_true(recv_incarnation(sub.sock, 2, "gw1/same-run/all") == ib);
+  }
+  assert_true(gw_publisher_incarnation(a) == ia); /* fixed for life */
+
+  /* a chosen incarnation (replay), and wire version 1 (none at all) */
+  gw_publisher_config_init(&cfg);
+  cfg.endpoint = sub.endpoint;
+  cfg.run = "chosen";
+  cfg.sketch.k = 8;
+  cfg.incarnation = UINT64_C(0xFEDCBA9876543210);
+  assert_int_equal(gw_publisher_new(&c, &cfg), 0);
+  assert_true(gw_publisher_incarnation(c) == cfg.incarnation);
+  cfg.run = "old";
+  cfg.incarnation = 0;
+  cfg.wire_version = 1;
+  assert_int_equal(gw_publisher_new(&v1, &cfg), 0);
+  assert_true(gw_publisher_incarnation(v1) == 0);
+  assert_int_equal(wait_sub(&sub, c, NULL, RECV_TIMEOUT_MS), 0);
+  assert_int_equal(wait_sub(&sub, v1, NULL, RECV_TIMEOUT_MS), 0);
+  assert_int_equal(gw_publisher_publish_sketch(c, "all", 1, z, NULL), 0);
+  assert_true(recv_incarnation(sub.sock, 2, "gw1/chosen/all") == UINT64_C(0xFEDCBA9876543210));
+  assert_int_equal(gw_publisher_publish_sketch(v1, "all", 1, z, NULL), 0);
+  {
+    frames_t f;
+    recv_msg(sub.sock, &f);
+    assert_int_equal(f.body_len, 64 + 8 * 4); /* the version 1 layout */
+    assert_int_equal(f.body[4], 1);
+    assert_int_equal(le32(f.body + 64), 0x3F800000u); /* payload[0] = 1.0f at 64 */
+    frames_free(&f);
+  }
+  gw_publisher_free(a);
+  gw_publisher_free(b);
+  gw_publisher_free(c);
+  gw_publisher_free(v1);
+  peer_close(&sub);
+}
+
+/* Many draws: all nonzero and distinct, and every bit of the 64 takes both
+ * values (a constant or a 32-bit id would fail). No peer needed. */
+static void incarnations_are_random(void **state) {
+  (void)state;
+  enum { N = 48 };
+  gw_publisher_t *p[N];
+  uint64_t v[N], ones = 0, zeros = 0;
+  void *ctx = zmq_ctx_new();
+  gw_publisher_config_t c;
+  gw_publisher_config_init(&c);
+  c.endpoint = "tcp://127.0.0.1:9";
+  c.run = "r";
+  c.sketch.k = 4;
+  c.linger_ms = 0;
+  c.zmq_context = ctx;
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(gw_publisher_new(&p[i], &c), 0);
+    v[i] = gw_publisher_incarnation(p[i]);
+    assert_true(v[i] != 0);
+    for (int j = 0; j < i; j++) assert_true(v[i] != v[j]);
+    ones |= v[i];
+    zeros |= ~v[i];
+  }
+  assert_true(ones == UINT64_MAX && zeros == UINT64_MAX);
+  for (int i = 0; i < N; i++) gw_publisher_free(p[i]);
+  zmq_ctx_term(ctx);
+}
+
+/* ---- connected, and the no-daemon warning ------------------------------------------ */
+
+/* connected() until it equals want or timeout_ms pass, poking the peer (see
+ * wait_sub). Returns the last value. */
+static int wait_connected(peer_t *peer, gw_publisher_t *p, int want, int timeout_ms) {
+  double t0 = mono_s();
+  for (;;) {
+    int events, c;
+    size_t len = sizeof events;
+    if (peer) zmq_getsockopt(peer->sock, ZMQ_EVENTS, &events, &len);
+    c = gw_publisher_connected(p);
+    if (c == want || (mono_s() - t0) * 1000 >= timeout_ms) return c;
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+  }
+}
+
+static void connected_follows_subscriptions(void **state) {
+  (void)state;
+  peer_t sub;
+  gw_publisher_t *mine, *other;
+
+  peer_open(&sub, ZMQ_SUB, NULL, NULL); /* connected, subscribed to nothing */
+  mine = pub_open(sub.endpoint, "mine", GW_DTYPE_F32);
+  other = pub_open(sub.endpoint, "other", GW_DTYPE_F32);
+  assert_int_equal(gw_publisher_connected(NULL), 0);
+  assert_int_equal(wait_connected(&sub, mine, 1, 200), 0);
+  /* A daemon subscribed to another run only: "other" sees it, "mine" not. */
+  assert_int_equal(zmq_setsockopt(sub.sock, ZMQ_SUBSCRIBE, "gw1/other/", 10), 0);
+  assert_int_equal(wait_connected(&sub, other, 1, RECV_TIMEOUT_MS), 1);
+  assert_int_equal(wait_connected(&sub, mine, 1, 200), 0);
+  /* Subscribed to one tag of the run: that counts. */
+  assert_int_equal(zmq_setsockopt(sub.sock, ZMQ_SUBSCRIBE, "gw1/mine/layer1.", 16), 0);
+  assert_int_equal(wait_connected(&sub, mine, 1, RECV_TIMEOUT_MS), 1);
+  assert_int_equal(gw_publisher_connected(mine), 1); /* and stays */
+  /* Unsubscribed: no longer. */
+  assert_int_equal(zmq_setsockopt(sub.sock, ZMQ_UNSUBSCRIBE, "gw1/mine/layer1.", 16), 0);
+  assert_int_equal(wait_connected(&sub, mine, 0, RECV_TIMEOUT_MS), 0);
+  /* The daemon goes away: its subscriptions go with it. */
+  assert_int_equal(zmq_setsockopt(sub.sock, ZMQ_SUBSCRIBE, "gw1/", 4), 0);
+  assert_int_equal(wait_connected(&sub, mine, 1, RECV_TIMEOUT_MS), 1);
+  peer_close(&sub);
+  assert_int_equal(wait_connected(NULL, mine, 0, RECV_TIMEOUT_MS), 0);
+  assert_int_equal(wait_connected(NULL, other, 0, RECV_TIMEOUT_MS), 0);
+  gw_publisher_free(mine);
+  gw_publisher_free(other);
+}
+
+static void connected_push(void **state) {
+  (void)state;
+  peer_t pull;
+  gw_publisher_config_t c;
+  gw_publisher_t *p, *lonely;
+
+  peer_open(&pull, ZMQ_PULL, NULL, NULL);
+  gw_publisher_config_init(&c);
+  c.endpoint = pull.endpoint;
+  c.run = "r";
+  c.socket = GW_PUBLISHER_PUSH;
+  c.sketch.k = 4;
+  c.sketch.s = 1;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(wait_connected(&pull, p, 1, RECV_TIMEOUT_MS), 1);
+  peer_close(&pull); /* the peer closes: DISCONNECTED */
+  assert_int_equal(wait_connected(NULL, p, 0, RECV_TIMEOUT_MS), 0);
+  gw_publisher_free(p);
+
+  c.endpoint = "tcp://127.0.0.1:9"; /* nothing listens there */
+  assert_int_equal(gw_publisher_new(&lonely, &c), 0);
+  assert_int_equal(wait_connected(NULL, lonely, 1, 200), 0);
+  gw_publisher_free(lonely);
+}
+
+typedef struct warned_s {
+  int calls;
+  char msg[512];
+} warned_t;
+
+static void on_warn(void *arg, const char *msg) {
+  warned_t *w = arg;
+  w->calls++;
+  snprintf(w->msg, sizeof w->msg, "%s", msg);
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+  nanosleep(&ts, NULL);
+}
+
+/* No daemon at all: the callback runs once, at the first publish or
+ * connected() call 200 ms or more after the first publish. */
+static void warns_once_without_daemon(int socket) {
+  gw_publisher_config_t c;
+  gw_publisher_t *p;
+  warned_t w = {0};
+  float z[4] = {1, 2, 3, 4};
+
+  assert_int_equal(setenv("GW_PUBLISHER_WARN_MS", "200", 1), 0);
+  gw_publisher_config_init(&c);
+  c.endpoint = "tcp://127.0.0.1:9";
+  c.run = "lonely-run";
+  c.socket = socket;
+  c.sketch.k = 4;
+  c.linger_ms = 0;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(gw_publisher_set_warn(NULL, on_warn, &w), GW_EINVAL);
+  assert_int_equal(gw_publisher_set_warn(p, on_warn, &w), 0);
+  sleep_ms(250); /* the clock starts at the first publish, not at creation */
+  assert_int_equal(gw_publisher_connected(p), 0);
+  assert_int_equal(w.calls, 0);
+  assert_int_equal(gw_publisher_publish_sketch(p, "all", 1, z, NULL), GW_PUBLISH_DROPPED);
+  assert_int_equal(gw_publisher_connected(p), 0);
+  assert_int_equal(w.calls, 0);
+  sleep_ms(250);
+  assert_int_equal(gw_publisher_publish_sketch(p, "all", 2, z, NULL), GW_PUBLISH_DROPPED);
+  assert_int_equal(w.calls, 1);
+  assert_non_null(strstr(w.msg, "lonely-run"));
+  assert_non_null(strstr(w.msg, "tcp://127.0.0.1:9"));
+  for (int i = 0; i < 5; i++) {
+    gw_publisher_publish_sketch(p, "all", 3 + (uint64_t)i, z, NULL);
+    gw_publisher_connected(p);
+  }
+  assert_int_equal(w.calls, 1); /* once */
+  gw_publisher_free(p);
+
+  /* Checked from connected() alone as well; no callback set: nothing. */
+  memset(&w, 0, sizeof w);
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(gw_publisher_publish_sketch(p, "all", 1, z, NULL), GW_PUBLISH_DROPPED);
+  sleep_ms(250);
+  assert_int_equal(gw_publisher_connected(p), 0);
+  assert_int_equal(gw_publisher_set_warn(p, on_warn, &w), 0);
+  assert_int_equal(gw_publisher_connected(p), 0);
+  assert_int_equal(w.calls, 1);
+  gw_publisher_free(p);
+
+  /* A bad value falls back to 5 s: no warning after 250 ms. */
+  memset(&w, 0, sizeof w);
+  assert_int_equal(setenv("GW_PUBLISHER_WARN_MS", "soon", 1), 0);
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(gw_publisher_set_warn(p, on_warn, &w), 0);
+  gw_publisher_publish_sketch(p, "all", 1, z, NULL);
+  sleep_ms(250);
+  gw_publisher_publish_sketch(p, "all", 2, z, NULL);
+  assert_int_equal(gw_publisher_connected(p), 0);
+  assert_int_equal(w.calls, 0);
+  gw_publisher_free(p);
+  assert_int_equal(unsetenv("GW_PUBLISHER_WARN_MS"), 0);
+}
+
+static void warns_once_without_daemon_pub(void **state) {
+  (void)state;
+  warns_once_without_daemon(GW_PUBLISHER_PUB);
+}
+
+static void warns_once_without_daemon_push(void **state) {
+  (void)state;
+  warns_once_without_daemon(GW_PUBLISHER_PUSH);
+}
+
+/* A daemon that is there (PUB and PUSH), or that was there and left: never. */
+static void never_warns_with_daemon(void **state) {
+  (void)state;
+  warned_t w = {0};
+  float z[8] = {0};
+  peer_t sub, pull;
+  gw_publisher_t *p, *q;
+  gw_publisher_config_t c;
+
+  assert_int_equal(setenv("GW_PUBLISHER_WARN_MS", "100", 1), 0);
+  peer_open(&sub, ZMQ_SUB, "gw1/", NULL);
+  peer_open(&pull, ZMQ_PULL, NULL, NULL);
+  p = pub_open(sub.endpoint, "watched", GW_DTYPE_F32);
+  gw_publisher_config_init(&c);
+  c.endpoint = pull.endpoint;
+  c.run = "pushed";
+  c.socket = GW_PUBLISHER_PUSH;
+  c.sketch.k = 8;
+  assert_int_equal(gw_publisher_new(&q, &c), 0);
+  assert_int_equal(gw_publisher_set_warn(p, on_warn, &w), 0);
+  assert_int_equal(gw_publisher_set_warn(q, on_warn, &w), 0);
+  assert_int_equal(wait_sub(&sub, p, NULL, RECV_TIMEOUT_MS), 0);
+  assert_int_equal(wait_connected(&pull, q, 1, RECV_TIMEOUT_MS), 1);
+  assert_int_equal(gw_publisher_publish_sketch(p, "all", 1, z, NULL), 0);
+  assert_int_equal(gw_publisher_publish_sketch(q, "all", 1, z, NULL), 0);
+  sleep_ms(200);
+  assert_int_equal(gw_publisher_publish_sketch(p, "all", 2, z, NULL), 0);
+  assert_int_equal(gw_publisher_publish_sketch(q, "all", 2, z, NULL), 0);
+  assert_int_equal(gw_publisher_connected(p), 1);
+  assert_int_equal(gw_publisher_connected(q), 1);
+  peer_close(&sub);
+  peer_close(&pull);
+  assert_int_equal(wait_connected(NULL, p, 0, RECV_TIMEOUT_MS), 0);
+  assert_int_equal(wait_connected(NULL, q, 0, RECV_TIMEOUT_MS), 0);
+  sleep_ms(150);
+  gw_publisher_publish_sketch(p, "all", 3, z, NULL);
+  gw_publisher_publish_sketch(q, "all", 3, z, NULL);
+  assert_int_equal(w.calls, 0); /* a daemon came within the window */
+  gw_publisher_free(p);
+  gw_publisher_free(q);
+  assert_int_equal(unsetenv("GW_PUBLISHER_WARN_MS"), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(frames_f32),
@@ -692,6 +1018,13 @@ int main(void) {
       cmocka_unit_test(follows_subscriptions),
       cmocka_unit_test(push_to_pull),
       cmocka_unit_test(curve),
+      cmocka_unit_test(incarnation_per_publisher),
+      cmocka_unit_test(incarnations_are_random),
+      cmocka_unit_test(connected_follows_subscriptions),
+      cmocka_unit_test(connected_push),
+      cmocka_unit_test(warns_once_without_daemon_pub),
+      cmocka_unit_test(warns_once_without_daemon_push),
+      cmocka_unit_test(never_warns_with_daemon),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

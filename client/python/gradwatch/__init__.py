@@ -12,9 +12,14 @@
 
 The sketch z = S g (proto/SKETCH.md) is computed in float64 and sent as
 f32 (default), f16 or bf16 (Publisher(dtype=...)) in the wire format of
-proto/PROTOCOL.md: a topic frame b"gw1/<run>/<tag>" and a 64-byte header plus
-payload. Sends never block: messages no subscriber would receive, or that
-meet a full queue (SNDHWM), are counted in Publisher.dropped.
+proto/PROTOCOL.md (version 2): a topic frame b"gw1/<run>/<tag>" and a 72-byte
+header plus payload. Sends never block: messages no subscriber would receive,
+or that meet a full queue (SNDHWM), are counted in Publisher.dropped.
+Publisher.connected says whether a daemon is subscribed to the run, and a
+gradwatch.NoSubscriberWarning is issued once if none is 5 s after the first
+publish. Each Publisher is one incarnation of its run (Publisher.incarnation,
+a random id in every message): rerunning a script, or resuming it from a
+checkpoint, starts the run's streams afresh in the daemon.
 
 Flattening order. A gradient array is flattened row-major (numpy C order,
 torch .reshape(-1)). gradwatch.torch.watch defines the model's gradient as the
@@ -38,10 +43,10 @@ PyTorch.
 
 from ._proto import DecodeError, Message, decode, encode
 from ._sketch import Sketcher, check_params, hash64, sketch, sketch_matrix
-from .publisher import Publisher
+from .publisher import NoSubscriberWarning, Publisher
 
 __version__ = "0.1.0"
-__all__ = ["Publisher", "Sketcher", "sketch", "sketch_matrix", "hash64", "check_params",
+__all__ = ["Publisher", "NoSubscriberWarning", "Sketcher", "sketch", "sketch_matrix", "hash64", "check_params",
            "encode", "decode", "DecodeError", "Message", "torch"]
 
 

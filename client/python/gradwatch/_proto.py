@@ -1,12 +1,18 @@
-"""The gradwatch wire format, version 1, in Python (proto/PROTOCOL.md is normative).
+"""The gradwatch wire format, version 2 (version 1 still read), in Python
+(proto/PROTOCOL.md is normative).
 
 A message is two ZeroMQ frames: the topic b"gw1/<run>/<tag>" and a body made of
-a 64-byte little-endian header and k payload elements (f32, f16 or bf16):
+a 72-byte little-endian header and k payload elements (f32, f16 or bf16):
 
-    0 u32 magic 0x4B535747 | 4 u8 version 1 | 5 u8 dtype | 6 u8 kind | 7 u8 s
+    0 u32 magic 0x4B535747 | 4 u8 version 2 | 5 u8 dtype | 6 u8 kind | 7 u8 s
     8 u32 k | 12 u32 flags (bit 0 grad_norm, 1 loss, 2 lr) | 16 u64 step
     24 i64 wall_ns | 32 u64 seed | 40 f64 grad_norm | 48 f64 loss | 56 f64 lr
-    64 payload
+    64 u64 incarnation (never 0) | 72 payload
+
+Version 1 is the same without the incarnation (payload at 64). The
+incarnation is a random id a publisher draws once (new_incarnation()) and
+sends with every message, so that a receiver restarts a stream when a run is
+rerun or resumed instead of rejecting its steps as out of order.
 
 encode() builds the two frames (absent scalars written as zero), decode()
 validates both frames in the order of PROTOCOL.md section 6 and raises
@@ -14,6 +20,7 @@ DecodeError whose .reason is the receiver's snake_case reason name.
 """
 
 import re
+import secrets
 import struct
 from typing import NamedTuple, Optional
 
@@ -22,8 +29,10 @@ import numpy as np
 from ._sketch import K_MAX, KIND_NAMES, S_MAX
 
 MAGIC = 0x4B535747
-VERSION = 1
-HEADER_SIZE = 64
+VERSION = 2  # what senders write
+HEADER_SIZES = {1: 64, 2: 72}  # by version: where the payload starts
+HEADER_SIZE = HEADER_SIZES[VERSION]
+INCARNATION_MAX = (1 << 64) - 1
 TOPIC_PREFIX = b"gw1/"
 NAME_MAX = 128
 STEP_MAX = (1 << 63) - 1
@@ -35,14 +44,17 @@ DTYPE_SIZE = {1: 4, 2: 2, 3: 2}
 HAS_GRAD_NORM, HAS_LOSS, HAS_LR = 0x1, 0x2, 0x4
 FLAGS_KNOWN = HAS_GRAD_NORM | HAS_LOSS | HAS_LR
 
-HEADER = struct.Struct("<IBBBBIIQqQddd")
-assert HEADER.size == HEADER_SIZE
+HEADER = struct.Struct("<IBBBBIIQqQddd")  # the 64 bytes both versions share
+INCARNATION = struct.Struct("<Q")  # version 2, at offset 64
+assert HEADER.size == HEADER_SIZES[1]
+assert HEADER.size + INCARNATION.size == HEADER_SIZES[2]
 # The same header as a NumPy structured dtype (packed, little-endian), used to
 # encode many messages at once.
 HEADER_FIELDS = [("magic", "<u4"), ("version", "u1"), ("dtype", "u1"), ("kind", "u1"),
                  ("s", "u1"), ("k", "<u4"), ("flags", "<u4"), ("step", "<u8"),
                  ("wall_ns", "<i8"), ("seed", "<u8"), ("grad_norm", "<f8"), ("loss", "<f8"),
                  ("lr", "<f8")]
+HEADER_FIELDS_BY_VERSION = {1: HEADER_FIELDS, 2: HEADER_FIELDS + [("incarnation", "<u8")]}
 PAYLOAD_NP = {"f32": "<f4", "f16": "<f2", "bf16": "<u2"}  # bf16 as its bits
 # Largest finite magnitude of each payload type: a sketch element beyond it
 # would be sent as Inf (rejected by receivers), so the sender refuses it.
@@ -50,11 +62,35 @@ LARGEST = {"f32": float(np.finfo(np.float32).max), "f16": 65504.0,
            "bf16": float.fromhex("0x1.fep127")}
 
 
-def message_dtype(k, dtype):
-    """Structured dtype of one body (64-byte header + k payload elements)."""
-    dt = np.dtype(HEADER_FIELDS + [("payload", PAYLOAD_NP[dtype], (k,))])
-    assert dt.itemsize == HEADER_SIZE + k * DTYPE_SIZE[DTYPES[dtype]]
+def message_dtype(k, dtype, version=VERSION):
+    """Structured dtype of one body (header of version + k payload elements)."""
+    dt = np.dtype(HEADER_FIELDS_BY_VERSION[version] + [("payload", PAYLOAD_NP[dtype], (k,))])
+    assert dt.itemsize == HEADER_SIZES[version] + k * DTYPE_SIZE[DTYPES[dtype]]
     return dt
+
+
+def new_incarnation():
+    """A fresh incarnation id: 64 random bits from the OS's CSPRNG, never 0."""
+    while True:
+        v = secrets.randbits(64)
+        if v:
+            return v
+
+
+def check_incarnation(value):
+    """value as an int if it is an incarnation id (1..2^64-1); ValueError/TypeError otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"incarnation must be an int, got {type(value).__name__}")
+    value = int(value)
+    if not 1 <= value <= INCARNATION_MAX:
+        raise ValueError(f"incarnation must be in 1..2^64-1 (0 is reserved), got {value}")
+    return value
+
+
+def check_version(version):
+    if isinstance(version, bool) or version not in HEADER_SIZES:
+        raise ValueError(f"version must be 1 or 2, got {version!r}")
+    return int(version)
 
 _RUN_RE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _TAG_RE = re.compile(rb"[A-Za-z0-9._:/-]{1,128}")
@@ -84,6 +120,7 @@ class Message(NamedTuple):
     loss: Optional[float]
     lr: Optional[float]
     payload: bytes  # raw payload bytes
+    incarnation: int = 0  # the sender's id; 0 for version 1
 
     def z(self):
         """The payload as float64 (exact for every dtype)."""
@@ -194,8 +231,13 @@ def _payload_to_f64(payload, dtype):
 
 
 def encode(run, tag, step, z, *, kind="sjlt", seed=0, s=4, dtype="f32", wall_ns=0,
-           grad_norm=None, loss=None, lr=None):
-    """Encode one message; returns (topic, body) bytes. Validates every field."""
+           grad_norm=None, loss=None, lr=None, incarnation=None, version=VERSION):
+    """Encode one message; returns (topic, body) bytes. Validates every field.
+
+    version 2 (the default) needs incarnation, the sender's id (1..2^64-1,
+    the same for all its messages: draw it once with new_incarnation());
+    version 1 has none (incarnation None or 0).
+    """
     run_b, tag_b = check_run(run), check_tag(tag)
     step = check_step(step)
     dtype = check_dtype(dtype)
@@ -208,9 +250,19 @@ def encode(run, tag, step, z, *, kind="sjlt", seed=0, s=4, dtype="f32", wall_ns=
     payload = payload_bytes(z, dtype)
     if not np.all(np.isfinite(payload_to_f64(payload, dtype))):
         raise ValueError(f"sketch must be finite in dtype {dtype} (NaN, Inf or overflow)")
-    hdr = HEADER.pack(MAGIC, VERSION, DTYPES[dtype], 1 if kind == "sjlt" else 2, s, k,
+    version = check_version(version)
+    if version >= 2:
+        if incarnation is None:
+            raise ValueError("version 2 needs an incarnation: the sender's id, drawn once "
+                             "with gradwatch._proto.new_incarnation() (or version=1)")
+        incarnation = check_incarnation(incarnation)
+    elif incarnation not in (None, 0):
+        raise ValueError("version 1 carries no incarnation")
+    hdr = HEADER.pack(MAGIC, version, DTYPES[dtype], 1 if kind == "sjlt" else 2, s, k,
                       flags, step, int(wall_ns), seed,
                       *[0.0 if v is None else v for v in scal])
+    if version >= 2:
+        hdr += INCARNATION.pack(incarnation)
     return topic(run_b, tag_b), hdr + payload
 
 
@@ -238,10 +290,11 @@ def decode(topic_b, body, max_k=K_MAX):
     magic, version = struct.unpack_from("<IB", b, 0)
     if magic != MAGIC:
         raise DecodeError("bad_magic", f"magic 0x{magic:08x}")
-    if version != VERSION:
+    if version not in HEADER_SIZES:
         raise DecodeError("bad_version", f"version {version}")
-    if len(b) < HEADER_SIZE:
-        raise DecodeError("truncated", f"body of {len(b)} bytes < 64")
+    hs = HEADER_SIZES[version]
+    if len(b) < hs:
+        raise DecodeError("truncated", f"body of {len(b)} bytes < {hs}")
     (_, _, dt, kind, s, k, flags, step, wall_ns, seed,
      gn, loss, lr) = HEADER.unpack_from(b, 0)
     if dt not in DTYPE_NAMES:
@@ -264,14 +317,18 @@ def decode(topic_b, body, max_k=K_MAX):
             present.append(v)
         else:
             present.append(None)
-    need = HEADER_SIZE + k * DTYPE_SIZE[dt]
+    incarnation = INCARNATION.unpack_from(b, 64)[0] if version >= 2 else 0
+    if version >= 2 and incarnation == 0:
+        raise DecodeError("bad_incarnation", "version 2 with incarnation 0")
+    need = hs + k * DTYPE_SIZE[dt]
     if len(b) < need:
         raise DecodeError("truncated", f"body of {len(b)} bytes < {need}")
     if len(b) > need:
         raise DecodeError("bad_length", f"body of {len(b)} bytes > {need}")
-    payload = b[HEADER_SIZE:]
+    payload = b[hs:]
     dtype = DTYPE_NAMES[dt]
     if not np.all(np.isfinite(payload_to_f64(payload, dtype))):
         raise DecodeError("non_finite", "non-finite payload element")
     return Message(run_b.decode(), tag_b.decode(), version, dtype, KIND_NAMES[kind], s, k,
-                   flags, step, wall_ns, seed, present[0], present[1], present[2], payload)
+                   flags, step, wall_ns, seed, present[0], present[1], present[2], payload,
+                   incarnation)

@@ -18,6 +18,18 @@ connect (the "slow joiner"): the first messages after start-up are dropped
 until the daemon's subscription has arrived; wait_subscribed() waits for it
 where that matters (tests, short scripts).
 
+Is a daemon there? `connected` is True while some subscription takes a topic
+of this run. If none has come 5 s after the first publish (checked on each
+publish and on `connected`, no thread), a NoSubscriberWarning is issued once
+through the warnings module; GW_PUBLISHER_WARN_MS (milliseconds, read when
+the Publisher is created) replaces the 5 s.
+
+Incarnation: every Publisher draws a random 64-bit id when it is created
+(Publisher.incarnation, from the OS's CSPRNG, never 0) and sends it with every
+message (wire version 2, PROTOCOL.md 3.2). A rerun, or a resume from a
+checkpoint at an earlier step, is thus a new incarnation, and the daemon
+restarts the run's streams instead of rejecting the repeated steps.
+
 Rejected before sending, with ValueError or TypeError naming the argument:
 bad run/tag names (PROTOCOL.md 2), k/s/seed/kind out of range, a sketch of
 the wrong length, a step outside 0..2^63-1, non-finite scalars, and non-finite
@@ -29,7 +41,9 @@ A Publisher is not thread-safe (neither is its socket): use one per thread.
 
 import math
 import os
+import sys
 import time
+import warnings
 
 import numpy as np
 import zmq
@@ -77,6 +91,33 @@ def _as_numpy(grad, what="grad"):
 
 _TORCH_NP = None
 
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_WARN_ENV = "GW_PUBLISHER_WARN_MS"
+_WARN_AFTER_S = 5.0
+
+
+class NoSubscriberWarning(UserWarning):
+    """No gradwatch daemon subscribed to a Publisher's run within 5 s of its first publish."""
+
+
+def _user_stacklevel():
+    """warnings.warn stacklevel, for its caller, of the first frame outside gradwatch
+    (publish(), connected, or gradwatch.torch's log() all point at user code)."""
+    f = sys._getframe(2)  # the caller of warnings.warn's caller's caller: level 2
+    level = 2
+    while f is not None and os.path.dirname(os.path.abspath(f.f_code.co_filename)) == _PKG_DIR:
+        f = f.f_back
+        level += 1
+    return level
+
+
+def _warn_after_s():
+    """GW_PUBLISHER_WARN_MS as seconds if it is a whole number of ms, else 5."""
+    v = os.environ.get(_WARN_ENV, "")
+    if v.isdigit():
+        return int(v) / 1000.0
+    return _WARN_AFTER_S
+
 
 def _torch_numpy_dtypes():
     global _TORCH_NP
@@ -91,15 +132,18 @@ class Publisher:
 
     Publisher(endpoint, run=, k=256, seed=0, kind="sjlt", s=4 (0 for gaussian),
     dtype="f32"|"f16"|"bf16", sndhwm=10000, linger_ms=1000,
-    curve_serverkey=, curve_publickey=, curve_secretkey=, context=None)
+    curve_serverkey=, curve_publickey=, curve_secretkey=, context=None,
+    incarnation=None (draw one), wire_version=2)
 
-    Attributes: sent, dropped (messages), last_error, and the parameters.
+    Attributes: sent, dropped (messages), last_error, incarnation (the id
+    sent with every message; 0 with wire_version=1, which sends the old
+    layout without one), connected, and the parameters.
     """
 
     def __init__(self, endpoint, run, k=256, seed=0, kind="sjlt", s=None, *,
                  dtype="f32", sndhwm=10000, linger_ms=1000, curve_serverkey=None,
                  curve_publickey=None, curve_secretkey=None, context=None,
-                 cache_bytes=256 << 20):
+                 cache_bytes=256 << 20, incarnation=None, wire_version=_proto.VERSION):
         if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ValueError(f"endpoint must be a ZeroMQ endpoint like "
                              f"'tcp://127.0.0.1:5557', got {endpoint!r}")
@@ -115,15 +159,29 @@ class Publisher:
         if any(x is not None for x in keys) and not all(x is not None for x in keys):
             raise ValueError("CURVE needs all three of curve_serverkey, curve_publickey "
                              "and curve_secretkey")
+        self.wire_version = _proto.check_version(wire_version)
+        if self.wire_version >= 2:
+            self.incarnation = (_proto.new_incarnation() if incarnation is None
+                                else _proto.check_incarnation(incarnation))
+        elif incarnation not in (None, 0):
+            raise ValueError("wire_version 1 carries no incarnation")
+        else:
+            self.incarnation = 0
         self.endpoint = endpoint
         self.sent = 0
         self.dropped = 0
         self.last_error = None
+        self._run_prefix = _proto.TOPIC_PREFIX + self._run_b + b"/"
+        self._connected = False
+        self._ever_connected = False
+        self._first_publish = None  # time.monotonic() of the first send attempt
+        self._warn_after = _warn_after_s()
+        self._warned = False
         self._sketcher = Sketcher(self.k, self.seed, self.kind, self.s, cache_bytes)
         self._subs = set()
         self._match = {}  # topic -> bool, valid for the current self._subs
         self._topics = {}  # tag (str) -> topic bytes
-        self._msg_dtype = _proto.message_dtype(self.k, self.dtype)
+        self._msg_dtype = _proto.message_dtype(self.k, self.dtype, self.wire_version)
         self._batches = {}  # m -> reusable structured array of m bodies
         self._closed = True
         self._sock = None
@@ -232,7 +290,7 @@ class Publisher:
         """Bodies of m messages at once: (rows, ok).
 
         Z: (m, k) float64 sketches; gns: (m,) grad norms or None (absent);
-        loss, lr: float or None. rows[i] (uint8, 64 + k w bytes) is the body
+        loss, lr: float or None. rows[i] (uint8, header + k w bytes) is the body
         of message i; ok[i] is False when Z[i] or gns[i] is NaN/Inf or Z[i]
         exceeds the largest finite value of the payload dtype (the row must
         then not be sent). The returned rows are reused by the next call.
@@ -241,7 +299,10 @@ class Publisher:
         arr = self._batches.get(m)
         if arr is None:
             arr = np.zeros(m, dtype=self._msg_dtype)
-            arr["magic"], arr["version"], arr["dtype"] = _proto.MAGIC, 1, self._dtype_code
+            arr["magic"], arr["version"], arr["dtype"] = (_proto.MAGIC, self.wire_version,
+                                                          self._dtype_code)
+            if self.wire_version >= 2:
+                arr["incarnation"] = self.incarnation
             arr["kind"], arr["s"], arr["k"], arr["seed"] = self.kind_code, self.s, self.k, self.seed
             if len(self._batches) > 8:
                 self._batches.clear()
@@ -273,7 +334,13 @@ class Publisher:
         return arr.view(np.uint8).reshape(m, -1), ok
 
     def _poll_subscriptions(self):
-        """Read pending (un)subscription messages from the XPUB socket."""
+        """Read pending (un)subscription messages from the XPUB socket.
+
+        The one place that learns about daemons: it keeps the subscription
+        set, `connected` and whether a daemon was ever there, and returns
+        True when a daemon newly subscribed to this run (the hook for
+        sending a daemon something when it arrives).
+        """
         sock = self._sock
         changed = False
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -286,8 +353,27 @@ class Publisher:
             elif m[:1] == b"\x00":
                 self._subs.discard(m[1:])
             changed = True
-        if changed:
-            self._match.clear()
+        if not changed:
+            return False
+        self._match.clear()
+        was = self._connected
+        pre = self._run_prefix
+        self._connected = any(pre.startswith(p) or p.startswith(pre) for p in self._subs)
+        if self._connected:
+            self._ever_connected = True
+        return self._connected and not was
+
+    def _check_warn(self):
+        """Warn once if no daemon was ever there _warn_after s after the first publish."""
+        if (self._warned or self._ever_connected or self._first_publish is None
+                or time.monotonic() - self._first_publish < self._warn_after):
+            return
+        self._warned = True
+        warnings.warn(
+            f"no gradwatch daemon has subscribed to run {self.run!r} at {self.endpoint} within "
+            f"{self._warn_after:g} s of the first publish; messages are dropped (counted in "
+            f"Publisher.dropped) until one does (is gradwatchd running, listening there, and "
+            f"subscribed to this run?)", NoSubscriberWarning, stacklevel=_user_stacklevel())
 
     def _matches(self, topic):
         m = self._match.get(topic)
@@ -301,6 +387,10 @@ class Publisher:
             raise RuntimeError("publisher is closed")
         if poll:
             self._poll_subscriptions()
+        if not self._ever_connected:
+            if self._first_publish is None:
+                self._first_publish = time.monotonic()
+            self._check_warn()
         if not self._matches(topic):
             self.dropped += 1
             return False
@@ -318,6 +408,16 @@ class Publisher:
         self._sock.send(body, zmq.NOBLOCK)
         self.sent += 1
         return True
+
+    @property
+    def connected(self):
+        """True while a daemon takes this run's messages: some subscription matches
+        a topic of the run (one subscribed only to other runs does not count)."""
+        if self._closed:
+            return False
+        self._poll_subscriptions()
+        self._check_warn()
+        return self._connected
 
     def subscribed(self, tag=None):
         """True if some subscriber would receive this run's messages (for tag, if given)."""
@@ -370,5 +470,6 @@ class Publisher:
 
     def __repr__(self):
         return (f"Publisher({self.endpoint!r}, run={self.run!r}, k={self.k}, seed={self.seed}, "
-                f"kind={self.kind!r}, s={self.s}, dtype={self.dtype!r}, sent={self.sent}, "
+                f"kind={self.kind!r}, s={self.s}, dtype={self.dtype!r}, "
+                f"incarnation=0x{self.incarnation:016x}, sent={self.sent}, "
                 f"dropped={self.dropped})")
