@@ -196,9 +196,12 @@ static void deliver(gw_ingest_t *in, worker_t *w, const gw_point_t *local, const
   global.stream_id = local->stream_id * (uint32_t)in->n_workers + (uint32_t)(w - in->workers);
   const gw_ingest_sinks_t *s = &in->sinks;
   if (s->store) {
-    if (p->n == 1)
-      gw_store_put_stream(s->store, p->stream_id, info.run, info.tag, info.k, info.kind,
-                          info.s, info.seed);
+    if (p->n == 1) { /* bridge until ingest calls the sinks' open/restart */
+      gw_stream_ref_t ref = {p->stream_id, info.run, info.tag, info.k, info.kind, info.s,
+                             info.seed, p->incarnation};
+      gw_open_t o = {GW_OPEN_NEW, p->step, p->recv_ns};
+      gw_store_open_stream(s->store, p->stream_id, &ref, &o);
+    }
     gw_store_put_point(s->store, p); /* GW_EFULL is counted by the store */
     if (in->cfg->store_sketches) gw_store_put_sketch(s->store, p->stream_id, p->step, z, k);
   }
