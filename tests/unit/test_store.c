@@ -25,6 +25,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "log.h"
 #include "store.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -91,6 +92,7 @@ static gw_point_t mkpoint(uint32_t sid, uint64_t n, uint64_t step, int64_t wall)
   p.n = n;
   p.step = step;
   p.wall_ns = wall;
+  p.recv_ns = wall; /* receive time = publisher time unless a test says otherwise */
   p.window_len = (uint32_t)(n < 64 ? n : 64);
   p.path_onestep = unif(&x) * 100;
   p.path_ema = unif(&x) * 100;
@@ -121,6 +123,14 @@ static int64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Open (declare) a stream as ingest does: a version-1 publisher (incarnation 0). */
+static int declare(gw_store_t *st, uint32_t sid, const char *run, const char *tag, uint32_t k,
+                   uint8_t kind, uint8_t sp, uint64_t seed) {
+  gw_stream_ref_t ref = {sid, run, tag, k, kind, sp, seed, 0};
+  gw_open_t o = {GW_OPEN_NEW, 0, 0}; /* no receive time: last_seen comes from points */
+  return gw_store_open_stream(st, sid, &ref, &o);
 }
 
 static void sleep_ms(int ms) {
@@ -196,19 +206,35 @@ static int fault_cb(void *arg, int op) {
   return c;
 }
 
+/* The store's log lines, captured through a real gw_log_t on a file. */
 typedef struct {
-  pthread_mutex_t mu;
-  char last[512];
-  int n;
+  char path[280];
+  gw_log_t log;
 } logcap_t;
 
-static void log_cb(void *arg, int level, const char *msg) {
-  logcap_t *l = arg;
-  (void)level;
-  pthread_mutex_lock(&l->mu);
-  snprintf(l->last, sizeof l->last, "%s", msg);
-  l->n++;
-  pthread_mutex_unlock(&l->mu);
+static void logcap_open(logcap_t *l, const char *db_path) {
+  snprintf(l->path, sizeof l->path, "%s.log", db_path);
+  unlink(l->path);
+  assert_int_equal(gw_log_init(&l->log, l->path, "info"), 0);
+}
+
+/* 1 if the log holds s. */
+static int logcap_has(logcap_t *l, const char *s) {
+  char buf[8192];
+  size_t n;
+  FILE *fp;
+  fflush(l->log.f);
+  fp = fopen(l->path, "r");
+  if (!fp) return 0;
+  n = fread(buf, 1, sizeof buf - 1, fp);
+  fclose(fp);
+  buf[n] = '\0';
+  return strstr(buf, s) != NULL;
+}
+
+static void logcap_close(logcap_t *l) {
+  gw_log_close(&l->log);
+  unlink(l->path);
 }
 
 /* ------------------------------------------------------------------ tests */
@@ -224,9 +250,9 @@ static void roundtrip_points(void **state) {
   assert_non_null(pts);
   cfg_init(&c, f->path);
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "runA", "all", 256, 1, 4,
+  assert_int_equal(declare(f->st, 0, "runA", "all", 256, 1, 4,
                                        0xdeadbeefcafebabeull), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 1, "runA", "layer1.weight", 128, 2, 0, 7), 0);
+  assert_int_equal(declare(f->st, 1, "runA", "layer1.weight", 128, 2, 0, 7), 0);
   for (int i = 0; i < 600; i++) {
     uint32_t sid = (uint32_t)(i % 2);
     uint64_t n = (uint64_t)(i / 2) + 1;
@@ -239,7 +265,7 @@ static void roundtrip_points(void **state) {
 
   for (uint32_t sid = 0; sid < 2; sid++) {
     assert_int_equal(gw_store_series(f->st, "runA", sid ? "layer1.weight" : "all",
-                                     all_metrics, GW_METRIC_COUNT, 0, UINT64_MAX, 0, &s),
+                                     all_metrics, GW_METRIC_COUNT, 0, UINT64_MAX, 0, &s, 0),
                      0);
     assert_int_equal(s.n, 300);
     assert_int_equal(s.n_metrics, GW_METRIC_COUNT);
@@ -295,10 +321,10 @@ static void listings(void **state) {
   sqlite3 *db;
   cfg_init(&c, f->path);
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 3, "alpha", "all", 256, 1, 4, 11), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 4, "alpha", "x", 64, 2, 0, 12), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 5, "beta", "all", 32, 1, 1, 13), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 6, "gamma", "idle", 16, 1, 2, 14), 0);
+  assert_int_equal(declare(f->st, 3, "alpha", "all", 256, 1, 4, 11), 0);
+  assert_int_equal(declare(f->st, 4, "alpha", "x", 64, 2, 0, 12), 0);
+  assert_int_equal(declare(f->st, 5, "beta", "all", 32, 1, 1, 13), 0);
+  assert_int_equal(declare(f->st, 6, "gamma", "idle", 16, 1, 2, 14), 0);
   for (uint64_t i = 0; i < 10; i++) {
     gw_point_t p = mkpoint(3, i + 1, 5 + 5 * i, t0 + (int64_t)i);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -311,7 +337,7 @@ static void listings(void **state) {
   }
   assert_int_equal(gw_store_flush(f->st), 0);
 
-  assert_int_equal(gw_store_runs(f->st, &runs, &n), 0);
+  assert_int_equal(gw_store_runs(f->st, now_ns(), 60000000000LL, &runs, &n), 0);
   assert_int_equal(n, 3);
   assert_string_equal(runs[0].run, "alpha");
   assert_int_equal(runs[0].streams, 2);
@@ -348,9 +374,9 @@ static void listings(void **state) {
 
   assert_int_equal(gw_store_streams(f->st, "nope", &ss, &n), GW_ENOTFOUND);
   assert_null(ss);
-  assert_int_equal(gw_store_series(f->st, "alpha", "nope", all_metrics, 1, 0, 10, 0, &s),
+  assert_int_equal(gw_store_series(f->st, "alpha", "nope", all_metrics, 1, 0, 10, 0, &s, 0),
                    GW_ENOTFOUND);
-  assert_int_equal(gw_store_series(f->st, "nope", "all", all_metrics, 1, 0, 10, 0, &s),
+  assert_int_equal(gw_store_series(f->st, "nope", "all", all_metrics, 1, 0, 10, 0, &s, 0),
                    GW_ENOTFOUND);
   assert_int_equal(s.n, 0);
   assert_int_equal(gw_store_row_count(f->st, &rows), 0);
@@ -372,7 +398,7 @@ static void series_range(void **state) {
   int metrics[2] = {GW_METRIC_KAPPA_ONESTEP, GW_METRIC_RANK_99};
   cfg_init(&c, f->path);
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "r", "t", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "r", "t", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 1000; n++) {
     gw_point_t p = mkpoint(0, n, 3 * n, (int64_t)n);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -382,7 +408,7 @@ static void series_range(void **state) {
     gw_series_t s;
     size_t want = 0;
     assert_int_equal(gw_store_series(f->st, "r", "t", metrics, 2, ranges[r].from,
-                                     ranges[r].to, 0, &s),
+                                     ranges[r].to, 0, &s, 0),
                      0);
     for (uint64_t n = 1; n <= 1000; n++) { /* brute force */
       if (3 * n < ranges[r].from || 3 * n > ranges[r].to) continue;
@@ -407,7 +433,7 @@ static void check_downsample(fx_t *f, const gw_point_t *pts, size_t npts, uint64
   size_t idx[20000], n = 0;
   for (size_t i = 0; i < npts; i++)
     if (pts[i].step >= from && pts[i].step <= to) idx[n++] = i;
-  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, nm, from, to, max_points, &s),
+  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, nm, from, to, max_points, &s, 0),
                    0);
   if (n <= max_points) {
     assert_false(s.downsampled);
@@ -466,7 +492,7 @@ static void downsampling(void **state) {
   assert_non_null(pts);
   cfg_init(&c, f->path);
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "r", "d", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "r", "d", 8, 1, 1, 1), 0);
   for (size_t i = 0; i < NPTS; i++) {
     pts[i] = mkpoint(0, i + 1, 2 * i + 7, (int64_t)i);
     if (i >= 1000 && i < 1400) pts[i].loss = NAN; /* whole null buckets */
@@ -481,21 +507,21 @@ static void downsampling(void **state) {
   check_downsample(f, pts, NPTS, 500, 3000, 1247, metrics, 5);
   check_downsample(f, pts, NPTS, 0, UINT64_MAX, NPTS, metrics, 5);
   /* a bucket entirely null in `loss` stays null */
-  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, 5, 0, UINT64_MAX, 100, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, 5, 0, UINT64_MAX, 100, &s, 0), 0);
   {
     int nulls = 0;
     for (size_t r = 0; r < s.n; r++) nulls += isnan(s.cols[1][r]);
     assert_true(nulls >= 2);
   }
   gw_store_series_free(&s);
-  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, 5, 0, UINT64_MAX, 1, &s),
+  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, 5, 0, UINT64_MAX, 1, &s, 0),
                    GW_EINVAL);
   {
     int bad = GW_METRIC_COUNT;
-    assert_int_equal(gw_store_series(f->st, "r", "d", &bad, 1, 0, UINT64_MAX, 0, &s),
+    assert_int_equal(gw_store_series(f->st, "r", "d", &bad, 1, 0, UINT64_MAX, 0, &s, 0),
                      GW_EINVAL);
     bad = -1;
-    assert_int_equal(gw_store_series(f->st, "r", "d", &bad, 1, 0, UINT64_MAX, 0, &s),
+    assert_int_equal(gw_store_series(f->st, "r", "d", &bad, 1, 0, UINT64_MAX, 0, &s, 0),
                      GW_EINVAL);
   }
   assert_int_equal(gw_store_integrity_check(f->st), 0);
@@ -510,19 +536,19 @@ static void store_every(void **state) {
   cfg_init(&c, f->path);
   c.store_every = 4;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 2, "r", "e", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 2, "r", "e", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 20; n++) {
     gw_point_t p = mkpoint(2, n, 100 + n, (int64_t)n);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
   }
   /* re-declaration (daemon restart, id reuse): its first point is kept */
-  assert_int_equal(gw_store_put_stream(f->st, 2, "r", "e", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 2, "r", "e", 8, 1, 1, 1), 0);
   for (uint64_t n = 21; n <= 24; n++) {
     gw_point_t p = mkpoint(2, n, 100 + n, (int64_t)n);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
   }
   assert_int_equal(gw_store_flush(f->st), 0);
-  assert_int_equal(gw_store_series(f->st, "r", "e", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "r", "e", all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
   assert_int_equal(s.n, sizeof want / sizeof want[0]);
   for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], 100 + want[i]);
   gw_store_series_free(&s);
@@ -545,7 +571,7 @@ static void durability_reopen(void **state) {
   for (uint32_t sid = 0; sid < 3; sid++) {
     char tag[8];
     snprintf(tag, sizeof tag, "t%u", sid);
-    assert_int_equal(gw_store_put_stream(f->st, sid, "dur", tag, 8, 1, 1, sid), 0);
+    assert_int_equal(declare(f->st, sid, "dur", tag, 8, 1, 1, sid), 0);
   }
   for (uint64_t i = 0; i < 999; i++) {
     gw_point_t p = mkpoint((uint32_t)(i % 3), i / 3 + 1, i / 3 + 1, (int64_t)i);
@@ -567,7 +593,7 @@ static void durability_reopen(void **state) {
   assert_int_equal(gw_store_row_count(f->st, &rows), 0);
   assert_int_equal(rows, 999);
   /* the same run/tag after a restart continues the same stream */
-  assert_int_equal(gw_store_put_stream(f->st, 9, "dur", "t1", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 9, "dur", "t1", 8, 1, 1, 1), 0);
   {
     gw_point_t p = mkpoint(9, 1000, 1000, 5);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -581,7 +607,7 @@ static void durability_reopen(void **state) {
   assert_int_equal(ss[1].last_step, 1000);
   gw_store_streams_free(ss, n);
   assert_int_equal(gw_store_series(f->st, "dur", "t2", all_metrics, GW_METRIC_COUNT, 0,
-                                   UINT64_MAX, 0, &s),
+                                   UINT64_MAX, 0, &s, 0),
                    0);
   assert_int_equal(s.n, 333);
   for (size_t r = 0; r < s.n; r++) {
@@ -613,7 +639,7 @@ static void kill9_durability(void **state) {
     close(fds[0]);
     memset(&stats, 0, sizeof stats);
     if (gw_store_open(&st, &c, &stats) ||
-        gw_store_put_stream(st, 0, "k9", "t", 8, 1, 1, 1))
+        declare(st, 0, "k9", "t", 8, 1, 1, 1))
       _exit(2);
     for (uint64_t n = 1;; n++) {
       gw_point_t p = mkpoint(0, n, n, (int64_t)n);
@@ -632,7 +658,7 @@ static void kill9_durability(void **state) {
   assert_true(reported >= 2000);
   open_ok(f, &c);
   assert_int_equal(gw_store_series(f->st, "k9", "t", all_metrics, GW_METRIC_COUNT, 0,
-                                   UINT64_MAX, 0, &s),
+                                   UINT64_MAX, 0, &s, 0),
                    0);
   assert_true(s.n >= reported);
   for (size_t i = 0; i < s.n; i++) {
@@ -651,24 +677,28 @@ static void kill9_durability(void **state) {
 static void schema_newer_refused(void **state) {
   fx_t *f = *state;
   gw_store_config_t c;
-  logcap_t lc = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  logcap_t lc;
   gw_store_t *st2 = (gw_store_t *)&lc; /* must be reset to NULL */
   sqlite3 *db;
   char want[64];
   FILE *fp;
   cfg_init(&c, f->path);
-  c.log = log_cb;
-  c.log_arg = &lc;
+  logcap_open(&lc, f->path);
+  c.log = &lc.log;
   open_ok(f, &c);
   gw_store_close(f->st);
   f->st = NULL;
   db = raw_open(f->path);
-  assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL), SQLITE_OK);
+  snprintf(want, sizeof want, "PRAGMA user_version = %d", GW_STORE_SCHEMA_VERSION + 1);
+  assert_int_equal(sqlite3_exec(db, want, NULL, NULL, NULL), SQLITE_OK);
   sqlite3_close(db);
   assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EDB);
   assert_null(st2);
-  snprintf(want, sizeof want, "schema version %d, newer", GW_STORE_SCHEMA_VERSION + 1);
-  assert_non_null(strstr(lc.last, want));
+  snprintf(want, sizeof want, "version=%d supported=%d", GW_STORE_SCHEMA_VERSION + 1,
+           GW_STORE_SCHEMA_VERSION);
+  assert_true(logcap_has(&lc, want));
+  assert_true(logcap_has(&lc, "event=store"));
+  assert_true(logcap_has(&lc, "schema newer"));
   db = raw_open(f->path); /* refused without touching it */
   assert_int_equal(raw_int(db, "PRAGMA user_version"), GW_STORE_SCHEMA_VERSION + 1);
   sqlite3_close(db);
@@ -679,7 +709,7 @@ static void schema_newer_refused(void **state) {
   assert_int_equal(sqlite3_exec(db, "CREATE TABLE foo(x)", NULL, NULL, NULL), SQLITE_OK);
   sqlite3_close(db);
   assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EDB);
-  assert_non_null(strstr(lc.last, "not a gradwatch database"));
+  assert_true(logcap_has(&lc, "not a gradwatch database"));
   rm_db(f->path);
 
   /* not a database at all */
@@ -689,6 +719,7 @@ static void schema_newer_refused(void **state) {
   fclose(fp);
   assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EDB);
   assert_null(st2);
+  logcap_close(&lc);
 }
 
 static void queue_full(void **state) {
@@ -704,7 +735,7 @@ static void queue_full(void **state) {
   c.fault = fault_cb;
   c.fault_arg = &ft;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "q", "t", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "q", "t", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 150; n++) {
     gw_point_t p = mkpoint(0, n, n, 1);
     int rc = gw_store_put_point(f->st, &p);
@@ -739,8 +770,8 @@ static void fault_then_recover(fx_t *f, int op, int code, int want_err) {
   c.fault = fault_cb;
   c.fault_arg = &ft;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "f", "a", 8, 1, 1, 1), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 1, "f", "b", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "f", "a", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 1, "f", "b", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 50; n++) {
     gw_point_t p = mkpoint((uint32_t)(n % 2), n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -755,7 +786,7 @@ static void fault_then_recover(fx_t *f, int op, int code, int want_err) {
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
   }
   /* a new stream declared while the disk fails */
-  assert_int_equal(gw_store_put_stream(f->st, 2, "f2", "c", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 2, "f2", "c", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 30; n++) {
     gw_point_t p = mkpoint(2, n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -779,7 +810,7 @@ static void fault_then_recover(fx_t *f, int op, int code, int want_err) {
   assert_int_equal(gw_store_row_count(f->st, &rows), 0);
   assert_int_equal(rows, 280);
   assert_int_equal(gw_store_series(f->st, "f", "b", all_metrics, GW_METRIC_COUNT, 0,
-                                   UINT64_MAX, 0, &s),
+                                   UINT64_MAX, 0, &s, 0),
                    0);
   assert_int_equal(s.n, 125);
   for (size_t r = 0; r < s.n; r++) {
@@ -789,7 +820,7 @@ static void fault_then_recover(fx_t *f, int op, int code, int want_err) {
       assert_true(same_double(s.cols[m][r], gw_point_get(&p, m)));
   }
   gw_store_series_free(&s);
-  assert_int_equal(gw_store_series(f->st, "f2", "c", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "f2", "c", all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
   assert_int_equal(s.n, 30);
   gw_store_series_free(&s);
   assert_int_equal(gw_store_integrity_check(f->st), 0);
@@ -820,13 +851,13 @@ static void fault_mid_batch(void **state) {
   c.fault = fault_cb;
   c.fault_arg = &ft;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "m", "old", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "m", "old", 8, 1, 1, 1), 0);
   assert_int_equal(gw_store_flush(f->st), 0);
   for (uint64_t n = 1; n <= 40; n++) {
     gw_point_t p = mkpoint(0, n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
   }
-  assert_int_equal(gw_store_put_stream(f->st, 0, "m", "new", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "m", "new", 8, 1, 1, 1), 0);
   for (uint64_t n = 41; n <= 100; n++) {
     gw_point_t p = mkpoint(0, n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -838,11 +869,11 @@ static void fault_mid_batch(void **state) {
   assert_int_equal(gw_store_flush(f->st), GW_EIO);
   assert_int_equal(atomic_load(&ft.calls), 1);
   assert_int_equal(gw_store_flush(f->st), 0); /* the retry */
-  assert_int_equal(gw_store_series(f->st, "m", "old", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "m", "old", all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
   assert_int_equal(s.n, 40);
   for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], i + 1);
   gw_store_series_free(&s);
-  assert_int_equal(gw_store_series(f->st, "m", "new", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "m", "new", all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
   assert_int_equal(s.n, 60);
   for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], i + 41);
   gw_store_series_free(&s);
@@ -862,7 +893,7 @@ static void close_while_failing(void **state) {
   c.fault_arg = &ft;
   c.close_timeout_ms = 300;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "c", "t", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "c", "t", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 10; n++) {
     gw_point_t p = mkpoint(0, n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -897,7 +928,7 @@ static void checkpointer(void **state) {
   c.fault = fault_cb;
   c.fault_arg = &ft;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "ck", "t", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "ck", "t", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 3000; n++) {
     gw_point_t p = mkpoint(0, n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -935,8 +966,8 @@ static void retention(void **state) {
   c.retention_check_ms = 50;
   c.store_sketches = 1;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "ret", "t", 4, 1, 1, 1), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 1, "ret", "u", 4, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "ret", "t", 4, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 1, "ret", "u", 4, 1, 1, 1), 0);
   for (uint64_t i = 1; i <= 200; i++) {
     int64_t wall = i <= 100 ? now - 3 * day + (int64_t)i * 1000000000LL
                             : now - 3600LL * 1000000000LL + (int64_t)i;
@@ -954,7 +985,7 @@ static void retention(void **state) {
     sleep_ms(10);
   }
   assert_int_equal(rows, 300);
-  assert_int_equal(gw_store_series(f->st, "ret", "t", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "ret", "t", all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
   assert_int_equal(s.n, 100);
   for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], 101 + i);
   gw_store_series_free(&s);
@@ -992,7 +1023,7 @@ static void max_db_size(void **state) {
   for (uint32_t sid = 0; sid < STREAMS; sid++) {
     char tag[8];
     snprintf(tag, sizeof tag, "s%u", sid);
-    assert_int_equal(gw_store_put_stream(f->st, sid, "big", tag, 8, 1, 1, 1), 0);
+    assert_int_equal(declare(f->st, sid, "big", tag, 8, 1, 1, 1), 0);
   }
   for (uint64_t n = 1; n <= PER; n++) {
     for (uint32_t sid = 0; sid < STREAMS; sid++) { /* one step per second */
@@ -1009,7 +1040,7 @@ static void max_db_size(void **state) {
   for (uint32_t sid = 0; sid < STREAMS; sid++) {
     char tag[8];
     snprintf(tag, sizeof tag, "s%u", sid);
-    assert_int_equal(gw_store_series(f->st, "big", tag, all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+    assert_int_equal(gw_store_series(f->st, "big", tag, all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
     assert_true(s.n > 0);
     assert_int_equal(s.step[s.n - 1], PER);
     assert_true(s.step[0] > 1);
@@ -1042,13 +1073,13 @@ static void *reader_main(void *arg) {
     gw_series_t s;
     size_t n;
     uint64_t rows;
-    int rc = gw_store_runs(r->st, &runs, &n);
+    int rc = gw_store_runs(r->st, now_ns(), 60000000000LL, &runs, &n);
     if (rc == 0) gw_store_runs_free(runs, n);
     else r->errors++;
     rc = gw_store_streams(r->st, "conc", &ss, &n);
     if (rc == 0) gw_store_streams_free(ss, n);
     else if (rc != GW_ENOTFOUND) r->errors++;
-    rc = gw_store_series(r->st, "conc", "t7", metrics, 2, 0, UINT64_MAX, 50, &s);
+    rc = gw_store_series(r->st, "conc", "t7", metrics, 2, 0, UINT64_MAX, 50, &s, 0);
     if (rc == 0) {
       if (s.n > 50) r->errors++;
       gw_store_series_free(&s);
@@ -1076,7 +1107,7 @@ static void concurrent_readers_at(fx_t *f, const char *path, int per) {
   for (uint32_t sid = 0; sid < 100; sid++) {
     char tag[8];
     snprintf(tag, sizeof tag, "t%u", sid);
-    assert_int_equal(gw_store_put_stream(f->st, sid, "conc", tag, 8, 1, 1, 1), 0);
+    assert_int_equal(declare(f->st, sid, "conc", tag, 8, 1, 1, 1), 0);
   }
   for (int n = 1; n <= per; n++) {
     for (uint32_t sid = 0; sid < 100; sid++) {
@@ -1111,7 +1142,7 @@ static void memory_db(void **state) {
   gw_series_t s;
   concurrent_readers_at(f, ":memory:", 50);
   assert_int_equal(gw_store_series(f->st, "conc", "t3", all_metrics, GW_METRIC_COUNT, 0,
-                                   UINT64_MAX, 0, &s),
+                                   UINT64_MAX, 0, &s, 0),
                    0);
   assert_int_equal(s.n, 50);
   for (size_t r = 0; r < s.n; r++) {
@@ -1241,7 +1272,7 @@ static void sketches(void **state) {
   cfg_init(&c, f->path);
   c.store_sketches = 1;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "sk", "all", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "sk", "all", 8, 1, 1, 1), 0);
   for (int i = 0; i < 10; i++) {
     for (int j = 0; j < 8; j++) zz[i][j] = (unif(&x) - 0.5) * 1e3;
     assert_int_equal(gw_store_put_sketch(f->st, 0, (uint64_t)(10 + i), zz[i], 8), 0);
@@ -1308,26 +1339,34 @@ static void bad_input(void **state) {
 
   open_ok(f, &c);
   assert_int_equal(gw_store_put_point(f->st, &p), GW_ENOTFOUND);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "", "t", 8, 1, 1, 1), GW_EINVAL);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "r", NULL, 8, 1, 1, 1), GW_EINVAL);
-  assert_int_equal(gw_store_put_stream(f->st, 1u << 30, "r", "t", 8, 1, 1, 1), GW_EINVAL);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "r", "t", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "", "t", 8, 1, 1, 1), GW_EINVAL);
+  assert_int_equal(declare(f->st, 0, "r", NULL, 8, 1, 1, 1), GW_EINVAL);
+  assert_int_equal(declare(f->st, 1u << 30, "r", "t", 8, 1, 1, 1), GW_EINVAL);
+  assert_int_equal(declare(f->st, 0, "r", "t", 8, 1, 1, 1), 0);
   p.step = (uint64_t)INT64_MAX + 1;
   assert_int_equal(gw_store_put_point(f->st, &p), GW_EINVAL);
   p.step = 1;
   assert_int_equal(gw_store_put_point(f->st, &p), 0);
   assert_int_equal(gw_store_put_point(f->st, NULL), GW_EINVAL);
-  assert_int_equal(gw_store_series(f->st, "r", "t", NULL, 2, 0, 1, 0, &s), GW_EINVAL);
+  assert_int_equal(gw_store_series(f->st, "r", "t", NULL, 2, 0, 1, 0, &s, 0), GW_EINVAL);
   assert_int_equal(gw_store_flush(f->st), 0);
-  /* a point at an existing step replaces it and is not counted twice */
-  p = mkpoint(0, 2, 1, 1);
-  assert_int_equal(gw_store_put_point(f->st, &p), 0);
-  assert_int_equal(gw_store_flush(f->st), 0);
-  assert_int_equal(gw_store_series(f->st, "r", "t", all_metrics, GW_METRIC_COUNT, 0, 9, 0, &s), 0);
-  assert_int_equal(s.n, 1);
-  for (int m = 0; m < GW_METRIC_COUNT; m++)
-    assert_true(same_double(s.cols[m][0], gw_point_get(&p, m)));
-  gw_store_series_free(&s);
+  /* a point at a stored (segment, step) never replaces it: ignored, counted */
+  {
+    gw_point_t first = p, again = mkpoint(0, 2, 1, 1);
+    uint64_t rows = 0;
+    assert_int_equal(gw_store_put_point(f->st, &again), 0);
+    assert_int_equal(gw_store_put_point(f->st, &again), 0);
+    assert_int_equal(gw_store_flush(f->st), 0);
+    assert_int_equal(gw_stats_get(&f->stats.store_duplicates), 2);
+    assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+    assert_int_equal(rows, 1);
+    assert_int_equal(
+        gw_store_series(f->st, "r", "t", all_metrics, GW_METRIC_COUNT, 0, 9, 0, &s, 1), 0);
+    assert_int_equal(s.n, 1);
+    for (int m = 0; m < GW_METRIC_COUNT; m++)
+      assert_true(same_double(s.cols[m][0], gw_point_get(&first, m)));
+    gw_store_series_free(&s);
+  }
   assert_int_equal(gw_store_integrity_check(f->st), 0);
   gw_store_close(NULL);
   gw_store_close(f->st);
