@@ -1374,6 +1374,300 @@ static void bad_input(void **state) {
   raw_check_counts(f->path);
 }
 
+/* ------------------------------------------- segments, lifecycle, continuity */
+
+/* Open a stream with an incarnation and sketch parameters. */
+static int open_inc(gw_store_t *st, uint32_t sid, const char *run, const char *tag, uint32_t k,
+                    uint64_t inc, int how, uint64_t step, int64_t recv) {
+  gw_stream_ref_t ref = {sid, run, tag, k, 1, 1, 5, inc};
+  gw_open_t o = {how, step, recv};
+  return gw_store_open_stream(st, sid, &ref, &o);
+}
+
+/* A point of incarnation inc whose loss encodes (inc, step), received at recv. */
+static int put_inc(gw_store_t *st, uint32_t sid, uint64_t inc, uint64_t step, int64_t recv) {
+  gw_point_t p = mkpoint(sid, step + 1, step, recv);
+  p.incarnation = inc;
+  p.loss = (double)inc * 1e6 + (double)step;
+  return gw_store_put_point(st, &p);
+}
+
+/* The version 1 schema as it shipped (an independent copy, not the store's). */
+static const char v1_schema[] =
+    "CREATE TABLE runs(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+    " created_ns INTEGER NOT NULL);"
+    "CREATE TABLE streams(id INTEGER PRIMARY KEY, run INTEGER NOT NULL REFERENCES runs(id),"
+    " tag TEXT NOT NULL, k INTEGER NOT NULL, kind INTEGER NOT NULL, s INTEGER NOT NULL,"
+    " seed INTEGER NOT NULL, first_step INTEGER, last_step INTEGER, last_seen INTEGER,"
+    " points INTEGER NOT NULL DEFAULT 0, UNIQUE(run, tag));"
+    "CREATE TABLE points(stream INTEGER NOT NULL, step INTEGER NOT NULL, v BLOB NOT NULL,"
+    " PRIMARY KEY(stream, step)) WITHOUT ROWID;"
+    "CREATE TABLE point_minutes(stream INTEGER NOT NULL, minute INTEGER NOT NULL,"
+    " max_step INTEGER NOT NULL, PRIMARY KEY(stream, minute)) WITHOUT ROWID;"
+    "CREATE INDEX point_minutes_by_minute ON point_minutes(minute);"
+    "CREATE TABLE sketches(stream INTEGER NOT NULL, step INTEGER NOT NULL, k INTEGER NOT NULL,"
+    " z BLOB NOT NULL, PRIMARY KEY(stream, step));"
+    "CREATE TABLE alerts(id INTEGER PRIMARY KEY, rule TEXT NOT NULL, run TEXT, tag TEXT,"
+    " severity TEXT, state TEXT NOT NULL CHECK(state IN ('pending','firing','resolved')),"
+    " value REAL, threshold REAL, started_step INTEGER, started_ns INTEGER, fired_ns INTEGER,"
+    " resolved_ns INTEGER, labels TEXT, annotations TEXT);"
+    "CREATE INDEX alerts_by_state ON alerts(state);"
+    "PRAGMA user_version = 1;";
+
+/* A version 1 database (written here with plain SQLite) is migrated in place
+ * at open: every point, stream and alert survives, and the stream carries on
+ * as segment 0 of incarnation 0. */
+static void migration_v1(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_series_t s;
+  gw_store_stream_t *ss;
+  gw_store_restart_t *ev;
+  gw_store_alert_t *al;
+  size_t n;
+  uint64_t rows;
+  sqlite3 *db = raw_open(f->path);
+  sqlite3_stmt *ins;
+  int64_t t0 = 1700000000000000000LL;
+  assert_int_equal(sqlite3_exec(db, v1_schema, NULL, NULL, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db,
+                                "INSERT INTO runs VALUES(1, 'old', 1);"
+                                "INSERT INTO streams VALUES(1, 1, 'a', 8, 1, 1, 5, 1, 300, 0, 300);"
+                                "INSERT INTO streams VALUES(2, 1, 'b', 4, 2, 0, -1, 7, 7, 0, 1);"
+                                "INSERT INTO alerts(id, rule, state) VALUES(4, 'x', 'firing');",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO points VALUES(?1, ?2, ?3)", -1, &ins, NULL),
+                   SQLITE_OK);
+  for (int i = 0; i <= 300; i++) {
+    int sid = i == 300 ? 2 : 1, step = i == 300 ? 7 : i + 1;
+    gw_point_t p = mkpoint((uint32_t)sid, (uint64_t)step, (uint64_t)step, t0 + step);
+    unsigned char v[GW_METRIC_COUNT * 8];
+    for (int m = 0; m < GW_METRIC_COUNT; m++) {
+      double d = gw_point_get(&p, m);
+      uint64_t u;
+      memcpy(&u, &d, 8);
+      for (int b = 0; b < 8; b++) v[8 * m + b] = (unsigned char)(u >> (8 * b));
+    }
+    sqlite3_bind_int(ins, 1, sid);
+    sqlite3_bind_int(ins, 2, step);
+    sqlite3_bind_blob(ins, 3, v, sizeof v, SQLITE_TRANSIENT);
+    assert_int_equal(sqlite3_step(ins), SQLITE_DONE);
+    sqlite3_reset(ins);
+  }
+  sqlite3_finalize(ins);
+  sqlite3_close(db);
+
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "PRAGMA user_version"), GW_STORE_SCHEMA_VERSION);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM points"), 301);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM streams WHERE seq = 0 AND incarnation = 0"), 2);
+  assert_int_equal(raw_int(db, "SELECT seed FROM streams WHERE id = 2"), -1);
+  sqlite3_close(db);
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, 301);
+  assert_int_equal(gw_store_series(f->st, "old", "a", all_metrics, GW_METRIC_COUNT, 0, UINT64_MAX,
+                                   0, &s, 0),
+                   0);
+  assert_int_equal(s.n, 300);
+  for (size_t r = 0; r < s.n; r++) {
+    gw_point_t p = mkpoint(1, r + 1, r + 1, t0 + (int64_t)r + 1);
+    assert_int_equal(s.step[r], r + 1);
+    assert_int_equal(s.inc[r], 0);
+    for (int m = 0; m < GW_METRIC_COUNT; m++)
+      assert_true(same_double(s.cols[m][r], gw_point_get(&p, m)));
+  }
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_streams(f->st, "old", &ss, &n), 0);
+  assert_int_equal(n, 2);
+  assert_int_equal(ss[0].points, 300);
+  assert_int_equal(ss[1].seed, UINT64_MAX);
+  assert_int_equal(ss[1].points, 1);
+  assert_int_equal(ss[0].segments, 1);
+  gw_store_streams_free(ss, n);
+  assert_int_equal(gw_store_alerts(f->st, GW_ALERT_ANY, 0, &al, &n), 0);
+  assert_int_equal(n, 1);
+  gw_store_alerts_free(al, n);
+  /* an old (incarnation 0) publisher carries on in the same segment */
+  assert_int_equal(open_inc(f->st, 0, "old", "a", 8, 0, GW_OPEN_NEW, 301, now_ns()), 0);
+  assert_int_equal(put_inc(f->st, 0, 0, 301, now_ns()), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_streams(f->st, "old", &ss, &n), 0);
+  assert_int_equal(ss[0].segments, 1);
+  assert_int_equal(ss[0].points, 301);
+  assert_int_equal(ss[0].last_step, 301);
+  gw_store_streams_free(ss, n);
+  assert_int_equal(gw_store_restarts(f->st, "old", NULL, 0, &ev, &n), 0);
+  assert_int_equal(n, 1);
+  assert_string_equal(ev[0].reason, "resumed");
+  gw_store_restarts_free(ev, n);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  /* and the migrated file opens again as version 2, untouched */
+  gw_store_close(f->st);
+  f->st = NULL;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, 302);
+}
+
+/* The crash/resume scenario: incarnation 1 reaches step 5200 and dies; the
+ * job resumes from its step-5000 checkpoint as incarnation 2. */
+static void crash_resume(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_series_t s;
+  gw_store_stream_t *ss;
+  gw_store_restart_t *ev;
+  size_t n;
+  int metric = GW_METRIC_LOSS;
+  int64_t t = now_ns();
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 7, "job", "all", 8, 1, GW_OPEN_NEW, 0, t), 0);
+  for (uint64_t step = 0; step <= 5200; step++) assert_int_equal(put_inc(f->st, 7, 1, step, t), 0);
+  assert_int_equal(gw_store_forget_stream(f->st, 7), 0);
+  assert_int_equal(put_inc(f->st, 7, 1, 5201, t), GW_ENOTFOUND); /* forgotten */
+  assert_int_equal(open_inc(f->st, 3, "job", "all", 8, 2, GW_OPEN_NEW, 5000, t + 1), 0);
+  for (uint64_t step = 5000; step <= 6000; step++)
+    assert_int_equal(put_inc(f->st, 3, 2, step, t + 1), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+
+  assert_int_equal(gw_store_series(f->st, "job", "all", &metric, 1, 0, UINT64_MAX, 0, &s, 0), 0);
+  assert_int_equal(s.n, 6001);
+  for (size_t i = 0; i < s.n; i++) {
+    uint64_t inc = i < 5000 ? 1 : 2;
+    assert_int_equal(s.step[i], i);
+    assert_int_equal(s.inc[i], inc);
+    assert_true(s.cols[0][i] == (double)inc * 1e6 + (double)i);
+  }
+  gw_store_series_free(&s);
+  /* a range inside the superseded stretch */
+  assert_int_equal(gw_store_series(f->st, "job", "all", &metric, 1, 4990, 5010, 0, &s, 0), 0);
+  assert_int_equal(s.n, 21);
+  assert_int_equal(s.inc[9], 1);
+  assert_int_equal(s.inc[10], 2);
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_series(f->st, "job", "all", &metric, 1, 0, UINT64_MAX, 0, &s, 1), 0);
+  assert_int_equal(s.n, 5201 + 1001);
+  for (size_t i = 0; i < s.n; i++) { /* 0..4999, then pairs (1, 2), then 5201.. */
+    uint64_t step = i < 5000 ? i : i < 5000 + 402 ? 5000 + (i - 5000) / 2 : i - 201;
+    uint64_t inc = i < 5000 ? 1 : i < 5402 ? 1 + (i - 5000) % 2 : 2;
+    assert_int_equal(s.step[i], step);
+    assert_int_equal(s.inc[i], inc);
+    assert_true(s.cols[0][i] == (double)inc * 1e6 + (double)step);
+  }
+  gw_store_series_free(&s);
+  /* downsampling works on the visible rows */
+  assert_int_equal(gw_store_series(f->st, "job", "all", &metric, 1, 0, UINT64_MAX, 10, &s, 0), 0);
+  assert_true(s.downsampled);
+  assert_int_equal(s.n, 10);
+  assert_true(s.cols[0][0] == 1e6);           /* min of the first bucket: inc 1, step 0 */
+  assert_true(s.cols[0][9] == 2e6 + 6000);    /* max of the last: inc 2, step 6000 */
+  assert_int_equal(s.inc[9], 2);
+  gw_store_series_free(&s);
+
+  assert_int_equal(gw_store_streams(f->st, "job", &ss, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(ss[0].points, 6001);
+  assert_int_equal(ss[0].first_step, 0);
+  assert_int_equal(ss[0].last_step, 6000);
+  assert_int_equal(ss[0].segments, 2);
+  assert_int_equal(ss[0].incarnation, 2);
+  gw_store_streams_free(ss, n);
+  assert_int_equal(gw_store_restarts(f->st, "job", "all", 0, &ev, &n), 0);
+  assert_int_equal(n, 1);
+  assert_string_equal(ev[0].reason, "incarnation");
+  assert_int_equal(ev[0].step, 5000);
+  assert_int_equal(ev[0].incarnation, 2);
+  assert_int_equal(ev[0].prev_incarnation, 1);
+  assert_int_equal(ev[0].recv_ns, t + 1);
+  gw_store_restarts_free(ev, n);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+typedef struct {
+  uint64_t step, seq;
+} vis_t;
+
+static int vis_cmp(const void *a, const void *b) {
+  const vis_t *x = a, *y = b;
+  if (x->step != y->step) return x->step < y->step ? -1 : 1;
+  return x->seq < y->seq ? -1 : (x->seq > y->seq);
+}
+
+/* Visibility against a brute-force reference on random segment layouts:
+ * segment i's point at step t is visible iff t < start of every later
+ * segment; series returns the visible rows (or all) by (step, seq). */
+static void visibility_random(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  uint64_t x = 7;
+  int metric = GW_METRIC_LOSS;
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  for (int trial = 0; trial < 40; trial++) {
+    char run[32];
+    uint64_t start[6];
+    static vis_t all[6 * 64], vis[6 * 64];
+    size_t na = 0, nv = 0, nseg = 1 + splitmix(&x) % 6;
+    uint64_t from = splitmix(&x) % 40, to = from + splitmix(&x) % 120;
+    snprintf(run, sizeof run, "vis%d", trial);
+    for (size_t g = 0; g < nseg; g++) {
+      start[g] = splitmix(&x) % 80;
+      assert_int_equal(open_inc(f->st, (uint32_t)trial, run, "t", 4, 100 + g, GW_OPEN_NEW, start[g],
+                                1000),
+                       0);
+      for (uint64_t step = start[g]; step < start[g] + 64; step++) {
+        if (splitmix(&x) % 3 == 0) continue;
+        assert_int_equal(put_inc(f->st, (uint32_t)trial, 100 + g, step, 1000), 0);
+        all[na].step = step;
+        all[na++].seq = g;
+      }
+    }
+    for (size_t i = 0; i < na; i++) { /* the reference */
+      uint64_t cut = UINT64_MAX;
+      for (size_t h = all[i].seq + 1; h < nseg; h++)
+        if (start[h] < cut) cut = start[h];
+      if (all[i].step < cut) vis[nv++] = all[i];
+    }
+    qsort(all, na, sizeof *all, vis_cmp);
+    qsort(vis, nv, sizeof *vis, vis_cmp);
+    assert_int_equal(gw_store_flush(f->st), 0);
+    for (int mode = 0; mode < 2; mode++) {
+      const vis_t *want = mode ? all : vis;
+      size_t nw = mode ? na : nv, j = 0;
+      gw_series_t s;
+      assert_int_equal(gw_store_series(f->st, run, "t", &metric, 1, from, to, 0, &s, mode), 0);
+      for (size_t i = 0; i < nw; i++) {
+        if (want[i].step < from || want[i].step > to) continue;
+        assert_true(j < s.n);
+        assert_int_equal(s.step[j], want[i].step);
+        assert_int_equal(s.inc[j], 100 + want[i].seq);
+        assert_true(s.cols[0][j] == (double)(100 + want[i].seq) * 1e6 + (double)want[i].step);
+        j++;
+      }
+      assert_int_equal(j, s.n);
+      gw_store_series_free(&s);
+    }
+    { /* the listing counts the visible points */
+      gw_store_stream_t *ss;
+      size_t n;
+      assert_int_equal(gw_store_streams(f->st, run, &ss, &n), 0);
+      assert_int_equal(n, 1);
+      assert_int_equal(ss[0].points, nv);
+      assert_int_equal(ss[0].segments, nseg);
+      if (nv) {
+        assert_int_equal(ss[0].first_step, vis[0].step);
+        assert_int_equal(ss[0].last_step, vis[nv - 1].step);
+      }
+      gw_store_streams_free(ss, n);
+    }
+  }
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(roundtrip_points, fx_setup, fx_teardown),
@@ -1398,6 +1692,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(alerts_roundtrip, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(sketches, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(bad_input, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(migration_v1, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(crash_resume, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(visibility_random, fx_setup, fx_teardown),
   };
   init_all_metrics();
   return cmocka_run_group_tests(tests, NULL, NULL);
