@@ -1668,6 +1668,401 @@ static void visibility_random(void **state) {
   assert_int_equal(gw_store_integrity_check(f->st), 0);
 }
 
+/* Restart events: resumed on a re-open with history (same incarnation),
+ * nothing for a restored open, incarnation for new parameters; engine
+ * restarts record their reason and split only on a parameter change. */
+static void lifecycle_events(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_restart_t *ev;
+  gw_store_stream_t *ss;
+  size_t n;
+  gw_stream_ref_t ref = {1, "lc", "t", 8, 1, 1, 5, 9};
+  gw_restart_t rs = {GW_RESTART_NO_STATE, 20, 9, 12, 105};
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 1, "lc", "t", 8, 9, GW_OPEN_NEW, 0, 100), 0);
+  for (uint64_t st = 0; st < 10; st++) assert_int_equal(put_inc(f->st, 1, 9, st, 100), 0);
+  assert_int_equal(gw_store_forget_stream(f->st, 1), 0);
+  assert_int_equal(gw_store_forget_stream(f->st, 1), GW_ENOTFOUND);
+  assert_int_equal(open_inc(f->st, 1, "lc", "t", 8, 9, GW_OPEN_NEW, 10, 101), 0);      /* resumed */
+  assert_int_equal(open_inc(f->st, 2, "lc", "t", 8, 9, GW_OPEN_RESTORED, 11, 102), 0); /* silent */
+  assert_int_equal(put_inc(f->st, 2, 9, 11, 102), 0);
+  assert_int_equal(gw_store_restart_stream(f->st, 2, &ref, &rs), 0); /* same key: event only */
+  ref.k = 16;
+  rs.reason = GW_RESTART_CONFIG;
+  rs.step = 30;
+  rs.recv_ns = 106;
+  assert_int_equal(gw_store_restart_stream(f->st, 2, &ref, &rs), 0); /* new k: new segment */
+  assert_int_equal(gw_store_restart_stream(f->st, 9, &ref, &rs), GW_ENOTFOUND);
+  rs.reason = 0;
+  assert_int_equal(gw_store_restart_stream(f->st, 2, &ref, &rs), GW_EINVAL);
+  assert_int_equal(open_inc(f->st, 3, "lc", "u", 8, 9, GW_OPEN_NEW, 0, 103), 0); /* no history */
+  assert_int_equal(open_inc(f->st, 4, "", "u", 8, 9, GW_OPEN_NEW, 0, 103), GW_EINVAL);
+  assert_int_equal(open_inc(f->st, 4, "lc", "u", 8, 9, 7, 0, 103), GW_EINVAL);
+  assert_int_equal(gw_store_flush(f->st), 0);
+
+  assert_int_equal(gw_store_restarts(f->st, "lc", NULL, 0, &ev, &n), 0);
+  assert_int_equal(n, 3); /* newest first */
+  assert_string_equal(ev[0].reason, "config_changed");
+  assert_int_equal(ev[0].step, 30);
+  assert_int_equal(ev[0].recv_ns, 106);
+  assert_string_equal(ev[1].reason, "no_state");
+  assert_int_equal(ev[1].prev_incarnation, 9);
+  assert_int_equal(ev[1].recv_ns, 105);
+  assert_string_equal(ev[2].reason, "resumed");
+  assert_int_equal(ev[2].step, 10);
+  assert_int_equal(ev[2].incarnation, 9);
+  assert_int_equal(ev[2].prev_incarnation, 9);
+  assert_string_equal(ev[2].run, "lc");
+  assert_string_equal(ev[2].tag, "t");
+  gw_store_restarts_free(ev, n);
+  assert_int_equal(gw_store_restarts(f->st, "lc", "u", 0, &ev, &n), 0);
+  assert_int_equal(n, 0);
+  gw_store_restarts_free(ev, n);
+  assert_int_equal(gw_store_restarts(f->st, "lc", "t", 2, &ev, &n), 0);
+  assert_int_equal(n, 2);
+  gw_store_restarts_free(ev, n);
+  assert_int_equal(gw_store_restarts(f->st, "nope", NULL, 0, &ev, &n), GW_ENOTFOUND);
+  assert_int_equal(gw_store_restarts(f->st, NULL, NULL, 0, &ev, &n), GW_EINVAL);
+  assert_int_equal(gw_store_streams(f->st, "lc", &ss, &n), 0);
+  assert_int_equal(n, 2);
+  assert_int_equal(ss[0].segments, 2); /* t: incarnation 9 at k 8, then k 16 */
+  assert_int_equal(ss[0].k, 16);
+  assert_int_equal(ss[0].points, 11);
+  assert_int_equal(ss[0].last_seen_ns, 106);
+  gw_store_streams_free(ss, n);
+}
+
+static int64_t T_MIN = 60LL * 1000000000LL;
+
+/* Run state: live (received within stall), stalled, finished (retired). */
+static void runs_state(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_run_t *runs;
+  size_t n;
+  int64_t now = now_ns();
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "a_live", "t", 8, 1, GW_OPEN_NEW, 0, now - 2 * T_MIN), 0);
+  assert_int_equal(put_inc(f->st, 0, 1, 1, now - 2 * T_MIN), 0);
+  assert_int_equal(open_inc(f->st, 1, "a_live", "u", 8, 1, GW_OPEN_NEW, 0, now), 0);
+  assert_int_equal(put_inc(f->st, 1, 1, 1, now - 1000), 0);
+  assert_int_equal(open_inc(f->st, 2, "b_stalled", "t", 8, 1, GW_OPEN_NEW, 0, now - 2 * T_MIN), 0);
+  assert_int_equal(put_inc(f->st, 2, 1, 1, now - 2 * T_MIN), 0);
+  assert_int_equal(open_inc(f->st, 3, "c_finished", "t", 8, 1, GW_OPEN_NEW, 0, now), 0);
+  assert_int_equal(put_inc(f->st, 3, 1, 1, now), 0);
+  assert_int_equal(gw_store_forget_stream(f->st, 3), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_runs(f->st, now, T_MIN, &runs, &n), 0);
+  assert_int_equal(n, 3);
+  assert_int_equal(runs[0].state, GW_RUN_LIVE);
+  assert_int_equal(runs[0].last_seen_ns, now);
+  assert_int_equal(runs[1].state, GW_RUN_STALLED);
+  assert_int_equal(runs[2].state, GW_RUN_FINISHED);
+  assert_string_equal(gw_store_run_state_name(runs[1].state), "stalled");
+  assert_null(gw_store_run_state_name(GW_RUN_STATE_COUNT));
+  gw_store_runs_free(runs, n);
+  /* three minutes later the live run has stalled */
+  assert_int_equal(gw_store_runs(f->st, now + 3 * T_MIN, T_MIN, &runs, &n), 0);
+  assert_int_equal(runs[0].state, GW_RUN_STALLED);
+  gw_store_runs_free(runs, n);
+  assert_int_equal(gw_store_runs(f->st, now, -1, &runs, &n), GW_EINVAL);
+}
+
+/* Retention goes by the daemon's receive time: the publisher's clock
+ * (wall_ns) may say anything. */
+static void retention_by_recv(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_series_t s;
+  uint64_t rows = 0;
+  int64_t now = now_ns(), day = 86400LL * 1000000000LL;
+  int metric = GW_METRIC_WALL_TIME;
+  cfg_init(&c, f->path);
+  c.retention_days = 1;
+  c.retention_check_ms = 30;
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "rr", "t", 8, 1, GW_OPEN_NEW, 0, now), 0);
+  /* within a segment receive time grows with the step (the minute index
+   * deletes a segment's steps up to a minute's last one) */
+  gw_point_t p = mkpoint(0, 1, 1, now); /* publisher says now, received 3 days ago */
+  p.recv_ns = now - 3 * day;
+  assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  p = mkpoint(0, 2, 2, INT64_MIN); /* publisher clock at the dawn of time */
+  p.recv_ns = now;
+  assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  p = mkpoint(0, 3, 3, 1000);
+  p.recv_ns = now;
+  assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  p = mkpoint(0, 4, 4, now - 3 * day);
+  p.recv_ns = now;
+  assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  for (int i = 0; i < 300; i++) {
+    assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+    if (rows == 3) break;
+    sleep_ms(10);
+  }
+  assert_int_equal(rows, 3);
+  sleep_ms(100); /* more passes change nothing */
+  assert_int_equal(gw_store_series(f->st, "rr", "t", &metric, 1, 0, UINT64_MAX, 0, &s, 0), 0);
+  assert_int_equal(s.n, 3);
+  assert_int_equal(s.step[0], 2);
+  assert_int_equal(s.step[1], 3);
+  assert_int_equal(s.step[2], 4);
+  assert_true(s.cols[0][1] == (double)1000 * 1e-9); /* wall_ns still stored, as wall_time */
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+/* Replay: the current segment's sketches in step order, as float64. */
+typedef struct {
+  uint64_t steps[16];
+  double first[16];
+  uint32_t k;
+  size_t n, stop_at;
+} replay_cap_t;
+
+static int replay_cb(void *arg, uint64_t step, const double *z, uint32_t k) {
+  replay_cap_t *r = arg;
+  r->steps[r->n] = step;
+  r->first[r->n] = z[k - 1];
+  r->k = k;
+  if (++r->n == r->stop_at) return 42;
+  return 0;
+}
+
+static void replay(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  replay_cap_t r = {0};
+  double z[4];
+  cfg_init(&c, f->path);
+  c.store_sketches = 1;
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "rp", "t", 4, 1, GW_OPEN_NEW, 1, 1), 0);
+  for (uint64_t st = 1; st <= 5; st++) {
+    for (int i = 0; i < 4; i++) z[i] = (double)st + 0.25 * i;
+    assert_int_equal(gw_store_put_sketch(f->st, 0, st, z, 4), 0);
+  }
+  assert_int_equal(open_inc(f->st, 0, "rp", "t", 4, 2, GW_OPEN_NEW, 3, 2), 0);
+  for (uint64_t st = 6; st >= 3; st--) { /* queued out of order: read back in order */
+    for (int i = 0; i < 4; i++) z[i] = 100.0 + (double)st + 0.1 * i;
+    assert_int_equal(gw_store_put_sketch(f->st, 0, st, z, 4), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_replay(f->st, "rp", "t", replay_cb, &r), 0);
+  assert_int_equal(r.n, 4);
+  assert_int_equal(r.k, 4);
+  for (size_t i = 0; i < 4; i++) {
+    assert_int_equal(r.steps[i], 3 + i);
+    assert_true(r.first[i] == (double)(float)(100.0 + (double)(3 + i) + 0.3));
+  }
+  memset(&r, 0, sizeof r);
+  r.stop_at = 2;
+  assert_int_equal(gw_store_replay(f->st, "rp", "t", replay_cb, &r), 42);
+  assert_int_equal(r.n, 2);
+  assert_int_equal(gw_store_replay(f->st, "rp", "nope", replay_cb, &r), GW_ENOTFOUND);
+  assert_int_equal(gw_store_replay(f->st, "rp", "t", NULL, &r), GW_EINVAL);
+  { /* export (sketches) keeps visibility: 1, 2 from the first, 3..6 from the second */
+    uint64_t *steps;
+    float *zz;
+    uint32_t k;
+    size_t n;
+    assert_int_equal(gw_store_sketches(f->st, "rp", "t", 0, UINT64_MAX, &steps, &zz, &k, &n), 0);
+    assert_int_equal(n, 6);
+    for (size_t i = 0; i < n; i++) {
+      assert_int_equal(steps[i], i + 1);
+      assert_true(zz[i * 4] == (float)(i < 2 ? (double)(i + 1) : 100.0 + (double)(i + 1)));
+    }
+    free(steps);
+    free(zz);
+  }
+}
+
+/* Blob i of the state round trip: bytes from (i, position). */
+static void state_blob(unsigned char *b, size_t len, uint32_t i) {
+  uint64_t x = i * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t j = 0; j < len; j += 8) {
+    uint64_t v = splitmix(&x);
+    memcpy(b + j, &v, len - j < 8 ? len - j : 8);
+  }
+}
+
+#define ST_N 1000
+#define ST_LEN (100 * 1024)
+
+/* Save 1,000 engine states of 100 KB, reopen (a daemon restart), resume
+ * them, clear them; and the bad cases. */
+static void state_roundtrip(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_resume_t *rs;
+  size_t n;
+  unsigned char *blob = malloc(ST_LEN), *want = malloc(ST_LEN);
+  int64_t now = now_ns();
+  fault_t ft = {0};
+  sqlite3 *db;
+  assert_non_null(blob);
+  assert_non_null(want);
+  cfg_init(&c, f->path);
+  c.store_sketches = 1;
+  c.fault = fault_cb;
+  c.fault_arg = &ft;
+  open_ok(f, &c);
+  /* bad cases before any transaction */
+  assert_int_equal(gw_store_state_put(f->st, "r", "t", blob, 8), GW_EINVAL);
+  assert_int_equal(gw_store_state_commit(f->st), GW_EINVAL);
+  for (uint32_t i = 0; i < ST_N; i++) {
+    char tag[16];
+    double z[4] = {1, 2, 3, 4};
+    snprintf(tag, sizeof tag, "t%u", i);
+    assert_int_equal(open_inc(f->st, i, "st", tag, 4, 1000 + i, GW_OPEN_NEW, 10, now), 0);
+    assert_int_equal(put_inc(f->st, i, 1000 + i, 10 + i % 7, now), 0);
+    if (i % 2) assert_int_equal(gw_store_put_sketch(f->st, i, 10, z, 4), 0);
+  }
+  /* begin flushes what is queued */
+  assert_int_equal(gw_store_state_begin(f->st), 0);
+  assert_int_equal(gw_store_state_begin(f->st), GW_EINVAL);
+  assert_int_equal(gw_store_state_put(f->st, "", "t", blob, 8), GW_EINVAL);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t0", NULL, 8), GW_EINVAL);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t0", blob, 0), GW_EINVAL);
+  for (uint32_t i = 0; i < ST_N; i++) {
+    char tag[16];
+    snprintf(tag, sizeof tag, "t%u", i);
+    state_blob(blob, ST_LEN - i, i);
+    assert_int_equal(gw_store_state_put(f->st, "st", tag, blob, ST_LEN - i), 0);
+  }
+  assert_int_equal(gw_store_state_commit(f->st), 0);
+  assert_int_equal(gw_store_state_commit(f->st), GW_EINVAL);
+  gw_store_close(f->st); /* the daemon restarts */
+  f->st = NULL;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_resume_list(f->st, now - T_MIN, &rs, &n), 0);
+  assert_int_equal(n, ST_N);
+  for (size_t j = 0; j < n; j++) {
+    uint32_t i = (uint32_t)atoi(rs[j].tag + 1);
+    assert_string_equal(rs[j].run, "st");
+    assert_int_equal(rs[j].incarnation, 1000 + i);
+    assert_int_equal(rs[j].k, 4);
+    assert_int_equal(rs[j].kind, 1);
+    assert_int_equal(rs[j].s, 1);
+    assert_int_equal(rs[j].seed, 5);
+    assert_int_equal(rs[j].first_step, 10);
+    assert_int_equal(rs[j].last_step, 10 + i % 7);
+    assert_int_equal(rs[j].last_seen_ns, now);
+    assert_int_equal(rs[j].has_sketches, (int)(i % 2));
+    assert_int_equal(rs[j].state_len, ST_LEN - i);
+    state_blob(want, ST_LEN - i, i);
+    assert_memory_equal(rs[j].state, want, ST_LEN - i);
+  }
+  gw_store_resume_free(rs, n);
+
+  /* a failing commit rolls back: the saved rows stay as they were */
+  assert_int_equal(gw_store_state_begin(f->st), 0);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t0", "x", 1), 0);
+  atomic_store(&ft.op, GW_STORE_OP_COMMIT);
+  atomic_store(&ft.once, 1);
+  atomic_store(&ft.code, SQLITE_IOERR);
+  assert_int_equal(gw_store_state_commit(f->st), GW_EIO);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t0", "x", 1), GW_EINVAL); /* ended */
+  /* a failing put too, and ends the transaction */
+  assert_int_equal(gw_store_state_begin(f->st), 0);
+  atomic_store(&ft.op, GW_STORE_OP_STEP);
+  atomic_store(&ft.once, 1);
+  atomic_store(&ft.code, SQLITE_FULL);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t1", "x", 1), -ENOSPC);
+  assert_int_equal(gw_store_state_commit(f->st), GW_EINVAL);
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM stream_state"), ST_N);
+  assert_int_equal(raw_int(db, "SELECT length(blob) FROM stream_state WHERE tag = 't0'"), ST_LEN);
+  sqlite3_close(db);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+
+  /* clear: streams resume without state */
+  assert_int_equal(gw_store_state_clear(f->st), 0);
+  assert_int_equal(gw_store_resume_list(f->st, now - T_MIN, &rs, &n), 0);
+  assert_int_equal(n, ST_N);
+  for (size_t j = 0; j < n; j++) {
+    assert_null(rs[j].state);
+    assert_int_equal(rs[j].state_len, 0);
+  }
+  gw_store_resume_free(rs, n);
+  /* a new save replaces every old row */
+  assert_int_equal(gw_store_state_begin(f->st), 0);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t5", "abc", 3), 0);
+  assert_int_equal(gw_store_state_commit(f->st), 0);
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM stream_state"), 1);
+  sqlite3_close(db);
+  free(blob);
+  free(want);
+}
+
+/* resume_list retires streams marked live whose last receive is older than
+ * live_since; forgotten streams are not resumed at all. */
+static void resume_stale(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_resume_t *rs;
+  gw_store_run_t *runs;
+  size_t n;
+  int64_t now = now_ns(), hour = 60 * T_MIN;
+  sqlite3 *db;
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "fresh", "t", 8, 1, GW_OPEN_NEW, 0, now), 0);
+  assert_int_equal(open_inc(f->st, 1, "stale", "t", 8, 2, GW_OPEN_NEW, 0, now - 2 * hour), 0);
+  assert_int_equal(put_inc(f->st, 1, 2, 4, now - 2 * hour), 0);
+  assert_int_equal(open_inc(f->st, 2, "gone", "t", 8, 3, GW_OPEN_NEW, 0, now), 0);
+  assert_int_equal(gw_store_forget_stream(f->st, 2), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  gw_store_close(f->st); /* kill -9 or SIGTERM: live flags stay as they were */
+  f->st = NULL;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_resume_list(f->st, now - hour, &rs, &n), 0);
+  assert_int_equal(n, 1);
+  assert_string_equal(rs[0].run, "fresh");
+  assert_int_equal(rs[0].incarnation, 1);
+  assert_int_equal(rs[0].last_step, 0); /* no point yet: its first step */
+  assert_int_equal(rs[0].has_sketches, 0);
+  assert_null(rs[0].state);
+  gw_store_resume_free(rs, n);
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM streams WHERE live = 1"), 1);
+  sqlite3_close(db);
+  assert_int_equal(gw_store_runs(f->st, now, T_MIN, &runs, &n), 0);
+  assert_int_equal(n, 3);
+  assert_int_equal(runs[0].state, GW_RUN_LIVE);     /* fresh */
+  assert_int_equal(runs[1].state, GW_RUN_FINISHED); /* gone */
+  assert_int_equal(runs[2].state, GW_RUN_FINISHED); /* stale, retired */
+  gw_store_runs_free(runs, n);
+  assert_int_equal(gw_store_resume_list(f->st, now - hour, NULL, &n), GW_EINVAL);
+}
+
+/* ":memory:" serves the synchronous calls from the writer's connection. */
+static void memory_state(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_resume_t *rs;
+  size_t n;
+  (void)f;
+  cfg_init(&c, ":memory:");
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "m", "t", 8, 1, GW_OPEN_NEW, 0, now_ns()), 0);
+  assert_int_equal(gw_store_state_begin(f->st), 0);
+  assert_int_equal(gw_store_state_put(f->st, "m", "t", "blob", 4), 0);
+  assert_int_equal(gw_store_state_commit(f->st), 0);
+  assert_int_equal(gw_store_resume_list(f->st, 0, &rs, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(rs[0].state_len, 4);
+  assert_memory_equal(rs[0].state, "blob", 4);
+  gw_store_resume_free(rs, n);
+  assert_int_equal(gw_store_state_clear(f->st), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(roundtrip_points, fx_setup, fx_teardown),
@@ -1695,6 +2090,13 @@ int main(void) {
       cmocka_unit_test_setup_teardown(migration_v1, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(crash_resume, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(visibility_random, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(lifecycle_events, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(runs_state, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(retention_by_recv, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(replay, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(state_roundtrip, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(resume_stale, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(memory_state, fx_setup, fx_teardown),
   };
   init_all_metrics();
   return cmocka_run_group_tests(tests, NULL, NULL);
