@@ -2063,6 +2063,57 @@ static void memory_state(void **state) {
   assert_int_equal(gw_store_state_clear(f->st), 0);
 }
 
+/* A disk fault in the middle of a batch holding a new incarnation: the whole
+ * transaction (segment, event, points) rolls back with the writer's map, the
+ * retry writes it once, and the database stays sound. */
+static void fault_new_incarnation(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_restart_t *ev;
+  gw_series_t s;
+  size_t n;
+  fault_t ft = {0};
+  int metric = GW_METRIC_LOSS;
+  cfg_init(&c, f->path);
+  c.fault = fault_cb;
+  c.fault_arg = &ft;
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "fi", "t", 8, 1, GW_OPEN_NEW, 0, 10), 0);
+  for (uint64_t st = 0; st < 20; st++) assert_int_equal(put_inc(f->st, 0, 1, st, 10), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  for (int after = 0; after < 12; after += 3) {
+    char run[16];
+    snprintf(run, sizeof run, "fi%d", after);
+    assert_int_equal(open_inc(f->st, 1, run, "t", 8, 1, GW_OPEN_NEW, 0, 10), 0);
+    for (uint64_t st = 0; st < 20; st++) assert_int_equal(put_inc(f->st, 1, 1, st, 10), 0);
+    assert_int_equal(gw_store_flush(f->st), 0);
+    atomic_store(&ft.op, GW_STORE_OP_STEP);
+    atomic_store(&ft.after, after);
+    atomic_store(&ft.once, 1);
+    atomic_store(&ft.code, SQLITE_IOERR);
+    assert_int_equal(open_inc(f->st, 1, run, "t", 8, 2, GW_OPEN_NEW, 10, 20), 0);
+    for (uint64_t st = 10; st < 30; st++) assert_int_equal(put_inc(f->st, 1, 2, st, 20), 0);
+    assert_int_equal(gw_store_flush(f->st), GW_EIO);
+    assert_int_equal(gw_store_flush(f->st), 0); /* the retry */
+    assert_int_equal(gw_store_restarts(f->st, run, NULL, 0, &ev, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(ev[0].reason, "incarnation");
+    gw_store_restarts_free(ev, n);
+    assert_int_equal(gw_store_series(f->st, run, "t", &metric, 1, 0, UINT64_MAX, 0, &s, 0), 0);
+    assert_int_equal(s.n, 30);
+    for (size_t i = 0; i < s.n; i++) {
+      assert_int_equal(s.step[i], i);
+      assert_int_equal(s.inc[i], i < 10 ? 1 : 2);
+    }
+    gw_store_series_free(&s);
+    assert_int_equal(gw_store_series(f->st, run, "t", &metric, 1, 0, UINT64_MAX, 0, &s, 1), 0);
+    assert_int_equal(s.n, 40);
+    gw_store_series_free(&s);
+    assert_int_equal(gw_store_integrity_check(f->st), 0);
+  }
+  assert_int_equal(gw_stats_get(&f->stats.store_duplicates), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(roundtrip_points, fx_setup, fx_teardown),
@@ -2097,6 +2148,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(state_roundtrip, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(resume_stale, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(memory_state, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(fault_new_incarnation, fx_setup, fx_teardown),
   };
   init_all_metrics();
   return cmocka_run_group_tests(tests, NULL, NULL);
