@@ -1,10 +1,16 @@
 /* test_store.c — the SQLite store: round trips, listings, series and their
  * min/max downsampling (against a brute-force reference written here),
- * store_every, durability across reopen, schema versions, queue overflow,
- * injected disk faults (SQLITE_FULL, SQLITE_IOERR, a mid-batch failure) and
- * recovery, retention, max_db_mb, concurrent readers, alerts, sketches.
- * Independent checks read the database file with plain SQLite and decode the
- * documented blob format byte by byte. Files live under /tmp and are removed.
+ * store_every, durability across reopen, schema versions and the in-place
+ * migration of a version 1 database (written here from the version 1 SQL),
+ * queue overflow, injected disk faults (SQLITE_FULL, SQLITE_IOERR, a
+ * mid-batch failure, one inside a new incarnation's batch) and recovery,
+ * retention by receive time, max_db_mb, concurrent readers, alerts,
+ * sketches; segments per incarnation (the crash/resume scenario, visibility
+ * against an independent computation on random layouts), duplicates never
+ * overwriting, restart events, run states, engine state save/resume/clear,
+ * replay. Independent checks read the database file with plain SQLite and
+ * decode the documented blob format byte by byte. Files live under /tmp and
+ * are removed.
  */
 #include <errno.h>
 #include <math.h>
