@@ -41,6 +41,7 @@ static void fill(gw_point_t *p, uint32_t sid, uint64_t n) {
   p->n = n;
   p->step = n;
   p->wall_ns = 1700000000000000000LL + (int64_t)n * 10000000LL;
+  p->recv_ns = p->wall_ns;
   p->window_len = 64;
   p->path_onestep = x, p->path_ema = x / 2;
   p->kappa_onestep = sin(x), p->kappa_ema = cos(x);
@@ -60,7 +61,7 @@ static double reader_rate(gw_store_t *st, int calls, int series) {
   for (int i = 0; i < calls; i++) {
     if (series) {
       gw_series_t s;
-      if (gw_store_series(st, "bench", "t7", metrics, 3, 0, UINT64_MAX, 500, &s) == 0)
+      if (gw_store_series(st, "bench", "t7", metrics, 3, 0, UINT64_MAX, 500, &s, 0) == 0)
         gw_store_series_free(&s);
     } else {
       gw_store_stream_t *ss;
@@ -97,7 +98,9 @@ int main(int argc, char **argv) {
   for (uint32_t s = 0; s < streams; s++) {
     char tag[16];
     snprintf(tag, sizeof tag, "t%u", s);
-    gw_store_put_stream(st, s, "bench", tag, 256, 1, 4, 42);
+    gw_stream_ref_t ref = {s, "bench", tag, 256, 1, 4, 42, 0};
+    gw_open_t o = {GW_OPEN_NEW, 1, 0};
+    gw_store_open_stream(st, s, &ref, &o);
   }
   t0 = now_s();
   for (uint64_t i = 0; i < total; i++) {

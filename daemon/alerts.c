@@ -1393,7 +1393,7 @@ static void restore_baseline(gw_alerts_t *a, const stream_t *s, state_t *st, con
   gw_series_t ser;
   int m = r->metric;
   if (st->started_step == 0 ||
-      gw_store_series(a->deps.store, s->run, s->tag, &m, 1, 0, st->started_step - 1, 0, &ser))
+      gw_store_series(a->deps.store, s->run, s->tag, &m, 1, 0, st->started_step - 1, 0, &ser, 0))
     return;
   size_t i = ser.n, got = 0;
   while (i > 0 && got < r->window)

@@ -43,8 +43,10 @@
 #include "http_query.h"
 #include "numfmt.h"
 #include "point.h"
+#include "util.h"
 
 #define MEMORY_LIMIT (64 * 1024) /* per connection: request line + headers */
+#define GW_HTTP_STALL_NS (60 * 1000000000LL) /* a live run silent this long is "stalled" */
 
 struct gw_http_s {
   struct MHD_Daemon *mhd;
@@ -182,7 +184,7 @@ static int authorized(const gw_http_t *h, struct MHD_Connection *c) {
 static enum MHD_Result h_runs(gw_http_t *h, struct MHD_Connection *c) {
   gw_store_run_t *runs = NULL;
   size_t n = 0;
-  int rc = gw_store_runs(h->deps.store, &runs, &n);
+  int rc = gw_store_runs(h->deps.store, gw_now_ns(), GW_HTTP_STALL_NS, &runs, &n);
   if (rc != 0) return send_failure(c, rc);
   cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "runs");
   for (size_t i = 0; arr && i < n; i++) {
@@ -193,7 +195,8 @@ static enum MHD_Result h_runs(gw_http_t *h, struct MHD_Connection *c) {
         !add_u64(r, "streams", runs[i].streams) ||
         !add_u64(r, "first_step", runs[i].first_step) ||
         !add_u64(r, "last_step", runs[i].last_step) ||
-        !add_time(r, "last_seen", runs[i].last_seen_ns))
+        !add_time(r, "last_seen", runs[i].last_seen_ns) ||
+        !cJSON_AddStringToObject(r, "state", gw_store_run_state_name(runs[i].state)))
       goto nomem;
   }
   if (!arr) goto nomem;
@@ -292,12 +295,26 @@ static void sb_column(sb_t *b, const char *key, const double *v,
   sb_put(b, "]", 1);
 }
 
+/* ,"key":["u64",…]: 64-bit ids as decimal strings (JSON numbers are doubles). */
+static void sb_strings(sb_t *b, const char *key, const uint64_t *u, size_t n) {
+  char num[32];
+  sb_put(b, ",", 1);
+  sb_json(b, cJSON_CreateStringReference(key));
+  sb_put(b, ":[", 2);
+  for (size_t i = 0; i < n && !b->oom; i++) {
+    if (i) sb_put(b, ",", 1);
+    sb_put(b, num, (size_t)snprintf(num, sizeof num, "\"%" PRIu64 "\"", u[i]));
+  }
+  sb_put(b, "]", 1);
+}
+
 static enum MHD_Result h_series(gw_http_t *h, struct MHD_Connection *c) {
   gw_series_query_t q;
   char msg[160];
 #define ARG(name) MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name)
   if (gw_http_series_query(&q, ARG("run"), ARG("tag"), ARG("metrics"), ARG("from"), ARG("to"),
-                           ARG("max_points"), msg, sizeof msg) != 0)
+                           ARG("max_points"), msg, sizeof msg) != 0 ||
+      gw_http_incarnations(ARG("incarnations"), &q.all_incarnations, msg, sizeof msg) != 0)
     return send_error(c, MHD_HTTP_BAD_REQUEST, msg);
 #undef ARG
   const char *run = q.run, *tag = q.tag;
@@ -305,7 +322,8 @@ static enum MHD_Result h_series(gw_http_t *h, struct MHD_Connection *c) {
   size_t nm = q.n_metrics;
 
   gw_series_t s = {0};
-  int rc = gw_store_series(h->deps.store, run, tag, ids, nm, q.from, q.to, (size_t)q.max_points, &s);
+  int rc = gw_store_series(h->deps.store, run, tag, ids, nm, q.from, q.to, (size_t)q.max_points, &s,
+                           q.all_incarnations);
   if (rc == GW_ENOTFOUND) return send_error(c, MHD_HTTP_NOT_FOUND, "unknown stream");
   if (rc != 0) return send_failure(c, rc);
   sb_t b = {0};
@@ -314,6 +332,7 @@ static enum MHD_Result h_series(gw_http_t *h, struct MHD_Connection *c) {
   sb_put(&b, ",\"tag\":", 7);
   sb_json(&b, cJSON_CreateStringReference(tag));
   sb_column(&b, "step", NULL, s.step, s.n);
+  if (q.all_incarnations) sb_strings(&b, "incarnation", s.inc, s.n);
   for (size_t m = 0; m < nm && !b.oom; m++)
     sb_column(&b, gw_metric_name(ids[m]), s.cols[m], NULL, s.n);
   sb_put(&b, "}", 1);
@@ -404,6 +423,53 @@ nomem:
   return send_failure(c, GW_ENOMEM);
 }
 
+static cJSON *add_u64_string(cJSON *o, const char *key, uint64_t v) {
+  char num[24];
+  snprintf(num, sizeof num, "%" PRIu64, v);
+  return cJSON_AddStringToObject(o, key, num);
+}
+
+static enum MHD_Result h_restarts(gw_http_t *h, struct MHD_Connection *c) {
+  const char *run = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "run");
+  const char *tag = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "tag");
+  const char *limit_s = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit");
+  uint64_t limit = 1000;
+  if (!run) return send_error(c, MHD_HTTP_BAD_REQUEST, "missing parameter: run");
+  if (gw_proto_check_run(run, strlen(run)) != 0)
+    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad run name", run, strlen(run));
+  if (tag && gw_proto_check_tag(tag, strlen(tag)) != 0)
+    return send_error2(c, MHD_HTTP_BAD_REQUEST, "bad tag name", tag, strlen(tag));
+  if (limit_s && (gw_http_parse_u64(limit_s, &limit) != 0 || limit < 1 || limit > 100000))
+    return send_error(c, MHD_HTTP_BAD_REQUEST, "bad limit: an integer from 1 to 100000");
+
+  gw_store_restart_t *rs = NULL;
+  size_t n = 0;
+  int rc = gw_store_restarts(h->deps.store, run, tag, (size_t)limit, &rs, &n);
+  if (rc == GW_ENOTFOUND) return send_error2(c, MHD_HTTP_NOT_FOUND, "unknown run", run, strlen(run));
+  if (rc != 0) return send_failure(c, rc);
+  cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "restarts");
+  for (size_t i = 0; arr && i < n; i++) {
+    cJSON *e = cJSON_CreateObject();
+    if (!e) goto nomem;
+    cJSON_AddItemToArray(arr, e);
+    if (!cJSON_AddStringToObject(e, "run", rs[i].run) ||
+        !cJSON_AddStringToObject(e, "tag", rs[i].tag) ||
+        !add_u64(e, "step", rs[i].step) ||
+        !add_u64_string(e, "incarnation", rs[i].incarnation) ||
+        !add_u64_string(e, "prev_incarnation", rs[i].prev_incarnation) ||
+        !cJSON_AddStringToObject(e, "reason", rs[i].reason) ||
+        !add_time(e, "time", rs[i].recv_ns))
+      goto nomem;
+  }
+  if (!arr) goto nomem;
+  gw_store_restarts_free(rs, n);
+  return send_json(c, MHD_HTTP_OK, o);
+nomem:
+  gw_store_restarts_free(rs, n);
+  cJSON_Delete(o);
+  return send_failure(c, GW_ENOMEM);
+}
+
 static enum MHD_Result h_stats(gw_http_t *h, struct MHD_Connection *c) {
   gw_stats_t *st = h->deps.stats;
   cJSON *o = cJSON_CreateObject(), *rej, *drop, *store;
@@ -433,6 +499,7 @@ static enum MHD_Result h_stats(gw_http_t *h, struct MHD_Connection *c) {
       !(store = cJSON_AddObjectToObject(o, "store")) ||
       !add_u64(store, "errors", gw_stats_get(&st->store_errors)) ||
       !add_u64(store, "written", gw_stats_get(&st->store_written)) ||
+      !add_u64(store, "duplicates", gw_stats_get(&st->store_duplicates)) ||
       !(last ? cJSON_AddStringToObject(store, "last_error", gw_strerror(last))
              : cJSON_AddNullToObject(store, "last_error")) ||
       !add_num(o, "uptime_s", up))
@@ -574,8 +641,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     case GW_ROUTE_ALERTS:
     case GW_ROUTE_SERIES:
     case GW_ROUTE_STREAMS:
+    case GW_ROUTE_RESTARTS:
       if (!h->deps.store) return unavailable(c, "store not configured");
       if (route == GW_ROUTE_RUNS) return h_runs(h, c);
+      if (route == GW_ROUTE_RESTARTS) return h_restarts(h, c);
       if (route == GW_ROUTE_ALERTS) return h_alerts(h, c);
       if (route == GW_ROUTE_SERIES) return h_series(h, c);
       return h_streams(h, c, arg, arg_len);

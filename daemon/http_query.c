@@ -24,6 +24,7 @@ gw_route_t gw_http_route(const char *url, const char **arg, size_t *arg_len) {
       {"/metrics", GW_ROUTE_METRICS},      {"/api/v1/stats", GW_ROUTE_STATS},
       {"/api/v1/events", GW_ROUTE_EVENTS}, {"/api/v1/runs", GW_ROUTE_RUNS},
       {"/api/v1/alerts", GW_ROUTE_ALERTS}, {"/api/v1/series", GW_ROUTE_SERIES},
+      {"/api/v1/restarts", GW_ROUTE_RESTARTS},
   };
   *arg = NULL;
   *arg_len = 0;
@@ -126,4 +127,14 @@ int gw_http_series_query(gw_series_query_t *q, const char *run, const char *tag,
        q->max_points > GW_HTTP_MAX_POINTS_MAX))
     return bad(msg, msglen, "bad max_points: an integer from 2 to 1000000", NULL, 0);
   return 0;
+}
+
+int gw_http_incarnations(const char *v, int *all, char *msg, size_t msglen) {
+  *all = 0;
+  if (!v || strcmp(v, "default") == 0) return 0;
+  if (strcmp(v, "all") == 0) {
+    *all = 1;
+    return 0;
+  }
+  return bad(msg, msglen, "bad incarnations: default or all", NULL, 0);
 }

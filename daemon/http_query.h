@@ -29,7 +29,8 @@ typedef enum {
   GW_ROUTE_RUNS,
   GW_ROUTE_ALERTS,
   GW_ROUTE_SERIES,
-  GW_ROUTE_STREAMS /* "/api/v1/runs/RUN/streams": arg, arg_len name the run */
+  GW_ROUTE_STREAMS, /* "/api/v1/runs/RUN/streams": arg, arg_len name the run */
+  GW_ROUTE_RESTARTS
 } gw_route_t;
 
 /* The route of a decoded URL path. For GW_ROUTE_STREAMS, *arg and *arg_len are
@@ -63,6 +64,7 @@ typedef struct gw_series_query_s {
   size_t n_metrics;          /* >= 1 */
   uint64_t from, to;         /* from <= to (defaults 0 and UINT64_MAX) */
   uint64_t max_points;       /* 0 = all points, else 2..GW_HTTP_MAX_POINTS_MAX */
+  int all_incarnations;      /* incarnations=all (set by gw_http_incarnations) */
 } gw_series_query_t;
 
 /* Validate the parameters of /api/v1/series (NULL = absent): run and tag
@@ -73,5 +75,10 @@ typedef struct gw_series_query_s {
 int gw_http_series_query(gw_series_query_t *q, const char *run, const char *tag,
                          const char *metrics, const char *from, const char *to,
                          const char *max_points, char *msg, size_t msglen);
+
+/* The incarnations= parameter of /api/v1/series: absent or "default" → 0
+ * (points superseded by a newer incarnation left out), "all" → 1. 0 with
+ * *all set, or GW_EINVAL with the client's error text in msg. */
+int gw_http_incarnations(const char *v, int *all, char *msg, size_t msglen);
 
 #endif

@@ -56,17 +56,6 @@ typedef struct daemon_s {
 
 static void on_closed_noop(uv_handle_t *h) { (void)h; }
 
-/* The store's state changes (commit failing, writes resumed, points dropped
- * at close) into the daemon's log. Called from the store's threads; gw_log
- * takes its own lock, and the log outlives the store (teardown). */
-static void store_log(void *arg, int level, const char *msg) {
-  daemon_t *d = arg;
-  char q[600];
-  int lv = level <= GW_STORE_LOG_ERR ? GW_LOG_ERROR
-           : level == GW_STORE_LOG_WARNING ? GW_LOG_WARN : GW_LOG_INFO;
-  gw_log(&d->log, lv, "store", "msg=%s", gw_log_quote(q, sizeof q, msg));
-}
-
 static void alerts_log(void *arg, int level, const char *event, const char *kv) {
   gw_log((gw_log_t *)arg, level, event, "%s", kv);
 }
@@ -198,8 +187,7 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   sc.max_db_mb = c->max_db_mb;
   sc.store_every = c->store_every;
   sc.store_sketches = c->store_sketches;
-  sc.log = store_log;
-  sc.log_arg = d;
+  sc.log = &d->log;
   if ((rc = gw_store_open(&d->store, &sc, &d->stats))) {
     snprintf(err, errlen, "store: cannot open %s: %s", c->db, gw_strerror(rc));
     return rc;

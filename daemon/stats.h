@@ -19,6 +19,7 @@ typedef struct gw_stats_s {
   atomic_uint_fast64_t rejected[GW_E_COUNT]; /* by reason (gw_err_index) */
   atomic_uint_fast64_t store_dropped;        /* points lost: store queue full */
   atomic_uint_fast64_t store_written;        /* points committed to SQLite */
+  atomic_uint_fast64_t store_duplicates;     /* points ignored: (segment, step) already stored */
   atomic_uint_fast64_t store_errors;         /* failed flushes (I/O, full) */
   atomic_uint_fast64_t live_dropped;         /* SSE events dropped (slow client) */
   atomic_uint_fast64_t streams;              /* live streams in the engine */

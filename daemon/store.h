@@ -1,15 +1,28 @@
-/* store.h — SQLite persistence of streams, points, alerts and (optionally)
- * raw sketches.
+/* store.h — SQLite persistence of streams (as segments), points, restart
+ * events, alerts, saved engine state and (optionally) raw sketches.
  *
- * Data flow: the ingest thread hands records to gw_store_put_* which only
- * append to a bounded in-memory queue (never touching SQLite, never waiting
- * on the disk). A writer thread owned by the store drains that queue in
- * batched transactions, at least every flush_ms (200 ms) and at close, so
- * ingest never waits on fsync. Readers (HTTP threads) query through their own
- * read-only connections; WAL mode lets them run beside the writer.
+ * Data flow: the ingest thread hands records to gw_store_put_* and the
+ * stream lifecycle calls (open, restart, forget), which only append to a
+ * bounded in-memory queue (never touching SQLite, never waiting on the
+ * disk). A writer thread owned by the store drains that queue in batched
+ * transactions, at least every flush_ms (200 ms) and at close, so ingest
+ * never waits on fsync. Readers (HTTP threads) query through their own
+ * read-only connections; WAL mode lets them run beside the writer. The state
+ * save at shutdown and the resume list at start-up are synchronous, on the
+ * caller's thread, through a connection of their own.
  *
  * A checkpointer thread with its own connection moves the WAL into the
  * database file, so the writer does not wait on those fsyncs.
+ *
+ * Segments. A stream is (run, tag); each publisher incarnation of it (a
+ * rerun or a resume from a checkpoint, or new sketch parameters) is a
+ * segment holding its own points and sketches keyed by (segment, step), so
+ * two incarnations can both have a point at one step. Segments of a stream
+ * are numbered seq 0, 1, … in order of creation; segment i's points are
+ * visible iff step < min(first_step of every later segment): points the new
+ * incarnation re-covers are superseded (hidden by default, shown with
+ * all_incarnations). Example: crash at step 5200, resume from the step-5000
+ * checkpoint → steps ..4999 from incarnation 1, 5000.. from incarnation 2.
  *
  * Failures of the disk (SQLITE_FULL, SQLITE_IOERR, …) never stop ingest: the
  * writer keeps the failed batch, records the error in gw_stats_t
@@ -18,13 +31,17 @@
  * are dropped and counted (store_dropped).
  *
  * On disk (schema version GW_STORE_SCHEMA_VERSION, kept in PRAGMA
- * user_version): runs, streams, points (stream, step, v BLOB) WITHOUT ROWID
- * where v is GW_METRIC_COUNT little-endian float64 in gw_metric_t order (NAN =
- * null; a shorter blob written by an older build reads as null for the
- * missing metrics), point_minutes (the per-stream minute index retention and
- * max_db_mb delete by), sketches (k little-endian float32), alerts. Steps and
- * seeds are stored as SQLite's signed 64-bit integers (steps are < 2^63 by
- * the protocol; a seed >= 2^63 reads back unchanged through the cast).
+ * user_version; version 1 databases are migrated in place at open): runs,
+ * streams (one row per segment), points (segment, step, v BLOB) WITHOUT
+ * ROWID where v is GW_METRIC_COUNT little-endian float64 in gw_metric_t
+ * order (NAN = null; a shorter blob written by an older build reads as null
+ * for the missing metrics), point_minutes (the per-segment index of receive
+ * minutes retention and max_db_mb delete by), sketches (k little-endian
+ * float32), restarts (events), stream_state (saved engine state), alerts.
+ * Steps, seeds and incarnations are stored as SQLite's signed 64-bit
+ * integers (steps are < 2^63 by the protocol; a seed or incarnation >= 2^63
+ * reads back unchanged through the cast). All times are the daemon's receive
+ * clock, never the publisher's.
  *
  * ":memory:" keeps everything in one private in-memory connection: the
  * writer uses it inside a mutex and readers are served from the same
@@ -36,10 +53,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "log.h"
 #include "point.h"
+#include "sink.h"
 #include "stats.h"
 
-#define GW_STORE_SCHEMA_VERSION 1
+#define GW_STORE_SCHEMA_VERSION 2
 
 /* Points of the fault-injection seam (SPEC §9, STYLE "fault injection"). */
 typedef enum {
@@ -50,15 +69,12 @@ typedef enum {
   GW_STORE_OP_CHECKPOINT /* a WAL checkpoint by the checkpointer thread */
 } gw_store_op_t;
 
-/* Log levels passed to the optional log callback (syslog numbering). */
-enum { GW_STORE_LOG_ERR = 3, GW_STORE_LOG_WARNING = 4, GW_STORE_LOG_INFO = 6 };
-
 typedef struct gw_store_config_s {
   const char *path;       /* file path or ":memory:" (copied) */
   uint32_t flush_ms;      /* max delay before a batch commits (default 200) */
   size_t queue_max;       /* max records queued or uncommitted (default 1,000,000) */
-  uint32_t retention_days; /* 0 = keep forever; else delete points whose
-                              wall_ns (the publisher's clock) is older, in
+  uint32_t retention_days; /* 0 = keep forever; else delete points received
+                              (recv_ns, the daemon's clock) longer ago, in
                               whole minutes, every retention_check_ms */
   uint32_t max_db_mb;     /* 0 = unlimited; past it, delete the oldest minutes
                              of points down to 90% and give the pages back
@@ -78,12 +94,11 @@ typedef struct gw_store_config_s {
    * (GW_STORE_OP_OPEN), so it must be thread-safe. */
   int (*fault)(void *arg, int op);
   void *fault_arg;
-  /* Optional log sink for state changes (commit failing, writes resumed,
-   * points dropped at close, refused schema, checkpoint failing). Called
-   * from the writer or checkpointer thread or from gw_store_open; msg is
-   * borrowed for the call. */
-  void (*log)(void *arg, int level, const char *msg);
-  void *log_arg;
+  /* State changes (commit failing, writes resumed, points dropped at close,
+   * refused schema, migration, checkpoint failing) as event "store", from the
+   * writer or checkpointer thread or from gw_store_open. NULL = silent.
+   * Borrowed: must outlive the store. */
+  gw_log_t *log;
 } gw_store_config_t;
 
 void gw_store_config_default(gw_store_config_t *cfg);
@@ -106,22 +121,44 @@ void gw_store_close(gw_store_t *st);
 
 /* ---- writer side: called from the ingest thread; never block on disk ---- */
 
-/* Declare a stream before its first point (engine stream id → run/tag). May be
- * called again for the same id after a drop/reuse. Strings are copied.
- * Declarations are never refused for a full queue (they are bounded by the
- * engine's stream cap). GW_EINVAL for a NULL/empty name. */
-int gw_store_put_stream(gw_store_t *st, uint32_t stream_id, const char *run,
-                        const char *tag, uint32_t k, uint8_t kind, uint8_t s,
-                        uint64_t seed);
-/* Queue a point of a declared stream. GW_EFULL when the queue is full (the
- * point is dropped and counted), GW_ENOTFOUND for an undeclared stream,
- * GW_EINVAL for step >= 2^63. O(1), never waits on the writer.
- * store_every N: the first point after each gw_store_put_stream of the
- * stream is kept, then those with p->n % N == 0; the others return 0 without
- * being queued. A point with an existing (stream, step) replaces it. */
+/* Open (declare) a stream for this process under the daemon-wide
+ * stream_id (ids are reused after forget). ref: run, tag, k, kind, s, seed,
+ * incarnation (strings copied). o->how GW_OPEN_NEW: first message in this
+ * process at o->step; GW_OPEN_RESTORED: state carried over a restart
+ * (continue, no event). With GW_OPEN_NEW, if (run, tag) already has stored
+ * history: same incarnation and same sketch parameters → continue its
+ * current segment and record a restart event "resumed"; a different
+ * incarnation or different sketch parameters → start a new segment
+ * (first_step = o->step) and record an event "incarnation". Marks the
+ * stream live. Never refused for a full queue (bounded by the stream cap).
+ * GW_EINVAL for a NULL/empty name, a bad stream_id or step >= 2^63. */
+int gw_store_open_stream(gw_store_t *st, uint32_t stream_id,
+                         const gw_stream_ref_t *ref, const gw_open_t *o);
+/* An engine-detected restart of an open stream: record the event (run, tag,
+ * r->step, ref->incarnation, r->prev_incarnation, r->reason, r->recv_ns);
+ * if ref->incarnation or the sketch parameters differ from the current
+ * segment's, start a new segment whose first_step = r->step. Never refused
+ * for a full queue. GW_ENOTFOUND for a stream not open, GW_EINVAL for bad
+ * arguments. */
+int gw_store_restart_stream(gw_store_t *st, uint32_t stream_id,
+                            const gw_stream_ref_t *ref, const gw_restart_t *r);
+/* The stream was retired: mark it not live and release stream_id (puts for
+ * it are GW_ENOTFOUND until it is opened again). History stays.
+ * GW_ENOTFOUND for a stream not open. */
+int gw_store_forget_stream(gw_store_t *st, uint32_t stream_id);
+/* Queue a point of an open stream into its current segment. GW_EFULL when
+ * the queue is full (the point is dropped and counted), GW_ENOTFOUND for a
+ * stream not open, GW_EINVAL for step >= 2^63. O(1), never waits on the
+ * writer. p->recv_ns (daemon clock) is what last_seen, retention and runs'
+ * state use; p->wall_ns (publisher clock) is only stored as the wall_time
+ * metric. store_every N: the first point after each open/restart of the
+ * stream is kept, then those with p->n % N == 0; the others return 0
+ * without being queued. A stored (segment, step) is never overwritten: a
+ * second point at that step is ignored and counted (store_duplicates). */
 int gw_store_put_point(gw_store_t *st, const gw_point_t *p);
-/* Queue a raw sketch (only kept when store_sketches is set; else no-op).
- * Every sketch is kept (store_every does not apply). GW_EFULL, GW_ENOTFOUND,
+/* Queue a raw sketch into the stream's current segment (only kept when
+ * store_sketches is set; else no-op). Every sketch is kept (store_every does
+ * not apply); a second sketch at a stored (segment, step) is ignored. GW_EFULL, GW_ENOTFOUND,
  * GW_EINVAL as for points (also for k == 0 or z == NULL). */
 int gw_store_put_sketch(gw_store_t *st, uint32_t stream_id, uint64_t step,
                         const double *z, uint32_t k);
@@ -175,37 +212,63 @@ void gw_store_alerts_free(gw_store_alert_t *a, size_t n);
 
 /* ---- reader side: any thread ---- */
 
+/* A run's state: finished when no stream of it is live (all retired or
+ * never opened since), live when its newest receive time is within stall_ns
+ * of now, else stalled. */
+#define GW_RUN_STATE_MAP(XX) \
+  XX(LIVE, "live")           \
+  XX(STALLED, "stalled")     \
+  XX(FINISHED, "finished")
+
+typedef enum {
+#define XX(id, name) GW_RUN_##id,
+  GW_RUN_STATE_MAP(XX)
+#undef XX
+  GW_RUN_STATE_COUNT
+} gw_run_state_t;
+
+/* "live", "stalled", "finished"; NULL out of range. */
+const char *gw_store_run_state_name(int state);
+
 typedef struct gw_store_run_s {
   char *run;
-  uint64_t streams;
+  uint64_t streams;               /* distinct tags */
   uint64_t first_step, last_step; /* 0 while the run has no point */
-  int64_t last_seen_ns;           /* latest point wall time */
+  int64_t last_seen_ns;           /* latest receive time (daemon clock), 0: none */
+  int state;                      /* gw_run_state_t */
 } gw_store_run_t;
 
+/* One entry per tag: the latest segment's k/kind/s/seed, the visible points
+ * over all segments and their step range, the latest receive time. */
 typedef struct gw_store_stream_s {
   char *tag;
   uint32_t k;
-  uint64_t points; /* stored points */
+  uint64_t points; /* visible stored points */
   uint64_t last_step;
   int64_t last_seen_ns;
-  /* additions to the original contract */
-  uint64_t first_step; /* oldest stored step (0 when no point is stored) */
+  uint64_t first_step; /* oldest visible stored step (0 when none) */
   uint8_t kind, s;
   uint64_t seed;
+  uint64_t incarnation; /* the latest segment's */
+  uint64_t segments;    /* number of segments (incarnations) */
 } gw_store_stream_t;
 
-/* Columnar series: step[i] and cols[m][i] for the requested metrics, NAN for
- * null. Owned by the caller: gw_store_series_free. */
+/* Columnar series: step[i], inc[i] (the incarnation the row came from) and
+ * cols[m][i] for the requested metrics, NAN for null. Owned by the caller:
+ * gw_store_series_free. */
 typedef struct gw_series_s {
   size_t n;
   size_t n_metrics;
   uint64_t *step;
+  uint64_t *inc;
   double **cols;
   int downsampled; /* 1 if min/max downsampling was applied */
 } gw_series_t;
 
-/* Runs by name. */
-int gw_store_runs(gw_store_t *st, gw_store_run_t **out, size_t *n);
+/* Runs by name, with their state at now_ns (daemon clock) for a stall
+ * threshold of stall_ns. */
+int gw_store_runs(gw_store_t *st, int64_t now_ns, int64_t stall_ns,
+                  gw_store_run_t **out, size_t *n);
 void gw_store_runs_free(gw_store_run_t *runs, size_t n);
 /* Streams of a run by tag. GW_ENOTFOUND if the run is unknown. */
 int gw_store_streams(gw_store_t *st, const char *run, gw_store_stream_t **out,
@@ -213,30 +276,101 @@ int gw_store_streams(gw_store_t *st, const char *run, gw_store_stream_t **out,
 void gw_store_streams_free(gw_store_stream_t *s, size_t n);
 
 /* Points of (run, tag) with from <= step <= to, metrics by id
- * (gw_metric_lookup; GW_EINVAL for an id out of range). max_points = 0 means
- * no limit. When the range holds n > max_points points it is downsampled:
- * split, in step order, into B = max_points / 2 buckets of equal point count
- * (bucket b holds points [floor(b n / B), floor((b+1) n / B))), and each
- * bucket yields two rows: the step of its first point carrying every
- * metric's minimum over the bucket, then the step of its last point carrying
- * the maximum. NaN-aware: nulls are ignored, a bucket's value is null only if
- * all its values are null. So 2B <= max_points rows, and every metric's global
- * min and max over the range survive. max_points == 1 is GW_EINVAL.
- * GW_ENOTFOUND if the stream is unknown. *out is zeroed on failure. */
+ * (gw_metric_lookup; GW_EINVAL for an id out of range). all_incarnations 0:
+ * only visible points (see the top of this file), in step order;
+ * 1: every point of every segment, in step order, ties by segment seq.
+ * max_points = 0 means no limit. When the selected rows number n >
+ * max_points they are downsampled: split, in order, into B = max_points / 2
+ * buckets of equal point count (bucket b holds points [floor(b n / B),
+ * floor((b+1) n / B))), and each bucket yields two rows: the step (and
+ * incarnation) of its first point carrying every metric's minimum over the
+ * bucket, then the step of its last point carrying the maximum. NaN-aware:
+ * nulls are ignored, a bucket's value is null only if all its values are
+ * null. So 2B <= max_points rows, and every metric's global min and max over
+ * the range survive. max_points == 1 is GW_EINVAL. GW_ENOTFOUND if the
+ * stream is unknown. *out is zeroed on failure. Cost: O(segments) per row
+ * (segments are merged by step). */
 int gw_store_series(gw_store_t *st, const char *run, const char *tag,
                     const int *metrics, size_t n_metrics, uint64_t from,
-                    uint64_t to, size_t max_points, gw_series_t *out);
+                    uint64_t to, size_t max_points, gw_series_t *out,
+                    int all_incarnations);
 void gw_store_series_free(gw_series_t *s);
 
 /* Raw sketches of a stream (store_sketches) with from <= step <= to, for
- * export/replay: *n rows of the stream's current *k, z row-major (n × k).
- * Rows stored with another k (a redeclared stream) are skipped. *steps and
- * *z are the caller's to free(). GW_ENOTFOUND if the stream is unknown. */
+ * export: the visible rows (as for series) of the latest segment's k, *n
+ * rows of *k values, z row-major (n × k); rows stored with another k are
+ * skipped. *steps and *z are the caller's to free(). GW_ENOTFOUND if the
+ * stream is unknown. */
 int gw_store_sketches(gw_store_t *st, const char *run, const char *tag,
                       uint64_t from, uint64_t to, uint64_t **steps,
                       float **z, uint32_t *k, size_t *n);
 
-/* Rows in the points table (from the per-stream counters: exact, O(streams)). */
+/* Replay source after a kill -9: the current segment's sketches of
+ * (run, tag) in step order, one callback per row (z as float64, k values,
+ * borrowed for the call). Stops early if cb returns nonzero and returns that
+ * value; else 0, GW_ENOTFOUND for an unknown stream, or an error. */
+int gw_store_replay(gw_store_t *st, const char *run, const char *tag,
+                    int (*cb)(void *arg, uint64_t step, const double *z,
+                              uint32_t k),
+                    void *arg);
+
+/* A recorded restart of a stream (reason: gw_restart_reason_name). */
+typedef struct gw_store_restart_s {
+  char *run, *tag;
+  uint64_t step;             /* first step of the new window */
+  uint64_t incarnation, prev_incarnation;
+  const char *reason;        /* static string */
+  int64_t recv_ns;
+} gw_store_restart_t;
+
+/* Restart events of run (tag NULL: every tag), newest first (recv time,
+ * then record order), at most limit (0 = all). GW_ENOTFOUND for an unknown
+ * run. */
+int gw_store_restarts(gw_store_t *st, const char *run, const char *tag,
+                      size_t limit, gw_store_restart_t **out, size_t *n);
+void gw_store_restarts_free(gw_store_restart_t *r, size_t n);
+
+/* ---- continuity across daemon restarts (synchronous, caller's thread) ---- */
+
+/* Save every live stream's engine state: begin flushes the queue (its error
+ * is returned) and opens one transaction that replaces all previous state
+ * rows; put streams one row (run, tag, blob of len bytes, copied); commit
+ * ends it. Any failure rolls the transaction back (the previous state rows
+ * stay) and ends it; a put or commit without begin, or a second begin, is
+ * GW_EINVAL. One transaction at a time; it holds the write lock, so the
+ * writer waits (or retries) until commit. */
+int gw_store_state_begin(gw_store_t *st);
+int gw_store_state_put(gw_store_t *st, const char *run, const char *tag,
+                       const void *blob, size_t len);
+int gw_store_state_commit(gw_store_t *st);
+
+/* What start-up resumes: every stream marked live whose last_seen (receive
+ * time) >= live_since_ns, with its current segment's incarnation and sketch
+ * parameters, the segment's last stored step (its first_step while it has
+ * no point), its first_step, whether it has stored sketches, and the saved
+ * state blob if any (NULL, 0 otherwise). Streams marked live but older than
+ * live_since_ns are marked retired. Owned by the caller:
+ * gw_store_resume_free. */
+typedef struct gw_store_resume_s {
+  char *run, *tag;
+  uint32_t k;
+  uint8_t kind, s;
+  uint64_t seed;
+  uint64_t incarnation;
+  uint64_t first_step, last_step;
+  int64_t last_seen_ns;
+  int has_sketches;
+  void *state;
+  size_t state_len;
+} gw_store_resume_t;
+int gw_store_resume_list(gw_store_t *st, int64_t live_since_ns,
+                         gw_store_resume_t **out, size_t *n);
+void gw_store_resume_free(gw_store_resume_t *r, size_t n);
+/* Delete all saved state rows (after restoring). */
+int gw_store_state_clear(gw_store_t *st);
+
+/* Rows in the points table, every segment (from the per-segment counters:
+ * exact, O(segments)). */
 int gw_store_row_count(gw_store_t *st, uint64_t *rows);
 
 /* Run `PRAGMA integrity_check`; 0 if "ok", GW_EDB otherwise. */

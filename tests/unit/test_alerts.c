@@ -491,7 +491,9 @@ static void reload_keeps_old_rules_on_error(void **state) {
 static void feed(gw_store_t *st, gw_alerts_t *a, gw_point_t *p) {
   p->stream_id = 1;
   if (gw_store_put_point(st, p) == GW_ENOTFOUND) { /* first point since the store opened */
-    assert_int_equal(gw_store_put_stream(st, 1, "r", "all", 4, 1, 4, 0), 0);
+    gw_stream_ref_t ref = {1, "r", "all", 4, 1, 4, 0, 0};
+    gw_open_t o = {GW_OPEN_NEW, p->step, p->recv_ns};
+    assert_int_equal(gw_store_open_stream(st, 1, &ref, &o), 0);
     assert_int_equal(gw_store_put_point(st, p), 0);
   }
   assert_int_equal(gw_alerts_observe(a, "r", "all", p, 0), 0);

@@ -25,6 +25,7 @@
 
 #include "http.h"
 #include "point.h"
+#include "util.h"
 
 #define TOKEN "s3cret-token-0123456789"
 
@@ -51,6 +52,7 @@ static gw_point_t r1_point(uint32_t id, uint64_t s) {
   p.n = s;
   p.step = s;
   p.wall_ns = 1700000000000000000LL + (int64_t)s * 1000000000LL;
+  p.recv_ns = p.wall_ns;
   p.window_len = 64;
   p.path_onestep = (double)s * 2.0;
   p.path_ema = (double)s;
@@ -72,6 +74,18 @@ static gw_point_t r1_point(uint32_t id, uint64_t s) {
   return p;
 }
 
+/* Open (declare) a stream in the store as ingest does. */
+static void open_s(gw_store_t *st, uint32_t sid, const char *run, const char *tag, uint32_t k,
+                   uint8_t kind, uint8_t sp, uint64_t seed, uint64_t inc, uint64_t step,
+                   int64_t recv) {
+  gw_stream_ref_t ref = {sid, run, tag, k, kind, sp, seed, inc};
+  gw_open_t o = {GW_OPEN_NEW, step, recv};
+  assert_int_equal(gw_store_open_stream(st, sid, &ref, &o), 0);
+}
+
+#define R4_INC2 UINT64_MAX /* needs all 64 bits: JSON carries it as a string */
+static int64_t R4_T0; /* receive time of r4's points: now, so r4 is live */
+
 static int setup(void **state) {
   (void)state;
   fx_t *f = calloc(1, sizeof *f);
@@ -84,10 +98,10 @@ static int setup(void **state) {
   gw_store_config_default(&sc);
   sc.path = f->path;
   assert_int_equal(gw_store_open(&f->store, &sc, &f->stats), 0);
-  assert_int_equal(gw_store_put_stream(f->store, 0, "r1", "all", 256, 1, 4, 7), 0);
-  assert_int_equal(gw_store_put_stream(f->store, 1, "r1", "layer1/w", 128, 1, 4, 7), 0);
-  assert_int_equal(gw_store_put_stream(f->store, 2, "r2", "all", 64, 2, 0, 9), 0);
-  assert_int_equal(gw_store_put_stream(f->store, 3, "r3", "idle", 32, 1, 1, 1), 0); /* no points */
+  open_s(f->store, 0, "r1", "all", 256, 1, 4, 7, 0, 1, 0);
+  open_s(f->store, 1, "r1", "layer1/w", 128, 1, 4, 7, 0, 10, 0);
+  open_s(f->store, 2, "r2", "all", 64, 2, 0, 9, 0, 5, 0);
+  open_s(f->store, 3, "r3", "idle", 32, 1, 1, 1, 0, 0, 0); /* no points */
   for (uint64_t s = 1; s <= 100; s++) {
     gw_point_t p = r1_point(0, s);
     assert_int_equal(gw_store_put_point(f->store, &p), 0);
@@ -100,6 +114,32 @@ static int setup(void **state) {
     gw_point_t p = r1_point(2, s);
     assert_int_equal(gw_store_put_point(f->store, &p), 0);
   }
+  assert_int_equal(gw_store_forget_stream(f->store, 2), 0); /* r2 finished */
+  /* r4: incarnation 1 at steps 1..10, then incarnation R4_INC2 resumes at 5
+   * (5..8), then a config restart at 9 (an event, same segment) */
+  R4_T0 = gw_now_ns();
+  open_s(f->store, 4, "r4", "all", 8, 1, 1, 3, 1, 1, R4_T0);
+  for (uint64_t s = 1; s <= 10; s++) {
+    gw_point_t p = r1_point(4, s);
+    p.recv_ns = R4_T0;
+    p.incarnation = 1;
+    assert_int_equal(gw_store_put_point(f->store, &p), 0);
+  }
+  open_s(f->store, 4, "r4", "all", 8, 1, 1, 3, R4_INC2, 5, R4_T0 + 1000000000);
+  for (uint64_t s = 5; s <= 8; s++) {
+    gw_point_t p = r1_point(4, s);
+    p.recv_ns = R4_T0 + 1000000000;
+    p.incarnation = R4_INC2;
+    assert_int_equal(gw_store_put_point(f->store, &p), 0);
+  }
+  gw_point_t dup = r1_point(4, 8); /* a second point at a stored step: ignored, counted */
+  dup.recv_ns = R4_T0 + 1000000000;
+  dup.incarnation = R4_INC2;
+  dup.loss = -1;
+  assert_int_equal(gw_store_put_point(f->store, &dup), 0);
+  gw_stream_ref_t ref4 = {4, "r4", "all", 8, 1, 1, 3, R4_INC2};
+  gw_restart_t rs = {GW_RESTART_CONFIG, 9, R4_INC2, 8, R4_T0 + 2000000000};
+  assert_int_equal(gw_store_restart_stream(f->store, 4, &ref4, &rs), 0);
   gw_store_alert_t a = {.rule = "kappa_high", .run = "r1", .tag = "all",
                         .severity = "warning", .state = GW_ALERT_FIRING,
                         .value = 2.5, .threshold = NAN, .started_step = 37,
@@ -375,7 +415,7 @@ static void runs_and_streams(void **state) {
   resp_t r = get("/api/v1/runs");
   assert_int_equal(r.status, 200);
   cJSON *o = json_of(&r), *runs = cJSON_GetObjectItemCaseSensitive(o, "runs");
-  assert_int_equal(cJSON_GetArraySize(runs), 3);
+  assert_int_equal(cJSON_GetArraySize(runs), 4);
   cJSON *r1 = cJSON_GetArrayItem(runs, 0), *r2 = cJSON_GetArrayItem(runs, 1);
   cJSON *r3 = cJSON_GetArrayItem(runs, 2);
   assert_string_equal(cJSON_GetObjectItemCaseSensitive(r3, "run")->valuestring, "r3");
@@ -417,6 +457,108 @@ static void runs_and_streams(void **state) {
   expect_error(F->port, "GET", "/api/v1/runs/r1", NULL, 404, NULL);
   expect_error(F->port, "GET", "/api/v1/runs/", NULL, 404, NULL);
   expect_error(F->port, "GET", "/api/v1/nope", NULL, 404, "not found");
+}
+
+static const char *str(const cJSON *o, const char *key) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  assert_true(cJSON_IsString(v));
+  return v->valuestring;
+}
+
+/* Run states, series by incarnation (default hides superseded points, all
+ * shows them with the incarnation each came from), restart events. */
+static void runs_state_incarnations_restarts(void **state) {
+  (void)state;
+  resp_t r = get("/api/v1/runs");
+  assert_int_equal(r.status, 200);
+  cJSON *o = json_of(&r), *runs = cJSON_GetObjectItemCaseSensitive(o, "runs");
+  static const char *const want[] = {"stalled", "finished", "stalled", "live"}; /* r1..r4 */
+  for (int i = 0; i < 4; i++) assert_string_equal(str(cJSON_GetArrayItem(runs, i), "state"), want[i]);
+  cJSON *r4 = cJSON_GetArrayItem(runs, 3);
+  assert_true(num(r4, "streams") == 1 && num(r4, "first_step") == 1 && num(r4, "last_step") == 10);
+  cJSON_Delete(o);
+  resp_free(&r);
+
+  /* default: 1..4 from incarnation 1, 5..8 from the second; no incarnation column */
+  const char *dflt[] = {"/api/v1/series?run=r4&tag=all&metrics=loss",
+                        "/api/v1/series?run=r4&tag=all&metrics=loss&incarnations=default"};
+  for (int q = 0; q < 2; q++) {
+    r = get(dflt[q]);
+    assert_int_equal(r.status, 200);
+    o = json_of(&r);
+    cJSON *step = cJSON_GetObjectItemCaseSensitive(o, "step");
+    assert_int_equal(cJSON_GetArraySize(step), 8);
+    for (int i = 0; i < 8; i++) assert_true(cJSON_GetArrayItem(step, i)->valuedouble == i + 1);
+    assert_null(cJSON_GetObjectItemCaseSensitive(o, "incarnation"));
+    cJSON_Delete(o);
+    resp_free(&r);
+  }
+  /* all: both incarnations, ties on step by segment order */
+  r = get("/api/v1/series?run=r4&tag=all&metrics=loss&incarnations=all");
+  assert_int_equal(r.status, 200);
+  assert_non_null(strstr(r.body, "\"18446744073709551615\"")); /* exact, as a string */
+  o = json_of(&r);
+  cJSON *step = cJSON_GetObjectItemCaseSensitive(o, "step");
+  cJSON *inc = cJSON_GetObjectItemCaseSensitive(o, "incarnation");
+  static const int wsteps[] = {1, 2, 3, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 10};
+  static const int wnew[] = {0, 0, 0, 0, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0};
+  assert_int_equal(cJSON_GetArraySize(step), 14);
+  assert_int_equal(cJSON_GetArraySize(inc), 14);
+  for (int i = 0; i < 14; i++) {
+    assert_true(cJSON_GetArrayItem(step, i)->valuedouble == wsteps[i]);
+    assert_string_equal(cJSON_GetArrayItem(inc, i)->valuestring,
+                        wnew[i] ? "18446744073709551615" : "1");
+  }
+  cJSON_Delete(o);
+  resp_free(&r);
+  expect_error(F->port, "GET", "/api/v1/series?run=r4&tag=all&incarnations=newest", NULL, 400,
+               "incarnations");
+  expect_error(F->port, "GET", "/api/v1/series?run=r4&tag=all&incarnations=", NULL, 400,
+               "incarnations");
+
+  /* restarts: newest first */
+  r = get("/api/v1/restarts?run=r4");
+  assert_int_equal(r.status, 200);
+  o = json_of(&r);
+  cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "restarts");
+  assert_int_equal(cJSON_GetArraySize(ev), 2);
+  cJSON *e0 = cJSON_GetArrayItem(ev, 0), *e1 = cJSON_GetArrayItem(ev, 1);
+  assert_string_equal(str(e0, "run"), "r4");
+  assert_string_equal(str(e0, "tag"), "all");
+  assert_string_equal(str(e0, "reason"), "config_changed");
+  assert_true(num(e0, "step") == 9);
+  assert_string_equal(str(e0, "incarnation"), "18446744073709551615");
+  assert_string_equal(str(e0, "prev_incarnation"), "18446744073709551615");
+  assert_true(num(e0, "time") == (double)(R4_T0 + 2000000000) * 1e-9);
+  assert_string_equal(str(e1, "reason"), "incarnation");
+  assert_true(num(e1, "step") == 5);
+  assert_string_equal(str(e1, "incarnation"), "18446744073709551615");
+  assert_string_equal(str(e1, "prev_incarnation"), "1");
+  assert_true(num(e1, "time") == (double)(R4_T0 + 1000000000) * 1e-9);
+  cJSON_Delete(o);
+  resp_free(&r);
+  const struct {
+    const char *q;
+    int n;
+  } counts[] = {{"run=r4&tag=all", 2}, {"run=r4&tag=nope", 0}, {"run=r4&limit=1", 1},
+                {"run=r1", 0}};
+  for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+    char path[128];
+    snprintf(path, sizeof path, "/api/v1/restarts?%s", counts[i].q);
+    r = get(path);
+    assert_int_equal(r.status, 200);
+    o = json_of(&r);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "restarts")),
+                     counts[i].n);
+    cJSON_Delete(o);
+    resp_free(&r);
+  }
+  expect_error(F->port, "GET", "/api/v1/restarts", NULL, 400, "run");
+  expect_error(F->port, "GET", "/api/v1/restarts?tag=all", NULL, 400, "run");
+  expect_error(F->port, "GET", "/api/v1/restarts?run=nope", NULL, 404, "unknown run");
+  expect_error(F->port, "GET", "/api/v1/restarts?run=bad%20name", NULL, 400, "bad run name");
+  expect_error(F->port, "GET", "/api/v1/restarts?run=r4&limit=0", NULL, 400, "limit");
+  expect_error(F->port, "GET", "/api/v1/restarts?run=r4&limit=x", NULL, 400, "limit");
 }
 
 static void series_values_and_downsampling(void **state) {
@@ -636,11 +778,12 @@ static void stats_counters(void **state) {
   assert_true(num(drop, "live") == (double)gw_stats_get(&st->live_dropped));
   assert_true(num(drop, "store") == 0);
   assert_true(num(o, "streams") == (double)gw_stats_get(&st->streams));
-  assert_true(num(o, "db_rows") == 100 + 11 + 2);
+  assert_true(num(o, "db_rows") == 100 + 11 + 2 + 10 + 4); /* r4: both incarnations */
   assert_true(num(o, "queue_depth") == 0);
   cJSON *store = cJSON_GetObjectItemCaseSensitive(o, "store");
   assert_true(num(store, "errors") == 0);
   assert_true(num(store, "written") == (double)gw_stats_get(&st->store_written));
+  assert_true(num(store, "duplicates") == 1); /* r4's step 8 sent twice */
   assert_string_equal(cJSON_GetObjectItemCaseSensitive(store, "last_error")->valuestring,
                       "I/O error");
   assert_true(num(o, "uptime_s") > 1e9); /* started_ns = 1 ns after the epoch */
@@ -958,6 +1101,7 @@ static void addresses_and_missing_deps(void **state) {
   expect_error(port, "GET", "/api/v1/runs", NULL, 503, "store");
   expect_error(port, "GET", "/api/v1/series?run=a&tag=b", NULL, 503, "store");
   expect_error(port, "GET", "/api/v1/alerts", NULL, 503, "store");
+  expect_error(port, "GET", "/api/v1/restarts?run=a", NULL, 503, "store");
   expect_error(port, "GET", "/metrics", NULL, 503, "metrics");
   expect_error(port, "GET", "/api/v1/events", NULL, 503, "live");
   resp_t r = req(port, "GET", "/api/v1/stats", NULL);
@@ -999,6 +1143,7 @@ int main(void) {
       cmocka_unit_test(health_and_ready),
       cmocka_unit_test(keep_alive),
       cmocka_unit_test(runs_and_streams),
+      cmocka_unit_test(runs_state_incarnations_restarts),
       cmocka_unit_test(series_values_and_downsampling),
       cmocka_unit_test(series_rejects_bad_requests),
       cmocka_unit_test(alerts_by_state),

@@ -1,10 +1,16 @@
 /* test_store.c — the SQLite store: round trips, listings, series and their
  * min/max downsampling (against a brute-force reference written here),
- * store_every, durability across reopen, schema versions, queue overflow,
- * injected disk faults (SQLITE_FULL, SQLITE_IOERR, a mid-batch failure) and
- * recovery, retention, max_db_mb, concurrent readers, alerts, sketches.
- * Independent checks read the database file with plain SQLite and decode the
- * documented blob format byte by byte. Files live under /tmp and are removed.
+ * store_every, durability across reopen, schema versions and the in-place
+ * migration of a version 1 database (written here from the version 1 SQL),
+ * queue overflow, injected disk faults (SQLITE_FULL, SQLITE_IOERR, a
+ * mid-batch failure, one inside a new incarnation's batch) and recovery,
+ * retention by receive time, max_db_mb, concurrent readers, alerts,
+ * sketches; segments per incarnation (the crash/resume scenario, visibility
+ * against an independent computation on random layouts), duplicates never
+ * overwriting, restart events, run states, engine state save/resume/clear,
+ * replay. Independent checks read the database file with plain SQLite and
+ * decode the documented blob format byte by byte. Files live under /tmp and
+ * are removed.
  */
 #include <errno.h>
 #include <math.h>
@@ -25,6 +31,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "log.h"
 #include "store.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -91,6 +98,7 @@ static gw_point_t mkpoint(uint32_t sid, uint64_t n, uint64_t step, int64_t wall)
   p.n = n;
   p.step = step;
   p.wall_ns = wall;
+  p.recv_ns = wall; /* receive time = publisher time unless a test says otherwise */
   p.window_len = (uint32_t)(n < 64 ? n : 64);
   p.path_onestep = unif(&x) * 100;
   p.path_ema = unif(&x) * 100;
@@ -121,6 +129,14 @@ static int64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Open (declare) a stream as ingest does: a version-1 publisher (incarnation 0). */
+static int declare(gw_store_t *st, uint32_t sid, const char *run, const char *tag, uint32_t k,
+                   uint8_t kind, uint8_t sp, uint64_t seed) {
+  gw_stream_ref_t ref = {sid, run, tag, k, kind, sp, seed, 0};
+  gw_open_t o = {GW_OPEN_NEW, 0, 0}; /* no receive time: last_seen comes from points */
+  return gw_store_open_stream(st, sid, &ref, &o);
 }
 
 static void sleep_ms(int ms) {
@@ -196,19 +212,35 @@ static int fault_cb(void *arg, int op) {
   return c;
 }
 
+/* The store's log lines, captured through a real gw_log_t on a file. */
 typedef struct {
-  pthread_mutex_t mu;
-  char last[512];
-  int n;
+  char path[280];
+  gw_log_t log;
 } logcap_t;
 
-static void log_cb(void *arg, int level, const char *msg) {
-  logcap_t *l = arg;
-  (void)level;
-  pthread_mutex_lock(&l->mu);
-  snprintf(l->last, sizeof l->last, "%s", msg);
-  l->n++;
-  pthread_mutex_unlock(&l->mu);
+static void logcap_open(logcap_t *l, const char *db_path) {
+  snprintf(l->path, sizeof l->path, "%s.log", db_path);
+  unlink(l->path);
+  assert_int_equal(gw_log_init(&l->log, l->path, "info"), 0);
+}
+
+/* 1 if the log holds s. */
+static int logcap_has(logcap_t *l, const char *s) {
+  char buf[8192];
+  size_t n;
+  FILE *fp;
+  fflush(l->log.f);
+  fp = fopen(l->path, "r");
+  if (!fp) return 0;
+  n = fread(buf, 1, sizeof buf - 1, fp);
+  fclose(fp);
+  buf[n] = '\0';
+  return strstr(buf, s) != NULL;
+}
+
+static void logcap_close(logcap_t *l) {
+  gw_log_close(&l->log);
+  unlink(l->path);
 }
 
 /* ------------------------------------------------------------------ tests */
@@ -224,9 +256,9 @@ static void roundtrip_points(void **state) {
   assert_non_null(pts);
   cfg_init(&c, f->path);
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "runA", "all", 256, 1, 4,
+  assert_int_equal(declare(f->st, 0, "runA", "all", 256, 1, 4,
                                        0xdeadbeefcafebabeull), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 1, "runA", "layer1.weight", 128, 2, 0, 7), 0);
+  assert_int_equal(declare(f->st, 1, "runA", "layer1.weight", 128, 2, 0, 7), 0);
   for (int i = 0; i < 600; i++) {
     uint32_t sid = (uint32_t)(i % 2);
     uint64_t n = (uint64_t)(i / 2) + 1;
@@ -239,7 +271,7 @@ static void roundtrip_points(void **state) {
 
   for (uint32_t sid = 0; sid < 2; sid++) {
     assert_int_equal(gw_store_series(f->st, "runA", sid ? "layer1.weight" : "all",
-                                     all_metrics, GW_METRIC_COUNT, 0, UINT64_MAX, 0, &s),
+                                     all_metrics, GW_METRIC_COUNT, 0, UINT64_MAX, 0, &s, 0),
                      0);
     assert_int_equal(s.n, 300);
     assert_int_equal(s.n_metrics, GW_METRIC_COUNT);
@@ -295,10 +327,10 @@ static void listings(void **state) {
   sqlite3 *db;
   cfg_init(&c, f->path);
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 3, "alpha", "all", 256, 1, 4, 11), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 4, "alpha", "x", 64, 2, 0, 12), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 5, "beta", "all", 32, 1, 1, 13), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 6, "gamma", "idle", 16, 1, 2, 14), 0);
+  assert_int_equal(declare(f->st, 3, "alpha", "all", 256, 1, 4, 11), 0);
+  assert_int_equal(declare(f->st, 4, "alpha", "x", 64, 2, 0, 12), 0);
+  assert_int_equal(declare(f->st, 5, "beta", "all", 32, 1, 1, 13), 0);
+  assert_int_equal(declare(f->st, 6, "gamma", "idle", 16, 1, 2, 14), 0);
   for (uint64_t i = 0; i < 10; i++) {
     gw_point_t p = mkpoint(3, i + 1, 5 + 5 * i, t0 + (int64_t)i);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -311,7 +343,7 @@ static void listings(void **state) {
   }
   assert_int_equal(gw_store_flush(f->st), 0);
 
-  assert_int_equal(gw_store_runs(f->st, &runs, &n), 0);
+  assert_int_equal(gw_store_runs(f->st, now_ns(), 60000000000LL, &runs, &n), 0);
   assert_int_equal(n, 3);
   assert_string_equal(runs[0].run, "alpha");
   assert_int_equal(runs[0].streams, 2);
@@ -348,9 +380,9 @@ static void listings(void **state) {
 
   assert_int_equal(gw_store_streams(f->st, "nope", &ss, &n), GW_ENOTFOUND);
   assert_null(ss);
-  assert_int_equal(gw_store_series(f->st, "alpha", "nope", all_metrics, 1, 0, 10, 0, &s),
+  assert_int_equal(gw_store_series(f->st, "alpha", "nope", all_metrics, 1, 0, 10, 0, &s, 0),
                    GW_ENOTFOUND);
-  assert_int_equal(gw_store_series(f->st, "nope", "all", all_metrics, 1, 0, 10, 0, &s),
+  assert_int_equal(gw_store_series(f->st, "nope", "all", all_metrics, 1, 0, 10, 0, &s, 0),
                    GW_ENOTFOUND);
   assert_int_equal(s.n, 0);
   assert_int_equal(gw_store_row_count(f->st, &rows), 0);
@@ -372,7 +404,7 @@ static void series_range(void **state) {
   int metrics[2] = {GW_METRIC_KAPPA_ONESTEP, GW_METRIC_RANK_99};
   cfg_init(&c, f->path);
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "r", "t", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "r", "t", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 1000; n++) {
     gw_point_t p = mkpoint(0, n, 3 * n, (int64_t)n);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -382,7 +414,7 @@ static void series_range(void **state) {
     gw_series_t s;
     size_t want = 0;
     assert_int_equal(gw_store_series(f->st, "r", "t", metrics, 2, ranges[r].from,
-                                     ranges[r].to, 0, &s),
+                                     ranges[r].to, 0, &s, 0),
                      0);
     for (uint64_t n = 1; n <= 1000; n++) { /* brute force */
       if (3 * n < ranges[r].from || 3 * n > ranges[r].to) continue;
@@ -407,7 +439,7 @@ static void check_downsample(fx_t *f, const gw_point_t *pts, size_t npts, uint64
   size_t idx[20000], n = 0;
   for (size_t i = 0; i < npts; i++)
     if (pts[i].step >= from && pts[i].step <= to) idx[n++] = i;
-  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, nm, from, to, max_points, &s),
+  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, nm, from, to, max_points, &s, 0),
                    0);
   if (n <= max_points) {
     assert_false(s.downsampled);
@@ -466,7 +498,7 @@ static void downsampling(void **state) {
   assert_non_null(pts);
   cfg_init(&c, f->path);
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "r", "d", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "r", "d", 8, 1, 1, 1), 0);
   for (size_t i = 0; i < NPTS; i++) {
     pts[i] = mkpoint(0, i + 1, 2 * i + 7, (int64_t)i);
     if (i >= 1000 && i < 1400) pts[i].loss = NAN; /* whole null buckets */
@@ -481,21 +513,21 @@ static void downsampling(void **state) {
   check_downsample(f, pts, NPTS, 500, 3000, 1247, metrics, 5);
   check_downsample(f, pts, NPTS, 0, UINT64_MAX, NPTS, metrics, 5);
   /* a bucket entirely null in `loss` stays null */
-  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, 5, 0, UINT64_MAX, 100, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, 5, 0, UINT64_MAX, 100, &s, 0), 0);
   {
     int nulls = 0;
     for (size_t r = 0; r < s.n; r++) nulls += isnan(s.cols[1][r]);
     assert_true(nulls >= 2);
   }
   gw_store_series_free(&s);
-  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, 5, 0, UINT64_MAX, 1, &s),
+  assert_int_equal(gw_store_series(f->st, "r", "d", metrics, 5, 0, UINT64_MAX, 1, &s, 0),
                    GW_EINVAL);
   {
     int bad = GW_METRIC_COUNT;
-    assert_int_equal(gw_store_series(f->st, "r", "d", &bad, 1, 0, UINT64_MAX, 0, &s),
+    assert_int_equal(gw_store_series(f->st, "r", "d", &bad, 1, 0, UINT64_MAX, 0, &s, 0),
                      GW_EINVAL);
     bad = -1;
-    assert_int_equal(gw_store_series(f->st, "r", "d", &bad, 1, 0, UINT64_MAX, 0, &s),
+    assert_int_equal(gw_store_series(f->st, "r", "d", &bad, 1, 0, UINT64_MAX, 0, &s, 0),
                      GW_EINVAL);
   }
   assert_int_equal(gw_store_integrity_check(f->st), 0);
@@ -510,19 +542,19 @@ static void store_every(void **state) {
   cfg_init(&c, f->path);
   c.store_every = 4;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 2, "r", "e", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 2, "r", "e", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 20; n++) {
     gw_point_t p = mkpoint(2, n, 100 + n, (int64_t)n);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
   }
   /* re-declaration (daemon restart, id reuse): its first point is kept */
-  assert_int_equal(gw_store_put_stream(f->st, 2, "r", "e", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 2, "r", "e", 8, 1, 1, 1), 0);
   for (uint64_t n = 21; n <= 24; n++) {
     gw_point_t p = mkpoint(2, n, 100 + n, (int64_t)n);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
   }
   assert_int_equal(gw_store_flush(f->st), 0);
-  assert_int_equal(gw_store_series(f->st, "r", "e", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "r", "e", all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
   assert_int_equal(s.n, sizeof want / sizeof want[0]);
   for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], 100 + want[i]);
   gw_store_series_free(&s);
@@ -545,7 +577,7 @@ static void durability_reopen(void **state) {
   for (uint32_t sid = 0; sid < 3; sid++) {
     char tag[8];
     snprintf(tag, sizeof tag, "t%u", sid);
-    assert_int_equal(gw_store_put_stream(f->st, sid, "dur", tag, 8, 1, 1, sid), 0);
+    assert_int_equal(declare(f->st, sid, "dur", tag, 8, 1, 1, sid), 0);
   }
   for (uint64_t i = 0; i < 999; i++) {
     gw_point_t p = mkpoint((uint32_t)(i % 3), i / 3 + 1, i / 3 + 1, (int64_t)i);
@@ -567,7 +599,7 @@ static void durability_reopen(void **state) {
   assert_int_equal(gw_store_row_count(f->st, &rows), 0);
   assert_int_equal(rows, 999);
   /* the same run/tag after a restart continues the same stream */
-  assert_int_equal(gw_store_put_stream(f->st, 9, "dur", "t1", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 9, "dur", "t1", 8, 1, 1, 1), 0);
   {
     gw_point_t p = mkpoint(9, 1000, 1000, 5);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -581,7 +613,7 @@ static void durability_reopen(void **state) {
   assert_int_equal(ss[1].last_step, 1000);
   gw_store_streams_free(ss, n);
   assert_int_equal(gw_store_series(f->st, "dur", "t2", all_metrics, GW_METRIC_COUNT, 0,
-                                   UINT64_MAX, 0, &s),
+                                   UINT64_MAX, 0, &s, 0),
                    0);
   assert_int_equal(s.n, 333);
   for (size_t r = 0; r < s.n; r++) {
@@ -613,7 +645,7 @@ static void kill9_durability(void **state) {
     close(fds[0]);
     memset(&stats, 0, sizeof stats);
     if (gw_store_open(&st, &c, &stats) ||
-        gw_store_put_stream(st, 0, "k9", "t", 8, 1, 1, 1))
+        declare(st, 0, "k9", "t", 8, 1, 1, 1))
       _exit(2);
     for (uint64_t n = 1;; n++) {
       gw_point_t p = mkpoint(0, n, n, (int64_t)n);
@@ -632,7 +664,7 @@ static void kill9_durability(void **state) {
   assert_true(reported >= 2000);
   open_ok(f, &c);
   assert_int_equal(gw_store_series(f->st, "k9", "t", all_metrics, GW_METRIC_COUNT, 0,
-                                   UINT64_MAX, 0, &s),
+                                   UINT64_MAX, 0, &s, 0),
                    0);
   assert_true(s.n >= reported);
   for (size_t i = 0; i < s.n; i++) {
@@ -651,24 +683,28 @@ static void kill9_durability(void **state) {
 static void schema_newer_refused(void **state) {
   fx_t *f = *state;
   gw_store_config_t c;
-  logcap_t lc = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  logcap_t lc;
   gw_store_t *st2 = (gw_store_t *)&lc; /* must be reset to NULL */
   sqlite3 *db;
   char want[64];
   FILE *fp;
   cfg_init(&c, f->path);
-  c.log = log_cb;
-  c.log_arg = &lc;
+  logcap_open(&lc, f->path);
+  c.log = &lc.log;
   open_ok(f, &c);
   gw_store_close(f->st);
   f->st = NULL;
   db = raw_open(f->path);
-  assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL), SQLITE_OK);
+  snprintf(want, sizeof want, "PRAGMA user_version = %d", GW_STORE_SCHEMA_VERSION + 1);
+  assert_int_equal(sqlite3_exec(db, want, NULL, NULL, NULL), SQLITE_OK);
   sqlite3_close(db);
   assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EDB);
   assert_null(st2);
-  snprintf(want, sizeof want, "schema version %d, newer", GW_STORE_SCHEMA_VERSION + 1);
-  assert_non_null(strstr(lc.last, want));
+  snprintf(want, sizeof want, "version=%d supported=%d", GW_STORE_SCHEMA_VERSION + 1,
+           GW_STORE_SCHEMA_VERSION);
+  assert_true(logcap_has(&lc, want));
+  assert_true(logcap_has(&lc, "event=store"));
+  assert_true(logcap_has(&lc, "schema newer"));
   db = raw_open(f->path); /* refused without touching it */
   assert_int_equal(raw_int(db, "PRAGMA user_version"), GW_STORE_SCHEMA_VERSION + 1);
   sqlite3_close(db);
@@ -679,7 +715,7 @@ static void schema_newer_refused(void **state) {
   assert_int_equal(sqlite3_exec(db, "CREATE TABLE foo(x)", NULL, NULL, NULL), SQLITE_OK);
   sqlite3_close(db);
   assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EDB);
-  assert_non_null(strstr(lc.last, "not a gradwatch database"));
+  assert_true(logcap_has(&lc, "not a gradwatch database"));
   rm_db(f->path);
 
   /* not a database at all */
@@ -689,6 +725,7 @@ static void schema_newer_refused(void **state) {
   fclose(fp);
   assert_int_equal(gw_store_open(&st2, &c, &f->stats), GW_EDB);
   assert_null(st2);
+  logcap_close(&lc);
 }
 
 static void queue_full(void **state) {
@@ -704,7 +741,7 @@ static void queue_full(void **state) {
   c.fault = fault_cb;
   c.fault_arg = &ft;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "q", "t", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "q", "t", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 150; n++) {
     gw_point_t p = mkpoint(0, n, n, 1);
     int rc = gw_store_put_point(f->st, &p);
@@ -739,8 +776,8 @@ static void fault_then_recover(fx_t *f, int op, int code, int want_err) {
   c.fault = fault_cb;
   c.fault_arg = &ft;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "f", "a", 8, 1, 1, 1), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 1, "f", "b", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "f", "a", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 1, "f", "b", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 50; n++) {
     gw_point_t p = mkpoint((uint32_t)(n % 2), n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -755,7 +792,7 @@ static void fault_then_recover(fx_t *f, int op, int code, int want_err) {
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
   }
   /* a new stream declared while the disk fails */
-  assert_int_equal(gw_store_put_stream(f->st, 2, "f2", "c", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 2, "f2", "c", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 30; n++) {
     gw_point_t p = mkpoint(2, n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -779,7 +816,7 @@ static void fault_then_recover(fx_t *f, int op, int code, int want_err) {
   assert_int_equal(gw_store_row_count(f->st, &rows), 0);
   assert_int_equal(rows, 280);
   assert_int_equal(gw_store_series(f->st, "f", "b", all_metrics, GW_METRIC_COUNT, 0,
-                                   UINT64_MAX, 0, &s),
+                                   UINT64_MAX, 0, &s, 0),
                    0);
   assert_int_equal(s.n, 125);
   for (size_t r = 0; r < s.n; r++) {
@@ -789,7 +826,7 @@ static void fault_then_recover(fx_t *f, int op, int code, int want_err) {
       assert_true(same_double(s.cols[m][r], gw_point_get(&p, m)));
   }
   gw_store_series_free(&s);
-  assert_int_equal(gw_store_series(f->st, "f2", "c", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "f2", "c", all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
   assert_int_equal(s.n, 30);
   gw_store_series_free(&s);
   assert_int_equal(gw_store_integrity_check(f->st), 0);
@@ -820,13 +857,13 @@ static void fault_mid_batch(void **state) {
   c.fault = fault_cb;
   c.fault_arg = &ft;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "m", "old", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "m", "old", 8, 1, 1, 1), 0);
   assert_int_equal(gw_store_flush(f->st), 0);
   for (uint64_t n = 1; n <= 40; n++) {
     gw_point_t p = mkpoint(0, n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
   }
-  assert_int_equal(gw_store_put_stream(f->st, 0, "m", "new", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "m", "new", 8, 1, 1, 1), 0);
   for (uint64_t n = 41; n <= 100; n++) {
     gw_point_t p = mkpoint(0, n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -838,11 +875,11 @@ static void fault_mid_batch(void **state) {
   assert_int_equal(gw_store_flush(f->st), GW_EIO);
   assert_int_equal(atomic_load(&ft.calls), 1);
   assert_int_equal(gw_store_flush(f->st), 0); /* the retry */
-  assert_int_equal(gw_store_series(f->st, "m", "old", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "m", "old", all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
   assert_int_equal(s.n, 40);
   for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], i + 1);
   gw_store_series_free(&s);
-  assert_int_equal(gw_store_series(f->st, "m", "new", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "m", "new", all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
   assert_int_equal(s.n, 60);
   for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], i + 41);
   gw_store_series_free(&s);
@@ -862,7 +899,7 @@ static void close_while_failing(void **state) {
   c.fault_arg = &ft;
   c.close_timeout_ms = 300;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "c", "t", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "c", "t", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 10; n++) {
     gw_point_t p = mkpoint(0, n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -897,7 +934,7 @@ static void checkpointer(void **state) {
   c.fault = fault_cb;
   c.fault_arg = &ft;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "ck", "t", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "ck", "t", 8, 1, 1, 1), 0);
   for (uint64_t n = 1; n <= 3000; n++) {
     gw_point_t p = mkpoint(0, n, n, 1);
     assert_int_equal(gw_store_put_point(f->st, &p), 0);
@@ -935,8 +972,8 @@ static void retention(void **state) {
   c.retention_check_ms = 50;
   c.store_sketches = 1;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "ret", "t", 4, 1, 1, 1), 0);
-  assert_int_equal(gw_store_put_stream(f->st, 1, "ret", "u", 4, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "ret", "t", 4, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 1, "ret", "u", 4, 1, 1, 1), 0);
   for (uint64_t i = 1; i <= 200; i++) {
     int64_t wall = i <= 100 ? now - 3 * day + (int64_t)i * 1000000000LL
                             : now - 3600LL * 1000000000LL + (int64_t)i;
@@ -954,7 +991,7 @@ static void retention(void **state) {
     sleep_ms(10);
   }
   assert_int_equal(rows, 300);
-  assert_int_equal(gw_store_series(f->st, "ret", "t", all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+  assert_int_equal(gw_store_series(f->st, "ret", "t", all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
   assert_int_equal(s.n, 100);
   for (size_t i = 0; i < s.n; i++) assert_int_equal(s.step[i], 101 + i);
   gw_store_series_free(&s);
@@ -992,7 +1029,7 @@ static void max_db_size(void **state) {
   for (uint32_t sid = 0; sid < STREAMS; sid++) {
     char tag[8];
     snprintf(tag, sizeof tag, "s%u", sid);
-    assert_int_equal(gw_store_put_stream(f->st, sid, "big", tag, 8, 1, 1, 1), 0);
+    assert_int_equal(declare(f->st, sid, "big", tag, 8, 1, 1, 1), 0);
   }
   for (uint64_t n = 1; n <= PER; n++) {
     for (uint32_t sid = 0; sid < STREAMS; sid++) { /* one step per second */
@@ -1009,7 +1046,7 @@ static void max_db_size(void **state) {
   for (uint32_t sid = 0; sid < STREAMS; sid++) {
     char tag[8];
     snprintf(tag, sizeof tag, "s%u", sid);
-    assert_int_equal(gw_store_series(f->st, "big", tag, all_metrics, 1, 0, UINT64_MAX, 0, &s), 0);
+    assert_int_equal(gw_store_series(f->st, "big", tag, all_metrics, 1, 0, UINT64_MAX, 0, &s, 0), 0);
     assert_true(s.n > 0);
     assert_int_equal(s.step[s.n - 1], PER);
     assert_true(s.step[0] > 1);
@@ -1042,13 +1079,13 @@ static void *reader_main(void *arg) {
     gw_series_t s;
     size_t n;
     uint64_t rows;
-    int rc = gw_store_runs(r->st, &runs, &n);
+    int rc = gw_store_runs(r->st, now_ns(), 60000000000LL, &runs, &n);
     if (rc == 0) gw_store_runs_free(runs, n);
     else r->errors++;
     rc = gw_store_streams(r->st, "conc", &ss, &n);
     if (rc == 0) gw_store_streams_free(ss, n);
     else if (rc != GW_ENOTFOUND) r->errors++;
-    rc = gw_store_series(r->st, "conc", "t7", metrics, 2, 0, UINT64_MAX, 50, &s);
+    rc = gw_store_series(r->st, "conc", "t7", metrics, 2, 0, UINT64_MAX, 50, &s, 0);
     if (rc == 0) {
       if (s.n > 50) r->errors++;
       gw_store_series_free(&s);
@@ -1076,7 +1113,7 @@ static void concurrent_readers_at(fx_t *f, const char *path, int per) {
   for (uint32_t sid = 0; sid < 100; sid++) {
     char tag[8];
     snprintf(tag, sizeof tag, "t%u", sid);
-    assert_int_equal(gw_store_put_stream(f->st, sid, "conc", tag, 8, 1, 1, 1), 0);
+    assert_int_equal(declare(f->st, sid, "conc", tag, 8, 1, 1, 1), 0);
   }
   for (int n = 1; n <= per; n++) {
     for (uint32_t sid = 0; sid < 100; sid++) {
@@ -1111,7 +1148,7 @@ static void memory_db(void **state) {
   gw_series_t s;
   concurrent_readers_at(f, ":memory:", 50);
   assert_int_equal(gw_store_series(f->st, "conc", "t3", all_metrics, GW_METRIC_COUNT, 0,
-                                   UINT64_MAX, 0, &s),
+                                   UINT64_MAX, 0, &s, 0),
                    0);
   assert_int_equal(s.n, 50);
   for (size_t r = 0; r < s.n; r++) {
@@ -1241,7 +1278,7 @@ static void sketches(void **state) {
   cfg_init(&c, f->path);
   c.store_sketches = 1;
   open_ok(f, &c);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "sk", "all", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "sk", "all", 8, 1, 1, 1), 0);
   for (int i = 0; i < 10; i++) {
     for (int j = 0; j < 8; j++) zz[i][j] = (unif(&x) - 0.5) * 1e3;
     assert_int_equal(gw_store_put_sketch(f->st, 0, (uint64_t)(10 + i), zz[i], 8), 0);
@@ -1308,31 +1345,779 @@ static void bad_input(void **state) {
 
   open_ok(f, &c);
   assert_int_equal(gw_store_put_point(f->st, &p), GW_ENOTFOUND);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "", "t", 8, 1, 1, 1), GW_EINVAL);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "r", NULL, 8, 1, 1, 1), GW_EINVAL);
-  assert_int_equal(gw_store_put_stream(f->st, 1u << 30, "r", "t", 8, 1, 1, 1), GW_EINVAL);
-  assert_int_equal(gw_store_put_stream(f->st, 0, "r", "t", 8, 1, 1, 1), 0);
+  assert_int_equal(declare(f->st, 0, "", "t", 8, 1, 1, 1), GW_EINVAL);
+  assert_int_equal(declare(f->st, 0, "r", NULL, 8, 1, 1, 1), GW_EINVAL);
+  assert_int_equal(declare(f->st, 1u << 30, "r", "t", 8, 1, 1, 1), GW_EINVAL);
+  assert_int_equal(declare(f->st, 0, "r", "t", 8, 1, 1, 1), 0);
   p.step = (uint64_t)INT64_MAX + 1;
   assert_int_equal(gw_store_put_point(f->st, &p), GW_EINVAL);
   p.step = 1;
   assert_int_equal(gw_store_put_point(f->st, &p), 0);
   assert_int_equal(gw_store_put_point(f->st, NULL), GW_EINVAL);
-  assert_int_equal(gw_store_series(f->st, "r", "t", NULL, 2, 0, 1, 0, &s), GW_EINVAL);
+  assert_int_equal(gw_store_series(f->st, "r", "t", NULL, 2, 0, 1, 0, &s, 0), GW_EINVAL);
   assert_int_equal(gw_store_flush(f->st), 0);
-  /* a point at an existing step replaces it and is not counted twice */
-  p = mkpoint(0, 2, 1, 1);
-  assert_int_equal(gw_store_put_point(f->st, &p), 0);
-  assert_int_equal(gw_store_flush(f->st), 0);
-  assert_int_equal(gw_store_series(f->st, "r", "t", all_metrics, GW_METRIC_COUNT, 0, 9, 0, &s), 0);
-  assert_int_equal(s.n, 1);
-  for (int m = 0; m < GW_METRIC_COUNT; m++)
-    assert_true(same_double(s.cols[m][0], gw_point_get(&p, m)));
-  gw_store_series_free(&s);
+  /* a point at a stored (segment, step) never replaces it: ignored, counted */
+  {
+    gw_point_t first = p, again = mkpoint(0, 2, 1, 1);
+    uint64_t rows = 0;
+    assert_int_equal(gw_store_put_point(f->st, &again), 0);
+    assert_int_equal(gw_store_put_point(f->st, &again), 0);
+    assert_int_equal(gw_store_flush(f->st), 0);
+    assert_int_equal(gw_stats_get(&f->stats.store_duplicates), 2);
+    assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+    assert_int_equal(rows, 1);
+    assert_int_equal(
+        gw_store_series(f->st, "r", "t", all_metrics, GW_METRIC_COUNT, 0, 9, 0, &s, 1), 0);
+    assert_int_equal(s.n, 1);
+    for (int m = 0; m < GW_METRIC_COUNT; m++)
+      assert_true(same_double(s.cols[m][0], gw_point_get(&first, m)));
+    gw_store_series_free(&s);
+  }
   assert_int_equal(gw_store_integrity_check(f->st), 0);
   gw_store_close(NULL);
   gw_store_close(f->st);
   f->st = NULL;
   raw_check_counts(f->path);
+}
+
+/* ------------------------------------------- segments, lifecycle, continuity */
+
+/* Open a stream with an incarnation and sketch parameters. */
+static int open_inc(gw_store_t *st, uint32_t sid, const char *run, const char *tag, uint32_t k,
+                    uint64_t inc, int how, uint64_t step, int64_t recv) {
+  gw_stream_ref_t ref = {sid, run, tag, k, 1, 1, 5, inc};
+  gw_open_t o = {how, step, recv};
+  return gw_store_open_stream(st, sid, &ref, &o);
+}
+
+/* A point of incarnation inc whose loss encodes (inc, step), received at recv. */
+static int put_inc(gw_store_t *st, uint32_t sid, uint64_t inc, uint64_t step, int64_t recv) {
+  gw_point_t p = mkpoint(sid, step + 1, step, recv);
+  p.incarnation = inc;
+  p.loss = (double)inc * 1e6 + (double)step;
+  return gw_store_put_point(st, &p);
+}
+
+/* The version 1 schema as it shipped (an independent copy, not the store's). */
+static const char v1_schema[] =
+    "CREATE TABLE runs(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+    " created_ns INTEGER NOT NULL);"
+    "CREATE TABLE streams(id INTEGER PRIMARY KEY, run INTEGER NOT NULL REFERENCES runs(id),"
+    " tag TEXT NOT NULL, k INTEGER NOT NULL, kind INTEGER NOT NULL, s INTEGER NOT NULL,"
+    " seed INTEGER NOT NULL, first_step INTEGER, last_step INTEGER, last_seen INTEGER,"
+    " points INTEGER NOT NULL DEFAULT 0, UNIQUE(run, tag));"
+    "CREATE TABLE points(stream INTEGER NOT NULL, step INTEGER NOT NULL, v BLOB NOT NULL,"
+    " PRIMARY KEY(stream, step)) WITHOUT ROWID;"
+    "CREATE TABLE point_minutes(stream INTEGER NOT NULL, minute INTEGER NOT NULL,"
+    " max_step INTEGER NOT NULL, PRIMARY KEY(stream, minute)) WITHOUT ROWID;"
+    "CREATE INDEX point_minutes_by_minute ON point_minutes(minute);"
+    "CREATE TABLE sketches(stream INTEGER NOT NULL, step INTEGER NOT NULL, k INTEGER NOT NULL,"
+    " z BLOB NOT NULL, PRIMARY KEY(stream, step));"
+    "CREATE TABLE alerts(id INTEGER PRIMARY KEY, rule TEXT NOT NULL, run TEXT, tag TEXT,"
+    " severity TEXT, state TEXT NOT NULL CHECK(state IN ('pending','firing','resolved')),"
+    " value REAL, threshold REAL, started_step INTEGER, started_ns INTEGER, fired_ns INTEGER,"
+    " resolved_ns INTEGER, labels TEXT, annotations TEXT);"
+    "CREATE INDEX alerts_by_state ON alerts(state);"
+    "PRAGMA user_version = 1;";
+
+/* A version 1 database (written here with plain SQLite) is migrated in place
+ * at open: every point, stream and alert survives, and the stream carries on
+ * as segment 0 of incarnation 0. */
+static void migration_v1(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_series_t s;
+  gw_store_stream_t *ss;
+  gw_store_restart_t *ev;
+  gw_store_alert_t *al;
+  size_t n;
+  uint64_t rows;
+  sqlite3 *db = raw_open(f->path);
+  sqlite3_stmt *ins;
+  int64_t t0 = 1700000000000000000LL;
+  assert_int_equal(sqlite3_exec(db, v1_schema, NULL, NULL, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db,
+                                "INSERT INTO runs VALUES(1, 'old', 1);"
+                                "INSERT INTO streams VALUES(1, 1, 'a', 8, 1, 1, 5, 1, 300, 0, 300);"
+                                "INSERT INTO streams VALUES(2, 1, 'b', 4, 2, 0, -1, 7, 7, 0, 1);"
+                                "INSERT INTO alerts(id, rule, state) VALUES(4, 'x', 'firing');",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO points VALUES(?1, ?2, ?3)", -1, &ins, NULL),
+                   SQLITE_OK);
+  for (int i = 0; i <= 300; i++) {
+    int sid = i == 300 ? 2 : 1, step = i == 300 ? 7 : i + 1;
+    gw_point_t p = mkpoint((uint32_t)sid, (uint64_t)step, (uint64_t)step, t0 + step);
+    unsigned char v[GW_METRIC_COUNT * 8];
+    for (int m = 0; m < GW_METRIC_COUNT; m++) {
+      double d = gw_point_get(&p, m);
+      uint64_t u;
+      memcpy(&u, &d, 8);
+      for (int b = 0; b < 8; b++) v[8 * m + b] = (unsigned char)(u >> (8 * b));
+    }
+    sqlite3_bind_int(ins, 1, sid);
+    sqlite3_bind_int(ins, 2, step);
+    sqlite3_bind_blob(ins, 3, v, sizeof v, SQLITE_TRANSIENT);
+    assert_int_equal(sqlite3_step(ins), SQLITE_DONE);
+    sqlite3_reset(ins);
+  }
+  sqlite3_finalize(ins);
+  sqlite3_close(db);
+
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "PRAGMA user_version"), GW_STORE_SCHEMA_VERSION);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM points"), 301);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM streams WHERE seq = 0 AND incarnation = 0"), 2);
+  assert_int_equal(raw_int(db, "SELECT seed FROM streams WHERE id = 2"), -1);
+  sqlite3_close(db);
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, 301);
+  assert_int_equal(gw_store_series(f->st, "old", "a", all_metrics, GW_METRIC_COUNT, 0, UINT64_MAX,
+                                   0, &s, 0),
+                   0);
+  assert_int_equal(s.n, 300);
+  for (size_t r = 0; r < s.n; r++) {
+    gw_point_t p = mkpoint(1, r + 1, r + 1, t0 + (int64_t)r + 1);
+    assert_int_equal(s.step[r], r + 1);
+    assert_int_equal(s.inc[r], 0);
+    for (int m = 0; m < GW_METRIC_COUNT; m++)
+      assert_true(same_double(s.cols[m][r], gw_point_get(&p, m)));
+  }
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_streams(f->st, "old", &ss, &n), 0);
+  assert_int_equal(n, 2);
+  assert_int_equal(ss[0].points, 300);
+  assert_int_equal(ss[1].seed, UINT64_MAX);
+  assert_int_equal(ss[1].points, 1);
+  assert_int_equal(ss[0].segments, 1);
+  gw_store_streams_free(ss, n);
+  assert_int_equal(gw_store_alerts(f->st, GW_ALERT_ANY, 0, &al, &n), 0);
+  assert_int_equal(n, 1);
+  gw_store_alerts_free(al, n);
+  /* an old (incarnation 0) publisher carries on in the same segment */
+  assert_int_equal(open_inc(f->st, 0, "old", "a", 8, 0, GW_OPEN_NEW, 301, now_ns()), 0);
+  assert_int_equal(put_inc(f->st, 0, 0, 301, now_ns()), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_streams(f->st, "old", &ss, &n), 0);
+  assert_int_equal(ss[0].segments, 1);
+  assert_int_equal(ss[0].points, 301);
+  assert_int_equal(ss[0].last_step, 301);
+  gw_store_streams_free(ss, n);
+  assert_int_equal(gw_store_restarts(f->st, "old", NULL, 0, &ev, &n), 0);
+  assert_int_equal(n, 1);
+  assert_string_equal(ev[0].reason, "resumed");
+  gw_store_restarts_free(ev, n);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+  /* and the migrated file opens again as version 2, untouched */
+  gw_store_close(f->st);
+  f->st = NULL;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, 302);
+}
+
+/* The crash/resume scenario: incarnation 1 reaches step 5200 and dies; the
+ * job resumes from its step-5000 checkpoint as incarnation 2. */
+static void crash_resume(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_series_t s;
+  gw_store_stream_t *ss;
+  gw_store_restart_t *ev;
+  size_t n;
+  int metric = GW_METRIC_LOSS;
+  int64_t t = now_ns();
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 7, "job", "all", 8, 1, GW_OPEN_NEW, 0, t), 0);
+  for (uint64_t step = 0; step <= 5200; step++) assert_int_equal(put_inc(f->st, 7, 1, step, t), 0);
+  assert_int_equal(gw_store_forget_stream(f->st, 7), 0);
+  assert_int_equal(put_inc(f->st, 7, 1, 5201, t), GW_ENOTFOUND); /* forgotten */
+  assert_int_equal(open_inc(f->st, 3, "job", "all", 8, 2, GW_OPEN_NEW, 5000, t + 1), 0);
+  for (uint64_t step = 5000; step <= 6000; step++)
+    assert_int_equal(put_inc(f->st, 3, 2, step, t + 1), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+
+  assert_int_equal(gw_store_series(f->st, "job", "all", &metric, 1, 0, UINT64_MAX, 0, &s, 0), 0);
+  assert_int_equal(s.n, 6001);
+  for (size_t i = 0; i < s.n; i++) {
+    uint64_t inc = i < 5000 ? 1 : 2;
+    assert_int_equal(s.step[i], i);
+    assert_int_equal(s.inc[i], inc);
+    assert_true(s.cols[0][i] == (double)inc * 1e6 + (double)i);
+  }
+  gw_store_series_free(&s);
+  /* a range inside the superseded stretch */
+  assert_int_equal(gw_store_series(f->st, "job", "all", &metric, 1, 4990, 5010, 0, &s, 0), 0);
+  assert_int_equal(s.n, 21);
+  assert_int_equal(s.inc[9], 1);
+  assert_int_equal(s.inc[10], 2);
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_series(f->st, "job", "all", &metric, 1, 0, UINT64_MAX, 0, &s, 1), 0);
+  assert_int_equal(s.n, 5201 + 1001);
+  for (size_t i = 0; i < s.n; i++) { /* 0..4999, then pairs (1, 2), then 5201.. */
+    uint64_t step = i < 5000 ? i : i < 5000 + 402 ? 5000 + (i - 5000) / 2 : i - 201;
+    uint64_t inc = i < 5000 ? 1 : i < 5402 ? 1 + (i - 5000) % 2 : 2;
+    assert_int_equal(s.step[i], step);
+    assert_int_equal(s.inc[i], inc);
+    assert_true(s.cols[0][i] == (double)inc * 1e6 + (double)step);
+  }
+  gw_store_series_free(&s);
+  /* downsampling works on the visible rows */
+  assert_int_equal(gw_store_series(f->st, "job", "all", &metric, 1, 0, UINT64_MAX, 10, &s, 0), 0);
+  assert_true(s.downsampled);
+  assert_int_equal(s.n, 10);
+  assert_true(s.cols[0][0] == 1e6);           /* min of the first bucket: inc 1, step 0 */
+  assert_true(s.cols[0][9] == 2e6 + 6000);    /* max of the last: inc 2, step 6000 */
+  assert_int_equal(s.inc[9], 2);
+  gw_store_series_free(&s);
+
+  assert_int_equal(gw_store_streams(f->st, "job", &ss, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(ss[0].points, 6001);
+  assert_int_equal(ss[0].first_step, 0);
+  assert_int_equal(ss[0].last_step, 6000);
+  assert_int_equal(ss[0].segments, 2);
+  assert_int_equal(ss[0].incarnation, 2);
+  gw_store_streams_free(ss, n);
+  assert_int_equal(gw_store_restarts(f->st, "job", "all", 0, &ev, &n), 0);
+  assert_int_equal(n, 1);
+  assert_string_equal(ev[0].reason, "incarnation");
+  assert_int_equal(ev[0].step, 5000);
+  assert_int_equal(ev[0].incarnation, 2);
+  assert_int_equal(ev[0].prev_incarnation, 1);
+  assert_int_equal(ev[0].recv_ns, t + 1);
+  gw_store_restarts_free(ev, n);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+typedef struct {
+  uint64_t step, seq;
+} vis_t;
+
+static int vis_cmp(const void *a, const void *b) {
+  const vis_t *x = a, *y = b;
+  if (x->step != y->step) return x->step < y->step ? -1 : 1;
+  return x->seq < y->seq ? -1 : (x->seq > y->seq);
+}
+
+/* Visibility against a brute-force reference on random segment layouts:
+ * segment i's point at step t is visible iff t < start of every later
+ * segment; series returns the visible rows (or all) by (step, seq). */
+static void visibility_random(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  uint64_t x = 7;
+  int metric = GW_METRIC_LOSS;
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  for (int trial = 0; trial < 40; trial++) {
+    char run[32];
+    uint64_t start[6];
+    static vis_t all[6 * 64], vis[6 * 64];
+    size_t na = 0, nv = 0, nseg = 1 + splitmix(&x) % 6;
+    uint64_t from = splitmix(&x) % 40, to = from + splitmix(&x) % 120;
+    snprintf(run, sizeof run, "vis%d", trial);
+    for (size_t g = 0; g < nseg; g++) {
+      start[g] = splitmix(&x) % 80;
+      assert_int_equal(open_inc(f->st, (uint32_t)trial, run, "t", 4, 100 + g, GW_OPEN_NEW, start[g],
+                                1000),
+                       0);
+      for (uint64_t step = start[g]; step < start[g] + 64; step++) {
+        if (splitmix(&x) % 3 == 0) continue;
+        assert_int_equal(put_inc(f->st, (uint32_t)trial, 100 + g, step, 1000), 0);
+        all[na].step = step;
+        all[na++].seq = g;
+      }
+    }
+    for (size_t i = 0; i < na; i++) { /* the reference */
+      uint64_t cut = UINT64_MAX;
+      for (size_t h = all[i].seq + 1; h < nseg; h++)
+        if (start[h] < cut) cut = start[h];
+      if (all[i].step < cut) vis[nv++] = all[i];
+    }
+    qsort(all, na, sizeof *all, vis_cmp);
+    qsort(vis, nv, sizeof *vis, vis_cmp);
+    assert_int_equal(gw_store_flush(f->st), 0);
+    for (int mode = 0; mode < 2; mode++) {
+      const vis_t *want = mode ? all : vis;
+      size_t nw = mode ? na : nv, j = 0;
+      gw_series_t s;
+      assert_int_equal(gw_store_series(f->st, run, "t", &metric, 1, from, to, 0, &s, mode), 0);
+      for (size_t i = 0; i < nw; i++) {
+        if (want[i].step < from || want[i].step > to) continue;
+        assert_true(j < s.n);
+        assert_int_equal(s.step[j], want[i].step);
+        assert_int_equal(s.inc[j], 100 + want[i].seq);
+        assert_true(s.cols[0][j] == (double)(100 + want[i].seq) * 1e6 + (double)want[i].step);
+        j++;
+      }
+      assert_int_equal(j, s.n);
+      gw_store_series_free(&s);
+    }
+    { /* the listing counts the visible points */
+      gw_store_stream_t *ss;
+      size_t n;
+      assert_int_equal(gw_store_streams(f->st, run, &ss, &n), 0);
+      assert_int_equal(n, 1);
+      assert_int_equal(ss[0].points, nv);
+      assert_int_equal(ss[0].segments, nseg);
+      if (nv) {
+        assert_int_equal(ss[0].first_step, vis[0].step);
+        assert_int_equal(ss[0].last_step, vis[nv - 1].step);
+      }
+      gw_store_streams_free(ss, n);
+    }
+  }
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+/* Restart events: resumed on a re-open with history (same incarnation),
+ * nothing for a restored open, incarnation for new parameters; engine
+ * restarts record their reason and split only on a parameter change. */
+static void lifecycle_events(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_restart_t *ev;
+  gw_store_stream_t *ss;
+  size_t n;
+  gw_stream_ref_t ref = {1, "lc", "t", 8, 1, 1, 5, 9};
+  gw_restart_t rs = {GW_RESTART_NO_STATE, 20, 9, 12, 105};
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 1, "lc", "t", 8, 9, GW_OPEN_NEW, 0, 100), 0);
+  for (uint64_t st = 0; st < 10; st++) assert_int_equal(put_inc(f->st, 1, 9, st, 100), 0);
+  assert_int_equal(gw_store_forget_stream(f->st, 1), 0);
+  assert_int_equal(gw_store_forget_stream(f->st, 1), GW_ENOTFOUND);
+  assert_int_equal(open_inc(f->st, 1, "lc", "t", 8, 9, GW_OPEN_NEW, 10, 101), 0);      /* resumed */
+  assert_int_equal(open_inc(f->st, 2, "lc", "t", 8, 9, GW_OPEN_RESTORED, 11, 102), 0); /* silent */
+  assert_int_equal(put_inc(f->st, 2, 9, 11, 102), 0);
+  assert_int_equal(gw_store_restart_stream(f->st, 2, &ref, &rs), 0); /* same key: event only */
+  ref.k = 16;
+  rs.reason = GW_RESTART_CONFIG;
+  rs.step = 30;
+  rs.recv_ns = 106;
+  assert_int_equal(gw_store_restart_stream(f->st, 2, &ref, &rs), 0); /* new k: new segment */
+  assert_int_equal(gw_store_restart_stream(f->st, 9, &ref, &rs), GW_ENOTFOUND);
+  rs.reason = 0;
+  assert_int_equal(gw_store_restart_stream(f->st, 2, &ref, &rs), GW_EINVAL);
+  assert_int_equal(open_inc(f->st, 3, "lc", "u", 8, 9, GW_OPEN_NEW, 0, 103), 0); /* no history */
+  assert_int_equal(open_inc(f->st, 4, "", "u", 8, 9, GW_OPEN_NEW, 0, 103), GW_EINVAL);
+  assert_int_equal(open_inc(f->st, 4, "lc", "u", 8, 9, 7, 0, 103), GW_EINVAL);
+  assert_int_equal(gw_store_flush(f->st), 0);
+
+  assert_int_equal(gw_store_restarts(f->st, "lc", NULL, 0, &ev, &n), 0);
+  assert_int_equal(n, 3); /* newest first */
+  assert_string_equal(ev[0].reason, "config_changed");
+  assert_int_equal(ev[0].step, 30);
+  assert_int_equal(ev[0].recv_ns, 106);
+  assert_string_equal(ev[1].reason, "no_state");
+  assert_int_equal(ev[1].prev_incarnation, 9);
+  assert_int_equal(ev[1].recv_ns, 105);
+  assert_string_equal(ev[2].reason, "resumed");
+  assert_int_equal(ev[2].step, 10);
+  assert_int_equal(ev[2].incarnation, 9);
+  assert_int_equal(ev[2].prev_incarnation, 9);
+  assert_string_equal(ev[2].run, "lc");
+  assert_string_equal(ev[2].tag, "t");
+  gw_store_restarts_free(ev, n);
+  assert_int_equal(gw_store_restarts(f->st, "lc", "u", 0, &ev, &n), 0);
+  assert_int_equal(n, 0);
+  gw_store_restarts_free(ev, n);
+  assert_int_equal(gw_store_restarts(f->st, "lc", "t", 2, &ev, &n), 0);
+  assert_int_equal(n, 2);
+  gw_store_restarts_free(ev, n);
+  assert_int_equal(gw_store_restarts(f->st, "nope", NULL, 0, &ev, &n), GW_ENOTFOUND);
+  assert_int_equal(gw_store_restarts(f->st, NULL, NULL, 0, &ev, &n), GW_EINVAL);
+  assert_int_equal(gw_store_streams(f->st, "lc", &ss, &n), 0);
+  assert_int_equal(n, 2);
+  assert_int_equal(ss[0].segments, 2); /* t: incarnation 9 at k 8, then k 16 */
+  assert_int_equal(ss[0].k, 16);
+  assert_int_equal(ss[0].points, 11);
+  assert_int_equal(ss[0].last_seen_ns, 106);
+  gw_store_streams_free(ss, n);
+}
+
+static int64_t T_MIN = 60LL * 1000000000LL;
+
+/* Run state: live (received within stall), stalled, finished (retired). */
+static void runs_state(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_run_t *runs;
+  size_t n;
+  int64_t now = now_ns();
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "a_live", "t", 8, 1, GW_OPEN_NEW, 0, now - 2 * T_MIN), 0);
+  assert_int_equal(put_inc(f->st, 0, 1, 1, now - 2 * T_MIN), 0);
+  assert_int_equal(open_inc(f->st, 1, "a_live", "u", 8, 1, GW_OPEN_NEW, 0, now), 0);
+  assert_int_equal(put_inc(f->st, 1, 1, 1, now - 1000), 0);
+  assert_int_equal(open_inc(f->st, 2, "b_stalled", "t", 8, 1, GW_OPEN_NEW, 0, now - 2 * T_MIN), 0);
+  assert_int_equal(put_inc(f->st, 2, 1, 1, now - 2 * T_MIN), 0);
+  assert_int_equal(open_inc(f->st, 3, "c_finished", "t", 8, 1, GW_OPEN_NEW, 0, now), 0);
+  assert_int_equal(put_inc(f->st, 3, 1, 1, now), 0);
+  assert_int_equal(gw_store_forget_stream(f->st, 3), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_runs(f->st, now, T_MIN, &runs, &n), 0);
+  assert_int_equal(n, 3);
+  assert_int_equal(runs[0].state, GW_RUN_LIVE);
+  assert_int_equal(runs[0].last_seen_ns, now);
+  assert_int_equal(runs[1].state, GW_RUN_STALLED);
+  assert_int_equal(runs[2].state, GW_RUN_FINISHED);
+  assert_string_equal(gw_store_run_state_name(runs[1].state), "stalled");
+  assert_null(gw_store_run_state_name(GW_RUN_STATE_COUNT));
+  gw_store_runs_free(runs, n);
+  /* three minutes later the live run has stalled */
+  assert_int_equal(gw_store_runs(f->st, now + 3 * T_MIN, T_MIN, &runs, &n), 0);
+  assert_int_equal(runs[0].state, GW_RUN_STALLED);
+  gw_store_runs_free(runs, n);
+  assert_int_equal(gw_store_runs(f->st, now, -1, &runs, &n), GW_EINVAL);
+}
+
+/* Retention goes by the daemon's receive time: the publisher's clock
+ * (wall_ns) may say anything. */
+static void retention_by_recv(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_series_t s;
+  uint64_t rows = 0;
+  int64_t now = now_ns(), day = 86400LL * 1000000000LL;
+  int metric = GW_METRIC_WALL_TIME;
+  cfg_init(&c, f->path);
+  c.retention_days = 1;
+  c.retention_check_ms = 30;
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "rr", "t", 8, 1, GW_OPEN_NEW, 0, now), 0);
+  /* within a segment receive time grows with the step (the minute index
+   * deletes a segment's steps up to a minute's last one) */
+  gw_point_t p = mkpoint(0, 1, 1, now); /* publisher says now, received 3 days ago */
+  p.recv_ns = now - 3 * day;
+  assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  p = mkpoint(0, 2, 2, INT64_MIN); /* publisher clock at the dawn of time */
+  p.recv_ns = now;
+  assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  p = mkpoint(0, 3, 3, 1000);
+  p.recv_ns = now;
+  assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  p = mkpoint(0, 4, 4, now - 3 * day);
+  p.recv_ns = now;
+  assert_int_equal(gw_store_put_point(f->st, &p), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  for (int i = 0; i < 300; i++) {
+    assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+    if (rows == 3) break;
+    sleep_ms(10);
+  }
+  assert_int_equal(rows, 3);
+  sleep_ms(100); /* more passes change nothing */
+  assert_int_equal(gw_store_series(f->st, "rr", "t", &metric, 1, 0, UINT64_MAX, 0, &s, 0), 0);
+  assert_int_equal(s.n, 3);
+  assert_int_equal(s.step[0], 2);
+  assert_int_equal(s.step[1], 3);
+  assert_int_equal(s.step[2], 4);
+  assert_true(s.cols[0][1] == (double)1000 * 1e-9); /* wall_ns still stored, as wall_time */
+  gw_store_series_free(&s);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
+/* Replay: the current segment's sketches in step order, as float64. */
+typedef struct {
+  uint64_t steps[16];
+  double first[16];
+  uint32_t k;
+  size_t n, stop_at;
+} replay_cap_t;
+
+static int replay_cb(void *arg, uint64_t step, const double *z, uint32_t k) {
+  replay_cap_t *r = arg;
+  r->steps[r->n] = step;
+  r->first[r->n] = z[k - 1];
+  r->k = k;
+  if (++r->n == r->stop_at) return 42;
+  return 0;
+}
+
+static void replay(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  replay_cap_t r = {0};
+  double z[4];
+  cfg_init(&c, f->path);
+  c.store_sketches = 1;
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "rp", "t", 4, 1, GW_OPEN_NEW, 1, 1), 0);
+  for (uint64_t st = 1; st <= 5; st++) {
+    for (int i = 0; i < 4; i++) z[i] = (double)st + 0.25 * i;
+    assert_int_equal(gw_store_put_sketch(f->st, 0, st, z, 4), 0);
+  }
+  assert_int_equal(open_inc(f->st, 0, "rp", "t", 4, 2, GW_OPEN_NEW, 3, 2), 0);
+  for (uint64_t st = 6; st >= 3; st--) { /* queued out of order: read back in order */
+    for (int i = 0; i < 4; i++) z[i] = 100.0 + (double)st + 0.1 * i;
+    assert_int_equal(gw_store_put_sketch(f->st, 0, st, z, 4), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_replay(f->st, "rp", "t", replay_cb, &r), 0);
+  assert_int_equal(r.n, 4);
+  assert_int_equal(r.k, 4);
+  for (size_t i = 0; i < 4; i++) {
+    assert_int_equal(r.steps[i], 3 + i);
+    assert_true(r.first[i] == (double)(float)(100.0 + (double)(3 + i) + 0.3));
+  }
+  memset(&r, 0, sizeof r);
+  r.stop_at = 2;
+  assert_int_equal(gw_store_replay(f->st, "rp", "t", replay_cb, &r), 42);
+  assert_int_equal(r.n, 2);
+  assert_int_equal(gw_store_replay(f->st, "rp", "nope", replay_cb, &r), GW_ENOTFOUND);
+  assert_int_equal(gw_store_replay(f->st, "rp", "t", NULL, &r), GW_EINVAL);
+  { /* export (sketches) keeps visibility: 1, 2 from the first, 3..6 from the second */
+    uint64_t *steps;
+    float *zz;
+    uint32_t k;
+    size_t n;
+    assert_int_equal(gw_store_sketches(f->st, "rp", "t", 0, UINT64_MAX, &steps, &zz, &k, &n), 0);
+    assert_int_equal(n, 6);
+    for (size_t i = 0; i < n; i++) {
+      assert_int_equal(steps[i], i + 1);
+      assert_true(zz[i * 4] == (float)(i < 2 ? (double)(i + 1) : 100.0 + (double)(i + 1)));
+    }
+    free(steps);
+    free(zz);
+  }
+}
+
+/* Blob i of the state round trip: bytes from (i, position). */
+static void state_blob(unsigned char *b, size_t len, uint32_t i) {
+  uint64_t x = i * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t j = 0; j < len; j += 8) {
+    uint64_t v = splitmix(&x);
+    memcpy(b + j, &v, len - j < 8 ? len - j : 8);
+  }
+}
+
+#define ST_N 1000
+#define ST_LEN (100 * 1024)
+
+/* Save 1,000 engine states of 100 KB, reopen (a daemon restart), resume
+ * them, clear them; and the bad cases. */
+static void state_roundtrip(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_resume_t *rs;
+  size_t n;
+  unsigned char *blob = malloc(ST_LEN), *want = malloc(ST_LEN);
+  int64_t now = now_ns();
+  fault_t ft = {0};
+  sqlite3 *db;
+  assert_non_null(blob);
+  assert_non_null(want);
+  cfg_init(&c, f->path);
+  c.store_sketches = 1;
+  c.fault = fault_cb;
+  c.fault_arg = &ft;
+  open_ok(f, &c);
+  /* bad cases before any transaction */
+  assert_int_equal(gw_store_state_put(f->st, "r", "t", blob, 8), GW_EINVAL);
+  assert_int_equal(gw_store_state_commit(f->st), GW_EINVAL);
+  for (uint32_t i = 0; i < ST_N; i++) {
+    char tag[16];
+    double z[4] = {1, 2, 3, 4};
+    snprintf(tag, sizeof tag, "t%u", i);
+    assert_int_equal(open_inc(f->st, i, "st", tag, 4, 1000 + i, GW_OPEN_NEW, 10, now), 0);
+    assert_int_equal(put_inc(f->st, i, 1000 + i, 10 + i % 7, now), 0);
+    if (i % 2) assert_int_equal(gw_store_put_sketch(f->st, i, 10, z, 4), 0);
+  }
+  /* begin flushes what is queued */
+  assert_int_equal(gw_store_state_begin(f->st), 0);
+  assert_int_equal(gw_store_state_begin(f->st), GW_EINVAL);
+  assert_int_equal(gw_store_state_put(f->st, "", "t", blob, 8), GW_EINVAL);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t0", NULL, 8), GW_EINVAL);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t0", blob, 0), GW_EINVAL);
+  for (uint32_t i = 0; i < ST_N; i++) {
+    char tag[16];
+    snprintf(tag, sizeof tag, "t%u", i);
+    state_blob(blob, ST_LEN - i, i);
+    assert_int_equal(gw_store_state_put(f->st, "st", tag, blob, ST_LEN - i), 0);
+  }
+  assert_int_equal(gw_store_state_commit(f->st), 0);
+  assert_int_equal(gw_store_state_commit(f->st), GW_EINVAL);
+  gw_store_close(f->st); /* the daemon restarts */
+  f->st = NULL;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_resume_list(f->st, now - T_MIN, &rs, &n), 0);
+  assert_int_equal(n, ST_N);
+  for (size_t j = 0; j < n; j++) {
+    uint32_t i = (uint32_t)atoi(rs[j].tag + 1);
+    assert_string_equal(rs[j].run, "st");
+    assert_int_equal(rs[j].incarnation, 1000 + i);
+    assert_int_equal(rs[j].k, 4);
+    assert_int_equal(rs[j].kind, 1);
+    assert_int_equal(rs[j].s, 1);
+    assert_int_equal(rs[j].seed, 5);
+    assert_int_equal(rs[j].first_step, 10);
+    assert_int_equal(rs[j].last_step, 10 + i % 7);
+    assert_int_equal(rs[j].last_seen_ns, now);
+    assert_int_equal(rs[j].has_sketches, (int)(i % 2));
+    assert_int_equal(rs[j].state_len, ST_LEN - i);
+    state_blob(want, ST_LEN - i, i);
+    assert_memory_equal(rs[j].state, want, ST_LEN - i);
+  }
+  gw_store_resume_free(rs, n);
+
+  /* a failing commit rolls back: the saved rows stay as they were */
+  assert_int_equal(gw_store_state_begin(f->st), 0);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t0", "x", 1), 0);
+  atomic_store(&ft.op, GW_STORE_OP_COMMIT);
+  atomic_store(&ft.once, 1);
+  atomic_store(&ft.code, SQLITE_IOERR);
+  assert_int_equal(gw_store_state_commit(f->st), GW_EIO);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t0", "x", 1), GW_EINVAL); /* ended */
+  /* a failing put too, and ends the transaction */
+  assert_int_equal(gw_store_state_begin(f->st), 0);
+  atomic_store(&ft.op, GW_STORE_OP_STEP);
+  atomic_store(&ft.once, 1);
+  atomic_store(&ft.code, SQLITE_FULL);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t1", "x", 1), -ENOSPC);
+  assert_int_equal(gw_store_state_commit(f->st), GW_EINVAL);
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM stream_state"), ST_N);
+  assert_int_equal(raw_int(db, "SELECT length(blob) FROM stream_state WHERE tag = 't0'"), ST_LEN);
+  sqlite3_close(db);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+
+  /* clear: streams resume without state */
+  assert_int_equal(gw_store_state_clear(f->st), 0);
+  assert_int_equal(gw_store_resume_list(f->st, now - T_MIN, &rs, &n), 0);
+  assert_int_equal(n, ST_N);
+  for (size_t j = 0; j < n; j++) {
+    assert_null(rs[j].state);
+    assert_int_equal(rs[j].state_len, 0);
+  }
+  gw_store_resume_free(rs, n);
+  /* a new save replaces every old row */
+  assert_int_equal(gw_store_state_begin(f->st), 0);
+  assert_int_equal(gw_store_state_put(f->st, "st", "t5", "abc", 3), 0);
+  assert_int_equal(gw_store_state_commit(f->st), 0);
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM stream_state"), 1);
+  sqlite3_close(db);
+  free(blob);
+  free(want);
+}
+
+/* resume_list retires streams marked live whose last receive is older than
+ * live_since; forgotten streams are not resumed at all. */
+static void resume_stale(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_resume_t *rs;
+  gw_store_run_t *runs;
+  size_t n;
+  int64_t now = now_ns(), hour = 60 * T_MIN;
+  sqlite3 *db;
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "fresh", "t", 8, 1, GW_OPEN_NEW, 0, now), 0);
+  assert_int_equal(open_inc(f->st, 1, "stale", "t", 8, 2, GW_OPEN_NEW, 0, now - 2 * hour), 0);
+  assert_int_equal(put_inc(f->st, 1, 2, 4, now - 2 * hour), 0);
+  assert_int_equal(open_inc(f->st, 2, "gone", "t", 8, 3, GW_OPEN_NEW, 0, now), 0);
+  assert_int_equal(gw_store_forget_stream(f->st, 2), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  gw_store_close(f->st); /* kill -9 or SIGTERM: live flags stay as they were */
+  f->st = NULL;
+  open_ok(f, &c);
+  assert_int_equal(gw_store_resume_list(f->st, now - hour, &rs, &n), 0);
+  assert_int_equal(n, 1);
+  assert_string_equal(rs[0].run, "fresh");
+  assert_int_equal(rs[0].incarnation, 1);
+  assert_int_equal(rs[0].last_step, 0); /* no point yet: its first step */
+  assert_int_equal(rs[0].has_sketches, 0);
+  assert_null(rs[0].state);
+  gw_store_resume_free(rs, n);
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM streams WHERE live = 1"), 1);
+  sqlite3_close(db);
+  assert_int_equal(gw_store_runs(f->st, now, T_MIN, &runs, &n), 0);
+  assert_int_equal(n, 3);
+  assert_int_equal(runs[0].state, GW_RUN_LIVE);     /* fresh */
+  assert_int_equal(runs[1].state, GW_RUN_FINISHED); /* gone */
+  assert_int_equal(runs[2].state, GW_RUN_FINISHED); /* stale, retired */
+  gw_store_runs_free(runs, n);
+  assert_int_equal(gw_store_resume_list(f->st, now - hour, NULL, &n), GW_EINVAL);
+}
+
+/* ":memory:" serves the synchronous calls from the writer's connection. */
+static void memory_state(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_resume_t *rs;
+  size_t n;
+  (void)f;
+  cfg_init(&c, ":memory:");
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "m", "t", 8, 1, GW_OPEN_NEW, 0, now_ns()), 0);
+  assert_int_equal(gw_store_state_begin(f->st), 0);
+  assert_int_equal(gw_store_state_put(f->st, "m", "t", "blob", 4), 0);
+  assert_int_equal(gw_store_state_commit(f->st), 0);
+  assert_int_equal(gw_store_resume_list(f->st, 0, &rs, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(rs[0].state_len, 4);
+  assert_memory_equal(rs[0].state, "blob", 4);
+  gw_store_resume_free(rs, n);
+  assert_int_equal(gw_store_state_clear(f->st), 0);
+}
+
+/* A disk fault in the middle of a batch holding a new incarnation: the whole
+ * transaction (segment, event, points) rolls back with the writer's map, the
+ * retry writes it once, and the database stays sound. */
+static void fault_new_incarnation(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_restart_t *ev;
+  gw_series_t s;
+  size_t n;
+  fault_t ft = {0};
+  int metric = GW_METRIC_LOSS;
+  cfg_init(&c, f->path);
+  c.fault = fault_cb;
+  c.fault_arg = &ft;
+  open_ok(f, &c);
+  assert_int_equal(open_inc(f->st, 0, "fi", "t", 8, 1, GW_OPEN_NEW, 0, 10), 0);
+  for (uint64_t st = 0; st < 20; st++) assert_int_equal(put_inc(f->st, 0, 1, st, 10), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  for (int after = 0; after < 12; after += 3) {
+    char run[16];
+    snprintf(run, sizeof run, "fi%d", after);
+    assert_int_equal(open_inc(f->st, 1, run, "t", 8, 1, GW_OPEN_NEW, 0, 10), 0);
+    for (uint64_t st = 0; st < 20; st++) assert_int_equal(put_inc(f->st, 1, 1, st, 10), 0);
+    assert_int_equal(gw_store_flush(f->st), 0);
+    atomic_store(&ft.op, GW_STORE_OP_STEP);
+    atomic_store(&ft.after, after);
+    atomic_store(&ft.once, 1);
+    atomic_store(&ft.code, SQLITE_IOERR);
+    assert_int_equal(open_inc(f->st, 1, run, "t", 8, 2, GW_OPEN_NEW, 10, 20), 0);
+    for (uint64_t st = 10; st < 30; st++) assert_int_equal(put_inc(f->st, 1, 2, st, 20), 0);
+    assert_int_equal(gw_store_flush(f->st), GW_EIO);
+    assert_int_equal(gw_store_flush(f->st), 0); /* the retry */
+    assert_int_equal(gw_store_restarts(f->st, run, NULL, 0, &ev, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(ev[0].reason, "incarnation");
+    gw_store_restarts_free(ev, n);
+    assert_int_equal(gw_store_series(f->st, run, "t", &metric, 1, 0, UINT64_MAX, 0, &s, 0), 0);
+    assert_int_equal(s.n, 30);
+    for (size_t i = 0; i < s.n; i++) {
+      assert_int_equal(s.step[i], i);
+      assert_int_equal(s.inc[i], i < 10 ? 1 : 2);
+    }
+    gw_store_series_free(&s);
+    assert_int_equal(gw_store_series(f->st, run, "t", &metric, 1, 0, UINT64_MAX, 0, &s, 1), 0);
+    assert_int_equal(s.n, 40);
+    gw_store_series_free(&s);
+    assert_int_equal(gw_store_integrity_check(f->st), 0);
+  }
+  assert_int_equal(gw_stats_get(&f->stats.store_duplicates), 0);
 }
 
 int main(void) {
@@ -1359,6 +2144,17 @@ int main(void) {
       cmocka_unit_test_setup_teardown(alerts_roundtrip, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(sketches, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(bad_input, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(migration_v1, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(crash_resume, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(visibility_random, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(lifecycle_events, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(runs_state, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(retention_by_recv, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(replay, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(state_roundtrip, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(resume_stale, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(memory_state, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(fault_new_incarnation, fx_setup, fx_teardown),
   };
   init_all_metrics();
   return cmocka_run_group_tests(tests, NULL, NULL);
