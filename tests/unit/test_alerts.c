@@ -612,10 +612,9 @@ static void metrics_families(void **state) {
   (void)state;
   gw_metrics_t *m;
   assert_int_equal(gw_metrics_new(&m, NULL), 0);
-  gw_alerts_deps_t deps = {.metrics = m};
   gw_alerts_t *a = load("[alerts]\ndefaults = false\n[alert hot]\nmetric = loss\n"
                         "threshold = 1\nseverity = critical\n",
-                        &deps);
+                        NULL);
   gw_point_t p = point(1, GW_METRIC_LOSS, 2);
   gw_alerts_observe(a, "r\"1", "all", &p, 0);
   gw_alerts_observe(a, "r0", "all", &p, 0);
@@ -690,10 +689,9 @@ static void threads_serialise(void **state) {
   (void)state;
   gw_metrics_t *m;
   assert_int_equal(gw_metrics_new(&m, NULL), 0);
-  gw_alerts_deps_t deps = {.metrics = m};
   gw_alerts_t *a = load("[alerts]\ndefaults = false\n[alert hot]\nmetric = loss\n"
                         "threshold = 1\n[alert quiet]\nkind = stalled\nseconds = 1e-9\n",
-                        &deps);
+                        NULL);
   atomic_int stop;
   atomic_init(&stop, 0);
   race_t r1 = {a, m, "one", &stop}, r2 = {a, m, "two", &stop};
