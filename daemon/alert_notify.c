@@ -111,6 +111,7 @@ static void fmt_num(char *buf, size_t cap, double v) {
 static char *expand(const char *tmpl, const char *const *vars) {
   gw_buf_t b;
   gw_buf_init(&b);
+  gw_buf_append(&b, "", 0); /* "" for an empty template (gw_buf_steal alone leaves it unterminated) */
   for (const char *t = tmpl; *t;) {
     const char *rep = NULL, *end = NULL;
     if (*t == '{' && (end = strchr(t, '}')))

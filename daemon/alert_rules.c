@@ -542,6 +542,7 @@ static char *read_file(const char *path, char *err, size_t errlen, int *rc) {
     *rc = GW_ECONFIG;
     return NULL;
   }
+  gw_buf_append(&b, "", 0); /* terminated even when the file is empty */
   while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) gw_buf_append(&b, chunk, n);
   int bad = ferror(f);
   fclose(f);
