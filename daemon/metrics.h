@@ -10,7 +10,7 @@
  *
  * As a sink (gw_metrics_sink) it also counts the streams' lifecycle:
  * gradwatch_streams_retired_total and gradwatch_stream_restarts_total{reason}.
- * Other modules' families (the alerts') come through the extra callback of
+ * Other modules' families come through the extra callback of
  * gw_metrics_render: this module knows none of them.
  *
  * Output is the text format 0.0.4: every family is one HELP line, one TYPE
