@@ -1,22 +1,27 @@
 /* alerts.h — rules evaluated on every point, alert states, notifications
- * (SPEC §7; docs/ALERTS.md is the operator's guide).
+ * (docs/ALERTS.md is the operator's guide).
  *
- * Rules come from the daemon's INI file: `[alert NAME]` sections (kind
- * threshold | relative | stalled) and the `[alerts]` section (webhooks,
- * defaults, limits); the shipped default rules (GW_ALERTS_DEFAULT_RULES)
- * are loaded first and a user rule of the same name replaces one.
+ * The module is four files: alert_rules.c parses and validates the rules
+ * (`[alert NAME]` sections, kind threshold | relative | stalled, and the
+ * `[alerts]` section; the shipped defaults GW_ALERTS_DEFAULT_RULES are
+ * loaded first and a user rule of the same name replaces one),
+ * alert_kinds.c says what each kind means, alerts.c keeps the streams and
+ * the state machine, alert_notify.c writes and sends what changed.
  *
- * Data flow: ingest → gw_alerts_observe (every point) and a 1 s libuv timer
- * → gw_alerts_tick; a state change is written to the store
- * (gw_store_put_alert), published on SSE (gw_live_publish_alert), counted
- * in gradwatch_alerts_firing (gw_metrics_set_alerts_firing) and queued to
- * every webhook (gw_webhook_send). Nothing here waits on disk or network.
+ * Data flow: ingest → the alerts sink (gw_alerts_sink: every point, and a
+ * stream's restart and retirement) and a 1 s libuv timer → gw_alerts_tick;
+ * a state change is written to the store (gw_store_put_alert), published
+ * on SSE (gw_live_publish_alert) and queued to every webhook
+ * (gw_webhook_send). /metrics pulls the alert families (gw_alerts_metrics);
+ * nothing here pushes into the metrics. Nothing here waits on disk or
+ * network.
  *
- * Threads: observe, tick, forget and counters may be called from any
- * thread and serialise on an internal mutex (ingest's workers observe, the
- * loop thread ticks); reload too, but from one thread at a time (SIGHUP on
- * the loop). gw_alerts_metrics and gw_alerts_firing_count may run on any
- * thread (HTTP) beside them. new and free: nothing else may run.
+ * Threads: observe, tick, forget, the sink's callbacks and counters may be
+ * called from any thread and serialise on an internal mutex (ingest's
+ * workers observe, the loop thread ticks); reload too, but from one thread
+ * at a time (SIGHUP on the loop). gw_alerts_metrics and
+ * gw_alerts_firing_count may run on any thread (HTTP) beside them. new and
+ * free: nothing else may run.
  */
 #ifndef GW_ALERTS_H
 #define GW_ALERTS_H
@@ -24,24 +29,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "point.h"
+#include "log.h"
 #include "metrics.h"
+#include "point.h"
+#include "sink.h"
+#include "store.h"
 
-struct gw_store_s;
 struct gw_live_s;
-struct gw_metrics_s;
 
 /* What the module writes to. All borrowed, each may be NULL, and each must
  * outlive the gw_alerts_t. */
 typedef struct gw_alerts_deps_s {
-  struct gw_store_s *store;     /* persistence + restore at start; NULL: ids are local */
-  struct gw_live_s *live;       /* SSE */
-  struct gw_metrics_s *metrics; /* gradwatch_alerts_firing */
-  /* Log sink: level is gw_log_level_t (0 error … 3 debug), event a short
-   * snake_case name, kv logfmt key=value pairs (quoted where needed). Called
-   * from the loop thread; strings borrowed for the call. */
-  void (*log)(void *arg, int level, const char *event, const char *kv);
-  void *log_arg;
+  struct gw_store_s *store; /* persistence + restore at start; NULL: ids are local */
+  struct gw_live_s *live;   /* SSE */
+  gw_log_t *log;            /* NULL: silent */
 } gw_alerts_deps_t;
 
 typedef struct gw_alerts_s gw_alerts_t;
@@ -66,11 +67,12 @@ void gw_alerts_free(gw_alerts_t *a, uint32_t drain_ms);
  * alerts of rules that are gone (or no longer match their stream) resolve. */
 int gw_alerts_reload(gw_alerts_t *a, const char *path, char *err, size_t errlen);
 
-/* Evaluate every rule matching (run, tag) on point p; now_ns is a monotonic
- * clock (uv_hrtime()), the same one gw_alerts_tick gets. Also marks the
- * stream alive for stalled rules. Returns 0 or GW_ENOMEM / GW_EINVAL
- * (the point is then not evaluated). States are only created for streams
- * that match a rule, at most max_states in all (the rest are counted). */
+/* Evaluate every rule matching (run, tag) on point p; now_ns is the
+ * monotonic clock (gw_mono_ns(), CLOCK_MONOTONIC), the same one
+ * gw_alerts_tick gets. Also marks the stream alive for stalled rules.
+ * Returns 0 or GW_ENOMEM / GW_EINVAL (the point is then not evaluated).
+ * States are only created for streams that match a rule, at most
+ * max_states in all (the rest are counted). */
 int gw_alerts_observe(gw_alerts_t *a, const char *run, const char *tag, const gw_point_t *p,
                       int64_t now_ns);
 
@@ -79,13 +81,21 @@ int gw_alerts_observe(gw_alerts_t *a, const char *run, const char *tag, const gw
  * resolve). Returns 0. */
 int gw_alerts_tick(gw_alerts_t *a, int64_t now_ns);
 
-/* The stream is gone (the engine dropped it): resolve its alerts and free
- * its states. 0, or GW_ENOTFOUND. */
+/* The stream was retired: drop its evaluation state. A pending alert of it
+ * is dropped; a firing one resolves with the annotation reason = "stream
+ * retired" (persisted and notified). 0, or GW_ENOTFOUND. */
 int gw_alerts_forget(gw_alerts_t *a, const char *run, const char *tag);
 
-/* gw_metrics_extra_fn (arg = the gw_alerts_t): writes the per-alert gauge
- * gradwatch_alert{rule,run,tag,severity} 1 for every firing alert and the
- * notification counters. Any thread. */
+/* The alerts as a sink (sink.h), arg = a: point → gw_alerts_observe at
+ * gw_mono_ns(); restart → the stream's baselines start afresh (a new
+ * incarnation is a new regime) and pending counts end, while firing alerts
+ * keep their baseline and resolve by hysteresis; forget →
+ * gw_alerts_forget. */
+void gw_alerts_sink(gw_alerts_t *a, gw_sink_t *out);
+
+/* gw_metrics_extra_fn (arg = the gw_alerts_t): writes gradwatch_alerts_firing,
+ * the per-alert gauge gradwatch_alert{rule,run,tag,severity} 1 for every
+ * firing alert and the transition and notification counters. Any thread. */
 int gw_alerts_metrics(void *arg, gw_metrics_writer_t *w);
 
 /* Alerts firing now. Any thread. */
@@ -102,7 +112,13 @@ typedef struct gw_alerts_counters_s {
 } gw_alerts_counters_t;
 void gw_alerts_counters(gw_alerts_t *a, gw_alerts_counters_t *out);
 
-/* The shipped default rules, INI text (loaded unless [alerts] defaults = false). */
-extern const char GW_ALERTS_DEFAULT_RULES[];
+/* The JSON object of an alert, as /api/v1/alerts lists it, SSE publishes
+ * it (with "step" added) and the store's record holds it:
+ *   {"id","rule","run","tag","severity","state":"pending|firing|resolved",
+ *    "value","threshold","started_step","started_at","fired_at",
+ *    "resolved_at","labels":{…},"annotations":{…}}
+ * times in Unix seconds; absent values null. The caller frees the text;
+ * NULL when out of memory. */
+char *gw_alerts_json(const gw_store_alert_t *a);
 
 #endif

@@ -37,6 +37,7 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
+#include "alerts.h"
 #include "assets.h"
 #include "gw_error.h"
 #include "gw_proto.h"
@@ -344,54 +345,6 @@ static enum MHD_Result h_series(gw_http_t *h, struct MHD_Connection *c) {
   return send_response(c, MHD_HTTP_OK, json_response(b.p));
 }
 
-static const char *const alert_states[] = {"pending", "firing", "resolved"};
-
-/* Alert object text JSON (labels, annotations): embedded when it parses as
- * an object, else null. */
-static cJSON *add_json_object(cJSON *o, const char *key, const char *text) {
-  cJSON *v = text ? cJSON_Parse(text) : NULL;
-  if (v && !cJSON_IsObject(v)) {
-    cJSON_Delete(v);
-    v = NULL;
-  }
-  if (!v) return cJSON_AddNullToObject(o, key);
-  if (!cJSON_AddItemToObject(o, key, v)) {
-    cJSON_Delete(v);
-    return NULL;
-  }
-  return v;
-}
-
-static cJSON *add_str_or_null(cJSON *o, const char *key, const char *v) {
-  return v ? cJSON_AddStringToObject(o, key, v) : cJSON_AddNullToObject(o, key);
-}
-
-static cJSON *alert_object(const gw_store_alert_t *a) {
-  cJSON *o = cJSON_CreateObject();
-  int st = a->state;
-  if (!o || !add_u64(o, "id", a->id) || !add_str_or_null(o, "rule", a->rule) ||
-      !add_str_or_null(o, "run", a->run) || !add_str_or_null(o, "tag", a->tag) ||
-      !add_str_or_null(o, "severity", a->severity) ||
-      !add_str_or_null(o, "state", st >= 0 && st <= 2 ? alert_states[st] : NULL) ||
-      !add_num(o, "value", a->value) || !add_num(o, "threshold", a->threshold) ||
-      !add_u64(o, "started_step", a->started_step) ||
-      !add_time(o, "started_at", a->started_ns) || !add_time(o, "fired_at", a->fired_ns) ||
-      !add_time(o, "resolved_at", a->resolved_ns) ||
-      !add_json_object(o, "labels", a->labels) ||
-      !add_json_object(o, "annotations", a->annotations)) {
-    cJSON_Delete(o);
-    return NULL;
-  }
-  return o;
-}
-
-char *gw_http_alert_json(const gw_store_alert_t *a) {
-  cJSON *o = alert_object(a);
-  char *text = o ? cJSON_PrintUnformatted(o) : NULL;
-  cJSON_Delete(o);
-  return text;
-}
-
 static enum MHD_Result h_alerts(gw_http_t *h, struct MHD_Connection *c) {
   const char *state = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "state");
   const char *limit_s = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "limit");
@@ -410,7 +363,9 @@ static enum MHD_Result h_alerts(gw_http_t *h, struct MHD_Connection *c) {
   if (rc != 0) return send_failure(c, rc);
   cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "alerts");
   for (size_t i = 0; arr && i < n; i++) {
-    cJSON *a = alert_object(&as[i]);
+    char *text = gw_alerts_json(&as[i]); /* the alerts' object, as SSE has it */
+    cJSON *a = text ? cJSON_Parse(text) : NULL;
+    free(text);
     if (!a) goto nomem;
     cJSON_AddItemToArray(arr, a);
   }

@@ -13,7 +13,7 @@
  *   /api/v1/series?run=&tag=&metrics=a,b&from=&to=&max_points=
  *                           {"run","tag","step":[…],"a":[…],"b":[…]} (no metrics=: all;
  *                           max_points 2..1000000, min/max downsampling by the store)
- *   /api/v1/alerts?state=firing|resolved|all&limit=   {"alerts":[gw_http_alert_json objects]}
+ *   /api/v1/alerts?state=firing|resolved|all&limit=   {"alerts":[gw_alerts_json objects]}
  *   /api/v1/events?run=&tag= Server-Sent Events (live.h)
  *   /api/v1/stats           daemon counters (gw_stats_t, store rows)
  *   /metrics                Prometheus text (metrics.h)
@@ -83,14 +83,5 @@ uint16_t gw_http_port(const gw_http_t *h);
 
 /* Stop and free; see the life cycle above. Accepts NULL. */
 void gw_http_stop(gw_http_t *h);
-
-/* The JSON object /api/v1/alerts lists for a, as text — the alerts module
- * publishes the same object on SSE (gw_live_publish_alert) and to webhooks:
- *   {"id","rule","run","tag","severity","state":"pending|firing|resolved",
- *    "value","threshold","started_step","started_at","fired_at",
- *    "resolved_at","labels":{…},"annotations":{…}}
- * times in Unix seconds; absent values null. The caller frees the text;
- * NULL when out of memory. */
-char *gw_http_alert_json(const gw_store_alert_t *a);
 
 #endif

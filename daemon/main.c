@@ -56,10 +56,6 @@ typedef struct daemon_s {
 
 static void on_closed_noop(uv_handle_t *h) { (void)h; }
 
-static void alerts_log(void *arg, int level, const char *event, const char *kv) {
-  gw_log((gw_log_t *)arg, level, event, "%s", kv);
-}
-
 static void on_alerts_tick(uv_timer_t *t) {
   daemon_t *d = t->data;
   gw_alerts_tick(d->alerts, (int64_t)uv_hrtime());
@@ -200,11 +196,7 @@ static int start(daemon_t *d, char *err, size_t errlen) {
     snprintf(err, errlen, "metrics: %s", gw_strerror(rc));
     return rc;
   }
-  gw_alerts_deps_t ad = {.store = d->store,
-                         .live = d->live,
-                         .metrics = d->metrics,
-                         .log = alerts_log,
-                         .log_arg = &d->log};
+  gw_alerts_deps_t ad = {.store = d->store, .live = d->live, .log = &d->log};
   if ((rc = gw_alerts_new(&d->alerts, c->config_path, &ad, err, errlen))) return rc;
   gw_http_config_t hc = {.addr = c->http, .token = d->token,
                          .cert_file = c->http_cert, .key_file = c->http_key};

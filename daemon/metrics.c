@@ -1,12 +1,11 @@
 /* metrics.c — latest values per stream and the Prometheus text rendering.
  *
- * The table is a chained hash keyed by (run, tag) (FNV-1a over
- * run NUL tag), doubling its bucket array when the load passes 1. Each entry
- * is one allocation holding the values and both names. One mutex guards the
- * table; render copies the entries into a flat snapshot under it, then sorts
- * and formats without it. Numbers are written by gw_fmt_double (numfmt.h), the
- * shortest text that reads back exactly, so values reach Prometheus bit for
- * bit.
+ * The table is a gw_rtmap_t keyed by (run, tag); each entry is one
+ * allocation holding the values and both names. One mutex guards the table
+ * and the lifecycle counters; render copies the entries into a flat
+ * snapshot under it, then sorts and formats without it. Numbers are written
+ * by gw_fmt_double (numfmt.h), the shortest text that reads back exactly,
+ * so values reach Prometheus bit for bit.
  */
 #include "metrics.h"
 
@@ -22,6 +21,7 @@
 
 #include "gw_error.h"
 #include "numfmt.h"
+#include "util.h"
 
 /* The per-stream values exported; order is the render order of families. */
 enum {
@@ -38,21 +38,18 @@ enum {
 };
 
 typedef struct entry_s {
-  struct entry_s *next; /* hash chain */
-  uint64_t hash;
+  gw_rtnode_t node; /* run, tag point into name[] */
   uint64_t last_step;
   double v[V_COUNT];
-  char *run, *tag; /* point into name[] */
   char name[];
 } entry_t;
 
 struct gw_metrics_s {
-  pthread_mutex_t mu;
+  pthread_mutex_t mu; /* the fields below */
   char *glob;
-  entry_t **buckets;
-  size_t nbuckets; /* power of two */
-  size_t count;
-  atomic_uint_fast64_t alerts_firing;
+  gw_rtmap_t map; /* entry_t by (run, tag) */
+  uint64_t retired;                     /* sink forgets */
+  uint64_t restarts[GW_RESTART_COUNT];  /* sink restarts, by reason */
 };
 
 struct gw_metrics_writer_s {
@@ -61,45 +58,7 @@ struct gw_metrics_writer_s {
   int oom;
 };
 
-/* ---- hash table ---- */
-
-static uint64_t key_hash(const char *run, const char *tag) {
-  uint64_t h = 14695981039346656037ULL;
-  for (const unsigned char *s = (const unsigned char *)run; *s; s++)
-    h = (h ^ *s) * 1099511628211ULL;
-  h = (h ^ 0xffu) * 1099511628211ULL; /* separator no name byte can be */
-  for (const unsigned char *s = (const unsigned char *)tag; *s; s++)
-    h = (h ^ *s) * 1099511628211ULL;
-  return h;
-}
-
-static entry_t **find_slot(gw_metrics_t *m, const char *run, const char *tag,
-                           uint64_t h) {
-  entry_t **pp = &m->buckets[h & (m->nbuckets - 1)];
-  for (; *pp; pp = &(*pp)->next)
-    if ((*pp)->hash == h && strcmp((*pp)->run, run) == 0 &&
-        strcmp((*pp)->tag, tag) == 0)
-      break;
-  return pp;
-}
-
-static int grow(gw_metrics_t *m) {
-  size_t nb = m->nbuckets * 2;
-  entry_t **b = calloc(nb, sizeof *b);
-  if (!b) return GW_ENOMEM;
-  for (size_t i = 0; i < m->nbuckets; i++) {
-    entry_t *e = m->buckets[i], *next;
-    for (; e; e = next) {
-      next = e->next;
-      e->next = b[e->hash & (nb - 1)];
-      b[e->hash & (nb - 1)] = e;
-    }
-  }
-  free(m->buckets);
-  m->buckets = b;
-  m->nbuckets = nb;
-  return 0;
-}
+#define ENTRY(n) GW_CONTAINER_OF(n, entry_t, node)
 
 int gw_metrics_new(gw_metrics_t **out, const char *tags_glob) {
   gw_metrics_t *m = NULL;
@@ -107,32 +66,25 @@ int gw_metrics_new(gw_metrics_t **out, const char *tags_glob) {
   if (!tags_glob) tags_glob = "*";
   if (!*tags_glob) return GW_EINVAL;
   if (!(m = calloc(1, sizeof *m))) return GW_ENOMEM;
-  m->nbuckets = 64;
   m->glob = strdup(tags_glob);
-  m->buckets = calloc(m->nbuckets, sizeof *m->buckets);
-  if (!m->glob || !m->buckets) goto fail;
+  if (!m->glob || gw_rtmap_init(&m->map) != 0) goto fail;
   if (pthread_mutex_init(&m->mu, NULL) != 0) goto fail;
-  atomic_init(&m->alerts_firing, 0);
   *out = m;
   return 0;
 fail:
   free(m->glob);
-  free(m->buckets);
+  gw_rtmap_free(&m->map);
   free(m);
   return GW_ENOMEM;
 }
 
 void gw_metrics_free(gw_metrics_t *m) {
   if (!m) return;
-  for (size_t i = 0; i < m->nbuckets; i++) {
-    entry_t *e = m->buckets[i], *next;
-    for (; e; e = next) {
-      next = e->next;
-      free(e);
-    }
-  }
+  gw_rtiter_t it = {0};
+  gw_rtnode_t *n;
+  while ((n = gw_rtmap_next(&m->map, &it))) free(ENTRY(n));
   pthread_mutex_destroy(&m->mu);
-  free(m->buckets);
+  gw_rtmap_free(&m->map);
   free(m->glob);
   free(m);
 }
@@ -141,25 +93,23 @@ int gw_metrics_observe(gw_metrics_t *m, const char *run, const char *tag,
                        const gw_point_t *p) {
   int rc = 0;
   if (fnmatch(m->glob, tag, 0) != 0) return 0;
-  uint64_t h = key_hash(run, tag);
   pthread_mutex_lock(&m->mu);
-  entry_t **pp = find_slot(m, run, tag, h), *e = *pp;
+  gw_rtnode_t *n = gw_rtmap_find(&m->map, run, tag);
+  entry_t *e = n ? ENTRY(n) : NULL;
   if (!e) {
     size_t rl = strlen(run) + 1, tl = strlen(tag) + 1;
-    if (m->count >= m->nbuckets && grow(m) == 0)
-      pp = find_slot(m, run, tag, h);
     if (!(e = malloc(sizeof *e + rl + tl))) {
       rc = GW_ENOMEM;
       goto out;
     }
-    e->next = NULL;
-    e->hash = h;
-    e->run = e->name;
-    e->tag = e->name + rl;
-    memcpy(e->run, run, rl);
-    memcpy(e->tag, tag, tl);
-    *pp = e;
-    m->count++;
+    memcpy(e->name, run, rl);
+    memcpy(e->name + rl, tag, tl);
+    e->node.run = e->name;
+    e->node.tag = e->name + rl;
+    if ((rc = gw_rtmap_insert(&m->map, &e->node)) != 0) {
+      free(e);
+      goto out;
+    }
   }
   e->last_step = p->step;
   e->v[V_KAPPA_ONESTEP] = p->kappa_onestep;
@@ -177,29 +127,50 @@ out:
 }
 
 int gw_metrics_forget(gw_metrics_t *m, const char *run, const char *tag) {
-  int rc = GW_ENOTFOUND;
-  uint64_t h = key_hash(run, tag);
   pthread_mutex_lock(&m->mu);
-  entry_t **pp = find_slot(m, run, tag, h), *e = *pp;
-  if (e) {
-    *pp = e->next;
-    free(e);
-    m->count--;
-    rc = 0;
-  }
+  gw_rtnode_t *n = gw_rtmap_remove(&m->map, run, tag);
   pthread_mutex_unlock(&m->mu);
-  return rc;
+  free(n ? ENTRY(n) : NULL);
+  return n ? 0 : GW_ENOTFOUND;
 }
 
 size_t gw_metrics_stream_count(gw_metrics_t *m) {
   pthread_mutex_lock(&m->mu);
-  size_t n = m->count;
+  size_t n = m->map.count;
   pthread_mutex_unlock(&m->mu);
   return n;
 }
 
-void gw_metrics_set_alerts_firing(gw_metrics_t *m, uint64_t n) {
-  atomic_store_explicit(&m->alerts_firing, n, memory_order_relaxed);
+/* ---- sink ---- */
+
+static void sink_point(void *arg, const gw_stream_ref_t *s, const gw_point_t *p) {
+  gw_metrics_observe(arg, s->run, s->tag, p);
+}
+
+static void sink_forget(void *arg, const gw_stream_ref_t *s) {
+  gw_metrics_t *m = arg;
+  gw_metrics_forget(m, s->run, s->tag);
+  pthread_mutex_lock(&m->mu);
+  m->retired++;
+  pthread_mutex_unlock(&m->mu);
+}
+
+static void sink_restart(void *arg, const gw_stream_ref_t *s, const gw_restart_t *r) {
+  gw_metrics_t *m = arg;
+  (void)s;
+  if (!gw_restart_reason_name(r->reason)) return; /* not a reason we can name */
+  pthread_mutex_lock(&m->mu);
+  m->restarts[r->reason]++;
+  pthread_mutex_unlock(&m->mu);
+}
+
+void gw_metrics_sink(gw_metrics_t *m, gw_sink_t *out) {
+  memset(out, 0, sizeof *out);
+  out->name = "metrics";
+  out->arg = m;
+  out->point = sink_point;
+  out->restart = sink_restart;
+  out->forget = sink_forget;
 }
 
 /* ---- writer ---- */
@@ -303,23 +274,33 @@ static void sample_u64(gw_metrics_writer_t *w, const char *name,
 
 static int cmp_entry(const void *a, const void *b) {
   const entry_t *x = *(entry_t *const *)a, *y = *(entry_t *const *)b;
-  int c = strcmp(x->run, y->run);
-  return c ? c : strcmp(x->tag, y->tag);
+  int c = strcmp(x->node.run, y->node.run);
+  return c ? c : strcmp(x->node.tag, y->node.tag);
 }
 
+/* What render shows besides the entries, copied with them. */
+typedef struct counts_s {
+  uint64_t retired;
+  uint64_t restarts[GW_RESTART_COUNT];
+} counts_t;
+
 /* A copy of the table: entries (with names) in one block, then pointers. */
-static int snapshot(gw_metrics_t *m, entry_t ***out, size_t *n, void **block) {
+static int snapshot(gw_metrics_t *m, entry_t ***out, size_t *n, void **block,
+                    counts_t *counts) {
   int rc = 0;
+  gw_rtiter_t it = {0};
+  gw_rtnode_t *node;
   *out = NULL;
   *block = NULL;
   pthread_mutex_lock(&m->mu);
+  counts->retired = m->retired;
+  memcpy(counts->restarts, m->restarts, sizeof counts->restarts);
   size_t bytes = 0;
-  *n = m->count;
-  for (size_t i = 0; i < m->nbuckets; i++)
-    for (entry_t *e = m->buckets[i]; e; e = e->next) {
-      size_t sz = sizeof *e + strlen(e->run) + strlen(e->tag) + 2;
-      bytes += (sz + 15) & ~(size_t)15;
-    }
+  *n = m->map.count;
+  while ((node = gw_rtmap_next(&m->map, &it))) {
+    size_t sz = sizeof(entry_t) + strlen(node->run) + strlen(node->tag) + 2;
+    bytes += (sz + 15) & ~(size_t)15;
+  }
   char *blk = malloc(bytes + 1);
   entry_t **ptrs = malloc((*n + 1) * sizeof *ptrs);
   if (!blk || !ptrs) {
@@ -329,18 +310,19 @@ static int snapshot(gw_metrics_t *m, entry_t ***out, size_t *n, void **block) {
     goto out;
   }
   size_t off = 0, k = 0;
-  for (size_t i = 0; i < m->nbuckets; i++)
-    for (entry_t *e = m->buckets[i]; e; e = e->next) {
-      size_t rl = strlen(e->run) + 1, tl = strlen(e->tag) + 1;
-      size_t sz = sizeof *e + rl + tl;
-      entry_t *c = (entry_t *)(blk + off);
-      memcpy(c, e, sz);
-      c->run = c->name;
-      c->tag = c->name + rl;
-      c->next = NULL;
-      ptrs[k++] = c;
-      off += (sz + 15) & ~(size_t)15;
-    }
+  it = (gw_rtiter_t){0};
+  while ((node = gw_rtmap_next(&m->map, &it))) {
+    entry_t *e = ENTRY(node);
+    size_t rl = strlen(node->run) + 1, tl = strlen(node->tag) + 1;
+    size_t sz = sizeof *e + rl + tl;
+    entry_t *c = (entry_t *)(blk + off);
+    memcpy(c, e, sz);
+    c->node.run = c->name;
+    c->node.tag = c->name + rl;
+    c->node.next = NULL;
+    ptrs[k++] = c;
+    off += (sz + 15) & ~(size_t)15;
+  }
   *out = ptrs;
   *block = blk;
 out:
@@ -365,7 +347,7 @@ static void stream_family(gw_metrics_writer_t *w, entry_t **es, size_t n,
                           const char *name, int vi, const char *xname,
                           const char *xval) {
   for (size_t i = 0; i < n; i++) {
-    const char *labels[] = {"run", es[i]->run, "tag", es[i]->tag, xname, xval, NULL};
+    const char *labels[] = {"run", es[i]->node.run, "tag", es[i]->node.tag, xname, xval, NULL};
     gw_metrics_sample(w, name, labels, es[i]->v[vi]);
   }
 }
@@ -377,10 +359,11 @@ int gw_metrics_render(gw_metrics_t *m, gw_stats_t *stats,
   entry_t **es = NULL;
   void *block = NULL;
   size_t n = 0;
+  counts_t counts;
   int rc;
   *out = NULL;
   *len = 0;
-  if ((rc = snapshot(m, &es, &n, &block)) != 0) goto fail;
+  if ((rc = snapshot(m, &es, &n, &block, &counts)) != 0) goto fail;
   qsort(es, n, sizeof *es, cmp_entry);
 
   if (stats) {
@@ -431,11 +414,18 @@ int gw_metrics_render(gw_metrics_t *m, gw_stats_t *stats,
   stream_family(&w, es, n, "gradwatch_loss", V_LOSS, NULL, NULL);
   gw_metrics_family(&w, "gradwatch_last_step", "gauge", "Step of the stream's latest point.");
   for (size_t i = 0; i < n; i++) {
-    const char *labels[] = {"run", es[i]->run, "tag", es[i]->tag, NULL};
+    const char *labels[] = {"run", es[i]->node.run, "tag", es[i]->node.tag, NULL};
     sample_u64(&w, "gradwatch_last_step", labels, es[i]->last_step);
   }
-  gauge(&w, "gradwatch_alerts_firing", "Alerts currently firing.",
-        atomic_load_explicit(&m->alerts_firing, memory_order_relaxed));
+  gw_metrics_family(&w, "gradwatch_streams_retired_total", "counter",
+                    "Streams retired from memory after --stream-idle of silence.");
+  sample_u64(&w, "gradwatch_streams_retired_total", NULL, counts.retired);
+  gw_metrics_family(&w, "gradwatch_stream_restarts_total", "counter",
+                    "Stream windows started afresh, by reason.");
+  for (int r = 1; r < GW_RESTART_COUNT; r++) {
+    const char *labels[] = {"reason", gw_restart_reason_name(r), NULL};
+    sample_u64(&w, "gradwatch_stream_restarts_total", labels, counts.restarts[r]);
+  }
 
   if (extra && !w.oom && (rc = extra(extra_arg, &w)) != 0) goto fail;
   if (w.oom) {

@@ -8,6 +8,11 @@
  * scrape holds ingest up for a copy, never for the formatting. Daemon-wide
  * counters come straight from gw_stats_t at render time.
  *
+ * As a sink (gw_metrics_sink) it also counts the streams' lifecycle:
+ * gradwatch_streams_retired_total and gradwatch_stream_restarts_total{reason}.
+ * Other modules' families come through the extra callback of
+ * gw_metrics_render: this module knows none of them.
+ *
  * Output is the text format 0.0.4: every family is one HELP line, one TYPE
  * line and its samples; label values are escaped (\\, \", \n); a NaN value
  * omits its sample; streams are rendered sorted by (run, tag).
@@ -19,6 +24,7 @@
 #include <stdint.h>
 
 #include "point.h"
+#include "sink.h"
 #include "stats.h"
 
 typedef struct gw_metrics_s gw_metrics_t;
@@ -38,16 +44,19 @@ int gw_metrics_observe(gw_metrics_t *m, const char *run, const char *tag,
                        const gw_point_t *p);
 
 /* Drop the series of (run, tag) (the stream was dropped). 0, or
- * GW_ENOTFOUND if it had none. */
+ * GW_ENOTFOUND if it had none. Not counted as a retirement (the sink's
+ * forget is). */
 int gw_metrics_forget(gw_metrics_t *m, const char *run, const char *tag);
 
 /* Number of streams with series (for tests and stats). */
 size_t gw_metrics_stream_count(gw_metrics_t *m);
 
-/* gradwatch_alerts_firing. Any thread. */
-void gw_metrics_set_alerts_firing(gw_metrics_t *m, uint64_t n);
+/* The metrics as a sink (sink.h), arg = m: point → gw_metrics_observe;
+ * forget → gw_metrics_forget, counted in gradwatch_streams_retired_total;
+ * restart → counted in gradwatch_stream_restarts_total{reason}. */
+void gw_metrics_sink(gw_metrics_t *m, gw_sink_t *out);
 
-/* ---- extra families (alerts, later modules) ---- */
+/* ---- extra families (other modules') ---- */
 
 /* A writer handed to the render callback. Families must be written whole:
  * gw_metrics_family once, then its samples. */

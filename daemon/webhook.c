@@ -22,6 +22,10 @@
 #include <strings.h>
 #include <time.h>
 
+#include "util.h"
+
+#define LOG_PER_SEC 5 /* failure lines a second, per receiver */
+
 struct gw_webhook_s {
   gw_webhook_config_t cfg; /* cfg.url points at url */
   char *url;
@@ -33,6 +37,7 @@ struct gw_webhook_s {
   int in_flight;
   atomic_int stop;
   uint64_t sent, failed, dropped, attempts;
+  gw_ratelimit_t log_limit; /* under mu */
   pthread_t thread;
   CURLM *multi;
   CURL *easy;
@@ -58,6 +63,20 @@ static char *pop(gw_webhook_t *w) {
   return b;
 }
 
+/* Log a failed or dropped notification, rate-limited; caller holds mu.
+ * why: "failed" (retries exhausted or refused), "dropped" (queue full or
+ * stopped). */
+static void log_loss(gw_webhook_t *w, const char *why, const char *detail) {
+  uint64_t held = 0;
+  char url[256];
+  if (!w->cfg.log || !gw_ratelimit_allow(&w->log_limit, gw_mono_ns(), &held)) return;
+  gw_log(w->cfg.log, GW_LOG_WARN, "webhook_delivery",
+         "url=%s result=%s detail=%s sent=%llu failed=%llu dropped=%llu suppressed=%llu",
+         gw_log_quote(url, sizeof(url), w->url), why, detail, (unsigned long long)w->sent,
+         (unsigned long long)w->failed, (unsigned long long)w->dropped,
+         (unsigned long long)held);
+}
+
 int gw_webhook_send(gw_webhook_t *w, const char *body) {
   if (!w || !body) return GW_EINVAL;
   char *copy = strdup(body), *old = NULL;
@@ -66,6 +85,7 @@ int gw_webhook_send(gw_webhook_t *w, const char *body) {
   if (w->len == w->cfg.queue_max) {
     old = pop(w); /* drop the oldest: the newest state is what matters */
     w->dropped++;
+    log_loss(w, "dropped", "queue_full");
   }
   w->ring[(w->head + w->len) % w->cfg.queue_max] = copy;
   w->len++;
@@ -163,9 +183,15 @@ static void *worker(void *arg) {
     int r = deliver(w, body);
     free(body);
     pthread_mutex_lock(&w->mu);
-    if (r == R_OK) w->sent++;
-    else if (r == R_ABORT) w->dropped++;
-    else w->failed++;
+    if (r == R_OK) {
+      w->sent++;
+    } else if (r == R_ABORT) {
+      w->dropped++;
+      log_loss(w, "dropped", "stopped");
+    } else {
+      w->failed++;
+      log_loss(w, "failed", r == R_PERMANENT ? "refused" : "retries_exhausted");
+    }
     w->in_flight = 0;
     if (w->len == 0) pthread_cond_broadcast(&w->idle);
   }
@@ -216,6 +242,7 @@ int gw_webhook_new(gw_webhook_t **out, const gw_webhook_config_t *cfg) {
   int rc = GW_ENOMEM, curl_inited = 0, cv_attr = 0, mu = 0, wake = 0, idle = 0;
   pthread_condattr_t ca;
   w->cfg = *cfg;
+  w->log_limit.per_sec = LOG_PER_SEC;
   if (w->cfg.backoff_max_ms < w->cfg.backoff_ms) w->cfg.backoff_max_ms = w->cfg.backoff_ms;
   atomic_init(&w->stop, 0);
   if (!(w->url = strdup(cfg->url)) || !(w->ring = calloc(cfg->queue_max, sizeof(char *))))

@@ -16,7 +16,9 @@
  *
  * States of a notification: queued → in flight → (waiting to retry →
  * in flight)* → sent | failed; or queued → dropped (queue full, or the
- * webhook freed before it was delivered).
+ * webhook freed before it was delivered). A failed or dropped notification
+ * is logged (cfg.log), at most a few lines a second per receiver, with the
+ * count of those held back.
  */
 #ifndef GW_WEBHOOK_H
 #define GW_WEBHOOK_H
@@ -25,6 +27,7 @@
 #include <stdint.h>
 
 #include "gw_error.h"
+#include "log.h"
 
 typedef struct gw_webhook_config_s {
   const char *url;         /* http:// or https:// URL (copied), required */
@@ -33,6 +36,7 @@ typedef struct gw_webhook_config_s {
   uint32_t backoff_ms;     /* delay before the first retry (default 500) */
   uint32_t backoff_max_ms; /* cap of the doubling delay (default 30000) */
   size_t queue_max;        /* bodies waiting; >= 1 (default 256) */
+  gw_log_t *log;           /* delivery failures; NULL: silent (borrowed) */
 } gw_webhook_config_t;
 
 void gw_webhook_config_default(gw_webhook_config_t *cfg);

@@ -20,6 +20,10 @@ case $target in
                     "$root/daemon/point.c" "$root/proto/proto.c" "$root/proto/error.c")
               incs=(-I"$root/daemon" -I"$root/proto" $(pkg-config --cflags libmicrohttpd))
               libs=($(pkg-config --libs libmicrohttpd) -lm) ;;
+  rules) srcs=("$root/tests/fuzz/fuzz_rules.c" "$root/daemon/alert_rules.c" "$root/daemon/alert_kinds.c"
+               "$root/daemon/point.c" "$root/daemon/util.c" "$root/proto/error.c")
+         incs=(-I"$root/daemon" -I"$root/proto" $(pkg-config --cflags inih))
+         libs=($(pkg-config --libs inih) -lm -lpthread) ;;
   *) echo "unknown fuzz target $target" >&2; exit 2 ;;
 esac
 clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

@@ -5,7 +5,10 @@
  * stalled streams driven by explicit clocks, rule errors naming rule and
  * key, reload keeping the old rules on error, a restart restoring firing
  * alerts from a real SQLite store, the state cap, and the /metrics families
- * (checked by promtool when installed). */
+ * (checked by promtool when installed). Then the parts: the kind table
+ * (each kind's parse, validate, eval and describe against closed forms),
+ * the parser's messages and its size (50,000 rules), and the sink (forget
+ * resolves with a reason, restart starts baselines afresh). */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -18,6 +21,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "alert_kinds.h"
+#include "alert_rules.h"
 #include "alerts.h"
 #include "metrics.h"
 #include "point.h"
@@ -614,10 +619,9 @@ static void metrics_families(void **state) {
   (void)state;
   gw_metrics_t *m;
   assert_int_equal(gw_metrics_new(&m, NULL), 0);
-  gw_alerts_deps_t deps = {.metrics = m};
   gw_alerts_t *a = load("[alerts]\ndefaults = false\n[alert hot]\nmetric = loss\n"
                         "threshold = 1\nseverity = critical\n",
-                        &deps);
+                        NULL);
   gw_point_t p = point(1, GW_METRIC_LOSS, 2);
   gw_alerts_observe(a, "r\"1", "all", &p, 0);
   gw_alerts_observe(a, "r0", "all", &p, 0);
@@ -692,10 +696,9 @@ static void threads_serialise(void **state) {
   (void)state;
   gw_metrics_t *m;
   assert_int_equal(gw_metrics_new(&m, NULL), 0);
-  gw_alerts_deps_t deps = {.metrics = m};
   gw_alerts_t *a = load("[alerts]\ndefaults = false\n[alert hot]\nmetric = loss\n"
                         "threshold = 1\n[alert quiet]\nkind = stalled\nseconds = 1e-9\n",
-                        &deps);
+                        NULL);
   atomic_int stop;
   atomic_init(&stop, 0);
   race_t r1 = {a, m, "one", &stop}, r2 = {a, m, "two", &stop};
@@ -715,6 +718,321 @@ static void threads_serialise(void **state) {
   assert_true(gw_alerts_firing_count(a) <= 2); /* at most "quiet" on both runs */
   gw_alerts_free(a, 0);
   gw_metrics_free(m);
+}
+
+/* ---- the parts ---- */
+
+static int parse_text(gw_alert_rules_t *rs, const char *text, char *err, size_t errlen) {
+  gw_alert_rules_init(rs);
+  err[0] = '\0';
+  return gw_alert_rules_parse(rs, text, "x.ini", err, errlen);
+}
+
+static gw_alert_verdict_t eval_point(const gw_alert_rule_t *r, int phase,
+                                     const gw_alert_baseline_t *b, double v) {
+  gw_point_t p = point(1, GW_METRIC_LOSS, v);
+  gw_alert_input_t in = {.p = &p, .step = 1, .phase = phase, .base = b};
+  gw_alert_verdict_t out;
+  gw_alert_kind(r->kind)->eval(r, &in, &out);
+  return out;
+}
+
+/* One entry per kind, found by name; every kind's parse/validate fills
+ * the fields and defaults it owns, eval gives the closed-form verdicts,
+ * describe says which threshold the record holds. */
+static void kind_table(void **state) {
+  (void)state;
+  char err[512];
+  assert_int_equal(gw_alert_kind_count(), 3);
+  assert_null(gw_alert_kind(-1));
+  assert_null(gw_alert_kind(3));
+  assert_int_equal(gw_alert_kind_lookup("nope"), -1);
+  const char *names[] = {"threshold", "relative", "stalled"};
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(gw_alert_kind_lookup(names[i]), i);
+    const gw_alert_kind_t *k = gw_alert_kind(i);
+    assert_string_equal(k->name, names[i]);
+    assert_non_null(k->keys[0]);
+    assert_non_null(k->parse);
+    assert_non_null(k->validate);
+    assert_non_null(k->eval);
+    assert_non_null(k->describe);
+  }
+  gw_alert_rules_t rs;
+  assert_int_equal(parse_text(&rs,
+                              "[alert t]\nmetric = loss\nthreshold = 3\nresolve = 2\n"
+                              "[alert r]\nkind = relative\nmetric = loss\nthreshold = 3\n"
+                              "window = 9\nmin_baseline = 1\n"
+                              "[alert s]\nkind = stalled\nseconds = 600\n",
+                              err, sizeof err),
+                   0);
+  const gw_alert_rule_t *t = gw_alert_rules_find(&rs, "t"), *r = gw_alert_rules_find(&rs, "r"),
+                        *st = gw_alert_rules_find(&rs, "s");
+  assert_non_null(t);
+  assert_non_null(r);
+  assert_non_null(st);
+  /* threshold: defaults for_steps 1, no window; v > 3 breaches, holds while v > 2 */
+  assert_int_equal(t->kind, 0);
+  assert_int_equal(t->metric, GW_METRIC_LOSS);
+  assert_int_equal(t->for_steps, 1);
+  assert_int_equal(t->window, 0);
+  assert_string_equal(t->severity, "warning");
+  assert_string_equal(t->run_glob, "*");
+  gw_alert_verdict_t v = eval_point(t, GW_ALERT_PHASE_INACTIVE, NULL, 5);
+  assert_true(v.seen && v.breach && v.holds);
+  assert_true(v.value == 5 && v.observed == 5 && isnan(v.baseline) && isnan(v.absorb));
+  v = eval_point(t, GW_ALERT_PHASE_FIRING, NULL, 2.5);
+  assert_true(v.seen && !v.breach && v.holds);
+  v = eval_point(t, GW_ALERT_PHASE_FIRING, NULL, 1.5);
+  assert_true(v.seen && !v.breach && !v.holds);
+  v = eval_point(t, GW_ALERT_PHASE_INACTIVE, NULL, NAN);
+  assert_false(v.seen);
+  gw_alert_input_t tick = {.p = NULL, .silent_ns = 1000 * SEC, .phase = GW_ALERT_PHASE_INACTIVE};
+  gw_alert_kind(t->kind)->eval(t, &tick, &v);
+  assert_false(v.seen); /* ticks mean nothing to a metric rule */
+  gw_alert_desc_t d;
+  gw_alert_kind(t->kind)->describe(t, &d);
+  assert_true(d.threshold == 3 && d.shows == GW_ALERT_SHOWS_OBSERVED);
+
+  /* relative: window 9 (min_points defaults to it), resolve defaults to
+   * threshold; baseline 1..9 has median 5, so 20 is a ratio of exactly 4 */
+  assert_int_equal(r->window, 9);
+  assert_int_equal(r->min_points, 9);
+  assert_true(r->resolve == 3);
+  gw_alert_baseline_t b;
+  assert_int_equal(gw_alert_baseline_init(&b, r->window), 0);
+  for (int i = 1; i <= 8; i++) gw_alert_baseline_add(&b, (double)(10 - i));
+  v = eval_point(r, GW_ALERT_PHASE_INACTIVE, &b, 20);
+  assert_false(v.seen); /* 8 < min_points: still filling */
+  assert_true(v.absorb == 20);
+  gw_alert_baseline_add(&b, 1);
+  assert_true(gw_alert_baseline_median(&b) == 5);
+  v = eval_point(r, GW_ALERT_PHASE_INACTIVE, &b, 20);
+  assert_true(v.seen && v.breach && v.holds);
+  assert_true(v.value == 4 && v.observed == 20 && v.baseline == 5 && v.absorb == 20);
+  v = eval_point(r, GW_ALERT_PHASE_FIRING, &b, 10); /* ratio 2 */
+  assert_true(v.seen && !v.breach && !v.holds);
+  gw_alert_baseline_reset(&b); /* median 0.5 < min_baseline 1: no verdict */
+  for (int i = 0; i < 9; i++) gw_alert_baseline_add(&b, 0.5);
+  v = eval_point(r, GW_ALERT_PHASE_INACTIVE, &b, 100);
+  assert_false(v.seen);
+  gw_alert_kind(r->kind)->describe(r, &d);
+  assert_true(d.threshold == 3 && d.shows == (GW_ALERT_SHOWS_OBSERVED | GW_ALERT_SHOWS_BASELINE));
+  gw_alert_baseline_free(&b);
+
+  /* stalled: fires on a tick at exactly `seconds` of silence, not before;
+   * a point ends it */
+  assert_int_equal(st->metric, -1);
+  assert_int_equal(st->for_steps, 1);
+  tick.silent_ns = 600 * SEC;
+  gw_alert_kind(st->kind)->eval(st, &tick, &v);
+  assert_true(v.seen && v.breach && v.holds && v.value == 600);
+  tick.silent_ns = 600 * SEC - 1;
+  gw_alert_kind(st->kind)->eval(st, &tick, &v);
+  assert_true(v.seen && !v.breach && v.holds);
+  v = eval_point(st, GW_ALERT_PHASE_FIRING, NULL, 1);
+  assert_true(v.seen && !v.breach && !v.holds);
+  gw_alert_kind(st->kind)->describe(st, &d);
+  assert_true(d.threshold == 600 && d.shows == 0);
+  assert_non_null(strstr(st->summary, "no message from"));
+  gw_alert_rules_free(&rs);
+}
+
+static int cmp_double(const void *x, const void *y) {
+  double a = *(const double *)x, b = *(const double *)y;
+  return (a > b) - (a < b);
+}
+
+/* The baseline's median against sorting the last `window` values. */
+static void baseline_median_brute_force(void **state) {
+  (void)state;
+  enum { W = 17, N = 400 };
+  double all[N], last[W];
+  uint64_t seed = 7;
+  gw_alert_baseline_t b;
+  assert_int_equal(gw_alert_baseline_init(&b, W), 0);
+  assert_true(isnan(gw_alert_baseline_median(&b)));
+  for (int i = 0; i < N; i++) {
+    all[i] = floor(noise(&seed) * 50); /* ties on purpose */
+    gw_alert_baseline_add(&b, all[i]);
+    int n = i + 1 < W ? i + 1 : W;
+    memcpy(last, &all[i + 1 - n], (size_t)n * sizeof(double));
+    qsort(last, (size_t)n, sizeof(double), cmp_double);
+    double want = n % 2 ? last[n / 2] : 0.5 * (last[n / 2 - 1] + last[n / 2]);
+    assert_true(gw_alert_baseline_median(&b) == want);
+  }
+  gw_alert_baseline_free(&b);
+}
+
+/* Messages name origin, line, rule and key; a kind's keys are judged once
+ * the kind is known, wherever `kind =` stands. */
+static void parser_messages(void **state) {
+  (void)state;
+  char err[512];
+  gw_alert_rules_t rs;
+  static const struct {
+    const char *text, *want;
+  } cases[] = {
+      {"[alert a]\nthreshold = 2\nmetric = loss\nkind = stalled\n",
+       "x.ini:2: [alert a] threshold: not a key of kind = stalled"},
+      {"[alert a]\nkind = relative\nmetric = loss\nthreshold = 2\nwindow = 8\nmin_points = x\n",
+       "x.ini:6: [alert a] min_points: 'x' is not an integer in [1, 4096]"},
+      {"[alert a]\nkind = nope\n", "x.ini:2: [alert a] kind: 'nope' is not threshold, relative or stalled"},
+      {"\n\n[alert a]\nmetric = loss\n", "x.ini: [alert a] threshold: required by kind = threshold"},
+      {"[alert a]\nmetric = loss\nthreshold = 1\n[alert b]\nseconds = 1\n[alert a]\nthreshold = 2\n",
+       "x.ini:7: [alert a] threshold: given twice"},
+      {"[alerts]\nmax_states = 0\n", "x.ini:2: [alerts] max_states: '0' is not an integer"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int rc = parse_text(&rs, cases[i].text, err, sizeof err);
+    if (rc != GW_ECONFIG || !strstr(err, cases[i].want))
+      fail_msg("case %zu: rc %d '%s', want '%s'", i, rc, err, cases[i].want);
+    gw_alert_rules_free(&rs);
+  }
+  /* kind after its keys is fine; a repeated section continues its rule */
+  assert_int_equal(parse_text(&rs,
+                              "[alert a]\nmetric = kappa_ema\nthreshold = 2\nwindow = 8\n"
+                              "[alert b]\nkind = stalled\nseconds = 5\n"
+                              "[alert a]\nkind = relative\nop = >=\n",
+                              err, sizeof err),
+                   0);
+  assert_int_equal(rs.n, 2);
+  const gw_alert_rule_t *a = gw_alert_rules_find(&rs, "a");
+  assert_int_equal(a->kind, gw_alert_kind_lookup("relative"));
+  assert_int_equal(a->op, GW_ALERT_OP_GE);
+  assert_int_equal(a->window, 8);
+  assert_int_equal(a->metric, GW_METRIC_KAPPA_EMA);
+  assert_null(gw_alert_rules_find(&rs, "c"));
+  gw_alert_rules_free(&rs);
+}
+
+/* 50,000 generated rules (plus a section given twice) parse, each findable
+ * by name with its own values. The name index keeps this linear. */
+static void parses_many_rules(void **state) {
+  (void)state;
+  enum { N = 50000 };
+  size_t cap = (size_t)N * 96 + 64, len = 0;
+  char *text = malloc(cap), err[512];
+  assert_non_null(text);
+  for (int i = 0; i < N; i++)
+    len += (size_t)snprintf(text + len, cap - len,
+                            i % 3 == 2 ? "[alert s%d]\nkind = stalled\nseconds = %d\n"
+                                       : "[alert r%d]\nmetric = loss\nthreshold = %d\n",
+                            i, i + 1);
+  snprintf(text + len, cap - len, "[alert r0]\nseverity = critical\n");
+  gw_alert_rules_t rs;
+  assert_int_equal(parse_text(&rs, text, err, sizeof err), 0);
+  assert_int_equal(rs.n, N);
+  const gw_alert_rule_t *r = gw_alert_rules_find(&rs, "r0");
+  assert_true(r == &rs.rules[0] && r->threshold == 1);
+  assert_string_equal(r->severity, "critical");
+  r = gw_alert_rules_find(&rs, "r31416");
+  assert_true(r && r->threshold == 31417 && r->metric == GW_METRIC_LOSS);
+  r = gw_alert_rules_find(&rs, "s49997");
+  assert_true(r && r->seconds == 49998 && r->kind == gw_alert_kind_lookup("stalled"));
+  assert_string_equal(rs.rules[N - 1].name, "r49999");
+  assert_null(gw_alert_rules_find(&rs, "s0"));
+  gw_alert_rules_free(&rs);
+  free(text);
+}
+
+/* Retired through the sink: the firing alert resolves (persisted, with
+ * reason "stream retired"), the pending one is dropped without a record,
+ * and the stream's states are gone. */
+static void forget_resolves_firing(void **state) {
+  (void)state;
+  gw_store_t *st = NULL;
+  gw_stats_t stats;
+  memset(&stats, 0, sizeof stats);
+  gw_store_config_t sc;
+  gw_store_config_default(&sc);
+  sc.path = ":memory:";
+  assert_int_equal(gw_store_open(&st, &sc, &stats), 0);
+  gw_alerts_deps_t deps = {.store = st};
+  gw_alerts_t *a = load("[alerts]\ndefaults = false\n"
+                        "[alert hot]\nmetric = loss\nthreshold = 1\n"
+                        "[alert slow]\nmetric = loss\nthreshold = 1\nfor_steps = 3\n",
+                        &deps);
+  gw_sink_t sk;
+  gw_alerts_sink(a, &sk);
+  assert_string_equal(sk.name, "alerts");
+  assert_ptr_equal(sk.arg, a);
+  gw_stream_ref_t ref = {.stream_id = 9, .run = "r", .tag = "all", .k = 4};
+  gw_point_t p = point(7, GW_METRIC_LOSS, 2);
+  sk.point(sk.arg, &ref, &p);
+  assert_int_equal(gw_alerts_firing_count(a), 1); /* hot fires, slow is pending (1 of 3) */
+  assert_int_equal(counters(a).states, 2);
+  sk.forget(sk.arg, &ref);
+  gw_alerts_counters_t c = counters(a);
+  assert_int_equal(gw_alerts_firing_count(a), 0);
+  assert_int_equal(c.fired, 1);
+  assert_int_equal(c.resolved, 1);
+  assert_int_equal(c.streams, 0);
+  assert_int_equal(c.states, 0);
+  assert_int_equal(gw_alerts_forget(a, "r", "all"), GW_ENOTFOUND);
+  assert_int_equal(gw_store_flush(st), 0);
+  gw_store_alert_t *recs;
+  size_t n;
+  assert_int_equal(gw_store_alerts(st, GW_ALERT_ANY, 0, &recs, &n), 0);
+  assert_int_equal(n, 1);
+  assert_string_equal(recs[0].rule, "hot");
+  assert_int_equal(recs[0].state, GW_ALERT_RESOLVED);
+  assert_non_null(strstr(recs[0].annotations, "\"reason\":\"stream retired\""));
+  assert_non_null(strstr(recs[0].annotations, "\"summary\":")); /* the rest is kept */
+  gw_store_alerts_free(recs, n);
+  /* the stream comes back: a fresh start, slow needs 3 breaches again */
+  for (uint64_t t = 8; t <= 9; t++) {
+    p = point(t, GW_METRIC_LOSS, 2);
+    sk.point(sk.arg, &ref, &p);
+  }
+  assert_int_equal(counters(a).fired, 2); /* hot again; slow at 2 of 3 */
+  gw_alerts_free(a, 0);
+  gw_store_close(st);
+}
+
+/* A restart empties the baselines: a level 10x the old regime does not
+ * fire after it (the new regime is judged against itself), while the same
+ * points fire on a stream without the restart. A firing alert stays
+ * across a restart and resolves by hysteresis against its baseline. */
+static void restart_resets_baseline(void **state) {
+  (void)state;
+  gw_alerts_t *a = load("[alerts]\ndefaults = false\n"
+                        "[alert rel]\nkind = relative\nmetric = kappa_ema\nthreshold = 3\n"
+                        "resolve = 2\nwindow = 16\n",
+                        NULL);
+  gw_sink_t sk;
+  gw_alerts_sink(a, &sk);
+  gw_stream_ref_t ra = {.stream_id = 1, .run = "a", .tag = "all", .k = 4, .incarnation = 2};
+  gw_stream_ref_t rb = {.stream_id = 2, .run = "b", .tag = "all", .k = 4, .incarnation = 1};
+  gw_restart_t rs = {.reason = GW_RESTART_INCARNATION, .step = 41, .prev_incarnation = 1};
+  uint64_t seed = 3;
+  for (uint64_t t = 1; t <= 40; t++) {
+    gw_point_t p = point(t, GW_METRIC_KAPPA_EMA, 1.0 + 0.01 * noise(&seed));
+    sk.point(sk.arg, &ra, &p);
+    sk.point(sk.arg, &rb, &p);
+  }
+  assert_int_equal(counters(a).fired, 0);
+  sk.restart(sk.arg, &ra, &rs);
+  for (uint64_t t = 41; t <= 80; t++) {
+    gw_point_t p = point(t, GW_METRIC_KAPPA_EMA, 10.0 + 0.01 * noise(&seed));
+    sk.point(sk.arg, &ra, &p);
+    if (t == 41) {
+      sk.point(sk.arg, &rb, &p);
+      assert_int_equal(counters(a).fired, 1); /* b, the control, fires at once */
+    }
+  }
+  assert_int_equal(counters(a).fired, 1); /* a never did */
+  /* b fires; a restart of b keeps it firing; 5 (ratio ~5 > resolve 2)
+   * holds it, 1.5 (ratio ~1.5) resolves it */
+  sk.restart(sk.arg, &rb, &rs);
+  gw_point_t p = point(42, GW_METRIC_KAPPA_EMA, 5.0);
+  sk.point(sk.arg, &rb, &p);
+  assert_int_equal(gw_alerts_firing_count(a), 1);
+  p = point(43, GW_METRIC_KAPPA_EMA, 1.5);
+  sk.point(sk.arg, &rb, &p);
+  assert_int_equal(gw_alerts_firing_count(a), 0);
+  assert_int_equal(counters(a).resolved, 1);
+  gw_alerts_free(a, 0);
 }
 
 static int cleanup(void **state) {
@@ -743,6 +1061,12 @@ int main(void) {
       cmocka_unit_test(states_are_capped),
       cmocka_unit_test(metrics_families),
       cmocka_unit_test(threads_serialise),
+      cmocka_unit_test(kind_table),
+      cmocka_unit_test(baseline_median_brute_force),
+      cmocka_unit_test(parser_messages),
+      cmocka_unit_test(parses_many_rules),
+      cmocka_unit_test(forget_resolves_firing),
+      cmocka_unit_test(restart_resets_baseline),
   };
   return cmocka_run_group_tests(tests, NULL, cleanup);
 }

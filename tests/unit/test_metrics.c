@@ -1,6 +1,8 @@
 /* test_metrics.c — Prometheus exposition: exact text for known points,
  * number formatting, label escaping, the tag glob, counters from gw_stats_t,
- * the extra-families callback, and (when installed) `promtool check metrics`. */
+ * the extra-families callback, the sink (a retired stream's series go, the
+ * retirement and restart counters count), and (when installed) `promtool
+ * check metrics`. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -56,7 +58,6 @@ static void renders_exact_text(void **state) {
   b.rank_99 = 2;
   assert_int_equal(gw_metrics_observe(m, "r1", "all", &a), 0);
   assert_int_equal(gw_metrics_observe(m, "r0", "layer1.weight", &b), 0);
-  gw_metrics_set_alerts_firing(m, 3);
   char *out = render(m, NULL);
   const char *want =
       "# HELP gradwatch_kappa Windowed predictability index kappa_W, by predictor.\n"
@@ -87,9 +88,15 @@ static void renders_exact_text(void **state) {
       "# TYPE gradwatch_last_step gauge\n"
       "gradwatch_last_step{run=\"r0\",tag=\"layer1.weight\"} 7\n"
       "gradwatch_last_step{run=\"r1\",tag=\"all\"} 42\n"
-      "# HELP gradwatch_alerts_firing Alerts currently firing.\n"
-      "# TYPE gradwatch_alerts_firing gauge\n"
-      "gradwatch_alerts_firing 3\n";
+      "# HELP gradwatch_streams_retired_total Streams retired from memory after --stream-idle of silence.\n"
+      "# TYPE gradwatch_streams_retired_total counter\n"
+      "gradwatch_streams_retired_total 0\n"
+      "# HELP gradwatch_stream_restarts_total Stream windows started afresh, by reason.\n"
+      "# TYPE gradwatch_stream_restarts_total counter\n"
+      "gradwatch_stream_restarts_total{reason=\"incarnation\"} 0\n"
+      "gradwatch_stream_restarts_total{reason=\"resumed\"} 0\n"
+      "gradwatch_stream_restarts_total{reason=\"config_changed\"} 0\n"
+      "gradwatch_stream_restarts_total{reason=\"no_state\"} 0\n";
   assert_string_equal(out, want);
   free(out);
 
@@ -181,7 +188,7 @@ static void renders_daemon_counters(void **state) {
       "# TYPE gradwatch_store_errors_total counter\ngradwatch_store_errors_total 13\n",
       "# TYPE gradwatch_store_queue_depth gauge\ngradwatch_store_queue_depth 14\n",
       "# TYPE gradwatch_live_dropped_total counter\ngradwatch_live_dropped_total 15\n",
-      "gradwatch_alerts_firing 0\n",
+      "# TYPE gradwatch_streams_retired_total counter\ngradwatch_streams_retired_total 0\n",
   };
   for (size_t i = 0; i < sizeof lines / sizeof *lines; i++) {
     if (!strstr(out, lines[i])) fail_msg("missing: %s", lines[i]);
@@ -274,7 +281,65 @@ static void many_streams_sorted(void **state) {
     if (strncmp(p, want, (size_t)n) != 0) fail_msg("line %zu: want %s", i, want);
     p += n;
   }
-  assert_true(strncmp(p, "# HELP gradwatch_alerts_firing", 30) == 0);
+  assert_true(strncmp(p, "# HELP gradwatch_streams_retired_total", 38) == 0);
+  free(out);
+  gw_metrics_free(m);
+}
+
+/* The sink: points make series; forget removes every series of that stream
+ * (and only its) and counts a retirement, also for a stream the tag glob
+ * kept out; restarts are counted by reason, a reason without a name not. */
+static void sink_lifecycle(void **state) {
+  (void)state;
+  gw_metrics_t *m;
+  gw_sink_t sk;
+  assert_int_equal(gw_metrics_new(&m, "all"), 0);
+  gw_metrics_sink(m, &sk);
+  assert_ptr_equal(sk.arg, m);
+  assert_string_equal(sk.name, "metrics");
+  assert_null(sk.open);
+  assert_null(sk.sketch);
+  gw_stream_ref_t r1 = {.stream_id = 1, .run = "r1", .tag = "all", .k = 4};
+  gw_stream_ref_t r2 = {.stream_id = 2, .run = "r2", .tag = "all", .k = 4};
+  gw_stream_ref_t hidden = {.stream_id = 3, .run = "r1", .tag = "layer0", .k = 4};
+  gw_point_t p = point(5, 0.5, 0.25);
+  p.grad_norm = 2.0;
+  sk.point(sk.arg, &r1, &p);
+  sk.point(sk.arg, &r2, &p);
+  sk.point(sk.arg, &hidden, &p);
+  assert_int_equal(gw_metrics_stream_count(m), 2);
+  gw_restart_t rs = {.reason = GW_RESTART_INCARNATION, .step = 6};
+  sk.restart(sk.arg, &r1, &rs);
+  sk.restart(sk.arg, &r2, &rs);
+  rs.reason = GW_RESTART_RESUMED;
+  sk.restart(sk.arg, &r1, &rs);
+  rs.reason = GW_RESTART_NONE; /* no name: not counted */
+  sk.restart(sk.arg, &r1, &rs);
+  rs.reason = GW_RESTART_COUNT;
+  sk.restart(sk.arg, &r1, &rs);
+  char *out = render(m, NULL);
+  assert_non_null(strstr(out, "gradwatch_kappa{run=\"r1\",tag=\"all\",predictor=\"onestep\"} 0.5\n"));
+  free(out);
+
+  sk.forget(sk.arg, &r1);
+  sk.forget(sk.arg, &hidden); /* no series, still a retirement */
+  assert_int_equal(gw_metrics_stream_count(m), 1);
+  out = render(m, NULL);
+  assert_null(strstr(out, "run=\"r1\""));
+  assert_non_null(strstr(out, "gradwatch_kappa{run=\"r2\",tag=\"all\",predictor=\"onestep\"} 0.5\n"));
+  assert_non_null(strstr(out, "gradwatch_grad_norm{run=\"r2\",tag=\"all\"} 2\n"));
+  assert_non_null(strstr(out, "gradwatch_last_step{run=\"r2\",tag=\"all\"} 5\n"));
+  assert_non_null(strstr(out, "\ngradwatch_streams_retired_total 2\n"));
+  assert_non_null(strstr(out, "\ngradwatch_stream_restarts_total{reason=\"incarnation\"} 2\n"
+                              "gradwatch_stream_restarts_total{reason=\"resumed\"} 1\n"
+                              "gradwatch_stream_restarts_total{reason=\"config_changed\"} 0\n"
+                              "gradwatch_stream_restarts_total{reason=\"no_state\"} 0\n"));
+  free(out);
+  /* the stream comes back: a new series, the counters stay */
+  sk.point(sk.arg, &r1, &p);
+  out = render(m, NULL);
+  assert_non_null(strstr(out, "gradwatch_last_step{run=\"r1\",tag=\"all\"} 5\n"));
+  assert_non_null(strstr(out, "\ngradwatch_streams_retired_total 2\n"));
   free(out);
   gw_metrics_free(m);
 }
@@ -295,7 +360,16 @@ static void promtool_accepts(void **state) {
   p.grad_norm = 3.0;
   assert_int_equal(gw_metrics_observe(m, "r1", "layer1/w", &p), 0);
   assert_int_equal(gw_metrics_observe(m, "r\"2", "all", &p), 0);
+  gw_sink_t sk; /* the lifecycle counters with values */
+  gw_metrics_sink(m, &sk);
+  gw_stream_ref_t ref = {.stream_id = 1, .run = "r3", .tag = "all", .k = 4};
+  gw_restart_t rs = {.reason = GW_RESTART_CONFIG, .step = 1};
+  sk.point(sk.arg, &ref, &p);
+  sk.restart(sk.arg, &ref, &rs);
+  sk.forget(sk.arg, &ref);
   char *out = render(m, &st);
+  assert_non_null(strstr(out, "gradwatch_stream_restarts_total{reason=\"config_changed\"} 1\n"));
+  assert_non_null(strstr(out, "\ngradwatch_streams_retired_total 1\n"));
   char path[] = "/tmp/gw_test_metrics_XXXXXX";
   int fd = mkstemp(path);
   assert_true(fd >= 0);
@@ -323,6 +397,7 @@ int main(void) {
       cmocka_unit_test(renders_daemon_counters),
       cmocka_unit_test(extra_families),
       cmocka_unit_test(many_streams_sorted),
+      cmocka_unit_test(sink_lifecycle),
       cmocka_unit_test(promtool_accepts),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

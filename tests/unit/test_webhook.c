@@ -290,6 +290,64 @@ static void retries_are_bounded_with_backoff(void **state) {
   recv_stop(&r);
 }
 
+/* Failures go to the log, at most 5 lines a second per receiver; each
+ * line reports how many were held back since the last, so lines plus
+ * held-back counts add up to every failure. */
+static void failures_logged_rate_limited(void **state) {
+  (void)state;
+  char path[] = "/tmp/gw_test_webhook_log_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+  gw_log_t log;
+  assert_int_equal(gw_log_init(&log, path, "warn"), 0);
+  recv_t r;
+  recv_start(&r, 400);
+  gw_webhook_config_t c;
+  char url[64];
+  config(&c, url, sizeof url, r.port);
+  c.retries = 0;
+  c.log = &log;
+  gw_webhook_t *w;
+  assert_int_equal(gw_webhook_new(&w, &c), 0);
+  double t0 = mono();
+  for (int i = 0; i < 20; i++) {
+    assert_int_equal(gw_webhook_send(w, "{}"), 0);
+    assert_int_equal(gw_webhook_drain(w, 5000), 0); /* one at a time: all reach the receiver */
+  }
+  double spent = mono() - t0;
+  usleep(1100000); /* a new second: the next failure is logged with the held-back count */
+  assert_int_equal(gw_webhook_send(w, "{}"), 0);
+  assert_int_equal(gw_webhook_drain(w, 5000), 0);
+  gw_webhook_stats_t s;
+  gw_webhook_stats(w, &s);
+  assert_int_equal(s.failed, 21);
+  gw_webhook_free(w);
+  recv_stop(&r);
+  gw_log_close(&log);
+
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  char line[2048];
+  int lines = 0;
+  unsigned long long held = 0;
+  while (fgets(line, sizeof line, f)) {
+    if (!strstr(line, "event=webhook_delivery")) continue;
+    lines++;
+    assert_non_null(strstr(line, "result=failed detail=refused"));
+    assert_non_null(strstr(line, url));
+    const char *sp = strstr(line, "suppressed=");
+    assert_non_null(sp);
+    held += strtoull(sp + 11, NULL, 10);
+  }
+  fclose(f);
+  unlink(path);
+  assert_int_equal((unsigned long long)lines + held, 21);
+  assert_true(lines >= 2); /* the first failure, and the one after the pause */
+  assert_true(held > 0 || spent > 3.0); /* 20 failures in a second or so: some held back */
+  assert_true(lines <= 5 * ((int)spent + 2) + 1);
+}
+
 /* Receiver down: 10,000 sends take microseconds each (no network on the
  * caller's thread), the queue keeps the newest queue_max, and every
  * notification attempted is given up after exactly 1 + retries attempts. */
@@ -378,6 +436,7 @@ int main(void) {
       cmocka_unit_test(receiver_down_never_blocks),
       cmocka_unit_test(free_aborts_stuck_attempt),
       cmocka_unit_test(bad_configs),
+      cmocka_unit_test(failures_logged_rate_limited),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
