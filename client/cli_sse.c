@@ -66,6 +66,7 @@ static int dispatch(cli_sse_t *p, cli_sse_cb cb, void *ud) {
     cli_sse_event_t ev;
     p->data.p[--p->data.len] = '\0'; /* the final LF */
     ev.type = p->type.len ? p->type.p : "message";
+    ev.type_len = p->type.len ? p->type.len : 7;
     ev.data = p->data.p;
     ev.data_len = p->data.len;
     ev.id = p->id.len ? p->id.p : "";

@@ -40,10 +40,11 @@
 #include "util.h"
 
 /* One dispatched event. Every pointer is borrowed from the parser and valid
- * only during the callback; each string is NUL-terminated (data may also
- * hold NUL bytes: use data_len). */
+ * only during the callback; each string is NUL-terminated (type and data
+ * may also hold NUL bytes: use the lengths; id never does). */
 typedef struct cli_sse_event_s {
   const char *type; /* the "event" field, or "message" */
+  size_t type_len;  /* a type holding NUL bytes matches no C-string name */
   const char *data; /* data lines joined with LF */
   size_t data_len;
   const char *id;   /* the last event ID seen so far on this stream, "" if none */

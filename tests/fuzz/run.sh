@@ -20,6 +20,9 @@ case $target in
                     "$root/daemon/point.c" "$root/proto/proto.c" "$root/proto/error.c")
               incs=(-I"$root/daemon" -I"$root/proto" $(pkg-config --cflags libmicrohttpd))
               libs=($(pkg-config --libs libmicrohttpd) -lm) ;;
+  sse) srcs=("$root/tests/fuzz/fuzz_sse.c" "$root/client/cli_sse.c" "$root/daemon/util.c"
+            "$root/proto/error.c")
+       incs=(-I"$root/client" -I"$root/daemon" -I"$root/proto") libs=(-lpthread) ;;
   *) echo "unknown fuzz target $target" >&2; exit 2 ;;
 esac
 clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

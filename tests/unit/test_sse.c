@@ -34,7 +34,8 @@ typedef struct got_s {
 static int collect(void *ud, const cli_sse_event_t *e) {
   got_t *g = ud;
   assert_true(g->n < MAXEV);
-  assert_true(strlen(e->type) < sizeof g->ev[0].type);
+  assert_int_equal(strlen(e->type), e->type_len);
+  assert_true(e->type_len < sizeof g->ev[0].type);
   assert_true(strlen(e->id) < sizeof g->ev[0].id);
   assert_true(e->data_len < sizeof g->ev[0].data);
   assert_int_equal(e->data[e->data_len], '\0'); /* NUL-terminated */
