@@ -76,6 +76,7 @@ import numpy as np
 import torch
 
 from . import _layout, _proto
+# Re-exported: the kernels stay reachable as gradwatch.torch.torch_sketch etc.
 from ._kernels import (COORD_LIMIT, _fmix64, _signed, gaussian_block,  # noqa: F401
                        sjlt_bins, torch_sketch)
 from ._kernels import fused_norms as _fused_norms  # a module global: tests swap it
