@@ -27,7 +27,8 @@
  * failed, cli_sse_reset back to reading.
  *
  * Memory is bounded: a line (without its terminator) longer than max_line
- * bytes, or an event whose data would exceed max_data bytes, makes the feed
+ * bytes, or an event whose data buffer (the values plus one LF per data
+ * line) would exceed max_data bytes, makes the feed
  * fail with -EMSGSIZE. The parser then stays failed (every feed returns the
  * same code) until cli_sse_reset. Buffers grow only as far as those caps.
  */
