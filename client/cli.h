@@ -4,7 +4,12 @@
  *   cli.c          main: dispatch to a subcommand, shared helpers below
  *   cli_publish.c  publish --synthetic: the generator and its send loop
  *   cli_replay.c   replay FILE: .npy / raw float32 rows as one stream
- *   cli_http.c     query, tail, export: the daemon's HTTP API via libcurl
+ *   cli_query.c    query RUN TAG METRIC...: one stream's points (table/CSV/JSON)
+ *   cli_export.c   export RUN: every stream of a run as CSV or JSON lines
+ *   cli_tail.c     tail: the live feed (Server-Sent Events), one line per event
+ *   cli_series.c   query/export's /api/v1/series fetch, row walk and formatting
+ *   cli_httpc.c    the HTTP client of those three (libcurl): options, GET, errors
+ *   cli_sse.c      the event-stream parser of tail (pure: bytes in, events out)
  *   cli_proxy.c    proxy: XSUB/XPUB forwarder in front of sharded daemons
  *
  * Every subcommand is `int cli_NAME(int argc, char **argv)` with argv[0] the

@@ -24,6 +24,9 @@ case $target in
                "$root/daemon/point.c" "$root/daemon/util.c" "$root/proto/error.c")
          incs=(-I"$root/daemon" -I"$root/proto" $(pkg-config --cflags inih))
          libs=($(pkg-config --libs inih) -lm -lpthread) ;;
+  sse) srcs=("$root/tests/fuzz/fuzz_sse.c" "$root/client/cli_sse.c" "$root/daemon/util.c"
+            "$root/proto/error.c")
+       incs=(-I"$root/client" -I"$root/daemon" -I"$root/proto") libs=(-lpthread) ;;
   *) echo "unknown fuzz target $target" >&2; exit 2 ;;
 esac
 clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

@@ -222,7 +222,7 @@ class Publisher:
         if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
             raise ValueError(f"offset must be a non-negative int, got {offset!r}")
         if type(grad).__module__.startswith("torch") and getattr(grad, "is_cuda", False):
-            from .torch import torch_sketch
+            from ._kernels import torch_sketch
             return torch_sketch(grad, self.k, self.seed, self.kind, self.s,
                                 offset=int(offset)).cpu().numpy()
         return self._sketcher.sketch(_as_numpy(grad), int(offset))
@@ -249,7 +249,7 @@ class Publisher:
         if isinstance(grad, np.ndarray) and grad.dtype.kind == "f":
             g = grad
         elif type(grad).__module__.startswith("torch") and getattr(grad, "is_cuda", False):
-            from .torch import torch_sketch
+            from ._kernels import torch_sketch
             zn = torch_sketch(grad, self.k, self.seed, self.kind, self.s, with_norm=True)
             zn = zn.cpu().numpy()
             z, gn = zn[:-1], math.sqrt(zn[-1])

@@ -30,10 +30,13 @@ only on (seed, i) (proto/SKETCH.md), so:
   "all". To reproduce one with a Publisher: pub.sketch(g_p, offset=off).
   watch(...).offsets lists (name, offset, numel).
 
-Implementation. For sjlt the bin index of every (coordinate, nonzero),
+Implementation. The module is in three parts: _layout plans (pure Python:
+offsets, streams, shards, chunks and their segments), _kernels hashes and
+scatters (torch), and this module runs the plan on the device and publishes.
+For sjlt the bin index of every (coordinate, nonzero),
 2 * (stream * k + row) + (sign < 0), depends only on (seed, k, s, offset),
-so it is computed once (the torch hash below, identical to the NumPy one and
-the C one) and cached on the gradient's device (int32, 4 s bytes per
+so it is computed once (the torch hash of _kernels, identical to the NumPy
+one and the C one) and cached on the gradient's device (int32, 4 s bytes per
 coordinate, on an accelerator; int64 on the CPU, where scatter_add_ with
 int64 indices is faster; cache_indices=False recomputes it every step
 instead). A step is then: copy the gradients into a float64 buffer
@@ -72,114 +75,15 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from . import _proto
-from ._sketch import FMIX_M1, FMIX_M2, GAUSS_XOR, GOLDEN, MASK64, check_params
+from . import _layout, _proto
+# Re-exported: the kernels stay reachable as gradwatch.torch.torch_sketch etc.
+from ._kernels import (COORD_LIMIT, _fmix64, _signed, gaussian_block,  # noqa: F401
+                       sjlt_bins, torch_sketch)
+from ._kernels import fused_norms as _fused_norms  # a module global: tests swap it
+from ._sketch import check_params
 from .publisher import Publisher
 
 __all__ = ["watch", "Watch", "Shard", "torch_sketch", "sjlt_bins", "gaussian_block"]
-
-
-def _signed(x):
-    x &= MASK64
-    return x - (1 << 64) if x >= (1 << 63) else x
-
-
-_M1 = _signed(FMIX_M1)
-_M2 = _signed(FMIX_M2)
-_LOW31 = (1 << 31) - 1  # mask after an arithmetic >> 33 = logical >> 33
-_LOW32 = (1 << 32) - 1
-# Coordinates hashed at once when building indices: small on the CPU, where
-# big temporaries cost page faults (10x slower at 2^22), larger on devices,
-# where each chunk costs ~40 kernel launches.
-_HASH_CHUNK = 1 << 16
-_HASH_CHUNK_DEVICE = 1 << 22
-
-
-def _hash_chunk(device):
-    return _HASH_CHUNK if torch.device(device).type == "cpu" else _HASH_CHUNK_DEVICE
-
-
-# Largest global coordinate + 1 supported (i * 65536 must fit in int64).
-COORD_LIMIT = 1 << 47
-
-
-def _fmix64(x):
-    """fmix64 on an int64 tensor: wrapping multiply, logical shifts via masks."""
-    x = x ^ ((x >> 33) & _LOW31)
-    x = x * _M1
-    x = x ^ ((x >> 33) & _LOW31)
-    x = x * _M2
-    x = x ^ ((x >> 33) & _LOW31)
-    return x
-
-
-def sjlt_bins(seed, k, s, offset, n, device="cpu", base=0, dtype=torch.int64, out=None):
-    """Bin indices (s, n) of columns offset..offset+n-1: base + 2 row + (sign < 0).
-
-    Written into out (an (s, n) integer tensor) when given.
-    """
-    if out is None:
-        out = torch.empty((s, n), dtype=dtype, device=device)
-    sg = _signed(seed * GOLDEN)
-    step = _hash_chunk(device)
-    for c0 in range(0, n, step):
-        c1 = min(n, c0 + step)
-        i = torch.arange(offset + c0, offset + c1, dtype=torch.int64, device=device)
-        key = (i * 8) ^ sg
-        for j in range(s):
-            lo = (j * k) // s
-            w = ((j + 1) * k) // s - lo
-            h = _fmix64(key ^ j)
-            row = (((h >> 32) & _LOW32) * w) >> 32
-            out[j, c0:c1] = row * 2 + (h & 1) + (2 * lo + base)
-    return out
-
-
-def gaussian_block(seed, k, offset, n, device="cpu"):
-    """Columns offset..offset+n-1 of the gaussian S, (k, n) float64, on device."""
-    sg = _signed(((seed * GOLDEN) & MASK64) ^ GAUSS_XOR)
-    i = torch.arange(offset, offset + n, dtype=torch.int64, device=device)
-    b = torch.arange(k, dtype=torch.int64, device=device)
-    h = _fmix64(((i * 65536)[None, :] + b[:, None]) ^ sg)
-    u1 = (((h >> 32) & _LOW32).double() + 0.5) / 4294967296.0
-    u2 = ((h & _LOW32).double() + 0.5) / 4294967296.0
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2) / math.sqrt(k)
-
-
-def torch_sketch(g, k, seed=0, kind="sjlt", s=None, offset=0, with_norm=False):
-    """S[:, offset:offset+d] g on g's device, float64 tensor of length k.
-
-    g is flattened row-major. with_norm appends ||g||^2 (length k + 1).
-    Nothing is cached; see watch() for the cached, per-step path.
-    """
-    k, seed, kind, s = check_params(k, seed, kind, s)
-    if not isinstance(g, torch.Tensor) or not g.dtype.is_floating_point:
-        raise TypeError("g must be a floating-point torch.Tensor")
-    g = g.detach().reshape(-1)
-    n = g.numel()
-    if offset < 0 or offset + n > COORD_LIMIT:
-        raise ValueError(f"offset must be in 0..2^47-d, got {offset}")
-    dev = g.device
-    out = torch.zeros(k + 1 if with_norm else k, dtype=torch.float64, device=dev)
-    if kind == "sjlt":
-        acc = torch.zeros(2 * k, dtype=torch.float64, device=dev)
-        step = _hash_chunk(dev)
-        for c0 in range(0, n, step):
-            c1 = min(n, c0 + step)
-            bins = sjlt_bins(seed, k, s, offset + c0, c1 - c0, dev)
-            src = g[c0:c1].double()
-            for j in range(s):
-                acc.index_add_(0, bins[j], src)
-        out[:k] = (acc[0::2] - acc[1::2]) * (1.0 / math.sqrt(s))
-    else:
-        step = max(1, (1 << 22) // k)
-        for c0 in range(0, n, step):
-            c1 = min(n, c0 + step)
-            out[:k] += gaussian_block(seed, k, offset + c0, c1 - c0, dev) @ g[c0:c1].double()
-    if with_norm:
-        g64 = g.double()
-        out[k] = torch.dot(g64, g64)
-    return out
 
 
 class Shard(NamedTuple):
@@ -191,13 +95,13 @@ class Shard(NamedTuple):
 
 
 class _Chunk:
-    """A run of coordinates of one device, sketched from one float64 buffer."""
+    """A planned chunk (_layout.Chunk) and its cached indices on the device."""
     __slots__ = ("pieces", "n", "segments", "bins", "gauss")
 
-    def __init__(self):
-        self.pieces = []  # (piece index, start in its flat grad, length)
-        self.n = 0
-        self.segments = []  # (start in buffer, length, stream id, global offset)
+    def __init__(self, plan):
+        self.pieces = plan.pieces  # (piece index, start in its flat grad, length)
+        self.n = plan.n
+        self.segments = plan.segments  # (start in buffer, length, stream id, global offset)
         self.bins = None  # cached (s, n) bins, or None (cache_indices=False)
         self.gauss = None  # cached gaussian blocks per segment
 
@@ -262,7 +166,7 @@ class Watch:
             self.k, self.seed, self.kind, self.s = check_params(256)
         k = self.k
 
-        # -- layout: names, sizes, global offsets ------------------------
+        # -- layout, streams, pieces and chunks: planned by _layout ----------
         if layout is None:
             if model is None:
                 raise ValueError("layout is required when model is None")
@@ -271,52 +175,15 @@ class Watch:
         else:
             params = None
             layout = [(str(n), int(m if isinstance(m, int) else math.prod(m))) for n, m in layout]
-        if not layout:
-            raise ValueError("the model has no parameters that require grad")
-        self.offsets = []
-        off = 0
-        for name, n in layout:
-            if n < 0:
-                raise ValueError(f"layout: parameter {name!r} has negative numel {n}")
-            self.offsets.append((name, off, n))
-            off += n
-        self.d = off
-        if self.d > COORD_LIMIT:
-            raise ValueError(f"model too large: {self.d} coordinates > 2^47")
-
-        # -- streams -----------------------------------------------------
-        names = [n for n, _ in layout]
-        if per_layer is True:
-            chosen = names
-        elif per_layer is False or per_layer is None:
-            chosen = []
-        else:
-            if isinstance(per_layer, str):
-                raise TypeError("per_layer must be a bool or a collection of parameter names")
-            want = set(per_layer)
-            unknown = want - set(names)
-            if unknown:
-                raise ValueError(f"per_layer names unknown parameters: {sorted(unknown)!r:.200}")
-            chosen = [n for n in names if n in want]
-        for n in chosen:
-            if n == "all":
-                raise ValueError("a parameter named 'all' clashes with the stream 'all'")
-            try:
-                _proto.check_tag(n)
-            except ValueError:
-                raise ValueError(f"parameter name {n!r} is not a valid tag (1..128 of "
-                                 f"[A-Za-z0-9._:/-]); pass per_layer as a list of names "
-                                 f"to skip it") from None
-        self.tags = ["all"] + chosen
-        sid_of = {n: i for i, n in enumerate(chosen)}
-        self._nlayer = len(chosen)
-        self._nstreams = len(chosen) + (1 if len(chosen) < len(names) else 0)
-        rest = len(chosen)
-        self._layer_sid = [sid_of.get(n, rest) for n in names]
+        self.offsets, self.d = _layout.offsets(layout)
+        st = _layout.streams([n for n, _ in layout], per_layer, _proto.check_tag)
+        self.tags = st.tags
+        self._nlayer = st.nlayer
+        self._nstreams = st.nstreams
+        self._layer_sid = st.layer_sid
         if pub is not None:
             self._topics = [pub._topic(t) for t in self.tags]
 
-        # -- pieces this process holds -----------------------------------
         if process_group is not None and shards is None:
             raise ValueError("process_group needs shards= (a replicated gradient would be "
                              "counted once per rank)")
@@ -324,30 +191,19 @@ class Watch:
             if params is None:
                 raise ValueError("shards are required with an explicit layout")
             shards = [Shard(p, o, 0, n) for (_, p), (_, o, n) in zip(params, self.offsets)]
-        pieces = []
+        shards = [sh if isinstance(sh, Shard) else Shard(*sh) for sh in shards]
         for idx, sh in enumerate(shards):
-            if not isinstance(sh, Shard):
-                sh = Shard(*sh)
-            t = sh.tensor
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"shards[{idx}].tensor must be a tensor, got {type(t).__name__}")
-            start = int(sh.start)
-            length = t.numel() - start if sh.length is None else int(sh.length)
-            if start < 0 or length < 0 or start + length > t.numel():
-                raise ValueError(f"shards[{idx}]: start={start}, length={length} outside a "
-                                 f"tensor of {t.numel()} elements")
-            if sh.offset < 0 or sh.offset + length > self.d:
-                raise ValueError(f"shards[{idx}]: offset={sh.offset} + length={length} outside "
-                                 f"the {self.d} coordinates of the layout")
-            pieces.append(Shard(t, int(sh.offset), start, length))
-        order = sorted(range(len(pieces)), key=lambda i: pieces[i].offset)
-        for a, b in zip(order, order[1:]):
-            if pieces[a].offset + pieces[a].length > pieces[b].offset:
-                raise ValueError(f"shards[{a}] and shards[{b}] overlap")
+            if not isinstance(sh.tensor, torch.Tensor):
+                raise TypeError(f"shards[{idx}].tensor must be a tensor, got "
+                                f"{type(sh.tensor).__name__}")
+        planned = _layout.check_pieces(
+            [(sh.tensor.numel(), int(sh.offset), sh.start, sh.length) for sh in shards], self.d)
+        pieces = [Shard(sh.tensor, p.offset, p.start, p.length)
+                  for sh, p in zip(shards, planned)]
         self._pieces = pieces
-        self._piece_layers = [self._layers_of(p.offset, p.length) for p in pieces]
+        self._piece_layers = [_layout.layers_of(self.offsets, p.offset, p.length)
+                              for p in pieces]
 
-        # -- chunks per device, and cached indices -------------------------
         self._nbins = self._nstreams * (2 * k if self.kind == "sjlt" else k)
         total_bins = self._nbins + self._nstreams
         # On the CPU, scatter_add_ with int64 indices is a third faster than
@@ -359,22 +215,12 @@ class Watch:
         self._index_dtype = index_dtype
         self._scatter = index_dtype == torch.int64
         self._cache = bool(cache_indices)
+        plan = _layout.plan_chunks(planned, [p.tensor.device for p in pieces], self.offsets,
+                                   self._layer_sid, chunk_coords)
         groups = {}
-        for pi, p in enumerate(pieces):
-            dev = p.tensor.device
-            g = groups.get(dev)
-            if g is None:
-                g = groups[dev] = _Group(dev)
-            pos = 0
-            while pos < p.length:
-                if not g.chunks or g.chunks[-1].n >= chunk_coords:
-                    g.chunks.append(_Chunk())
-                ch = g.chunks[-1]
-                take = min(p.length - pos, chunk_coords - ch.n)
-                self._add_segments(ch, p.offset + pos, take)
-                ch.pieces.append((pi, p.start + pos, take))
-                ch.n += take
-                pos += take
+        for dev, chunks in plan.items():
+            g = groups[dev] = _Group(dev)
+            g.chunks = [_Chunk(c) for c in chunks]
         self._groups = list(groups.values())
         for g in self._groups:
             buf = torch.empty(max(ch.n for ch in g.chunks), dtype=torch.float64,
@@ -410,27 +256,6 @@ class Watch:
         self._closed = False
 
     # -- setup helpers ---------------------------------------------------
-
-    def _layers_of(self, offset, length):
-        """Layer indices that [offset, offset+length) intersects."""
-        out = []
-        for li, (_, o, n) in enumerate(self.offsets):
-            if o < offset + length and offset < o + n:
-                out.append(li)
-        return out
-
-    def _add_segments(self, ch, goff, n):
-        """Split global range [goff, goff+n) at layer boundaries into ch.segments."""
-        end = goff + n
-        import bisect
-        starts = [o for _, o, _ in self.offsets]
-        li = bisect.bisect_right(starts, goff) - 1
-        while goff < end:
-            while self.offsets[li][1] + self.offsets[li][2] <= goff:
-                li += 1
-            lend = min(end, self.offsets[li][1] + self.offsets[li][2])
-            ch.segments.append((ch.n + (goff - (end - n)), lend - goff, self._layer_sid[li], goff))
-            goff = lend
 
     def _chunk_bins(self, ch, device):
         k, s = self.k, self.s
@@ -681,11 +506,6 @@ class Watch:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _fused_norms(dev):
-    """Per-parameter norms in one _foreach_norm launch (accelerators) or dot products."""
-    return dev.type != "cpu" and hasattr(torch, "_foreach_norm")
 
 
 def _travels(v):
