@@ -85,7 +85,7 @@ async function stop(p) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function until(what, fn, timeoutMs = 10000, everyMs = 50) {
+async function until(what, fn, timeoutMs = 30000, everyMs = 50) {
   const t0 = Date.now();
   let last;
   while (Date.now() - t0 < timeoutMs) {
@@ -163,7 +163,7 @@ after(async () => {
 test("runs list shows the published run, and opens it", async () => {
   await page.goto(daemon.base + "/");
   const row = page.locator(`tr.run[data-run="${RUN}"]`);
-  await row.waitFor({ timeout: 5000 });
+  await row.waitFor({ timeout: 30000 });
   const cells = await row.locator("td").allTextContents();
   assert.match(cells[0], /live|stalled/);
   assert.equal(cells[1], RUN);
@@ -174,7 +174,7 @@ test("runs list shows the published run, and opens it", async () => {
 });
 
 test("run page renders synchronized charts with a legend of the selected tags", async () => {
-  await page.locator("#run-view[data-ready='1']").waitFor({ timeout: 10000 });
+  await page.locator("#run-view[data-ready='1']").waitFor({ timeout: 30000 });
   const charts = page.locator("#charts .chart[data-metric]");
   assert.equal(await charts.count(), 7);
   assert.equal(await page.locator("#charts .chart[data-metric] canvas").count(), 7);
@@ -215,7 +215,7 @@ test("a point published after load reaches the chart within 2 s", async () => {
   const received = (await getJSON(daemon, "/api/v1/stats")).points;
   const pub = publish(daemon, ["--start", String(STEPS), "--steps", "30", "--rate", "15", "--noise", "0.003", "--loss"]);
   // t0: the daemon has made the new point (ingest), then the page must show it.
-  await until("the daemon to ingest the new point", async () => (await getJSON(daemon, "/api/v1/stats")).points > received, 10000, 20);
+  await until("the daemon to ingest the new point", async () => (await getJSON(daemon, "/api/v1/stats")).points > received, 30000, 20);
   const t0 = Date.now();
   await until(
     "the new step on the chart",
@@ -240,7 +240,7 @@ test("a page opened before its run starts picks the run up from the feed", async
     await until("the waiting message", async () => /waiting for its first points/.test(await p.locator("#run-msg").textContent()));
     await until("feed open", async () => (await p.locator("#live-state").getAttribute("data-state")) === "open");
     await publish(daemon, ["--run", "late-run", "--steps", "40", "--rate", "40", "--noise", "0.003"]);
-    await p.locator("#run-view[data-ready='1']").waitFor({ timeout: 10000 });
+    await p.locator("#run-view[data-ready='1']").waitFor({ timeout: 30000 });
     await until("the new run's charts", async () => Number(await p.locator("#charts").getAttribute("data-last-step")) === 39);
     assert.equal(await p.locator("#heatmap").getAttribute("data-rows"), String(TAGS.length));
     assert.equal(await p.locator("#run-msg").textContent(), "");
@@ -375,7 +375,7 @@ test("the feed reconnects after a daemon restart and catches up", async () => {
   // Points published while the page reconnects arrive through the resync
   // fetch or the feed, whichever comes first; both must end on the last one.
   await publish(daemon, ["--start", String(STEPS + 30), "--steps", "20", "--rate", "0", "--noise", "0.003"]);
-  await until("feed open again", async () => (await page.locator("#live-state").getAttribute("data-state")) === "open", 15000);
+  await until("feed open again", async () => (await page.locator("#live-state").getAttribute("data-state")) === "open", 30000);
   await until("the points of the new daemon", async () =>
     Number(await page.locator("#charts").getAttribute("data-last-step")) === STEPS + 49, 5000);
   assert.ok(STEPS + 49 > before);
@@ -398,7 +398,7 @@ test("with --http-token-file: a clear refusal, then a token from localStorage op
   });
   try {
     await p.goto(d.base + "/#/run/" + RUN);
-    await p.locator("#banner:not([hidden])").waitFor({ timeout: 5000 });
+    await p.locator("#banner:not([hidden])").waitFor({ timeout: 30000 });
     assert.match(await p.locator("#banner").textContent(), /bearer token/);
     await until("feed refused", async () => (await p.locator("#live-state").getAttribute("data-state")) === "refused");
     await p.evaluate(() => localStorage.setItem("gradwatchToken", "s3cret-e2e-token-0123"));

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from conftest import Daemon, encode, free_port
+from conftest import Daemon, encode, free_port, scaled
 
 SRC = os.environ.get("GW_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 RULES = os.path.join(SRC, "systemd", "prometheus", "gradwatch-rules.yml")
@@ -95,6 +95,10 @@ class Events:
 
 
 def wait(pred, timeout, what):
+    """Poll pred() until it is truthy; `timeout` (s, on a quiet machine) is
+    stretched by GW_TEST_TIME_SCALE and never below 20 s: a deadline, not a
+    measurement, so a loaded machine only makes the test slower."""
+    timeout = scaled(max(timeout, 20))
     deadline = time.time() + timeout
     while time.time() < deadline:
         v = pred()
@@ -220,14 +224,14 @@ class PromWatch(threading.Thread):
     seen firing for `run` (so the test doesn't race the scaled baseline
     window); result: those alerts, or None after `timeout` s."""
 
-    def __init__(self, url, run, names, timeout=20):
+    def __init__(self, url, run, names, timeout=60):
         super().__init__(daemon=True)
         self.url, self.run_name, self.names, self.timeout = url, run, names, timeout
         self.result, self.last = None, None
         self.start()
 
     def run(self):
-        deadline = time.time() + self.timeout
+        deadline = time.time() + scaled(self.timeout)
         while time.time() < deadline and self.result is None:
             try:
                 self.last = prom_alerts(self.url)
@@ -420,10 +424,15 @@ severity = info
         assert [x["id"] for x in again] == [a["id"]]
         assert re.search(r"^gradwatch_alerts_firing 1$", metrics(daemon), re.M)
         beat.healthy(3, loss=1000.0)
-        time.sleep(0.5)
+        last = beat.step - 1
+        wait(lambda: any(x["tag"] == "beat" and x["last_step"] == last
+                         for x in daemon.json("/api/v1/runs/job1/streams")[1]["streams"]),
+             5, "the loud steps evaluated")
+        time.sleep(0.5)  # absence of a re-notification: a grace period, not a wait
         assert len(recv.alerts("firing", "loud")) == 1
         beat.healthy(1, loss=1.0)
         wait(lambda: recv.alerts("resolved", "loud"), 5, "loud resolved")
+        assert len(recv.alerts("firing", "loud")) == 1
 
         def states():
             code, body = daemon.json("/api/v1/alerts?state=all")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import Daemon, encode, free_port
+from conftest import Daemon, encode, free_port, scaled, subscribed_pub
 
 
 def reference(zs, W, beta=0.9):
@@ -147,7 +147,7 @@ def test_rejections_are_counted_by_reason(daemon, pub):
     # rejections are logged at a rate limit (10/s); the next logged one says
     # how many were held back
     assert log.count("event=reject") <= 10
-    time.sleep(1.1)
+    time.sleep(1.1)  # not a wait: the rate limit's 1 s window must pass
     pub.send_multipart(good(0))
     daemon.wait_for(lambda: "suppressed=" in daemon.log.read_text().splitlines()[-1]
                     and "reason=out_of_order" in daemon.log.read_text().splitlines()[-1],
@@ -173,12 +173,10 @@ def test_restart_and_sigterm_lose_nothing(daemon, pub):
     got = series(daemon, "dur", "all", ["kappa_onestep"])
     assert got["step"] == list(range(1, N))
     # publishing resumes on the same stream after a restart
-    pub2 = zmq.Context.instance().socket(zmq.PUB)
-    pub2.connect(daemon.endpoint)
-    time.sleep(0.3)
+    pub2 = subscribed_pub(daemon.endpoint)
     for t in range(N, N + 10):
         pub2.send_multipart(encode("dur", "all", t, z0 + 0.01 * t))
-    pub2.close(linger=1000)
+    pub2.close()
     daemon.wait_for(lambda: len(stored_steps(daemon, "dur", "all")) >= N - 1 + 9,
                     what="points after restart")
 
@@ -244,12 +242,10 @@ def test_token_and_pull_and_store_every(daemon_bin, tmp_path):
         assert d.get("/api/v1/runs", auth)[0] == 200
         assert d.get("/metrics", auth)[0] == 200 and d.get("/metrics")[0] == 401
         # store_every: every point reaches stats, every 5th is stored
-        sock = zmq.Context.instance().socket(zmq.PUB)
-        sock.connect(d.endpoint)
-        time.sleep(0.3)
+        sock = subscribed_pub(d.endpoint)
         for t in range(31):
             sock.send_multipart(encode("se", "all", t, np.ones(4, np.float32) * t))
-        sock.close(linger=1000)
+        sock.close()
         d.wait_for(lambda: json.loads(d.get("/api/v1/stats", auth)[1])["points"] >= 30, what="points")
         def stored():
             c, b, _ = d.get("/api/v1/series?run=se&tag=all&metrics=kappa_ema", auth)
@@ -271,7 +267,7 @@ def test_pull_socket(daemon_bin, tmp_path):
         push.connect(pull)
         for t in range(5):
             push.send_multipart(encode("pull", "all", t, np.ones(4, np.float32) * t))
-        push.close(linger=2000)
+        push.close(linger=int(scaled(30) * 1000))  # PUSH queues until connected
         d.wait_for(lambda: d.stats()["points"] >= 4, what="points over PULL")
     finally:
         assert d.stop() == 0
@@ -281,21 +277,21 @@ def test_sd_notify_ready_watchdog_stopping(daemon_bin, tmp_path):
     path = str(tmp_path / "notify.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     srv.bind(path)
-    srv.settimeout(10)
+    srv.settimeout(scaled(30))
     env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="200000")
     d = Daemon(daemon_bin, tmp_path)
     args = [daemon_bin, "--zmq", d.endpoint, "--http", f"127.0.0.1:{d.http_port}", "--db", d.db]
     p = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL)
     try:
         msgs = set()
-        deadline = time.time() + 10
+        deadline = time.time() + scaled(30)
         while not {"READY=1", "WATCHDOG=1"} <= msgs and time.time() < deadline:
             msgs |= set(srv.recv(4096).decode().split("\n"))
         assert "READY=1" in msgs and "WATCHDOG=1" in msgs, msgs
         p.send_signal(signal.SIGTERM)
         while "STOPPING=1" not in msgs:
             msgs |= set(srv.recv(4096).decode().split("\n"))
-        assert p.wait(10) == 0
+        assert p.wait(scaled(60)) == 0
     finally:
         if p.poll() is None:
             p.kill()
@@ -310,7 +306,7 @@ def test_cli_flags(daemon_bin, tmp_path):
     r = subprocess.run([daemon_bin, "--window", "1"], capture_output=True, text=True)
     assert r.returncode == 2 and "window" in r.stderr
     r = subprocess.run([daemon_bin, "--zmq", "bogus://x", "--db", ":memory:", "--http", "127.0.0.1:0"],
-                       capture_output=True, text=True, timeout=20)
+                       capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 2 and "bogus://x" in r.stderr
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import Daemon, encode, free_port
+from conftest import Daemon, encode, free_port, scaled
 
 CTX = zmq.Context.instance()
 
@@ -48,7 +48,7 @@ def pub_socket(endpoint, wait=True, **curve):
         s.setsockopt(getattr(zmq, k.upper()), v)
     s.connect(endpoint)
     if wait:
-        assert s.poll(10000, zmq.POLLIN), "the daemon never subscribed"
+        assert s.poll(int(scaled(30) * 1000), zmq.POLLIN), "the daemon never subscribed"
         assert s.recv().startswith(b"\x01")
     return s
 
@@ -89,8 +89,8 @@ class GoodStream(threading.Thread):
                 time.sleep(delay)
         sock.close()
 
-    def check(self, timeout=30):
-        self.join(timeout)
+    def check(self, timeout=60):
+        self.join(scaled(timeout))
         assert not self.is_alive(), "good publisher stuck"
         want = list(range(1, self.n))
         def stored():
@@ -101,7 +101,7 @@ class GoodStream(threading.Thread):
         assert steps == want, "good stream lost or reordered points"
 
 
-def wait_stats(d, pred, timeout=15, what="stats"):
+def wait_stats(d, pred, timeout=30, what="stats"):
     return d.wait_for(lambda: (lambda s: s if pred(s) else None)(d.stats()), timeout, what)
 
 
@@ -185,7 +185,7 @@ def test_disk_full_keeps_ingest_alive_and_writes_resume(daemon, tiny_tmpfs):
     burst(20)
     total = step * len(tags) - len(tags)  # points: every step but each stream's first
     st = wait_stats(daemon, lambda s: s["store"]["last_error"] is None and s["db_rows"] == total
-                    and s["points"] == total, timeout=20, what="writes to resume")
+                    and s["points"] == total, timeout=60, what="writes to resume")
     assert st["db_rows"] > rows_full and st["dropped"]["store"] == 0
     print(f"disk full at {rows_full} rows; {total} points stored after the remount")
     assert "writes resumed" in daemon.log.read_text()
@@ -240,7 +240,9 @@ def test_kill9_loses_at_most_the_last_flush_interval(daemon):
     assert rows >= written_seen, "points reported as written were lost"
 
     daemon.start()  # same database: recovery from the WAL
-    bound = rate * 1.0  # the spec's 1 s of this stream's messages
+    # 1 s of this stream's messages (stretched by GW_TEST_TIME_SCALE: a
+    # ThreadSanitizer build commits several times slower)
+    bound = rate * scaled(1.0)
     for s in range(S):
         code, body = daemon.json(f"/api/v1/series?run=k9&tag=s{s}&metrics=kappa_onestep")
         assert code == 200, body
@@ -271,7 +273,7 @@ def test_stream_flood_is_capped_and_memory_bounded(daemon):
     daemon.start()
     good = GoodStream(daemon, n=600, rate=300)
     good.start()
-    good.started_sending.wait(5)
+    good.started_sending.wait(scaled(30))
     daemon.wait_for(lambda: stream_info(daemon, "good", "all"), what="good stream")
     rss0 = rss_kib(daemon.proc.pid)
     sock = pub_socket(daemon.endpoint)
@@ -308,7 +310,7 @@ def test_oversized_frames_and_k_over_limit(daemon):
     daemon.start()
     good = GoodStream(daemon, n=400, rate=400)
     good.start()
-    good.started_sending.wait(5)
+    good.started_sending.wait(scaled(30))
     ok = pub_socket(daemon.endpoint)
     for k in (65, 100, 1000):  # 4,064 bytes at k = 1000: under MAXMSGSIZE (4,416)
         ok.send_multipart(encode("big", "k", 1, np.ones(k, np.float32)))
@@ -338,7 +340,7 @@ def test_malformed_frames(daemon):
     daemon.start()
     good = GoodStream(daemon, n=400, rate=400)
     good.start()
-    good.started_sending.wait(5)
+    good.started_sending.wait(scaled(30))
     sock = pub_socket(daemon.endpoint)
     rng = np.random.default_rng(99)
     real = encode("mal", "t", 1, np.ones(8, np.float32))
@@ -640,7 +642,7 @@ def test_curve_allows_known_keys_and_reloads_on_sighup(daemon_bin, tmp_path):
 
     def pump(sock, run, until, timeout=10):
         """Send steps of (run, all) every 20 ms until until() or timeout."""
-        t, deadline = 0, time.time() + timeout
+        t, deadline = 0, time.time() + scaled(timeout)
         while time.time() < deadline:
             sock.send_multipart(encode(run, "all", t, np.ones(4, np.float32) * (t + 1)))
             t += 1
@@ -658,7 +660,7 @@ def test_curve_allows_known_keys_and_reloads_on_sighup(daemon_bin, tmp_path):
         assert pump(a, "alice", lambda: (stream_info(d, "alice", "all") or {}).get("points", 0) >= 3)
         # unknown key: refused by ZAP and counted as denied
         b = curve_pub(b_pub, b_sec, wait=False)
-        assert pump(b, "bob", lambda: d.stats()["rejected"]["denied"] >= 1, timeout=5)
+        assert pump(b, "bob", lambda: d.stats()["rejected"]["denied"] >= 1, timeout=30)
         # no CURVE at all: the handshake fails, nothing gets in
         plain = pub_socket(d.endpoint, wait=False)
         socks.append(plain)
@@ -680,7 +682,7 @@ def test_curve_allows_known_keys_and_reloads_on_sighup(daemon_bin, tmp_path):
                    what="second reload")
         denied = d.stats()["rejected"]["denied"]
         a2 = curve_pub(a_pub, a_sec, wait=False)
-        assert pump(a2, "alice2", lambda: d.stats()["rejected"]["denied"] > denied, timeout=5)
+        assert pump(a2, "alice2", lambda: d.stats()["rejected"]["denied"] > denied, timeout=30)
         assert d.json("/api/v1/runs/alice2/streams")[0] == 404
     finally:
         for s in socks:
@@ -697,17 +699,17 @@ def test_curve_bad_keys_refuse_to_start(daemon_bin, tmp_path):
     args = [daemon_bin, "--db", ":memory:", "--http", "127.0.0.1:0", "--zmq",
             f"tcp://127.0.0.1:{free_port()}"]
     r = subprocess.run(args + ["--curve-secret-key", str(bad), "--curve-allow", str(allow)],
-                       capture_output=True, text=True, timeout=20)
+                       capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 2 and "40-character" in r.stderr, r.stderr
     r = subprocess.run(args + ["--curve-secret-key", str(bad)], capture_output=True, text=True,
-                       timeout=20)
+                       timeout=scaled(60))
     assert r.returncode == 2 and "together" in r.stderr, r.stderr
     _, sec = zmq.curve_keypair()
     good = tmp_path / "good.secret"
     write_key(good, sec)
     r = subprocess.run(args + ["--curve-secret-key", str(good), "--curve-allow",
                                str(tmp_path / "missing")], capture_output=True, text=True,
-                       timeout=20)
+                       timeout=scaled(60))
     assert r.returncode == 2 and "curve-allow" in r.stderr, r.stderr
 
 
@@ -778,10 +780,11 @@ def test_https_with_a_self_signed_certificate(daemon_bin, tmp_path):
     # half a configuration, or a key GnuTLS refuses, is a start-up error
     args = [daemon_bin, "--db", ":memory:", "--http", "127.0.0.1:0", "--zmq",
             f"tcp://127.0.0.1:{free_port()}"]
-    r = subprocess.run(args + ["--http-cert", str(cert)], capture_output=True, text=True, timeout=20)
+    r = subprocess.run(args + ["--http-cert", str(cert)], capture_output=True, text=True,
+                       timeout=scaled(60))
     assert r.returncode == 2 and "together" in r.stderr, r.stderr
     junk = tmp_path / "junk.pem"
     junk.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
     r = subprocess.run(args + ["--http-cert", str(cert), "--http-key", str(junk)],
-                       capture_output=True, text=True, timeout=20)
+                       capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode != 0 and "http" in r.stderr, r.stderr

@@ -22,7 +22,7 @@ import urllib.request
 import pytest
 import yaml
 
-from conftest import Daemon, encode, free_port
+from conftest import Daemon, encode, free_port, scaled
 
 SRC = os.environ.get("GW_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -99,6 +99,9 @@ def daemons(daemon_bin, tmp_path):
 
 
 def wait(pred, timeout, what):
+    """Poll pred(); `timeout` is a deadline on a quiet machine, stretched by
+    GW_TEST_TIME_SCALE and never below 30 s (a loaded machine is slower)."""
+    timeout = scaled(max(timeout, 30))
     deadline = time.time() + timeout
     last = None
     while time.time() < deadline:
@@ -129,9 +132,9 @@ def start_proxy(cli, procs, tmp_path, front, backends, *more):
     return p
 
 
-def stop_ok(p, timeout=15):
+def stop_ok(p, timeout=30):
     p.send_signal(signal.SIGTERM)
-    return p.wait(timeout)
+    return p.wait(scaled(timeout))
 
 
 class Prom:
@@ -292,7 +295,7 @@ def test_three_shards_behind_proxy_with_prometheus(cli, daemon_bin, tmp_path, pr
     for d in ds:
         assert sum(d.stats()["rejected"].values()) == 0, d.stats()
         assert d.stop() == 0, d.log.read_text()
-    assert time.time() - t0 < 90
+    assert time.time() - t0 < scaled(90)
 
 
 # ---- the proxy alone ----------------------------------------------------------------
@@ -316,7 +319,7 @@ def test_prefix_shards_filter_in_the_proxy(cli, daemon_bin, tmp_path, procs, dae
     sock.setsockopt(zmq.LINGER, 2000)
     sock.connect(f"tcp://127.0.0.1:{port}")
     subs = set()
-    deadline = time.time() + 10
+    deadline = time.time() + scaled(30)
     while len(subs) < 2 and time.time() < deadline:
         if sock.poll(200):
             subs.add(sock.recv())
@@ -336,7 +339,7 @@ def test_prefix_shards_filter_in_the_proxy(cli, daemon_bin, tmp_path, procs, dae
 
 def test_proxy_command_line(cli, tmp_path):
     def run(*args):
-        return subprocess.run([cli, "proxy", *args], capture_output=True, text=True, timeout=20)
+        return subprocess.run([cli, "proxy", *args], capture_output=True, text=True, timeout=scaled(60))
 
     r = run("--help")
     assert r.returncode == 0 and "--frontend" in r.stdout and "--backend" in r.stdout
@@ -369,9 +372,9 @@ def test_proxy_command_line(cli, tmp_path):
     assert p.poll() is None
     t = time.time()
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=10)
+    out, err = p.communicate(timeout=scaled(30))
     assert p.returncode == 0, err
-    assert time.time() - t < 2.5  # linger applies to queued messages only: none here
+    assert time.time() - t < scaled(2.5)  # linger applies to queued messages only: none here
     assert "daemons 0/1" in out and "total: forwarded 0 messages" in out
 
 

@@ -34,7 +34,7 @@ def test_train_digits_publishes(model, ntags, capsys):
     t.start()
     msgs = []
     deadline = time.monotonic() + 60
-    while (t.is_alive() or sub.poll(100)) and time.monotonic() < deadline:
+    while (t.is_alive() or sub.poll(1000)) and time.monotonic() < deadline:
         if sub.poll(20):
             msgs.append(gradwatch.decode(*sub.recv_multipart()))
     t.join()

@@ -15,7 +15,7 @@ import gradwatch
 from conftest import free_port, ref_sketch
 
 
-def recv_msgs(sub, n, timeout=5.0):
+def recv_msgs(sub, n, timeout=30.0):
     out = []
     deadline = time.monotonic() + timeout
     while len(out) < n and time.monotonic() < deadline:
@@ -42,7 +42,7 @@ def ep(sock):
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def handshake(pub, *subs, timeout=5.0, tag=None):
+def handshake(pub, *subs, timeout=30.0, tag=None):
     """Wait until pub sees a subscription, keeping the SUB sockets serviced.
 
     A bound SUB socket attaches an accepted connection (and sends its
@@ -63,7 +63,7 @@ def test_end_to_end_publish_decodes(sub):
     rng = np.random.default_rng(0)
     g = rng.standard_normal((30, 20)).astype(np.float32)
     with gradwatch.Publisher(ep(sub), run="e2e-1", k=64, seed=5, kind="sjlt", s=4) as pub:
-        assert handshake(pub, sub, timeout=5.0)
+        assert handshake(pub, sub)
         assert pub.publish("all", 1, g, loss=0.5, lr=0.1) is True
         assert pub.publish("layer1.weight", 2, torch.from_numpy(g)) is True
         z = np.arange(64, dtype=np.float32) / 10
@@ -90,7 +90,7 @@ def test_end_to_end_publish_decodes(sub):
 def test_half_precision_payloads(sub, dtype):
     g = np.random.default_rng(1).standard_normal(500)
     with gradwatch.Publisher(ep(sub), run="half", k=32, seed=1, dtype=dtype) as pub:
-        assert handshake(pub, sub, timeout=5.0)
+        assert handshake(pub, sub)
         pub.publish("all", 0, g)
         (m,) = recv_msgs(sub, 1)
         z = pub.sketch(g)
@@ -105,7 +105,7 @@ def test_gaussian_kind(sub):
     g = np.random.default_rng(2).standard_normal(40)
     with gradwatch.Publisher(ep(sub), run="g", k=8, seed=3, kind="gaussian") as pub:
         assert pub.s == 0
-        assert handshake(pub, sub, timeout=5.0)
+        assert handshake(pub, sub)
         pub.publish("all", 0, g)
         (m,) = recv_msgs(sub, 1)
     assert (m.kind, m.s) == ("gaussian", 0)
@@ -122,7 +122,10 @@ def test_no_daemon_never_blocks_and_counts_drops():
     dt = time.monotonic() - t0
     pub.close()
     assert (pub.sent, pub.dropped) == (0, 100_000)
-    assert dt < 20.0, f"100k publishes took {dt:.1f} s"
+    # With no peer a blocking send would never return; the bound is generous
+    # (a loaded 2-core machine needs ~20 s) and still catches any per-call
+    # wait of 0.6 ms or more.
+    assert dt < 60.0, f"100k publishes took {dt:.1f} s"
 
 
 def test_slow_subscriber_fills_hwm_then_drops():
@@ -133,7 +136,7 @@ def test_slow_subscriber_fills_hwm_then_drops():
     s.bind("inproc://slow")
     s.setsockopt(zmq.SUBSCRIBE, b"")
     pub = gradwatch.Publisher("inproc://slow", run="slow", k=4, sndhwm=5, context=ctx)
-    assert handshake(pub, s, timeout=5.0)
+    assert handshake(pub, s)
     t0 = time.monotonic()
     for step in range(2000):
         pub.publish_sketch("all", step, np.ones(4))
@@ -174,10 +177,10 @@ def test_only_matching_subscriptions_count(sub):
 
 def test_subscriber_gone_means_dropped(sub):
     pub = gradwatch.Publisher(ep(sub), run="gone", k=4)
-    assert handshake(pub, sub, timeout=5.0)
+    assert handshake(pub, sub)
     assert pub.publish_sketch("all", 0, np.ones(4))
     sub.close(linger=0)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while pub.subscribed() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not pub.subscribed()
@@ -199,7 +202,7 @@ def test_curve(port):
         with gradwatch.Publisher(f"tcp://127.0.0.1:{port}", run="sec", k=4,
                                  curve_serverkey=srv_pub, curve_publickey=cli_pub.decode(),
                                  curve_secretkey=cli_sec) as pub:
-            assert handshake(pub, s, timeout=5.0)
+            assert handshake(pub, s)
             assert pub.publish_sketch("all", 0, np.ones(4))
             (m,) = recv_msgs(s, 1)
             assert m.run == "sec"
