@@ -196,6 +196,23 @@ static void help_and_version(void **state) {
                          "--zmq-pull", "--flush-ms", "--log-file"};
   for (size_t i = 0; i < sizeof(flags) / sizeof(*flags); i++)
     if (!strstr(buf, flags[i])) fail_msg("--help lacks %s", flags[i]);
+  /* Named placeholders, one group per INI section (in this order), and
+   * examples at the end. */
+  const char *want[] = {"--window W ", "--db PATH ", "--http ADDR:PORT ", "--zmq ENDPOINT ",
+                        "--shard I/N ", "--check-config FILE ", "--store-sketches[=BOOL]",
+                        "--log-level LEVEL "};
+  for (size_t i = 0; i < sizeof(want) / sizeof(*want); i++)
+    if (!strstr(buf, want[i])) fail_msg("--help lacks '%s'", want[i]);
+  assert_null(strstr(buf, " V "));
+  const char *order[] = {"\n[ingest]", "--max-k", "\n[http]", "--metrics-tags", "\n[store]",
+                         "--flush-ms", "\n[window]", "--ema-beta", "\n[daemon]", "--log-file",
+                         "\nExamples:", "gradwatchd --check-config /etc/gradwatch/gradwatchd.conf"};
+  const char *at = buf;
+  for (size_t i = 0; i < sizeof(order) / sizeof(*order); i++) {
+    const char *p = strstr(at, order[i]);
+    if (!p) fail_msg("--help: '%s' missing or out of order", order[i]);
+    at = p;
+  }
   free(buf);
 }
 
