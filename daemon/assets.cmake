@@ -1,6 +1,7 @@
 # assets.cmake — embed web/ into the daemon (run with cmake -P at build time).
 #
 #   cmake -DWEB_DIR=<dir> -DOUT=<file.c> [-DEXTRA=<url>=<file>|<url>=<file>...] -P assets.cmake
+#   cmake -DNO_DASHBOARD=ON -DOUT=<file.c> -P assets.cmake
 #
 # Every regular file under WEB_DIR (except dot-files, node_modules/ and the
 # npm manifests package.json / package-lock.json), and every EXTRA file under
@@ -10,17 +11,36 @@
 # bytes, length, Content-Type (by extension) and an ETag from the file's
 # SHA-256. Pure CMake: file(READ ... HEX). A missing EXTRA file stops the
 # build with the command that provides it (npm ci in web/).
+#
+# NO_DASHBOARD=ON (cmake -DGW_DASHBOARD=OFF): the table holds one page,
+# /index.html, a short note that the dashboard was not built; GET / then
+# answers it and the API is unaffected.
 cmake_minimum_required(VERSION 3.20)
 
-if(NOT WEB_DIR OR NOT OUT)
-  message(FATAL_ERROR "assets.cmake: WEB_DIR and OUT are required")
+if(NOT OUT OR (NOT WEB_DIR AND NOT NO_DASHBOARD))
+  message(FATAL_ERROR "assets.cmake: OUT and WEB_DIR (or NO_DASHBOARD) are required")
 endif()
 
-file(GLOB_RECURSE files LIST_DIRECTORIES false RELATIVE "${WEB_DIR}" "${WEB_DIR}/*")
-list(FILTER files EXCLUDE REGEX "(^|/)\\.")
-list(FILTER files EXCLUDE REGEX "(^|/)node_modules/")
-list(FILTER files EXCLUDE REGEX "^package(-lock)?\\.json$")
-list(SORT files)
+if(NO_DASHBOARD)
+  get_filename_component(outdir "${OUT}" DIRECTORY)
+  set(WEB_DIR "${outdir}/no-dashboard")
+  file(MAKE_DIRECTORY "${WEB_DIR}")
+  set(note "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>gradwatchd</title></head>\n"
+           "<body><p>This gradwatchd was built without its dashboard (GW_DASHBOARD=OFF).\n"
+           "The HTTP API is available: <a href=\"/api/v1/runs\">/api/v1/runs</a>.</p></body></html>\n")
+  string(JOIN "" note ${note})
+  file(WRITE "${WEB_DIR}/index.html.tmp" "${note}")
+  file(COPY_FILE "${WEB_DIR}/index.html.tmp" "${WEB_DIR}/index.html" ONLY_IF_DIFFERENT)
+  file(REMOVE "${WEB_DIR}/index.html.tmp")
+  set(files index.html)
+  set(EXTRA "")
+else()
+  file(GLOB_RECURSE files LIST_DIRECTORIES false RELATIVE "${WEB_DIR}" "${WEB_DIR}/*")
+  list(FILTER files EXCLUDE REGEX "(^|/)\\.")
+  list(FILTER files EXCLUDE REGEX "(^|/)node_modules/")
+  list(FILTER files EXCLUDE REGEX "^package(-lock)?\\.json$")
+  list(SORT files)
+endif()
 
 # (url path without the leading slash, absolute file) pairs, web/ first.
 set(urls "")

@@ -6,10 +6,21 @@
  * handler and the flag parser go through `apply`, so a key and its flag can
  * never disagree. [alert NAME] sections and the [alerts] section belong to
  * the alerts module, which reads the same file itself.
+ *
+ * Flags go through getopt_long (glibc; its state optind/opterr is the C
+ * library's, so parsing is not thread-safe — it runs once, in main). Only
+ * exact names count: getopt's unique-prefix abbreviations are refused, so a
+ * flag and its INI key are the same word. The flags are read in one pass
+ * into a list, the --config file is loaded, then the list is applied in
+ * order (defaults < file < flags).
+ *
+ * gw_config_check_file (`gradwatchd --check-config FILE`) reads a file the
+ * same way but keeps going after an error, reporting each as file:line.
  */
 #include "config.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <ini.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -18,7 +29,7 @@
 #include <string.h>
 #include <unistd.h>
 
-typedef enum { T_STR, T_LIST, T_U32, T_DOUBLE, T_BOOL, T_SHARD, T_FLAG } opt_type_t;
+typedef enum { T_STR, T_LIST, T_U32, T_DOUBLE, T_BOOL, T_SHARD, T_FLAG, T_ADDR } opt_type_t;
 
 typedef struct opt_s {
   const char *name;    /* flag without dashes; INI key with '-' → '_' */
@@ -27,54 +38,66 @@ typedef struct opt_s {
   size_t off;       /* offset of the field in gw_config_t */
   size_t count_off; /* T_LIST: offset of the count */
   double min, max;  /* numeric bounds */
+  const char *arg;  /* placeholder in --help (NULL: takes no value) */
   const char *help;
+  const char *choices; /* T_STR: "a|b|c" allowed values, NULL = any */
 } opt_t;
 
 #define F(field) offsetof(gw_config_t, field)
 #define E(field) offsetof(gw_config_t, engine.field)
 
+/* Order = order in --help, grouped by INI section ("" = command line only). */
 static const opt_t opts[] = {
-    {"config", "", T_STR, F(config_path), 0, 0, 0, "INI config file"},
-    {"zmq", "ingest", T_LIST, F(zmq), F(n_zmq), 0, 0,
-     "bind a SUB socket (repeatable; default tcp://127.0.0.1:5557)"},
-    {"zmq-pull", "ingest", T_LIST, F(zmq_pull), F(n_zmq_pull), 0, 0,
-     "bind a PULL socket (repeatable)"},
-    {"zmq-subscribe", "ingest", T_LIST, F(zmq_subscribe), F(n_zmq_subscribe), 0, 0,
-     "topic prefix to subscribe to (repeatable; default all)"},
-    {"zmq-rcvhwm", "ingest", T_U32, F(zmq_rcvhwm), 0, 1, 10000000,
-     "ZeroMQ receive high-water mark per socket (100000)"},
-    {"shard", "ingest", T_SHARD, 0, 0, 0, 0, "i/N: keep only runs whose hash falls in shard i of N"},
-    {"max-streams", "ingest", T_U32, E(max_streams), 0, 1, 10000000, "stream cap (10000)"},
-    {"max-k", "ingest", T_U32, E(max_k), 0, 1, 65536, "largest sketch length accepted (65536)"},
-    {"curve-secret-key", "ingest", T_STR, F(curve_secret_key), 0, 0, 0,
-     "file with the daemon's Z85 CURVE secret key (enables CURVE)"},
-    {"curve-allow", "ingest", T_STR, F(curve_allow), 0, 0, 0,
-     "directory of allowed publisher public keys"},
-    {"http", "http", T_STR, F(http), 0, 0, 0, "HTTP listen ADDR:PORT (127.0.0.1:8080)"},
-    {"http-token-file", "http", T_STR, F(http_token_file), 0, 0, 0,
-     "require Authorization: Bearer <token in FILE>"},
-    {"http-cert", "http", T_STR, F(http_cert), 0, 0, 0,
-     "serve HTTPS with this PEM certificate (chain) file (needs --http-key)"},
-    {"http-key", "http", T_STR, F(http_key), 0, 0, 0, "PEM private key file for --http-cert"},
-    {"metrics-tags", "http", T_STR, F(metrics_tags), 0, 0, 0,
-     "glob of tags exported per stream on /metrics (*)"},
-    {"db", "store", T_STR, F(db), 0, 0, 0, "SQLite database (./gradwatch.db; :memory: allowed)"},
-    {"retention-days", "store", T_U32, F(retention_days), 0, 0, 100000, "delete points older than N days (0 = keep)"},
-    {"max-db-mb", "store", T_U32, F(max_db_mb), 0, 0, 100000000, "cap the database size (0 = none)"},
-    {"store-every", "store", T_U32, F(store_every), 0, 1, 1000000, "store every Nth point per stream (1)"},
-    {"flush-ms", "store", T_U32, F(flush_ms), 0, 10, 1000, "max delay before points are committed (200)"},
-    {"store-sketches", "store", T_BOOL, F(store_sketches), 0, 0, 0, "also keep raw sketches"},
-    {"window", "window", T_U32, E(window), 0, 2, 4096, "window W (64)"},
-    {"rank-every", "window", T_U32, E(rank_every), 0, 1, 1000000, "recompute rank fields every N points (8)"},
-    {"ema-beta", "window", T_DOUBLE, E(ema_beta), 0, 0, 0.999999, "EMA predictor beta (0.9)"},
-    {"stream-idle", "window", T_U32, F(stream_idle), 0, 1, 315360000,
-     "retire a stream silent this many seconds (3600)"},
-    {"engine-threads", "window", T_U32, F(engine_threads), 0, 1, 64,
-     "threads computing windows (number of CPUs, at most 8)"},
-    {"log-level", "daemon", T_STR, F(log_level), 0, 0, 0, "error|warn|info|debug (info)"},
-    {"log-file", "daemon", T_STR, F(log_file), 0, 0, 0, "log to FILE instead of stderr (reopened on SIGHUP)"},
-    {"help", "", T_FLAG, F(want_help), 0, 0, 0, "this text"},
-    {"version", "", T_FLAG, F(want_version), 0, 0, 0, "print the version"},
+    {"config", "", T_STR, F(config_path), 0, 0, 0, "FILE", "read settings from this INI file first", NULL},
+    {"check-config", "", T_STR, F(check_config), 0, 0, 0, "FILE",
+     "check FILE and exit: 0 if valid, 1 with file:line of each error",
+     NULL},
+    {"help", "", T_FLAG, F(want_help), 0, 0, 0, NULL, "print this text and exit", NULL},
+    {"version", "", T_FLAG, F(want_version), 0, 0, 0, NULL, "print the version and exit", NULL},
+    {"zmq", "ingest", T_LIST, F(zmq), F(n_zmq), 0, 0, "ENDPOINT",
+     "bind a SUB socket (repeatable; default tcp://127.0.0.1:5557)", NULL},
+    {"zmq-pull", "ingest", T_LIST, F(zmq_pull), F(n_zmq_pull), 0, 0, "ENDPOINT",
+     "bind a PULL socket (repeatable)", NULL},
+    {"zmq-subscribe", "ingest", T_LIST, F(zmq_subscribe), F(n_zmq_subscribe), 0, 0, "PREFIX",
+     "topic prefix to subscribe to (repeatable; default all)", NULL},
+    {"zmq-rcvhwm", "ingest", T_U32, F(zmq_rcvhwm), 0, 1, 10000000, "N",
+     "ZeroMQ receive high-water mark per socket (100000)", NULL},
+    {"shard", "ingest", T_SHARD, 0, 0, 0, 0, "I/N",
+     "keep only runs whose hash falls in shard I of N", NULL},
+    {"max-streams", "ingest", T_U32, E(max_streams), 0, 1, 10000000, "N", "stream cap (10000)", NULL},
+    {"max-k", "ingest", T_U32, E(max_k), 0, 1, 65536, "K", "largest sketch length accepted (65536)", NULL},
+    {"curve-secret-key", "ingest", T_STR, F(curve_secret_key), 0, 0, 0, "FILE",
+     "file with the daemon's Z85 CURVE secret key (enables CURVE)", NULL},
+    {"curve-allow", "ingest", T_STR, F(curve_allow), 0, 0, 0, "DIR",
+     "directory of allowed publisher public keys", NULL},
+    {"http", "http", T_ADDR, F(http), 0, 0, 0, "ADDR:PORT", "HTTP listen address (127.0.0.1:8080)", NULL},
+    {"http-token-file", "http", T_STR, F(http_token_file), 0, 0, 0, "FILE",
+     "require Authorization: Bearer <the token in FILE>", NULL},
+    {"http-cert", "http", T_STR, F(http_cert), 0, 0, 0, "FILE",
+     "serve HTTPS with this PEM certificate (chain) file (needs --http-key)", NULL},
+    {"http-key", "http", T_STR, F(http_key), 0, 0, 0, "FILE", "PEM private key file for --http-cert", NULL},
+    {"metrics-tags", "http", T_STR, F(metrics_tags), 0, 0, 0, "GLOB",
+     "tags exported per stream on /metrics (*)", NULL},
+    {"db", "store", T_STR, F(db), 0, 0, 0, "PATH", "SQLite database (./gradwatch.db; :memory: allowed)", NULL},
+    {"retention-days", "store", T_U32, F(retention_days), 0, 0, 100000, "DAYS",
+     "delete points older than DAYS (0 = keep)", NULL},
+    {"max-db-mb", "store", T_U32, F(max_db_mb), 0, 0, 100000000, "MB", "cap the database size (0 = none)", NULL},
+    {"store-every", "store", T_U32, F(store_every), 0, 1, 1000000, "N", "store every Nth point per stream (1)", NULL},
+    {"flush-ms", "store", T_U32, F(flush_ms), 0, 10, 1000, "MS", "max delay before points are committed (200)", NULL},
+    {"store-sketches", "store", T_BOOL, F(store_sketches), 0, 0, 0, NULL,
+     "also keep raw sketches (--store-sketches=false turns it off)", NULL},
+    {"window", "window", T_U32, E(window), 0, 2, 4096, "W", "window length W in points (64)", NULL},
+    {"rank-every", "window", T_U32, E(rank_every), 0, 1, 1000000, "N",
+     "recompute rank fields every N points (8)", NULL},
+    {"ema-beta", "window", T_DOUBLE, E(ema_beta), 0, 0, 0.999999, "BETA", "EMA predictor beta (0.9)", NULL},
+    {"stream-idle", "window", T_U32, F(stream_idle), 0, 1, 315360000, "SECONDS",
+     "retire a stream silent this many seconds (3600)", NULL},
+    {"engine-threads", "window", T_U32, F(engine_threads), 0, 1, 64, "N",
+     "threads computing windows (number of CPUs, at most 8)", NULL},
+    {"log-level", "daemon", T_STR, F(log_level), 0, 0, 0, "LEVEL", "error|warn|info|debug (info)",
+     "error|warn|info|debug"},
+    {"log-file", "daemon", T_STR, F(log_file), 0, 0, 0, "FILE",
+     "log to FILE instead of stderr (reopened on SIGHUP)", NULL},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
@@ -104,7 +127,7 @@ static void free_list(char **list, size_t *n) {
 void gw_config_free(gw_config_t *c) {
   for (size_t i = 0; i < N_OPTS; i++) {
     const opt_t *o = &opts[i];
-    if (o->type == T_STR) {
+    if (o->type == T_STR || o->type == T_ADDR) {
       char **p = (char **)((char *)c + o->off);
       free(*p);
       *p = NULL;
@@ -139,13 +162,36 @@ static int parse_u64(const char *v, unsigned long long *out) {
   return 0;
 }
 
+/* v is one of the '|'-separated words of choices. */
+static int is_choice(const char *choices, const char *v) {
+  size_t n = strlen(v);
+  for (const char *p = choices; *p;) {
+    const char *bar = strchr(p, '|');
+    size_t len = bar ? (size_t)(bar - p) : strlen(p);
+    if (len == n && n > 0 && !strncmp(p, v, n)) return 1;
+    if (!bar) break;
+    p = bar + 1;
+  }
+  return 0;
+}
+
 /* Apply value v to option o. `replace` clears a list before its first
  * command-line item (flags replace the file's list). */
 static int apply(gw_config_t *c, const opt_t *o, const char *v, int *list_fresh,
                  char *err, size_t errlen) {
   char *base = (char *)c;
   switch (o->type) {
+    case T_ADDR:
+      if (!strchr(v, ':')) {
+        fail(err, errlen, "%s: '%s' is not ADDR:PORT", o->name, v);
+        return GW_ECONFIG;
+      }
+      /* fall through */
     case T_STR: {
+      if (o->choices && !is_choice(o->choices, v)) {
+        fail(err, errlen, "%s: '%s' is not %s", o->name, v, o->choices);
+        return GW_ECONFIG;
+      }
       char **p = (char **)(base + o->off);
       char *dup = strdup(v);
       if (!dup) return GW_ENOMEM;
@@ -226,70 +272,138 @@ static int apply(gw_config_t *c, const opt_t *o, const char *v, int *list_fresh,
   return GW_EINVAL;
 }
 
-typedef struct ini_ctx_s {
+/* libinih reads through read_line so the handler knows the line it is on
+ * (the Debian build of inih does not pass line numbers). A line longer
+ * than inih's buffer is an error of its own at its line; its tail is
+ * skipped, so inih's line count (syntax errors) stays the file's. */
+typedef struct ini_ctx_s ini_ctx_t;
+typedef struct line_reader_s {
+  FILE *f;
+  int line; /* line of the text last returned, 1-based */
+  ini_ctx_t *x;
+} line_reader_t;
+
+struct ini_ctx_s {
   gw_config_t *c;
   const char *path;
-  char *err;
+  line_reader_t *reader;
+  char *err; /* load mode: the first error; NULL in check mode */
   size_t errlen;
-  int rc;
-} ini_ctx_t;
+  FILE *errout; /* check mode: every error goes here as path:line: msg */
+  int rc;       /* first error code */
+  int errors;   /* check mode: how many */
+  int err_line; /* line of the first error */
+};
+
+static void ini_error(ini_ctx_t *x, int rc, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  if (!x->rc) {
+    x->rc = rc;
+    x->err_line = x->reader->line;
+    if (x->err) fail(x->err, x->errlen, "%s", msg);
+  }
+  x->errors++;
+  if (x->errout) fprintf(x->errout, "%s:%d: %s\n", x->path, x->reader->line, msg);
+}
+
+static char *read_line(char *str, int num, void *stream) {
+  line_reader_t *r = stream;
+  char *s = fgets(str, num, r->f);
+  if (!s) return NULL;
+  r->line++;
+  size_t n = strlen(s);
+  if (n > 0 && s[n - 1] != '\n' && !feof(r->f)) {
+    int ch;
+    while ((ch = fgetc(r->f)) != EOF && ch != '\n') {
+    }
+    if (ch == '\n' || !feof(r->f))
+      ini_error(r->x, GW_ECONFIG, "line longer than %d characters", num - 2);
+  }
+  return s;
+}
 
 static int on_ini(void *user, const char *section, const char *name,
                   const char *value) {
   ini_ctx_t *x = user;
-  if (x->rc) return 0;
-  /* The alerts module owns [alerts] and [alert NAME]. */
-  if (!strcmp(section, "alerts") || !strncmp(section, "alert ", 6)) return 1;
+  if (x->rc && !x->errout) return 0;
+  /* The alerts module owns [alerts] and [alert NAME]; here they only have
+   * to parse as INI (and a rule needs a name). */
+  if (!strcmp(section, "alerts")) return 1;
+  if (!strncmp(section, "alert ", 6)) {
+    const char *n = section + 6;
+    while (*n == ' ') n++;
+    if (!*n) ini_error(x, GW_ECONFIG, "[%s] needs a rule name: [alert NAME]", section);
+    return !x->rc || x->errout != NULL;
+  }
   const opt_t *o = find_opt(name);
   int known_section = !strcmp(section, "ingest") || !strcmp(section, "http") ||
                       !strcmp(section, "store") || !strcmp(section, "window") ||
                       !strcmp(section, "daemon");
-  if (!known_section) {
-    fail(x->err, x->errlen, "unknown section [%s]", section);
-    x->rc = GW_ECONFIG;
-    return 0;
-  }
-  if (!o || o->type == T_FLAG || strcmp(o->section, section)) {
-    fail(x->err, x->errlen, "unknown key '%s' in [%s]", name, section);
-    x->rc = GW_ECONFIG;
-    return 0;
-  }
   char sub[512];
-  int rc = apply(x->c, o, value, NULL, sub, sizeof(sub));
-  if (rc) {
-    fail(x->err, x->errlen, "[%s] %s", section, sub);
-    x->rc = rc;
-    return 0;
+  int rc;
+  if (!known_section) {
+    ini_error(x, GW_ECONFIG, "unknown section [%s]", section);
+  } else if (!o || o->type == T_FLAG || strcmp(o->section, section)) {
+    ini_error(x, GW_ECONFIG, "unknown key '%s' in [%s]", name, section);
+  } else if ((rc = apply(x->c, o, value, NULL, sub, sizeof(sub)))) {
+    if (rc == GW_ENOMEM) snprintf(sub, sizeof(sub), "out of memory");
+    ini_error(x, rc, "[%s] %s", section, sub);
   }
-  return 1;
+  /* Load mode stops at the first error; check mode reports them all. */
+  return !x->rc || x->errout != NULL;
 }
 
-int gw_config_load_file(gw_config_t *c, const char *path, char *err, size_t errlen) {
+/* Parse path into c. Load mode (errout NULL): stop at the first error,
+ * "path:line: msg" in err. Check mode: every error to errout. */
+static int load(gw_config_t *c, const char *path, char *err, size_t errlen, FILE *errout,
+                int *n_errors) {
+  char local[512];
+  if (!err) {
+    err = local;
+    errlen = sizeof(local);
+  }
   FILE *f = fopen(path, "r");
   if (!f) {
     int e = errno;
     fail(err, errlen, "%s: %s", path, strerror(e));
+    if (errout) fprintf(errout, "%s\n", err);
+    if (n_errors) *n_errors = 1;
     return GW_ECONFIG;
   }
-  ini_ctx_t x = {c, path, err, errlen, 0};
-  /* A handler returning 0 makes ini_parse_file return that line. */
-  int line = ini_parse_file(f, on_ini, &x);
+  line_reader_t r = {f, 0, NULL};
+  ini_ctx_t x = {c, path, &r, errout ? NULL : err, errlen, errout, 0, 0, 0};
+  r.x = &x;
+  int line = ini_parse_stream(read_line, &r, on_ini, &x);
   fclose(f);
-  if (x.rc) {
+  int rc = x.rc;
+  if (!errout && x.rc && !(line > 0 && line < x.err_line)) {
     char msg[512];
     snprintf(msg, sizeof(msg), "%s", err);
-    fail(err, errlen, "%s:%d: %s", path, line, msg);
-    return x.rc;
+    fail(err, errlen, "%s:%d: %s", path, x.err_line, msg);
+  } else if (line > 0 && (!x.rc || line != x.err_line)) {
+    rc = GW_ECONFIG;
+    /* A line inih could not read; it reports the first one only. */
+    fail(err, errlen, "%s:%d: syntax error (expected [section], key = value or a comment)",
+         path, line);
+    if (errout) fprintf(errout, "%s\n", err);
+    x.errors++;
+    if (!rc) rc = GW_ECONFIG;
+  } else if (line < 0) {
+    fail(err, errlen, "%s: cannot parse (%s)", path, line == -2 ? "out of memory" : "read error");
+    if (errout) fprintf(errout, "%s\n", err);
+    x.errors++;
+    if (!rc) rc = line == -2 ? GW_ENOMEM : GW_ECONFIG;
   }
-  if (line > 0) {
-    fail(err, errlen, "%s:%d: syntax error", path, line);
-    return GW_ECONFIG;
-  }
-  if (line < 0) {
-    fail(err, errlen, "%s: cannot parse", path);
-    return GW_ECONFIG;
-  }
-  return 0;
+  if (n_errors) *n_errors = x.errors;
+  return rc;
+}
+
+int gw_config_load_file(gw_config_t *c, const char *path, char *err, size_t errlen) {
+  return load(c, path, err, errlen, NULL, NULL);
 }
 
 static int apply_defaults_after(gw_config_t *c) {
@@ -335,62 +449,125 @@ static int validate(const gw_config_t *c, char *err, size_t errlen) {
   return 0;
 }
 
+/* The name a flag was typed with: "--name" or "--name=value" → name. */
+static void typed_name(const char *arg, char *name, size_t size) {
+  const char *p = arg[0] == '-' && arg[1] == '-' ? arg + 2 : arg[0] == '-' ? arg + 1 : arg;
+  size_t len = strcspn(p, "=");
+  if (len >= size) len = size - 1;
+  memcpy(name, p, len);
+  name[len] = '\0';
+}
+
 int gw_config_parse(gw_config_t *c, int argc, char **argv, char *err, size_t errlen) {
-  int rc;
-  /* Pass 1: --config, so flags can override the file. */
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    if (!strcmp(a, "--config") && i + 1 < argc) {
-      if ((rc = apply(c, find_opt("config"), argv[i + 1], NULL, err, errlen))) return rc;
-    } else if (!strncmp(a, "--config=", 9)) {
-      if ((rc = apply(c, find_opt("config"), a + 9, NULL, err, errlen))) return rc;
+  struct option longopts[N_OPTS + 1];
+  /* Flags in command-line order, applied after the file: opts index and value. */
+  size_t *which = calloc((size_t)argc + 1, sizeof(*which));
+  const char **vals = calloc((size_t)argc + 1, sizeof(*vals));
+  size_t n = 0;
+  int rc = 0;
+  char name[64];
+  if (!which || !vals) {
+    rc = GW_ENOMEM;
+    goto done;
+  }
+  for (size_t i = 0; i < N_OPTS; i++) {
+    longopts[i].name = opts[i].name;
+    longopts[i].has_arg = opts[i].type == T_FLAG   ? no_argument
+                          : opts[i].type == T_BOOL ? optional_argument
+                                                   : required_argument;
+    longopts[i].flag = NULL;
+    longopts[i].val = 256 + (int)i;
+  }
+  memset(&longopts[N_OPTS], 0, sizeof(longopts[N_OPTS]));
+  /* "+": stop at the first non-flag; ":": a missing value returns ':'. */
+  opterr = 0;
+  optind = 0; /* glibc: 0 re-initialises getopt's state for a fresh argv */
+  for (;;) {
+    int r = getopt_long(argc, argv, "+:", longopts, NULL);
+    if (r == -1) break;
+    const char *arg = argv[optind - 1];
+    if (r == ':') {
+      fail(err, errlen, "--%s needs a value (see --help)", opts[optopt - 256].name);
+      rc = GW_ECONFIG;
+      goto done;
+    }
+    if (r == '?' && optopt >= 256) {
+      fail(err, errlen, "--%s takes no value", opts[optopt - 256].name);
+      rc = GW_ECONFIG;
+      goto done;
+    }
+    if (r == '?' || r < 256) {
+      typed_name(arg, name, sizeof(name));
+      fail(err, errlen, "unknown flag '%s%s' (see --help)", arg[1] == '-' ? "--" : "-", name);
+      rc = GW_ECONFIG;
+      goto done;
+    }
+    const opt_t *o = &opts[r - 256];
+    /* The typed word: a separate value means the flag came one earlier. */
+    if (optarg && optarg == argv[optind - 1] && optind >= 2) arg = argv[optind - 2];
+    typed_name(arg, name, sizeof(name));
+    if (strcmp(name, o->name) != 0) { /* getopt accepted an abbreviation */
+      fail(err, errlen, "unknown flag '--%s' (see --help; did you mean --%s?)", name, o->name);
+      rc = GW_ECONFIG;
+      goto done;
+    }
+    const char *v = optarg ? optarg : "true";
+    if (!strcmp(o->name, "config")) { /* read before the file, not after */
+      if ((rc = apply(c, o, v, NULL, err, errlen))) goto done;
+      continue;
+    }
+    which[n] = (size_t)(o - opts);
+    vals[n++] = v;
+  }
+  if (optind < argc) {
+    fail(err, errlen, "unexpected argument '%s' (see --help)", argv[optind]);
+    rc = GW_ECONFIG;
+    goto done;
+  }
+  if (c->config_path && (rc = gw_config_load_file(c, c->config_path, err, errlen))) goto done;
+  int fresh[N_OPTS] = {0}; /* a list flag replaces the file's list */
+  for (size_t i = 0; i < n; i++)
+    if ((rc = apply(c, &opts[which[i]], vals[i], &fresh[which[i]], err, errlen))) goto done;
+  if ((rc = apply_defaults_after(c))) goto done;
+  if (!c->want_help && !c->want_version && !c->check_config) rc = validate(c, err, errlen);
+done:
+  free(which);
+  free(vals);
+  return rc;
+}
+
+int gw_config_check_file_with(const char *path, FILE *errout,
+                              gw_config_alert_check_fn check_alerts) {
+  gw_config_t c;
+  char err[512] = "";
+  int n_errors = 0;
+  gw_config_init(&c);
+  int rc = load(&c, path, err, sizeof(err), errout, &n_errors);
+  if (rc == 0 && (rc = apply_defaults_after(&c)) == 0 && (rc = validate(&c, err, sizeof(err)))) {
+    /* Settings fine one by one but not together (a key without its pair). */
+    fprintf(errout, "%s: %s\n", path, err);
+    n_errors++;
+  }
+  if (n_errors == 0 || rc != GW_ENOMEM) {
+    /* Rules are checked even when other sections have errors: one run
+     * lists everything to fix. */
+    if (check_alerts && access(path, R_OK) == 0) {
+      err[0] = '\0';
+      int arc = check_alerts(path, err, sizeof(err));
+      if (arc) {
+        fprintf(errout, "%s\n", err[0] ? err : "alert rules: invalid");
+        n_errors++;
+        if (!rc) rc = arc == GW_ENOMEM ? GW_ENOMEM : GW_ECONFIG;
+      }
     }
   }
-  if (c->config_path && (rc = gw_config_load_file(c, c->config_path, err, errlen)))
-    return rc;
-  /* Pass 2: every flag. */
-  int fresh[N_OPTS] = {0};
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
-      fail(err, errlen, "unexpected argument '%s' (see --help)", a);
-      return GW_ECONFIG;
-    }
-    char name[64];
-    const char *eq = strchr(a + 2, '='), *val = NULL;
-    size_t len = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
-    if (len >= sizeof(name)) len = sizeof(name) - 1;
-    memcpy(name, a + 2, len);
-    name[len] = '\0';
-    const opt_t *o = find_opt(name);
-    if (!o || !name_eq(o->name, name) || strchr(name, '_')) {
-      fail(err, errlen, "unknown flag '--%s' (see --help)", name);
-      return GW_ECONFIG;
-    }
-    if (o->type == T_FLAG || o->type == T_BOOL) {
-      if (eq) {
-        val = eq + 1;
-      } else {
-        val = "true";
-      }
-      if (o->type == T_FLAG && eq) {
-        fail(err, errlen, "--%s takes no value", o->name);
-        return GW_ECONFIG;
-      }
-    } else if (eq) {
-      val = eq + 1;
-    } else if (i + 1 < argc) {
-      val = argv[++i];
-    } else {
-      fail(err, errlen, "--%s needs a value", o->name);
-      return GW_ECONFIG;
-    }
-    if (!strcmp(o->name, "config")) continue;
-    if ((rc = apply(c, o, val, &fresh[o - opts], err, errlen))) return rc;
-  }
-  if ((rc = apply_defaults_after(c))) return rc;
-  if (c->want_help || c->want_version) return 0;
-  return validate(c, err, errlen);
+  gw_config_free(&c);
+  if (n_errors && !rc) rc = GW_ECONFIG;
+  return rc;
+}
+
+int gw_config_check_file(const char *path, FILE *errout) {
+  return gw_config_check_file_with(path, errout, NULL);
 }
 
 int gw_config_read_secret(const char *flag, const char *path, size_t min_len,
@@ -424,16 +601,44 @@ int gw_config_read_secret(const char *flag, const char *path, size_t min_len,
 }
 
 void gw_config_usage(FILE *out) {
-  fputs("usage: gradwatchd [--config FILE] [flags]\n"
-        "Every flag is also a key in the INI file's section shown in brackets\n"
-        "(--foo-bar is key foo_bar); flags win over the file.\n\n",
+  static const struct {
+    const char *section, *title;
+  } groups[] = {
+      {"", "Command line"},
+      {"ingest", "[ingest] receiving sketches (ZeroMQ)"},
+      {"http", "[http] dashboard, API, /metrics"},
+      {"store", "[store] SQLite persistence"},
+      {"window", "[window] the statistics"},
+      {"daemon", "[daemon] logging"},
+  };
+  fputs("Usage: gradwatchd [--config FILE] [OPTION]...\n"
+        "  or:  gradwatchd --check-config FILE\n"
+        "Receive gradient sketches from training runs, compute windowed\n"
+        "predictability and rank statistics per stream, store them, serve them.\n\n"
+        "Every option below a [section] heading is also a key of that section of\n"
+        "the INI file (--foo-bar is key foo_bar); options win over the file, and\n"
+        "a repeatable option on the command line replaces the file's list.\n",
         out);
-  for (size_t i = 0; i < N_OPTS; i++) {
-    const opt_t *o = &opts[i];
-    const char *arg = (o->type == T_FLAG || o->type == T_BOOL) ? "" : " V";
-    char left[64];
-    snprintf(left, sizeof(left), "--%s%s", o->name, arg);
-    fprintf(out, "  %-26s %s%s%s%s\n", left, o->help, *o->section ? " [" : "",
-            o->section, *o->section ? "]" : "");
+  for (size_t g = 0; g < sizeof(groups) / sizeof(groups[0]); g++) {
+    fprintf(out, "\n%s:\n", groups[g].title);
+    for (size_t i = 0; i < N_OPTS; i++) {
+      const opt_t *o = &opts[i];
+      if (strcmp(o->section, groups[g].section)) continue;
+      char left[64];
+      if (o->type == T_BOOL)
+        snprintf(left, sizeof(left), "--%s[=BOOL]", o->name);
+      else
+        snprintf(left, sizeof(left), "--%s%s%s", o->name, o->arg ? " " : "", o->arg ? o->arg : "");
+      if (strlen(left) > 24)
+        fprintf(out, "  %s\n  %-24s  %s\n", left, "", o->help);
+      else
+        fprintf(out, "  %-24s  %s\n", left, o->help);
+    }
   }
+  fputs("\nExamples:\n"
+        "  gradwatchd --config /etc/gradwatch/gradwatchd.conf\n"
+        "  gradwatchd --zmq tcp://0.0.0.0:5557 --http 0.0.0.0:8080 --db /var/lib/gradwatch/gradwatch.db\n"
+        "  gradwatchd --db :memory: --window 128 --rank-every 1 --log-level debug\n"
+        "  gradwatchd --check-config /etc/gradwatch/gradwatchd.conf\n",
+        out);
 }

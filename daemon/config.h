@@ -6,7 +6,8 @@
  * is accepted too). Order of precedence: defaults < file < flags; a
  * repeatable flag given on the command line replaces the file's list.
  * Parsing never exits the process: errors come back as GW_ECONFIG with a
- * message naming the flag or the file, line and key.
+ * message naming the flag or the file, line and key. Flags are read with
+ * getopt_long (exact names only, `--flag value` or `--flag=value`).
  */
 #ifndef GW_CONFIG_H
 #define GW_CONFIG_H
@@ -55,6 +56,8 @@ typedef struct gw_config_s {
   char *log_file;  /* NULL = stderr */
   /* set by --help / --version: the caller prints and exits 0 */
   int want_help, want_version;
+  /* --check-config FILE: the caller runs gw_config_check_file and exits */
+  char *check_config;
 } gw_config_t;
 
 /* Fill defaults (SPEC §5). */
@@ -76,6 +79,21 @@ int gw_config_load_file(gw_config_t *c, const char *path, char *err,
  * message naming the flag and the file in err. */
 int gw_config_read_secret(const char *flag, const char *path, size_t min_len,
                           size_t max_len, char **out, char *err, size_t errlen);
+
+/* Checks the rules of [alert NAME] sections (the alerts module's parser).
+ * Returns 0, or a GW_E* code with "path:line: message" lines in err. */
+typedef int (*gw_config_alert_check_fn)(const char *path, char *err, size_t errlen);
+
+/* `gradwatchd --check-config FILE`: reads FILE as gradwatchd would and
+ * reports every error it finds, one "path:line: message" line each on
+ * errout (settings that only fail together: "path: message"). Every key
+ * and value of [ingest] [http] [store] [window] [daemon] is checked;
+ * [alerts] and [alert NAME] sections must parse as INI and name their
+ * rule, and their rules go to check_alerts when given (NULL: not checked).
+ * Returns 0 if the file is valid, GW_ECONFIG (or GW_ENOMEM) otherwise. */
+int gw_config_check_file_with(const char *path, FILE *errout,
+                              gw_config_alert_check_fn check_alerts);
+int gw_config_check_file(const char *path, FILE *errout); /* check_alerts NULL */
 
 /* Print the --help text. */
 void gw_config_usage(FILE *out);

@@ -5,4 +5,4 @@ target_link_libraries(gwdaemon PUBLIC gwengine gwstore gwhttp gwalerts PkgConfig
                                       PkgConfig::INIH Threads::Threads)
 add_executable(gradwatchd main.c)
 target_link_libraries(gradwatchd PRIVATE gwdaemon PkgConfig::SYSTEMD)
-install(TARGETS gradwatchd RUNTIME DESTINATION bin)
+install(TARGETS gradwatchd RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})

@@ -278,6 +278,12 @@ int main(int argc, char **argv) {
     gw_config_free(&d.cfg);
     return 0;
   }
+  if (d.cfg.check_config) {
+    int bad = gw_config_check_file(d.cfg.check_config, stderr) != 0;
+    if (!bad) printf("%s: OK\n", d.cfg.check_config);
+    gw_config_free(&d.cfg);
+    return bad ? 1 : 0;
+  }
   int rc = gw_log_init(&d.log, d.cfg.log_file, d.cfg.log_level);
   if (rc) {
     fprintf(stderr, "gradwatchd: log-file %s: %s\n", d.cfg.log_file, strerror(-rc));

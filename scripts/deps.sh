@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# deps.sh — install the Debian packages gradwatch builds, tests and runs with.
+# deps.sh — install the Debian packages gradwatch builds, tests and runs with
+# (help2man: the man pages; lintian: the .deb's check in test_package.py).
 # Idempotent: only calls apt-get when something is missing.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ PKGS=(
   libcmocka-dev
   python3 python3-numpy python3-zmq python3-torch python3-sklearn python3-pytest
   prometheus systemd curl nodejs
+  help2man lintian fakeroot
 )
 # The dashboard's browser test needs Chromium; the run command does not.
 if [ "${GW_WITH_BROWSER:-1}" = 1 ]; then PKGS+=(chromium); fi

@@ -7,7 +7,10 @@
  *   1. loaded on its own with gw_config_load_file into a fresh config;
  *   2. given as --config FILE together with the arguments to
  *      gw_config_parse (argv[0] "gradwatchd"), so flags and file interact
- *      (a list flag replacing the file's list, defaults filled afterwards).
+ *      (a list flag replacing the file's list, defaults filled afterwards);
+ *   3. checked with gw_config_check_file (--check-config), which must agree
+ *      with step 1 (a file that does not load never checks clean), return 0
+ *      exactly when it printed nothing, and start every line with the path.
  * Arguments naming another config file ("--config…") are dropped: the
  * fuzzer must not make the parser read /dev/zero or block on a FIFO.
  *
@@ -93,6 +96,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   CHECK(rc == 0 || rc == GW_ECONFIG || rc == GW_ENOMEM);
   if (rc == GW_ECONFIG) CHECK(err[0] != '\0' && strnlen(err, sizeof err) < sizeof err);
   gw_config_free(&c);
+  int load_rc = rc;
+
+  /* 3. --check-config on the same file */
+  char *out = NULL;
+  size_t out_len = 0;
+  FILE *mem = open_memstream(&out, &out_len);
+  CHECK(mem != NULL);
+  int crc = gw_config_check_file(path, mem);
+  fclose(mem);
+  CHECK(crc == 0 || crc == GW_ECONFIG || crc == GW_ENOMEM);
+  if (load_rc == GW_ECONFIG) CHECK(crc != 0);
+  if (crc == 0) CHECK(load_rc == 0 && out_len == 0);
+  if (crc == GW_ECONFIG) CHECK(out_len > 0);
+  for (char *line = out; line && *line;) {
+    CHECK(strncmp(line, path, strlen(path)) == 0);
+    char *nl = strchr(line, '\n');
+    CHECK(nl != NULL);
+    line = nl + 1;
+  }
+  free(out);
 
   /* 2. the command line, with the file as --config */
   char *argv[MAX_ARGS + 4];
@@ -119,7 +142,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   rc = gw_config_parse(&c, argc, argv, err, sizeof err);
   CHECK(rc == 0 || rc == GW_ECONFIG || rc == GW_ENOMEM);
   if (rc == GW_ECONFIG) CHECK(err[0] != '\0' && strnlen(err, sizeof err) < sizeof err);
-  if (rc == 0 && !c.want_help && !c.want_version) check_complete(&c);
+  if (rc == 0 && !c.want_help && !c.want_version && !c.check_config) check_complete(&c);
   gw_config_free(&c);
   /* after free the config is valid-empty: freeing twice is harmless */
   gw_config_free(&c);
