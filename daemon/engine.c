@@ -471,30 +471,15 @@ static int scalar_bad(const gw_msg_t *m, uint32_t flag, double v) {
   return (m->flags & flag) && !isfinite(v);
 }
 
-/* Start a fresh window in st with message m (n = 0): same id and table
- * slot; a new block only when k changes. On failure st is unchanged. */
-static int stream_restart(gw_engine_t *e, stream_t **stp, const gw_msg_t *m) {
-  stream_t *st = *stp;
-  if (st->k != m->k) {
-    sparams_t p;
-    params_of_msg(m, &p);
-    stream_t *nst = stream_new(e, &p, st->hash);
-    if (!nst) return GW_ENOMEM;
-    nst->id = st->id;
-    e->streams[st->id] = nst;
-    free(st);
-    *stp = st = nst;
-  }
-  st->kind = m->kind;
-  st->s = m->s;
-  st->seed = m->seed;
+/* Start a fresh window in st (n = 0): same id, table slot and block (the
+ * sketch parameters never change). */
+static void stream_restart(stream_t *st) {
   memset(&st->cum_r1, 0, sizeof st->cum_r1);
   memset(&st->cum_re, 0, sizeof st->cum_re);
   memset(&st->cum_zz, 0, sizeof st->cum_zz);
   memset(&st->rank, 0, sizeof st->rank);
   /* ring, gram and the per-slot scalars need no clearing: a slot is
    * written before any sum or Gram entry reads it (see the design note) */
-  return 0;
 }
 
 int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_t recv_ns,
@@ -513,11 +498,12 @@ int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_
   stream_t *st = e->table[pos].id1 ? e->streams[e->table[pos].id1 - 1] : NULL;
   int restart = GW_RESTART_NONE; /* nonzero: this message starts a new window */
   if (st) {
+    /* a stream keeps its sketch parameters, whatever the incarnation */
+    if (st->k != m->k || st->kind != m->kind || st->s != m->s || st->seed != m->seed)
+      return GW_EMISMATCH;
     if (m->incarnation != st->incarnation) {
-      restart = GW_RESTART_INCARNATION; /* new parameters are allowed */
+      restart = GW_RESTART_INCARNATION; /* whatever its step */
     } else {
-      if (st->k != m->k || st->kind != m->kind || st->s != m->s || st->seed != m->seed)
-        return GW_EMISMATCH;
       if (st->has_last && m->step <= st->last_step) return GW_EORDER;
       if (st->n_msgs == 0) restart = st->stub_reason;
     }
@@ -560,8 +546,7 @@ int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_
       ev0.reason = restart;
       ev0.prev_incarnation = st->incarnation;
       ev0.prev_last_step = st->has_last ? st->last_step : 0;
-      int rc = stream_restart(e, &st, m);
-      if (rc) return rc;
+      stream_restart(st);
     }
     memcpy(st->zprev, z, k * sizeof(double));
     memcpy(st->ema, z, k * sizeof(double));

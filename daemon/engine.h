@@ -85,9 +85,11 @@ typedef struct gw_engine_event_s {
 /* The full form of a push. recv_ns is the daemon's receive time (what idle
  * retirement measures). A message whose incarnation differs from the
  * stream's restarts it: window, EMA and cumulative sums start afresh with
- * this message as n = 0 (no point), sketch parameters may change, and the
- * event says GW_ENGINE_RESTARTED with reason GW_RESTART_INCARNATION. Within
- * one incarnation a step not above the last is GW_EORDER. ev may be NULL.
+ * this message as n = 0 (no point), whatever its step, and the event says
+ * GW_ENGINE_RESTARTED with reason GW_RESTART_INCARNATION. Within
+ * one incarnation a step not above the last is GW_EORDER; in every
+ * incarnation the sketch parameters must stay those of the stream
+ * (GW_EMISMATCH). ev may be NULL.
  * Same return values as gw_engine_push_f64. */
 int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_t recv_ns,
                       gw_point_t *out, gw_engine_event_t *ev);
