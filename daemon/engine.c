@@ -202,11 +202,10 @@ struct gw_engine_s {
   double *tau;   /* W: Householder scalars (unused) */
   double *work;  /* W: dsytrd's workspace */
   /* FD shrink scratch; m_max = ℓ − 1 + W */
-  double *fd_g;  /* m_max²: C Cᵀ, then destroyed by dsyevr */
+  double *fd_g;  /* m_max²: C Cᵀ, then its eigenvectors (dsyevd) */
   double *fd_w;  /* m_max: eigenvalues (ascending) */
-  double *fd_z;  /* m_max × ℓ: eigenvectors */
   double *fd_work;
-  lapack_int *fd_iwork, *fd_isuppz;
+  lapack_int *fd_iwork;
   lapack_int fd_lwork, fd_liwork;
   double *fd_bd, *fd_out; /* (ℓ−1) × fd_kcap: B in float64, the new B */
   uint32_t fd_kcap;
@@ -410,16 +409,11 @@ gw_engine_t *gw_engine_new(const gw_engine_config_t *cfg) {
     const uint32_t ell = cfg->fd_rows, mm = ell - 1 + w;
     e->fd_g = malloc((size_t)mm * mm * sizeof(double));
     e->fd_w = malloc((size_t)mm * sizeof(double));
-    e->fd_z = malloc((size_t)mm * ell * sizeof(double));
-    e->fd_isuppz = malloc(2 * (size_t)mm * sizeof(lapack_int));
-    if (!e->fd_g || !e->fd_w || !e->fd_z || !e->fd_isuppz) goto fail;
+    if (!e->fd_g || !e->fd_w) goto fail;
     double wq;
-    lapack_int iq, found;
-    lapack_int q = (lapack_int)(ell < mm ? ell : mm);
-    if (LAPACKE_dsyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'U', (lapack_int)mm, e->fd_g,
-                            (lapack_int)mm, 0, 0, (lapack_int)mm - q + 1, (lapack_int)mm, 0,
-                            &found, e->fd_w, e->fd_z, (lapack_int)mm, e->fd_isuppz, &wq, -1,
-                            &iq, -1) != 0)
+    lapack_int iq;
+    if (LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U', (lapack_int)mm, e->fd_g, (lapack_int)mm,
+                            e->fd_w, &wq, -1, &iq, -1) != 0)
       goto fail;
     e->fd_lwork = (lapack_int)wq;
     e->fd_liwork = iq;
@@ -447,10 +441,8 @@ void gw_engine_free(gw_engine_t *e) {
   free(e->work);
   free(e->fd_g);
   free(e->fd_w);
-  free(e->fd_z);
   free(e->fd_work);
   free(e->fd_iwork);
-  free(e->fd_isuppz);
   free(e->fd_bd);
   free(e->fd_out);
   free(e);
@@ -622,7 +614,7 @@ static void run_fields(const double *asc, uint32_t q, uint32_t ell, double total
 static int fd_shrink(gw_engine_t *e, stream_t *st, uint64_t step) {
   const uint32_t w = e->cfg.window, ell = e->cfg.fd_rows, k = st->k;
   const uint32_t b = st->fd_rows, m = b + w, q = ell < m ? ell : m;
-  double *g = e->fd_g, *bd = e->fd_bd, *z = e->fd_z, *wv = e->fd_w;
+  double *g = e->fd_g, *bd = e->fd_bd, *z, *wv = e->fd_w;
   for (size_t i = 0; i < (size_t)b * k; i++) bd[i] = st->fd[i];
   /* C Cᵀ, upper triangle, column-major m×m: indices 0..b-1 are B's rows,
    * b..m-1 the ring's slots. B row-major is Bᵀ column-major (k×b). */
@@ -635,12 +627,14 @@ static int fd_shrink(gw_engine_t *e, stream_t *st, uint64_t step) {
   for (uint32_t c = 0; c < w; c++)
     for (uint32_t a = 0; a <= c; a++)
       g[(size_t)(b + c) * m + b + a] = st->gram[(size_t)a * w + c];
-  lapack_int found = 0;
-  lapack_int info = LAPACKE_dsyevr_work(
-      LAPACK_COL_MAJOR, 'V', 'I', 'U', (lapack_int)m, g, (lapack_int)m, 0, 0,
-      (lapack_int)(m - q + 1), (lapack_int)m, 0, &found, wv, z, (lapack_int)m, e->fd_isuppz,
-      e->fd_work, e->fd_lwork, e->fd_iwork, e->fd_liwork);
-  if (info != 0 || found != (lapack_int)q) return GW_EINVAL;
+  /* all eigenpairs by divide and conquer (vectors overwrite g); the top q
+   * are the last q, ascending */
+  lapack_int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U', (lapack_int)m, g,
+                                        (lapack_int)m, wv, e->fd_work, e->fd_lwork,
+                                        e->fd_iwork, e->fd_liwork);
+  if (info != 0) return GW_EINVAL;
+  wv += m - q;
+  z = g + (size_t)(m - q) * m;
   run_fields(wv, q, ell, ksum_get(&st->cum_r1), step, &st->whole);
   /* δ = λ_ℓ; keep λ_i > δ among the top ℓ−1 (ascending: columns q−r..q−1) */
   double delta = m >= ell && wv[0] > 0 ? wv[0] : 0;
