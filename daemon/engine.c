@@ -85,12 +85,17 @@
  * below the sketch's own error. Guarantee (Δ = Σ δ over all shrinks):
  * 0 ⪯ AᵀA − BᵀB ⪯ Δ·I and Δ ≤ ‖A − A_r‖_F² / (ℓ − r) for every r < ℓ.
  *
- * The run fields are computed from the eigenvalues of C just before each
- * shrink (the sketch of every increment so far), against the exact total
- * T = Σ_{j≤n} ‖d_j‖² (the cumulative one-step sum): rank_q_run is the
- * smallest r ≤ ℓ with (λ_1 + … + λ_r)/T ≥ q, and ℓ when the sketch's top ℓ
- * never reach q ("ℓ or more"). Since λ_i(C) ≤ λ_i(AᵀA) the sketch never
- * undercounts the rank. They are refreshed at every shrink (every W
+ * The run fields are computed from the eigenvalues λ_i of C Cᵀ just before
+ * each shrink (the sketch of every increment so far, whose error is the Δ
+ * of the shrinks before it), against the exact total T = Σ_{j≤n} ‖d_j‖²
+ * (the cumulative one-step sum). Weyl's inequality brackets the true
+ * eigenvalues: λ_i ≤ λ_i(AᵀA) ≤ λ_i + Δ. rank_q_run is the smallest r ≤ ℓ
+ * with Σ_{i≤r} (λ_i + Δ) / T ≥ q, and ℓ when even that never reaches q
+ * (then the true rank exceeds ℓ: "ℓ or more"). With the upper ends of the
+ * bracket it never overcounts, and it undercounts only where the true
+ * cumulative energy is within rΔ/T below q; the lower ends would never
+ * undercount but, on a noisy run, saturate at ℓ (docs/MATH.md has both on a
+ * real run). sigma_run is √λ_i, the bracket's lower end. They are refreshed at every shrink (every W
  * messages, whatever rank_every is); before the first shrink (n < W) the
  * whole run is the window, and the run fields are the window's, copied at
  * each rank recompute (ranks capped at ℓ). rank_run_step names the step.
@@ -581,8 +586,9 @@ static int fd_reserve(gw_engine_t *e, uint32_t k) {
 }
 
 /* Run fields from the top q eigenvalues of C Cᵀ, given ascending in
- * asc[0..q-1] (negatives read as 0), against the exact total T. */
-static void run_fields(const double *asc, uint32_t q, uint32_t ell, double total,
+ * asc[0..q-1] (negatives read as 0), against the exact total T; ranks from
+ * λ_i + Δ (delta: the sketch's error so far, see the design note). */
+static void run_fields(const double *asc, uint32_t q, uint32_t ell, double total, double delta,
                        uint64_t step, runf_t *rf) {
   runf_t r;
   memset(&r, 0, sizeof r);
@@ -591,7 +597,7 @@ static void run_fields(const double *asc, uint32_t q, uint32_t ell, double total
     double c = 0;
     for (uint32_t i = 0; i < q; i++) {
       double lam = asc[q - 1 - i] > 0 ? asc[q - 1 - i] : 0;
-      c += lam;
+      c += lam + delta;
       double frac = c / total;
       if (r.rank_90 == 0 && frac >= 0.9) r.rank_90 = i + 1;
       if (frac >= 0.99) {
@@ -635,7 +641,7 @@ static int fd_shrink(gw_engine_t *e, stream_t *st, uint64_t step) {
   if (info != 0) return GW_EINVAL;
   wv += m - q;
   z = g + (size_t)(m - q) * m;
-  run_fields(wv, q, ell, ksum_get(&st->cum_r1), step, &st->whole);
+  run_fields(wv, q, ell, ksum_get(&st->cum_r1), st->fd_delta, step, &st->whole);
   /* δ = λ_ℓ; keep λ_i > δ among the top ℓ−1 (ascending: columns q−r..q−1) */
   double delta = m >= ell && wv[0] > 0 ? wv[0] : 0;
   uint32_t r = 0;

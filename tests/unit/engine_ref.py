@@ -18,8 +18,9 @@ through np.linalg.svd of the stacked rows, with the engine's schedule: after
 message n with n % W == 0, C = [B; d_{n-W+1..n}] is shrunk by delta = the
 l-th largest squared singular value, keeping sqrt(s_i^2 - delta) v_i for
 i < l - 1 with s_i^2 > delta, rounded to float32 (the engine's storage).
-The run fields are taken from C's singular values before the shrink against
-the exact total sum_j |d_j|^2; before the first shrink they are the
+The run fields are taken from C's singular values before the shrink; the
+ranks from s_i^2 + Delta (Delta = the earlier shrinks' deltas summed)
+against the exact total sum_j |d_j|^2; before the first shrink they are the
 window's, ranks capped at l.
 
 Point fields, in order: see FIELDS below. Ranks are generated away from ties:
@@ -78,12 +79,14 @@ def rank_fields(H, zw):
     return r90, r99, float(total / e[0]), tail, sigma, tk90, margin
 
 
-def run_ranks(lam, ell, total):
-    """Whole-run rank_90, rank_99 from the top eigenvalues lam (descending)
-    against the exact total; ell when never reached. Also the tie margin."""
+def run_ranks(lam, ell, total, delta=0.0):
+    """Whole-run rank_90, rank_99 from the top eigenvalues lam (descending),
+    each raised by the sketch's error bound delta (the upper end of Weyl's
+    bracket), against the exact total; ell when never reached. Also the tie
+    margin."""
     if total <= 0:
         return 0, 0, float("inf")
-    frac = np.cumsum(lam[:ell]) / total
+    frac = np.cumsum(lam[:ell] + delta) / total
     r90 = int(np.argmax(frac >= 0.9)) + 1 if np.any(frac >= 0.9) else ell
     r99 = int(np.argmax(frac >= 0.99)) + 1 if np.any(frac >= 0.99) else ell
     margin = float(np.min(np.minimum(np.abs(frac - 0.9), np.abs(frac - 0.99))))
@@ -92,8 +95,8 @@ def run_ranks(lam, ell, total):
 
 def fd_shrink(B, D, ell):
     """One Frequent Directions shrink of C = [B; D]: returns the new B
-    (float32 values, held as float64) and the eigenvalues of C^T C,
-    descending, zero-padded to rows(C)."""
+    (float32 values, held as float64), the eigenvalues of C^T C,
+    descending, zero-padded to rows(C), and the shrink's delta."""
     C = np.vstack([B, D])
     m = C.shape[0]
     _, s, vt = np.linalg.svd(C, full_matrices=False)
@@ -104,7 +107,7 @@ def fd_shrink(B, D, ell):
     while r < min(m, ell - 1, len(s)) and lam[r] > delta:
         r += 1
     newB = (np.sqrt(lam[:r] - delta)[:, None] * vt[:r]).astype(np.float32)
-    return newB.astype(np.float64), lam
+    return newB.astype(np.float64), lam, delta
 
 
 def reference(Z, steps, W, R, beta, ell):
@@ -116,6 +119,7 @@ def reference(Z, steps, W, R, beta, ell):
     rl = np.zeros(n_msgs)
     zz = np.zeros(n_msgs)
     B = np.zeros((0, Z.shape[1]))
+    Delta = 0.0                                # sum of the shrinks' delta
     run = None
     e = Z[0].copy()                      # e_0 = z_0
     min_margin = float("inf")
@@ -140,8 +144,9 @@ def reference(Z, steps, W, R, beta, ell):
             if n < W:                          # the whole run is the window
                 run = [min(r90, ell), min(r99, ell)] + list(sigma) + [float(steps[n])]
         if n % W == 0:                         # shrink the whole-run sketch
-            B, lam = fd_shrink(B, (Z[n - W + 1:n + 1] - Z[n - W:n]), ell)
-            rr90, rr99, margin = run_ranks(lam, ell, c1)
+            B, lam, delta = fd_shrink(B, (Z[n - W + 1:n + 1] - Z[n - W:n]), ell)
+            rr90, rr99, margin = run_ranks(lam, ell, c1, Delta)
+            Delta += delta
             min_margin = min(min_margin, margin)
             srun = np.zeros(8)
             mm = min(8, len(lam), ell)
