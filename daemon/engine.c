@@ -75,10 +75,12 @@
  * ℓ-th largest eigenvalue, 0 when m < ℓ) and keep the rows
  * √((λ_i − δ)/λ_i) u_iᵀ C for i < ℓ with λ_i > δ, i.e. √(λ_i − δ) v_iᵀ.
  * Row order does not matter (CᵀC is a sum over rows), so the ring's slot
- * order is fine. Cost: one (ℓ−1+W)-sized eigen-solve with ℓ vectors and
- * three ℓ×m×k products every W messages — O(ℓk + ℓ²) amortised per
- * message when W ≈ ℓ — and no memory beyond B: the buffer is the window
- * we already hold. B is stored as float32 (ℓ−1)×k, half the bytes, which
+ * order is fine. Cost: one (ℓ−1+W)-sized eigen-solve (dsyevd, all
+ * vectors) and three ℓ×m×k products every W messages, O(m³/W + ℓmk/W)
+ * per message: ~1.9 ms per shrink, ~30 µs per message amortised at
+ * ℓ = W = 64, k = 256, more than the rest of a message at rank_every = 8
+ * (bench/RESULTS.md) — and no memory beyond B: the buffer is the window we
+ * already hold. B is stored as float32 (ℓ−1)×k, half the bytes, which
  * keeps a stream within 1.5× of its size without the sketch
  * (bench/RESULTS.md); products and the eigen-solve run in float64 on a
  * converted copy, so the rounding adds a relative 6e-8 per entry, far
