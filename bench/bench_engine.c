@@ -14,8 +14,14 @@
  * repetition, so their ratio is fair on a loaded machine. OpenBLAS runs on
  * one thread (openblas_set_num_threads(1), as OPENBLAS_NUM_THREADS=1 would).
  *
- * A last table sweeps rank_every at k = 256, W = 64 (the defaults) to show
+ * A table sweeps rank_every at k = 256, W = 64 (the defaults) to show
  * what fresher rank fields cost.
+ *
+ * The last table compares, in the same run and alternately, this engine
+ * (linear predictor, cumulative paths, tail_kappa_90, the whole-run
+ * Frequent Directions sketch) with the engine before those were added,
+ * built from git (bench/CMakeLists.txt, GW_BENCH_PREV_ENGINE) with its
+ * public names prefixed prev_; and the FD cost for fd_rows 16, 32, 64.
  *
  *   usage: bench_engine [REPS] [SECONDS_PER_MEASUREMENT]   (default 5 0.2)
  */
@@ -74,13 +80,31 @@ static double *make_pool(uint32_t k) {
 
 /* ---- the engine --------------------------------------------------------- */
 
-static double engine_rate(uint32_t k, uint32_t w, uint32_t r, const double *pool,
-                          double seconds) {
+/* The engine under test, or the previous one (same API, prev_ names). */
+typedef struct {
+  gw_engine_t *(*make)(const gw_engine_config_t *);
+  void (*free)(gw_engine_t *);
+  int (*push)(gw_engine_t *, const gw_msg_t *, const double *, gw_point_t *);
+} ops_t;
+
+static const ops_t cur_ops = {gw_engine_new, gw_engine_free, gw_engine_push_f64};
+
+#ifdef GW_BENCH_HAVE_PREV
+gw_engine_t *prev_gw_engine_new(const gw_engine_config_t *cfg);
+void prev_gw_engine_free(gw_engine_t *e);
+int prev_gw_engine_push_f64(gw_engine_t *e, const gw_msg_t *m, const double *z, gw_point_t *out);
+size_t prev_gw_engine_stream_bytes(uint32_t k, uint32_t window);
+static const ops_t prev_ops = {prev_gw_engine_new, prev_gw_engine_free, prev_gw_engine_push_f64};
+#endif
+
+static double engine_rate_ops(const ops_t *ops, uint32_t k, uint32_t w, uint32_t r,
+                              uint32_t ell, const double *pool, double seconds) {
   gw_engine_config_t c;
   gw_engine_config_default(&c);
   c.window = w;
   c.rank_every = r;
-  gw_engine_t *e = gw_engine_new(&c);
+  c.fd_rows = ell;
+  gw_engine_t *e = ops->make(&c);
   if (!e) return -1;
   gw_msg_t m;
   memset(&m, 0, sizeof m);
@@ -95,22 +119,27 @@ static double engine_rate(uint32_t k, uint32_t w, uint32_t r, const double *pool
   uint64_t step = 0, sink = 0;
   for (uint32_t i = 0; i < 2 * w; i++) {
     m.step = ++step;
-    gw_engine_push_f64(e, &m, pool + (step % POOL) * k, &p);
+    ops->push(e, &m, pool + (step % POOL) * k, &p);
   }
   uint64_t count = 0;
   double t0 = now_s(), t;
   do {
     for (int i = 0; i < 64; i++) {
       m.step = ++step;
-      sink += (uint64_t)gw_engine_push_f64(e, &m, pool + (step % POOL) * k, &p);
+      sink += (uint64_t)ops->push(e, &m, pool + (step % POOL) * k, &p);
       sink += p.rank_90;
     }
     count += 64;
     t = now_s();
   } while (t - t0 < seconds);
-  gw_engine_free(e);
+  ops->free(e);
   if (sink == 0) return -1; /* keeps the loop from being optimised away */
   return (double)count / (t - t0);
+}
+
+static double engine_rate(uint32_t k, uint32_t w, uint32_t r, const double *pool,
+                          double seconds) {
+  return engine_rate_ops(&cur_ops, k, w, r, 64, pool, seconds);
 }
 
 /* ---- the baseline: SVD of the increment matrix every message ------------ */
@@ -297,6 +326,34 @@ int main(int argc, char **argv) {
   printf("window bytes W*k*8 at k 256, W 64: %u; stream block: %zu (%.2fx)\n",
          64u * 256u * 8u, gw_engine_stream_bytes(256, 64),
          (double)gw_engine_stream_bytes(256, 64) / (64.0 * 256 * 8));
+
+  /* this engine against the one before the whole-run quantities */
+  printf("\nwhole-run quantities: this engine (fd_rows l) vs the previous engine, "
+         "k 256, W 64, alternately:\n\n");
+  printf("| rank_every | l | previous us/message | this us/message | ratio | "
+         "bytes/stream previous | this | ratio |\n");
+  printf("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  static const uint32_t rr[] = {8, 1, 8, 8}, ll[] = {64, 64, 32, 16};
+  for (int c = 0; c < 4; c++) {
+    double prev_us = NAN;
+    size_t prev_bytes = 0;
+    for (int i = 0; i < reps; i++) {
+      v[i] = engine_rate_ops(&cur_ops, 256, 64, rr[c], ll[c], pool[0], seconds);
+#ifdef GW_BENCH_HAVE_PREV
+      vb[i] = engine_rate_ops(&prev_ops, 256, 64, rr[c], ll[c], pool[0], seconds);
+#endif
+    }
+#ifdef GW_BENCH_HAVE_PREV
+    prev_us = 1e6 / median(vb, reps);
+    prev_bytes = prev_gw_engine_stream_bytes(256, 64);
+#endif
+    double cur_us = 1e6 / median(v, reps);
+    size_t cur_bytes = gw_engine_stream_bytes_fd(256, 64, ll[c]);
+    printf("| %u | %u | %.1f | %.1f | %.2fx | %zu | %zu | %.2fx |\n", rr[c], ll[c], prev_us,
+           cur_us, cur_us / prev_us, prev_bytes, cur_bytes,
+           prev_bytes ? (double)cur_bytes / (double)prev_bytes : NAN);
+    fflush(stdout);
+  }
   free(pool[0]);
   free(pool[1]);
   free(v);

@@ -12,13 +12,16 @@
  * One block per stream. Everything a stream owns lives in one allocation
  * whose size depends only on (k, W) (see layout()):
  *
- *   stream_t | ring W×k | gram W×W | zprev k | ema k | r1 W | re W | zz W | names
+ *   stream_t | ring W×k | gram W×W | zprev k | ema k | r1 W | re W | zz W | rl W
+ *            | fd (ℓ−1)×k floats | names
  *
  * Message n of a stream (n = 0, 1, 2, … in accepted order) writes its
  * increment d_n = z_n − z_{n−1} into ring slot (n−1) mod W, so the window
  * J_n = {max(1, n−W+1), …, n} is exactly the filled slots 0..|J_n|−1. The
  * per-slot scalars are r1 = ‖d_n‖² (one-step residual), re = ‖z_n − e_{n−1}‖²
- * (EMA residual) and zz = ‖z_n‖². Windowed sums are recomputed from those W
+ * (EMA residual), rl = ‖d_n − d_{n−1}‖² (the linear predictor's residual:
+ * z_n − (2z_{n−1} − z_{n−2}) = d_n − d_{n−1}, with d_{n−1} read from the
+ * ring; rl = ‖d_1‖² at n = 1, where m_1 = z_0) and zz = ‖z_n‖². Windowed sums are recomputed from those W
  * scalars on every point, so nothing drifts; cumulative sums since n = 1 are
  * running (Neumaier-compensated) sums. gram[a][b] = d_a·d_b by slot; when d_n
  * enters slot s, row and column s are overwritten with one dgemv against the
@@ -57,8 +60,47 @@
  * (GW_ENONFINITE): squares of such values could overflow the sums to Inf.
  * Every wire dtype (f32, f16, bf16) is far below that bound.
  *
- * κ is NAN whenever its denominator Σ‖z_j‖² is 0: 0/0 per SPEC §2, and x/0 as
+ * κ is NAN whenever its denominator Σ‖z_j‖² is 0: 0/0, and x/0 as
  * well, since the value is meaningless and JSON has no infinity.
+ *
+ * Whole-run rank: Frequent Directions (Liberty 2013; Ghashami, Liberty,
+ * Phillips, Woodruff 2016). Each stream keeps a sketch B of at most ℓ−1 rows
+ * (ℓ = fd_rows) whose BᵀB approximates AᵀA, A the matrix of every increment
+ * d_1..d_n since the stream (window) began. The buffer of the "doubled"
+ * variant is the ring itself: the increments d_{n−W+1..n} are all still in
+ * the ring when n is a multiple of W, so at exactly those messages the
+ * engine shrinks C = [B; ring] (m = rows(B) + W rows): eigen-decompose the
+ * m×m Gram matrix C Cᵀ (its B-block from B, the ring block is the window's
+ * Gram matrix already kept, the cross block one dgemm), take δ = λ_ℓ (the
+ * ℓ-th largest eigenvalue, 0 when m < ℓ) and keep the rows
+ * √((λ_i − δ)/λ_i) u_iᵀ C for i < ℓ with λ_i > δ, i.e. √(λ_i − δ) v_iᵀ.
+ * Row order does not matter (CᵀC is a sum over rows), so the ring's slot
+ * order is fine. Cost: one (ℓ−1+W)-sized eigen-solve (dsyevd, all
+ * vectors) and three ℓ×m×k products every W messages, O(m³/W + ℓmk/W)
+ * per message: ~1.9 ms per shrink, ~30 µs per message amortised at
+ * ℓ = W = 64, k = 256, more than the rest of a message at rank_every = 8
+ * (bench/RESULTS.md) — and no memory beyond B: the buffer is the window we
+ * already hold. B is stored as float32 (ℓ−1)×k, half the bytes, which
+ * keeps a stream within 1.5× of its size without the sketch
+ * (bench/RESULTS.md); products and the eigen-solve run in float64 on a
+ * converted copy, so the rounding adds a relative 6e-8 per entry, far
+ * below the sketch's own error. Guarantee (Δ = Σ δ over all shrinks):
+ * 0 ⪯ AᵀA − BᵀB ⪯ Δ·I and Δ ≤ ‖A − A_r‖_F² / (ℓ − r) for every r < ℓ.
+ *
+ * The run fields are computed from the eigenvalues λ_i of C Cᵀ just before
+ * each shrink (the sketch of every increment so far, whose error is the Δ
+ * of the shrinks before it), against the exact total T = Σ_{j≤n} ‖d_j‖²
+ * (the cumulative one-step sum). Weyl's inequality brackets the true
+ * eigenvalues: λ_i ≤ λ_i(AᵀA) ≤ λ_i + Δ. rank_q_run is the smallest r ≤ ℓ
+ * with Σ_{i≤r} (λ_i + Δ) / T ≥ q, and ℓ when even that never reaches q
+ * (then the true rank exceeds ℓ: "ℓ or more"). With the upper ends of the
+ * bracket it never overcounts, and it undercounts only where the true
+ * cumulative energy is within rΔ/T below q; the lower ends would never
+ * undercount but, on a noisy run, saturate at ℓ (docs/MATH.md has both on a
+ * real run). sigma_run is √λ_i, the bracket's lower end. They are refreshed at every shrink (every W
+ * messages, whatever rank_every is); before the first shrink (n < W) the
+ * whole run is the window, and the run fields are the window's, copied at
+ * each rank recompute (ranks capped at ℓ). rank_run_step names the step.
  */
 #include "engine.h"
 
@@ -76,6 +118,7 @@
 #define MAG_MAX 1e60        /* larger |z_i| rejected as GW_ENONFINITE */
 #define WINDOW_MAX 65536u   /* sanity bound on W */
 #define NAME_CAP (GW_PROTO_NAME_MAX + 1)
+#define FD_ROWS_MAX 1024u   /* sanity bound on ℓ */
 
 /* Neumaier-compensated running sum. */
 typedef struct {
@@ -99,8 +142,16 @@ typedef struct {
   double stable_rank;
   double tail[GW_TOP_SIGMA];
   double sigma[GW_TOP_SIGMA];
+  double tail_kappa_90;
   uint64_t rank_step;
 } rankf_t;
+
+/* The whole-run rank fields, carried between shrinks. */
+typedef struct {
+  uint32_t rank_90, rank_99;
+  double sigma[GW_TOP_SIGMA];
+  uint64_t step;
+} runf_t;
 
 typedef struct stream_s {
   uint32_t id;
@@ -115,8 +166,11 @@ typedef struct stream_s {
   uint64_t incarnation;  /* of the current window */
   int has_last;          /* last_step is meaningful (also for a stub) */
   int stub_reason;       /* a stub (n_msgs = 0, no window): restart reason */
-  ksum_t cum_r1, cum_re, cum_zz; /* sums over j = 1..n */
+  ksum_t cum_r1, cum_re, cum_zz, cum_rl; /* sums over j = 1..n */
   rankf_t rank;
+  runf_t whole;
+  uint32_t fd_rows;  /* rows of the FD sketch in use (<= ℓ−1) */
+  double fd_delta;   /* Δ: the sum of every shrink's δ */
   uint16_t run_len, tag_len;
   char *run, *tag; /* NUL-terminated, inside the block */
   double *ring;    /* W rows of k: slot (j−1) mod W holds d_j */
@@ -126,6 +180,8 @@ typedef struct stream_s {
   double *r1;      /* per slot: ‖d_j‖² */
   double *re;      /* per slot: ‖z_j − e_{j−1}‖² */
   double *zz;      /* per slot: ‖z_j‖² */
+  double *rl;      /* per slot: ‖d_j − d_{j−1}‖² (linear predictor) */
+  float *fd;       /* FD sketch: fd_rows rows of k (capacity ℓ−1) */
 } stream_t;
 
 typedef struct {
@@ -152,6 +208,14 @@ struct gw_engine_s {
   double *offd;  /* W: the off-diagonal */
   double *tau;   /* W: Householder scalars (unused) */
   double *work;  /* W: dsytrd's workspace */
+  /* FD shrink scratch; m_max = ℓ − 1 + W */
+  double *fd_g;  /* m_max²: C Cᵀ, then its eigenvectors (dsyevd) */
+  double *fd_w;  /* m_max: eigenvalues (ascending) */
+  double *fd_work;
+  lapack_int *fd_iwork;
+  lapack_int fd_lwork, fd_liwork;
+  double *fd_bd, *fd_out; /* (ℓ−1) × fd_kcap: B in float64, the new B */
+  uint32_t fd_kcap;
 };
 
 /* ---- configuration ------------------------------------------------------ */
@@ -162,23 +226,25 @@ void gw_engine_config_default(gw_engine_config_t *cfg) {
   cfg->ema_beta = 0.9;
   cfg->max_streams = 10000;
   cfg->max_k = GW_PROTO_K_MAX;
+  cfg->fd_rows = 64;
 }
 
 static int config_ok(const gw_engine_config_t *c) {
   return c->window >= 2 && c->window <= WINDOW_MAX && c->rank_every >= 1 &&
          c->ema_beta >= 0.0 && c->ema_beta < 1.0 && c->max_streams >= 1 &&
-         c->max_k >= 1 && c->max_k <= GW_PROTO_K_MAX;
+         c->max_k >= 1 && c->max_k <= GW_PROTO_K_MAX && c->fd_rows >= 2 &&
+         c->fd_rows <= FD_ROWS_MAX;
 }
 
 /* ---- the per-stream block ----------------------------------------------- */
 
 typedef struct {
-  size_t ring, gram, zprev, ema, r1, re, zz, names, total;
+  size_t ring, gram, zprev, ema, r1, re, zz, rl, fd, names, total;
 } layout_t;
 
 static size_t al64(size_t x) { return (x + 63) & ~(size_t)63; }
 
-static void layout(uint32_t k, uint32_t w, layout_t *L) {
+static void layout(uint32_t k, uint32_t w, uint32_t ell, layout_t *L) {
   size_t off = al64(sizeof(stream_t));
   L->ring = off;
   off += al64((size_t)w * k * sizeof(double));
@@ -194,14 +260,22 @@ static void layout(uint32_t k, uint32_t w, layout_t *L) {
   off += (size_t)w * sizeof(double);
   L->zz = off;
   off += (size_t)w * sizeof(double);
+  L->rl = off;
+  off += al64((size_t)w * sizeof(double));
+  L->fd = off;
+  off += al64((size_t)(ell - 1) * k * sizeof(float));
   L->names = off;
   off += 2 * NAME_CAP;
   L->total = al64(off);
 }
 
 size_t gw_engine_stream_bytes(uint32_t k, uint32_t window) {
+  return gw_engine_stream_bytes_fd(k, window, 64);
+}
+
+size_t gw_engine_stream_bytes_fd(uint32_t k, uint32_t window, uint32_t ell) {
   layout_t L;
-  layout(k, window, &L);
+  layout(k, window, ell < 2 ? 2 : ell, &L);
   /* plus its share of the index: two table slots (load <= 1/2), the id
    * pointer and a free-list entry */
   return L.total + 2 * sizeof(tslot_t) + sizeof(stream_t *) + sizeof(uint32_t);
@@ -229,7 +303,7 @@ static void params_of_msg(const gw_msg_t *m, sparams_t *p) {
 
 static stream_t *stream_new(const gw_engine_t *e, const sparams_t *m, uint32_t hash) {
   layout_t L;
-  layout(m->k, e->cfg.window, &L);
+  layout(m->k, e->cfg.window, e->cfg.fd_rows, &L);
   char *b = aligned_alloc(64, L.total);
   if (!b) return NULL;
   memset(b, 0, L.total);
@@ -246,6 +320,8 @@ static stream_t *stream_new(const gw_engine_t *e, const sparams_t *m, uint32_t h
   st->r1 = (double *)(b + L.r1);
   st->re = (double *)(b + L.re);
   st->zz = (double *)(b + L.zz);
+  st->rl = (double *)(b + L.rl);
+  st->fd = (float *)(b + L.fd);
   st->run = b + L.names;
   st->tag = b + L.names + NAME_CAP;
   memcpy(st->run, m->run, m->run_len);
@@ -335,6 +411,23 @@ gw_engine_t *gw_engine_new(const gw_engine_config_t *cfg) {
   e->work = malloc((size_t)w * sizeof(double));
   if (!e->table || !e->gcopy || !e->evals || !e->offd || !e->tau || !e->work)
     goto fail;
+  /* FD: the eigen-solve's workspace, sized once for m_max */
+  {
+    const uint32_t ell = cfg->fd_rows, mm = ell - 1 + w;
+    e->fd_g = malloc((size_t)mm * mm * sizeof(double));
+    e->fd_w = malloc((size_t)mm * sizeof(double));
+    if (!e->fd_g || !e->fd_w) goto fail;
+    double wq;
+    lapack_int iq;
+    if (LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U', (lapack_int)mm, e->fd_g, (lapack_int)mm,
+                            e->fd_w, &wq, -1, &iq, -1) != 0)
+      goto fail;
+    e->fd_lwork = (lapack_int)wq;
+    e->fd_liwork = iq;
+    e->fd_work = malloc((size_t)e->fd_lwork * sizeof(double));
+    e->fd_iwork = malloc((size_t)e->fd_liwork * sizeof(lapack_int));
+    if (!e->fd_work || !e->fd_iwork) goto fail;
+  }
   return e;
 fail:
   gw_engine_free(e);
@@ -353,6 +446,12 @@ void gw_engine_free(gw_engine_t *e) {
   free(e->offd);
   free(e->tau);
   free(e->work);
+  free(e->fd_g);
+  free(e->fd_w);
+  free(e->fd_work);
+  free(e->fd_iwork);
+  free(e->fd_bd);
+  free(e->fd_out);
   free(e);
 }
 
@@ -397,13 +496,14 @@ static int stream_register(gw_engine_t *e, stream_t *st, size_t pos) {
 /* Eigenvalues of the m×m leading Gram block → rank fields. Returns 0, or
  * GW_EINVAL if LAPACK failed to converge (rf is then untouched). */
 static int rank_compute(gw_engine_t *e, const stream_t *st, uint32_t m,
-                        uint64_t step, rankf_t *rf) {
+                        uint64_t step, double zw, rankf_t *rf) {
   uint32_t w = e->cfg.window;
   double trace = 0;
   for (uint32_t i = 0; i < m; i++) trace += st->gram[(size_t)i * w + i];
   rankf_t r;
   memset(&r, 0, sizeof r);
   r.rank_step = step;
+  r.tail_kappa_90 = zw != 0 ? 0.0 : NAN;
   if (trace == 0) { /* H = 0 */
     r.stable_rank = NAN;
     for (int i = 0; i < GW_TOP_SIGMA; i++) r.tail[i] = NAN;
@@ -459,9 +559,112 @@ static int rank_compute(gw_engine_t *e, const stream_t *st, uint32_t m,
   for (uint32_t i = m; i-- > 1;) {
     tail += lam[i]; /* λ_{i+1} + … + λ_m in 1-based ranks, i.e. r = i */
     if (i <= GW_TOP_SIGMA) r.tail[i - 1] = tail / total;
+    if (i == r.rank_90 && zw != 0) r.tail_kappa_90 = tail / zw;
   }
   for (uint32_t i = 0; i < GW_TOP_SIGMA && i < m; i++) r.sigma[i] = sqrt(lam[i]);
   *rf = r;
+  return 0;
+}
+
+/* ---- whole-run rank: the Frequent Directions sketch --------------------- */
+
+/* Make the float64 copies of B fit k. Called before any write to a stream;
+ * GW_ENOMEM leaves the engine as it was. */
+static int fd_reserve(gw_engine_t *e, uint32_t k) {
+  if (k <= e->fd_kcap) return 0;
+  size_t nb = (size_t)(e->cfg.fd_rows - 1) * k * sizeof(double);
+  double *a = malloc(nb), *b = malloc(nb);
+  if (!a || !b) {
+    free(a);
+    free(b);
+    return GW_ENOMEM;
+  }
+  free(e->fd_bd);
+  free(e->fd_out);
+  e->fd_bd = a;
+  e->fd_out = b;
+  e->fd_kcap = k;
+  return 0;
+}
+
+/* Run fields from the top q eigenvalues of C Cᵀ, given ascending in
+ * asc[0..q-1] (negatives read as 0), against the exact total T; ranks from
+ * λ_i + Δ (delta: the sketch's error so far, see the design note). */
+static void run_fields(const double *asc, uint32_t q, uint32_t ell, double total, double delta,
+                       uint64_t step, runf_t *rf) {
+  runf_t r;
+  memset(&r, 0, sizeof r);
+  r.step = step;
+  if (total > 0) {
+    double c = 0;
+    for (uint32_t i = 0; i < q; i++) {
+      double lam = asc[q - 1 - i] > 0 ? asc[q - 1 - i] : 0;
+      c += lam + delta;
+      double frac = c / total;
+      if (r.rank_90 == 0 && frac >= 0.9) r.rank_90 = i + 1;
+      if (frac >= 0.99) {
+        r.rank_99 = i + 1;
+        break;
+      }
+    }
+    if (r.rank_90 == 0) r.rank_90 = ell; /* "ℓ or more" */
+    if (r.rank_99 == 0) r.rank_99 = ell;
+  }
+  for (uint32_t i = 0; i < GW_TOP_SIGMA && i < q; i++)
+    r.sigma[i] = asc[q - 1 - i] > 0 ? sqrt(asc[q - 1 - i]) : 0;
+  *rf = r;
+}
+
+/* Shrink C = [B; ring] into B (see the design note); n is a multiple of W,
+ * so every ring slot holds one of the W increments not yet in B. Also sets
+ * the run fields. GW_EINVAL if LAPACK failed (B and the run fields are then
+ * unchanged and the W increments are not in the sketch). */
+static int fd_shrink(gw_engine_t *e, stream_t *st, uint64_t step) {
+  const uint32_t w = e->cfg.window, ell = e->cfg.fd_rows, k = st->k;
+  const uint32_t b = st->fd_rows, m = b + w, q = ell < m ? ell : m;
+  double *g = e->fd_g, *bd = e->fd_bd, *z, *wv = e->fd_w;
+  for (size_t i = 0; i < (size_t)b * k; i++) bd[i] = st->fd[i];
+  /* C Cᵀ, upper triangle, column-major m×m: indices 0..b-1 are B's rows,
+   * b..m-1 the ring's slots. B row-major is Bᵀ column-major (k×b). */
+  if (b) {
+    cblas_dsyrk(CblasColMajor, CblasUpper, CblasTrans, (int)b, (int)k, 1.0, bd, (int)k, 0.0,
+                g, (int)m);
+    cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, (int)b, (int)w, (int)k, 1.0, bd,
+                (int)k, st->ring, (int)k, 0.0, g + (size_t)b * m, (int)m);
+  }
+  for (uint32_t c = 0; c < w; c++)
+    for (uint32_t a = 0; a <= c; a++)
+      g[(size_t)(b + c) * m + b + a] = st->gram[(size_t)a * w + c];
+  /* all eigenpairs by divide and conquer (vectors overwrite g); the top q
+   * are the last q, ascending */
+  lapack_int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U', (lapack_int)m, g,
+                                        (lapack_int)m, wv, e->fd_work, e->fd_lwork,
+                                        e->fd_iwork, e->fd_liwork);
+  if (info != 0) return GW_EINVAL;
+  wv += m - q;
+  z = g + (size_t)(m - q) * m;
+  run_fields(wv, q, ell, ksum_get(&st->cum_r1), st->fd_delta, step, &st->whole);
+  /* δ = λ_ℓ; keep λ_i > δ among the top ℓ−1 (ascending: columns q−r..q−1) */
+  double delta = m >= ell && wv[0] > 0 ? wv[0] : 0;
+  uint32_t r = 0;
+  while (r < q && r < ell - 1 && wv[q - 1 - r] > delta) r++;
+  const uint32_t c0 = q - r;
+  for (uint32_t j = c0; j < q; j++) {
+    double sc = sqrt((wv[j] - delta) / wv[j]);
+    for (uint32_t a = 0; a < m; a++) z[(size_t)j * m + a] *= sc;
+  }
+  /* new Bᵀ (k×r) = Cᵀ (U S): the B part and the ring part */
+  double *out = e->fd_out;
+  if (r) {
+    if (b)
+      cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, (int)k, (int)r, (int)b, 1.0, bd,
+                  (int)k, z + (size_t)c0 * m, (int)m, 0.0, out, (int)k);
+    cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, (int)k, (int)r, (int)w, 1.0,
+                st->ring, (int)k, z + (size_t)c0 * m + b, (int)m, b ? 1.0 : 0.0, out, (int)k);
+  }
+  for (size_t i = 0; i < (size_t)r * k; i++) st->fd[i] = (float)out[i];
+  st->fd_rows = r;
+  st->fd_delta += delta;
   return 0;
 }
 
@@ -477,7 +680,11 @@ static void stream_restart(stream_t *st) {
   memset(&st->cum_r1, 0, sizeof st->cum_r1);
   memset(&st->cum_re, 0, sizeof st->cum_re);
   memset(&st->cum_zz, 0, sizeof st->cum_zz);
+  memset(&st->cum_rl, 0, sizeof st->cum_rl);
   memset(&st->rank, 0, sizeof st->rank);
+  memset(&st->whole, 0, sizeof st->whole);
+  st->fd_rows = 0; /* the whole-run sketch starts empty */
+  st->fd_delta = 0;
   /* ring, gram and the per-slot scalars need no clearing: a slot is
    * written before any sum or Gram entry reads it (see the design note) */
 }
@@ -511,9 +718,9 @@ int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_
     return GW_ESTREAMS;
   }
 
-  /* Pass 1, read-only: finiteness and the three squared norms. */
+  /* Pass 1, read-only: finiteness and the four squared norms. */
   const uint32_t k = m->k;
-  double zz = 0, r1 = 0, re = 0;
+  double zz = 0, r1 = 0, re = 0, rl = 0;
   for (uint32_t i = 0; i < k; i++) {
     double v = z[i];
     if (!(fabs(v) <= MAG_MAX)) return GW_ENONFINITE; /* also catches NaN */
@@ -521,10 +728,19 @@ int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_
   }
   int fresh = !st || restart != GW_RESTART_NONE || st->n_msgs == 0;
   if (!fresh) {
+    const uint64_t n = st->n_msgs;
+    /* d_{n−1}, still in the ring (W >= 2); at n = 1 the linear predictor is z_0 */
+    const double *dp = n >= 2 ? st->ring + (size_t)((n - 2) % e->cfg.window) * k : NULL;
     for (uint32_t i = 0; i < k; i++) {
       double d = z[i] - st->zprev[i], f = z[i] - st->ema[i];
+      double l = dp ? d - dp[i] : d;
       r1 += d * d;
       re += f * f;
+      rl += l * l;
+    }
+    if (n % e->cfg.window == 0) { /* this message shrinks the FD sketch */
+      int rc = fd_reserve(e, k);
+      if (rc) return rc;
     }
   }
 
@@ -581,9 +797,11 @@ int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_
   st->r1[slot] = r1;
   st->re[slot] = re;
   st->zz[slot] = zz;
+  st->rl[slot] = rl;
   ksum_add(&st->cum_r1, r1);
   ksum_add(&st->cum_re, re);
   ksum_add(&st->cum_zz, zz);
+  ksum_add(&st->cum_rl, rl);
   st->n_msgs = n + 1;
   st->last_step = m->step;
   st->last_wall_ns = m->wall_ns;
@@ -595,18 +813,29 @@ int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_
               (int)k, d, 1, 0.0, row, 1);
   for (uint32_t t = 0; t < len; t++) st->gram[(size_t)t * w + slot] = row[t];
 
-  if ((n - 1) % e->cfg.rank_every == 0)
-    (void)rank_compute(e, st, len, m->step, &st->rank); /* on failure: carry */
-
-  if (!out) return 1;
-  double p1 = 0, pe = 0, zw = 0;
+  double p1 = 0, pe = 0, pl = 0, zw = 0;
   for (uint32_t t = 0; t < len; t++) {
     p1 += st->r1[t];
     pe += st->re[t];
+    pl += st->rl[t];
     zw += st->zz[t];
   }
+
+  if ((n - 1) % e->cfg.rank_every == 0) {
+    (void)rank_compute(e, st, len, m->step, zw, &st->rank); /* on failure: carry */
+    if (n < w) { /* no shrink yet: the whole run is the window */
+      const uint32_t ell = e->cfg.fd_rows;
+      st->whole.rank_90 = st->rank.rank_90 < ell ? st->rank.rank_90 : ell;
+      st->whole.rank_99 = st->rank.rank_99 < ell ? st->rank.rank_99 : ell;
+      memcpy(st->whole.sigma, st->rank.sigma, sizeof st->whole.sigma);
+      st->whole.step = st->rank.rank_step;
+    }
+  }
+  if (n % w == 0) (void)fd_shrink(e, st, m->step); /* on failure: carry */
+
+  if (!out) return 1;
   double c1 = ksum_get(&st->cum_r1), ce = ksum_get(&st->cum_re),
-         cz = ksum_get(&st->cum_zz);
+         cz = ksum_get(&st->cum_zz), cl = ksum_get(&st->cum_rl);
   memset(out, 0, sizeof *out);
   out->stream_id = st->id;
   out->n = n;
@@ -631,6 +860,28 @@ int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_
   out->loss = (m->flags & GW_HAS_LOSS) ? m->loss : NAN;
   out->lr = (m->flags & GW_HAS_LR) ? m->lr : NAN;
   out->sketch_norm = sqrt(zz);
+  out->path_linear = pl;
+  out->kappa_linear = zw != 0 ? pl / zw : NAN;
+  out->kappa_linear_cum = cz != 0 ? cl / cz : NAN;
+  out->path_onestep_cum = c1;
+  out->path_ema_cum = ce;
+  out->path_linear_cum = cl;
+  if (zw != 0) { /* one denominator: the least P is the least κ */
+    int best = 0;
+    double bp = p1;
+    if (pe < bp) best = 1, bp = pe;
+    if (pl < bp) best = 2, bp = pl;
+    out->best_predictor = best;
+    out->kappa_best = bp / zw;
+  } else {
+    out->best_predictor = NAN;
+    out->kappa_best = NAN;
+  }
+  out->tail_kappa_90 = st->rank.tail_kappa_90;
+  out->rank_90_run = st->whole.rank_90;
+  out->rank_99_run = st->whole.rank_99;
+  memcpy(out->sigma_run, st->whole.sigma, sizeof out->sigma_run);
+  out->rank_run_step = st->whole.step;
   return 1;
 }
 
@@ -728,28 +979,32 @@ size_t gw_engine_reap(gw_engine_t *e, int64_t idle_before_ns,
 
 /* The blob: a fixed header, then the run and tag bytes, then the window in
  * slot order (only the `len` filled slots): ring rows (len × k), Gram rows
- * (len × len), zprev (k), ema (k), r1, re, zz (len each). Native byte order:
+ * (len × len), zprev (k), ema (k), r1, re, zz, rl (len each), then the FD
+ * sketch's fd_rows rows of k floats. Native byte order:
  * a blob is read back by the same build on the same host (the state table
  * is not an interchange format; a foreign or older blob fails the checks and
  * the stream starts afresh). */
 #define STATE_MAGIC 0x53455747u /* "GWES" */
-#define STATE_VERSION 1u
+#define STATE_VERSION 2u
 
 typedef struct {
   uint32_t magic, version, header_bytes, window, rank_every, k;
-  double ema_beta;
+  uint32_t fd_cap, fd_rows; /* ℓ of the engine, rows of B in use */
+  double ema_beta, fd_delta;
   uint8_t kind, s;
   uint16_t run_len, tag_len, pad;
   uint64_t seed, incarnation, n_msgs, last_step;
   int64_t last_wall_ns, last_recv_ns;
   uint32_t has_last, len;
-  ksum_t cum_r1, cum_re, cum_zz;
+  ksum_t cum_r1, cum_re, cum_zz, cum_rl;
   rankf_t rank;
+  runf_t whole;
 } state_hdr_t;
 
-static size_t state_len(uint32_t k, uint32_t len, size_t names) {
+static size_t state_len(uint32_t k, uint32_t len, size_t names, uint32_t fd_rows) {
   return sizeof(state_hdr_t) + names +
-         sizeof(double) * ((size_t)len * k + (size_t)len * len + 2 * (size_t)k + 3 * (size_t)len);
+         sizeof(double) * ((size_t)len * k + (size_t)len * len + 2 * (size_t)k + 4 * (size_t)len) +
+         sizeof(float) * (size_t)fd_rows * k;
 }
 
 static uint32_t filled(const stream_t *st, uint32_t w) {
@@ -763,7 +1018,7 @@ int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob,
   const stream_t *st = by_id(e, stream_id);
   if (!st) return GW_ENOTFOUND;
   const uint32_t w = e->cfg.window, k = st->k, m = filled(st, w);
-  size_t total = state_len(k, m, (size_t)st->run_len + st->tag_len);
+  size_t total = state_len(k, m, (size_t)st->run_len + st->tag_len, st->fd_rows);
   unsigned char *b = malloc(total), *q = b;
   if (!b) return GW_ENOMEM;
   state_hdr_t h;
@@ -791,6 +1046,11 @@ int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob,
   h.cum_re = st->cum_re;
   h.cum_zz = st->cum_zz;
   h.rank = st->rank;
+  h.fd_cap = e->cfg.fd_rows;
+  h.fd_rows = st->fd_rows;
+  h.fd_delta = st->fd_delta;
+  h.cum_rl = st->cum_rl;
+  h.whole = st->whole;
   memcpy(q, &h, sizeof h);
   q += sizeof h;
   memcpy(q, st->run, st->run_len);
@@ -811,6 +1071,10 @@ int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob,
   q += sizeof(double) * m;
   memcpy(q, st->zz, sizeof(double) * m);
   q += sizeof(double) * m;
+  memcpy(q, st->rl, sizeof(double) * m);
+  q += sizeof(double) * m;
+  memcpy(q, st->fd, sizeof(float) * st->fd_rows * k);
+  q += sizeof(float) * st->fd_rows * k;
   assert((size_t)(q - b) == total);
   *blob = b;
   *len = total;
@@ -845,11 +1109,11 @@ int gw_engine_stream_load(gw_engine_t *e, const void *blob, size_t len, uint32_t
   if (h.magic != STATE_MAGIC || h.version != STATE_VERSION || h.header_bytes != sizeof h)
     return GW_EINVAL;
   if (h.window != e->cfg.window || h.rank_every != e->cfg.rank_every ||
-      h.ema_beta != e->cfg.ema_beta)
+      h.ema_beta != e->cfg.ema_beta || h.fd_cap != e->cfg.fd_rows)
     return GW_ECONFIG;
   if (h.k == 0 || h.k > GW_PROTO_K_MAX || h.len > h.window || h.n_msgs == 0 ||
-      h.len != filled(&(stream_t){.n_msgs = h.n_msgs}, h.window) ||
-      len != state_len(h.k, h.len, (size_t)h.run_len + h.tag_len))
+      h.len != filled(&(stream_t){.n_msgs = h.n_msgs}, h.window) || h.fd_rows >= h.fd_cap ||
+      len != state_len(h.k, h.len, (size_t)h.run_len + h.tag_len, h.fd_rows))
     return GW_EINVAL;
   const unsigned char *q = (const unsigned char *)blob + sizeof h;
   sparams_t p = {.run = (const char *)q, .run_len = h.run_len,
@@ -875,6 +1139,14 @@ int gw_engine_stream_load(gw_engine_t *e, const void *blob, size_t len, uint32_t
   memcpy(st->re, q, sizeof(double) * m);
   q += sizeof(double) * m;
   memcpy(st->zz, q, sizeof(double) * m);
+  q += sizeof(double) * m;
+  memcpy(st->rl, q, sizeof(double) * m);
+  q += sizeof(double) * m;
+  memcpy(st->fd, q, sizeof(float) * h.fd_rows * k);
+  st->fd_rows = h.fd_rows;
+  st->fd_delta = h.fd_delta;
+  st->cum_rl = h.cum_rl;
+  st->whole = h.whole;
   st->incarnation = h.incarnation;
   st->n_msgs = h.n_msgs;
   st->last_step = h.last_step;

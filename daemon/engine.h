@@ -2,8 +2,9 @@
  *
  * The engine owns every stream's state: a ring of the last W increments
  * z_j − z_{j−1}, the previous sketch, the EMA, the windowed and cumulative
- * sums, and the W×W Gram matrix of the increments kept up to date
- * incrementally. It does no I/O: messages come in already decoded
+ * sums, the W×W Gram matrix of the increments kept up to date
+ * incrementally, and a Frequent Directions sketch of every increment since
+ * the stream began (the whole-run rank). It does no I/O: messages come in already decoded
  * (gw_msg_t), points go out as plain structs. It is not thread-safe; one
  * engine is driven by one thread (the daemon may run several, each owning a
  * disjoint set of streams).
@@ -25,6 +26,8 @@ typedef struct gw_engine_config_s {
   double ema_beta;      /* in [0, 1) (default 0.9) */
   uint32_t max_streams; /* cap on live streams (default 10000) */
   uint32_t max_k;       /* cap on k (default 65536) */
+  uint32_t fd_rows;     /* ℓ, rows of the whole-run Frequent Directions sketch,
+                         * in [2, 1024] (default 64) */
 } gw_engine_config_t;
 
 /* Defaults of SPEC §5. */
@@ -112,7 +115,7 @@ size_t gw_engine_reap(gw_engine_t *e, int64_t idle_before_ns,
  * GW_ENOTFOUND, GW_ENOMEM. */
 int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob, size_t *len);
 /* Recreate a stream from a blob; *id gets its id. GW_ECONFIG when the blob
- * was written with another window, rank_every or ema_beta (the caller then
+ * was written with another window, rank_every, ema_beta or fd_rows (the caller then
  * starts the stream afresh), GW_EINVAL for a damaged or foreign blob or a
  * stream that already exists, GW_ESTREAMS, GW_EKLIMIT, GW_ENOMEM. */
 int gw_engine_stream_load(gw_engine_t *e, const void *blob, size_t len, uint32_t *id);
@@ -136,8 +139,10 @@ int gw_engine_stream_info(const gw_engine_t *e, uint32_t stream_id,
  * GW_ENOTFOUND for an unknown id. */
 int gw_engine_stream_drop(gw_engine_t *e, uint32_t stream_id);
 
-/* Bytes held for one stream of sketch length k at window W (for the memory
- * model and the RSS benchmark). */
+/* Bytes held for one stream of sketch length k at window W with the
+ * default fd_rows (for the memory model and the RSS benchmark). */
 size_t gw_engine_stream_bytes(uint32_t k, uint32_t window);
+/* The same for fd_rows = ell. */
+size_t gw_engine_stream_bytes_fd(uint32_t k, uint32_t window, uint32_t ell);
 
 #endif

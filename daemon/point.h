@@ -38,6 +38,17 @@ typedef struct gw_point_s {
   uint64_t rank_step;                 /* step at which rank fields were computed */
   double grad_norm, loss, lr;         /* NAN when not sent */
   double sketch_norm;                 /* ‖z_n‖ */
+  /* the linear-extrapolation predictor m_n = 2 z_{n-1} - z_{n-2} (m_1 = z_0) */
+  double path_linear, kappa_linear, kappa_linear_cum;
+  double path_onestep_cum, path_ema_cum, path_linear_cum; /* P over j = 1..n */
+  double kappa_best;     /* min of the three windowed κ (NAN when they are) */
+  double best_predictor; /* which: 0 one-step, 1 EMA, 2 linear (ties: lowest) */
+  double tail_kappa_90;  /* Σ_{i>rank_90} σ_i² / Σ_{j∈J} ‖z_j‖², with the rank fields */
+  /* whole-run rank from the stream's Frequent Directions sketch (engine.c);
+   * a rank equal to fd_rows means "fd_rows or more" */
+  uint32_t rank_90_run, rank_99_run;
+  double sigma_run[GW_TOP_SIGMA]; /* top singular values of the sketch, 0-padded */
+  uint64_t rank_run_step;         /* step at which the run fields were computed */
 } gw_point_t;
 
 /* XX(id suffix, "name", expression over `p` (const gw_point_t *)) */
@@ -71,7 +82,26 @@ typedef struct gw_point_s {
   XX(SKETCH_NORM, "sketch_norm", p->sketch_norm)                  \
   XX(LOSS, "loss", p->loss)                                       \
   XX(LR, "lr", p->lr)                                             \
-  XX(WALL_TIME, "wall_time", (double)p->wall_ns * 1e-9)
+  XX(WALL_TIME, "wall_time", (double)p->wall_ns * 1e-9)           \
+  XX(PATH_LINEAR, "path_linear", p->path_linear)                  \
+  XX(KAPPA_LINEAR, "kappa_linear", p->kappa_linear)               \
+  XX(KAPPA_LINEAR_CUM, "kappa_linear_cum", p->kappa_linear_cum)   \
+  XX(PATH_ONESTEP_CUM, "path_onestep_cum", p->path_onestep_cum)   \
+  XX(PATH_EMA_CUM, "path_ema_cum", p->path_ema_cum)               \
+  XX(PATH_LINEAR_CUM, "path_linear_cum", p->path_linear_cum)      \
+  XX(KAPPA_BEST, "kappa_best", p->kappa_best)                     \
+  XX(BEST_PREDICTOR, "best_predictor", p->best_predictor)         \
+  XX(TAIL_KAPPA_90, "tail_kappa_90", p->tail_kappa_90)            \
+  XX(RANK_90_RUN, "rank_90_run", (double)p->rank_90_run)          \
+  XX(RANK_99_RUN, "rank_99_run", (double)p->rank_99_run)          \
+  XX(SIGMA_RUN_1, "sigma_run_1", p->sigma_run[0])                 \
+  XX(SIGMA_RUN_2, "sigma_run_2", p->sigma_run[1])                 \
+  XX(SIGMA_RUN_3, "sigma_run_3", p->sigma_run[2])                 \
+  XX(SIGMA_RUN_4, "sigma_run_4", p->sigma_run[3])                 \
+  XX(SIGMA_RUN_5, "sigma_run_5", p->sigma_run[4])                 \
+  XX(SIGMA_RUN_6, "sigma_run_6", p->sigma_run[5])                 \
+  XX(SIGMA_RUN_7, "sigma_run_7", p->sigma_run[6])                 \
+  XX(SIGMA_RUN_8, "sigma_run_8", p->sigma_run[7])
 
 typedef enum {
 #define XX(id, name, expr) GW_METRIC_##id,

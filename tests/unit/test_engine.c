@@ -27,6 +27,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <lapacke.h>
+
 #include "engine.h"
 #include "sink.h"
 
@@ -50,15 +52,20 @@ static gw_msg_t msg(const char *run, const char *tag, uint32_t k, uint64_t step)
   return m;
 }
 
-static gw_engine_t *engine(uint32_t w, uint32_t rank_every, double beta) {
+static gw_engine_t *engine_fd(uint32_t w, uint32_t rank_every, double beta, uint32_t ell) {
   gw_engine_config_t c;
   gw_engine_config_default(&c);
   c.window = w;
   c.rank_every = rank_every;
   c.ema_beta = beta;
+  c.fd_rows = ell;
   gw_engine_t *e = gw_engine_new(&c);
   assert_non_null(e);
   return e;
+}
+
+static gw_engine_t *engine(uint32_t w, uint32_t rank_every, double beta) {
+  return engine_fd(w, rank_every, beta, 64);
 }
 
 /* Deterministic pseudo-random doubles in [-1, 1) (splitmix64). */
@@ -86,7 +93,9 @@ static int close_rel(double a, double b, double rel, double abs_slack) {
 
 enum {
   F_N, F_WLEN, F_P1, F_PE, F_K1, F_KE, F_K1C, F_KEC, F_R90, F_R99, F_SRANK,
-  F_TAIL, F_SIGMA = F_TAIL + 8, F_RSTEP = F_SIGMA + 8, F_SNORM, NFIELDS
+  F_TAIL, F_SIGMA = F_TAIL + 8, F_RSTEP = F_SIGMA + 8, F_SNORM,
+  F_PL, F_KL, F_KLC, F_P1C, F_PEC, F_PLC, F_KBEST, F_BEST, F_TK90, F_R90R, F_R99R,
+  F_SIGR, F_RRSTEP = F_SIGR + 8, F_ZW, NFIELDS
 };
 
 typedef struct {
@@ -123,8 +132,9 @@ static FILE *run_reference(void) {
 }
 
 /* Largest errors seen, printed at the end: κ/P relative, σ relative (where
- * σ_i >= 1e-3 σ_1), σ_i² absolute over σ_1², tail energy absolute. */
-static double worst[4];
+ * σ_i >= 1e-3 σ_1), σ_i² absolute over σ_1², tail energy absolute,
+ * sigma_run² absolute over sigma_run_1². */
+static double worst[5];
 
 static void track(int i, double err) {
   if (err > worst[i]) worst[i] = err;
@@ -169,6 +179,44 @@ static void compare_point(const gw_point_t *p, const double *x, uint32_t c,
   if (!close_rel(p->sketch_norm, x[F_SNORM], 1e-12, 0))
     fail_msg("%s: sketch_norm = %.17g, reference %.17g", where, p->sketch_norm,
              x[F_SNORM]);
+  /* the linear predictor, cumulative paths, best κ: 1e-9 relative */
+  static const char *pnames[] = {"path_linear", "kappa_linear", "kappa_linear_cum",
+                                 "path_onestep_cum", "path_ema_cum", "path_linear_cum",
+                                 "kappa_best"};
+  double pg[7] = {p->path_linear, p->kappa_linear, p->kappa_linear_cum, p->path_onestep_cum,
+                  p->path_ema_cum, p->path_linear_cum, p->kappa_best};
+  for (int i = 0; i < 7; i++) {
+    double r = x[F_PL + i];
+    if (r != 0 && !isnan(r)) track(0, fabs(pg[i] - r) / fabs(r));
+    if (!close_rel(pg[i], r, 1e-9, 0))
+      fail_msg("%s: %s = %.17g, reference %.17g", where, pnames[i], pg[i], r);
+  }
+  if (!(isnan(p->best_predictor) ? isnan(x[F_BEST]) : p->best_predictor == x[F_BEST]))
+    fail_msg("%s: best_predictor = %g, reference %g", where, p->best_predictor, x[F_BEST]);
+  /* tail_kappa_90: a tail energy on κ's scale, same slack as tail_energy */
+  double zw = x[F_ZW], sl = zw > 0 ? 5e-14 * c * s1 * s1 / zw : 0;
+  if (!close_rel(p->tail_kappa_90, x[F_TK90], 1e-8, sl))
+    fail_msg("%s: tail_kappa_90 = %.17g, reference %.17g", where, p->tail_kappa_90, x[F_TK90]);
+  /* whole run: ranks exact; sigma_run 1e-8 relative, or its square within
+   * 1e-9 sigma_run_1^2: the sketch is stored as float32, so each shrink
+   * rounds its rows (6e-8 relative per entry) along eigenvectors that LAPACK
+   * and NumPy pick differently within near-equal eigenvalues; the effect is
+   * additive on the scale of sigma_run_1^2, where the sketch's own error
+   * (engine.c) lives too */
+  if (p->rank_90_run != (uint32_t)x[F_R90R] || p->rank_99_run != (uint32_t)x[F_R99R])
+    fail_msg("%s: rank_90/99_run = %u/%u, reference %g/%g", where, p->rank_90_run,
+             p->rank_99_run, x[F_R90R], x[F_R99R]);
+  if (p->rank_run_step != (uint64_t)x[F_RRSTEP])
+    fail_msg("%s: rank_run_step = %llu, reference %g", where,
+             (unsigned long long)p->rank_run_step, x[F_RRSTEP]);
+  double r1 = x[F_SIGR];
+  for (int i = 0; i < 8; i++) {
+    double s = p->sigma_run[i], sr = x[F_SIGR + i];
+    if (r1 > 0) track(4, fabs(s * s - sr * sr) / (r1 * r1));
+    if (!close_rel(s, sr, 1e-8, 0) && !(fabs(s * s - sr * sr) <= 1e-9 * r1 * r1))
+      fail_msg("%s: sigma_run_%d = %.17g, reference %.17g (sigma_run_1 %.17g)", where, i + 1,
+               s, sr, r1);
+  }
 }
 
 static void reference_streams(void **state) {
@@ -194,7 +242,7 @@ static void reference_streams(void **state) {
     read_exact(f, rs[i].steps, rs[i].n * sizeof(uint64_t));
     read_exact(f, rs[i].z, (size_t)rs[i].n * rs[i].k * sizeof(double));
   }
-  unsigned seen_w[3] = {0, 0, 0}, seen_r[2] = {0, 0}, points = 0;
+  unsigned seen_w[3] = {0, 0, 0}, seen_r[2] = {0, 0}, seen_small_fd = 0, points = 0;
   for (uint32_t c = 0; c < n_cases; c++) {
     uint32_t h[4];
     double beta;
@@ -207,8 +255,9 @@ static void reference_streams(void **state) {
     read_exact(f, x, (size_t)(s->n - 1) * NFIELDS * sizeof(double));
     seen_w[0] += h[1] == 4, seen_w[1] += h[1] == 16, seen_w[2] += h[1] == 64;
     seen_r[0] += h[2] == 1, seen_r[1] += h[2] == 5;
+    seen_small_fd += h[3] < 16;
 
-    gw_engine_t *e = engine(h[1], h[2], beta);
+    gw_engine_t *e = engine_fd(h[1], h[2], beta, h[3]);
     for (uint32_t j = 0; j < s->n; j++) {
       gw_msg_t m = msg("ref", "all", s->k, s->steps[j]);
       gw_point_t p;
@@ -216,8 +265,8 @@ static void reference_streams(void **state) {
       assert_int_equal(rc, j == 0 ? 0 : 1);
       if (j == 0) continue;
       char where[128];
-      snprintf(where, sizeof where, "stream %u (k=%u) W=%u rank_every=%u point n=%u",
-               h[0], s->k, h[1], h[2], j);
+      snprintf(where, sizeof where, "stream %u (k=%u) W=%u rank_every=%u fd_rows=%u point n=%u",
+               h[0], s->k, h[1], h[2], h[3], j);
       compare_point(&p, x + (size_t)(j - 1) * NFIELDS, p.window_len, where);
       points++;
     }
@@ -226,10 +275,11 @@ static void reference_streams(void **state) {
   }
   for (int i = 0; i < 3; i++) assert_true(seen_w[i] > 0);
   for (int i = 0; i < 2; i++) assert_true(seen_r[i] > 0);
+  assert_true(seen_small_fd > 0);
   assert_true(points > 1000);
   print_message("%u points; worst: kappa/P rel %.2g, sigma rel %.2g, "
-                "sigma^2 abs/sigma_1^2 %.2g, tail abs %.2g\n",
-                points, worst[0], worst[1], worst[2], worst[3]);
+                "sigma^2 abs/sigma_1^2 %.2g, tail abs %.2g, sigma_run^2 abs/sigma_run_1^2 %.2g\n",
+                points, worst[0], worst[1], worst[2], worst[3], worst[4]);
   char end;
   assert_int_equal(fread(&end, 1, 1, f), 0); /* nothing left over */
   fclose(f);
@@ -308,6 +358,21 @@ static void linear_stream(void **state) {
     assert_true(close_rel(p.path_ema, pe, 1e-10, 0));
     assert_true(close_rel(p.kappa_ema, pe / zz, 1e-10, 0));
     assert_true(close_rel(p.kappa_ema_cum, pec / zc, 1e-10, 0));
+    /* the linear predictor is exact from n = 2 on: P_lin = |v|^2 (n = 1 only) */
+    double plin = lo == 1 ? vv : 0;
+    assert_true(fabs(p.path_linear - plin) <= 1e-20 * zz);
+    assert_true(fabs(p.path_linear_cum - vv) <= 1e-20 * zc);
+    assert_true(close_rel(p.path_onestep_cum, n * vv, 1e-12, 0));
+    assert_true(close_rel(p.path_ema_cum, pec, 1e-10, 0));
+    if (n >= 2) {
+      assert_true(p.best_predictor == 2);
+      assert_true(p.kappa_best == p.kappa_linear);
+    }
+    assert_true(p.tail_kappa_90 <= 1e-13 * p.sigma[0] * p.sigma[0] / zz);
+    assert_int_equal(p.rank_90_run, 1);
+    uint32_t nr = (uint32_t)(p.rank_run_step - 100) / 2; /* n of the last refresh */
+    assert_true(nr <= n && n - nr < w);
+    assert_true(close_rel(p.sigma_run[0], sqrt(vv * nr), 1e-7, 0));
     assert_int_equal(p.rank_90, 1);
     assert_int_equal(p.rank_99, 1);
     assert_true(close_rel(p.sigma[0], sqrt(vv * len), 1e-12, 0));
@@ -316,6 +381,108 @@ static void linear_stream(void **state) {
     assert_true(p.tail_energy[0] <= 1e-13);
     assert_int_equal(p.rank_step, m.step);
   }
+  gw_engine_free(e);
+}
+
+/* The whole-run sketch against the exact SVD of every increment: a stream
+ * whose increments lie in a fixed r = 4 dimensional subspace plus small
+ * full-rank noise, 1280 increments, W = 64. The windowed rank sees <= 4, the
+ * whole-run rank exactly 4, and every sigma_run_i^2 lies in
+ * [sigma_i(A)^2 - bound, sigma_i(A)^2] with the Frequent Directions bound
+ * min_r ||A - A_r||_F^2 / (l - r) (plus float32 storage slack). */
+static void fd_whole_run(void **state) {
+  (void)state;
+  enum { N = 1280, W = 64, R = 4 };
+  static const uint32_t ks[] = {64, 256}, ells[] = {16, 64};
+  for (int c = 0; c < 2; c++) {
+    const uint32_t k = ks[c], ell = ells[c];
+    gw_engine_t *e = engine_fd(W, 8, 0.9, ell);
+    double *U = malloc((size_t)R * k * sizeof(double)), *A = malloc((size_t)N * k * sizeof(double));
+    double *z = calloc(k, sizeof(double));
+    assert_true(U && A && z);
+    uint64_t seed = 77 + c;
+    for (size_t i = 0; i < (size_t)R * k; i++) U[i] = urand(&seed);
+    static const double scale[R] = {1.0, 0.9, 0.8, 0.7};
+    gw_point_t p;
+    gw_msg_t m = msg("fd", "all", k, 1);
+    assert_int_equal(gw_engine_push_f64(e, &m, z, &p), 0);
+    for (uint32_t j = 0; j < N; j++) {
+      double *d = A + (size_t)j * k, co[R];
+      for (int a = 0; a < R; a++) co[a] = scale[a] * urand(&seed);
+      for (uint32_t i = 0; i < k; i++) {
+        d[i] = 1e-3 * urand(&seed);
+        for (int a = 0; a < R; a++) d[i] += co[a] * U[(size_t)a * k + i];
+      }
+      /* push z_j = z_{j-1} + d, then take the increment the engine saw */
+      for (uint32_t i = 0; i < k; i++) {
+        double zn = z[i] + d[i];
+        d[i] = zn - z[i];
+        z[i] = zn;
+      }
+      m.step = 2 + j;
+      assert_int_equal(gw_engine_push_f64(e, &m, z, &p), 1);
+      assert_true(p.rank_90 <= R);
+    }
+    assert_int_equal(p.rank_run_step, m.step); /* N is a multiple of W: a shrink */
+    assert_int_equal(p.rank_90_run, R);
+    assert_int_equal(p.rank_99_run, R);
+    /* exact singular values of the N×k increment matrix */
+    uint32_t ns = k < N ? k : N;
+    double *sv = malloc(ns * sizeof(double));
+    assert_non_null(sv);
+    assert_int_equal(LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'N', (lapack_int)k, N, A, (lapack_int)k,
+                                    sv, NULL, 1, NULL, 1),
+                     0);
+    double bound = INFINITY, tail = 0;
+    for (uint32_t i = 0; i < ns; i++) tail += sv[i] * sv[i];
+    for (uint32_t r = 0; r < ell; r++) {
+      if (r > 0) tail -= sv[r - 1] * sv[r - 1];
+      double b = tail / (double)(ell - r);
+      if (b < bound) bound = b;
+    }
+    double s1 = sv[0] * sv[0], slack = 1e-6 * s1;
+    assert_true(bound > 0 && bound < 1e-3 * s1);
+    for (int i = 0; i < GW_TOP_SIGMA; i++) {
+      double got = p.sigma_run[i] * p.sigma_run[i], want = sv[i] * sv[i];
+      if (!(got <= want + slack && got >= want - bound - slack))
+        fail_msg("k=%u l=%u sigma_run_%d^2 = %.17g, exact %.17g, bound %.3g", k, ell, i + 1,
+                 got, want, bound);
+    }
+    print_message("k=%u l=%u: FD bound %.3g sigma_1^2; sigma_run_5^2 %.3g exact %.3g\n", k, ell,
+                  bound / s1, p.sigma_run[4] * p.sigma_run[4], sv[4] * sv[4]);
+    free(sv);
+    free(U);
+    free(A);
+    free(z);
+    gw_engine_free(e);
+  }
+}
+
+/* White noise z_n (i.i.d., mean 0, variance s² per entry): E r_onestep =
+ * 2ks², E r_linear = (1 + 4 + 1)ks² = 6ks² (z_n − 2z_{n−1} + z_{n−2}), E r_EMA =
+ * (1 + (1-β)/(1+β))ks² = 2ks²/(1+β) in the stationary EMA, E|z|² = ks².
+ * So a stream with no signal reads κ_onestep ≈ 2, κ_linear ≈ 6,
+ * κ_EMA ≈ 2/(1+β) (docs/MATH.md): checked to 3 % over 64 × 1024 samples. */
+static void white_noise_kappa(void **state) {
+  (void)state;
+  enum { K = 1024, W = 64 };
+  const double beta = 0.9;
+  gw_engine_t *e = engine(W, 64, beta);
+  double *z = malloc(K * sizeof(double));
+  assert_non_null(z);
+  uint64_t seed = 99;
+  gw_point_t p;
+  for (uint32_t n = 0; n < 400; n++) {
+    for (uint32_t i = 0; i < K; i++) z[i] = urand(&seed); /* variance 1/3 */
+    gw_msg_t m = msg("r", "noise", K, 1 + n);
+    assert_true(gw_engine_push_f64(e, &m, z, &p) >= 0);
+  }
+  assert_true(fabs(p.kappa_onestep - 2.0) < 0.06);
+  assert_true(fabs(p.kappa_linear - 6.0) < 0.18);
+  assert_true(fabs(p.kappa_ema - 2.0 / (1 + beta)) < 0.03 * 2.0 / (1 + beta));
+  assert_true(p.best_predictor == 1 && p.kappa_best == p.kappa_ema);
+  assert_true(fabs(p.kappa_linear_cum - 6.0) < 0.1);
+  free(z);
   gw_engine_free(e);
 }
 
@@ -496,6 +663,12 @@ static void limits_rejected(void **state) {
   gw_engine_config_default(&c);
   c.max_k = GW_PROTO_K_MAX + 1;
   assert_null(gw_engine_new(&c));
+  gw_engine_config_default(&c);
+  assert_int_equal(c.fd_rows, 64);
+  c.fd_rows = 1;
+  assert_null(gw_engine_new(&c));
+  c.fd_rows = 1025;
+  assert_null(gw_engine_new(&c));
   assert_null(gw_engine_new(NULL));
   gw_engine_free(NULL);
 }
@@ -670,11 +843,16 @@ static void payload_push(void **state) {
   gw_engine_free(b);
 }
 
+/* Memory: the window (ring, Gram), the FD sketch (63 float rows at the
+ * default l = 64) and the rest; within 1.5x of the 170204 bytes a stream
+ * took before the whole-run sketch. */
 static void stream_bytes_budget(void **state) {
   (void)state;
   size_t own = 64u * 256u * 8u, b = gw_engine_stream_bytes(256, 64);
-  assert_true(b >= own + 64u * 64u * 8u + 2u * 256u * 8u);
-  assert_true(b <= own + own / 2 + 16384u);
+  assert_true(b >= own + 64u * 64u * 8u + 2u * 256u * 8u + 63u * 256u * 4u);
+  assert_true(b <= 170204u * 3u / 2u);
+  assert_int_equal(gw_engine_stream_bytes_fd(256, 64, 64), b);
+  assert_true(gw_engine_stream_bytes_fd(256, 64, 128) >= b + 64u * 256u * 4u);
   assert_true(gw_engine_stream_bytes(1024, 128) > gw_engine_stream_bytes(256, 64));
 }
 
@@ -792,13 +970,16 @@ static void reap_idle(void **state) {
 static void save_load_continues(void **state) {
   (void)state;
   enum { K = 24, W = 16 };
-  const uint64_t cut[] = {1, 2, 9, 16, 17, 40};
-  for (size_t c = 0; c < sizeof cut / sizeof cut[0]; c++) {
-    gw_engine_t *a = engine(W, 3, 0.8), *b = engine(W, 3, 0.8);
+  const uint64_t cut[] = {1, 2, 9, 16, 17, 40, 49};
+  for (size_t c = 0; c < 2 * sizeof cut / sizeof cut[0]; c++) {
+    /* the second round with l = 5, so the whole-run sketch discards */
+    const uint32_t ell = c < sizeof cut / sizeof cut[0] ? 64 : 5;
+    const uint64_t cutc = cut[c % (sizeof cut / sizeof cut[0])];
+    gw_engine_t *a = engine_fd(W, 3, 0.8, ell), *b = engine_fd(W, 3, 0.8, ell);
     double z[K];
     gw_point_t pa, pb;
     uint32_t id = 0;
-    for (uint64_t s = 0; s < cut[c]; s++) {
+    for (uint64_t s = 0; s < cutc; s++) {
       gw_msg_t m = msg("run-1", "layer.0/w", K, 10 + s);
       m.incarnation = 5;
       m.flags = GW_HAS_LOSS;
@@ -815,7 +996,7 @@ static void save_load_continues(void **state) {
     assert_int_equal(gw_engine_stream_load(b, blob, len, &bid), 0);
     /* loading twice is refused: the stream exists */
     assert_int_equal(gw_engine_stream_load(b, blob, len, &bid), GW_EINVAL);
-    for (uint64_t s = cut[c]; s < cut[c] + 50; s++) {
+    for (uint64_t s = cutc; s < cutc + 50; s++) {
       gw_msg_t m = msg("run-1", "layer.0/w", K, 10 + s);
       m.incarnation = 5;
       zvec(z, K, s, 7);
@@ -826,11 +1007,14 @@ static void save_load_continues(void **state) {
       assert_point_same(&pa, &pb);
     }
     /* another config refuses the blob with GW_ECONFIG; damage with EINVAL */
-    gw_engine_t *w4 = engine(4, 3, 0.8), *beta = engine(W, 3, 0.9), *re = engine(W, 1, 0.8);
+    gw_engine_t *w4 = engine_fd(4, 3, 0.8, ell), *beta = engine_fd(W, 3, 0.9, ell),
+                *re = engine_fd(W, 1, 0.8, ell), *fd = engine_fd(W, 3, 0.8, ell == 64 ? 5 : 64);
+    assert_int_equal(gw_engine_stream_load(fd, blob, len, NULL), GW_ECONFIG);
+    gw_engine_free(fd);
     assert_int_equal(gw_engine_stream_load(w4, blob, len, NULL), GW_ECONFIG);
     assert_int_equal(gw_engine_stream_load(beta, blob, len, NULL), GW_ECONFIG);
     assert_int_equal(gw_engine_stream_load(re, blob, len, NULL), GW_ECONFIG);
-    gw_engine_t *d = engine(W, 3, 0.8);
+    gw_engine_t *d = engine_fd(W, 3, 0.8, ell);
     assert_int_equal(gw_engine_stream_load(d, blob, len - 1, NULL), GW_EINVAL);
     assert_int_equal(gw_engine_stream_load(d, blob, 10, NULL), GW_EINVAL);
     ((unsigned char *)blob)[0] ^= 1;
@@ -898,6 +1082,8 @@ int main(void) {
       cmocka_unit_test(constant_stream),
       cmocka_unit_test(linear_stream),
       cmocka_unit_test(rank_every_carries),
+      cmocka_unit_test(fd_whole_run),
+      cmocka_unit_test(white_noise_kappa),
       cmocka_unit_test(nonfinite_rejected),
       cmocka_unit_test(order_rejected),
       cmocka_unit_test(mismatch_rejected),

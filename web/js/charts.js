@@ -12,17 +12,32 @@
 //
 // Data in: align() turns per-tag columns into uPlot's aligned table (one
 // shared step axis, null where a tag has no point, lines span the gaps).
+// A chart with `also` draws a second metric per tag as a dashed line of the
+// tag's colour (κ linear beside κ one-step, whole-run rank beside the
+// windowed one). κ charts (`bands`) shade the paper's three readings behind
+// the lines: κ < 0.5 near-perfect tracking, 0.5–2 correct scale, > 2
+// over-extrapolation (docs/MATH.md).
 
 import { cssVar, el, fmt, fmtInt, lowerBound } from "./util.js";
 
 export const CHARTS = [
-  { metric: "kappa_onestep", title: "κ one-step", hint: "windowed path / energy, one-step predictor" },
-  { metric: "kappa_ema", title: "κ EMA", hint: "windowed path / energy, EMA predictor" },
-  { metric: "rank_90", title: "predictable rank (90 %)", hint: "rank_90: singular values holding 90 % of the increment energy" },
+  { metric: "kappa_onestep", title: "κ one-step (dashed: linear)", hint: "windowed path / energy, one-step predictor; dashed: the linear extrapolation predictor (kappa_linear)", also: "kappa_linear", bands: true },
+  { metric: "kappa_ema", title: "κ EMA", hint: "windowed path / energy, EMA predictor", bands: true },
+  { metric: "rank_90", title: "predictable rank (90 %, dashed: whole run)", hint: "rank_90: singular values holding 90 % of the window's increment energy; dashed: rank_90_run, the same over the whole run", also: "rank_90_run" },
   { metric: "rank_99", title: "predictable rank (99 %)", hint: "rank_99: singular values holding 99 % of the increment energy" },
   { metric: "stable_rank", title: "stable rank", hint: "Σσ² / σ₁² of the increment window" },
   { metric: "grad_norm", title: "gradient norm", hint: "‖g‖ of the full gradient, as sent by the client" },
   { metric: "loss", title: "loss", hint: "as sent by the client" },
+];
+
+/** Every metric the charts draw (main and dashed companions). */
+export const CHART_METRICS = CHARTS.flatMap((c) => (c.also ? [c.metric, c.also] : [c.metric]));
+
+// κ readings shaded on κ charts: [from, to, CSS variable, fallback colour]
+const KAPPA_BANDS = [
+  [0, 0.5, "--band-good", "rgba(22,163,74,.07)"],
+  [0.5, 2, "--band-mid", "rgba(100,116,139,.05)"],
+  [2, Infinity, "--band-high", "rgba(217,119,6,.08)"],
 ];
 
 const SYNC_KEY = "gw-run";
@@ -70,6 +85,25 @@ export function align(stores, tags, metrics) {
 
 function stepTicks(u, splits) {
   return splits.map((v) => (v === null ? "" : Math.abs(v) >= 1e6 ? (v / 1e6).toPrecision(3) + "M" : Math.abs(v) >= 1e4 ? (v / 1e3).toPrecision(3) + "k" : fmtInt(v)));
+}
+
+/** Shade the κ readings behind a κ chart's lines (drawClear hook). */
+function drawBands(u) {
+  const { left, top, width, height } = u.bbox;
+  const y = u.scales.y;
+  if (y.min === null || y.max === null || y.min === undefined) return;
+  const ctx = u.ctx;
+  ctx.save();
+  for (const [lo, hi, css, fallback] of KAPPA_BANDS) {
+    const a = Math.max(lo, y.min);
+    const b = Math.min(hi, y.max);
+    if (!(b > a)) continue;
+    const y0 = u.valToPos(b, "y", true);
+    const y1 = u.valToPos(a, "y", true);
+    ctx.fillStyle = cssVar(css) || fallback;
+    ctx.fillRect(left, Math.max(top, y0), width, Math.min(top + height, y1) - Math.max(top, y0));
+  }
+  ctx.restore();
 }
 
 export class ChartGroup {
@@ -144,6 +178,15 @@ export class ChartGroup {
             points: { show: false },
             value: (u, v) => fmt(v),
           })),
+          ...(c.also ? tags.map((t) => ({
+            label: `${t} · ${c.also}`,
+            stroke: colors(t),
+            width: 1,
+            dash: [5, 3],
+            spanGaps: true,
+            points: { show: false },
+            value: (u, v) => fmt(v),
+          })) : []),
         ],
         axes: [
           { stroke: ink, font, size: 30, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1, size: 4 }, values: stepTicks, space: 60 },
@@ -157,12 +200,13 @@ export class ChartGroup {
           },
         ],
         hooks: {
+          drawClear: c.bands ? [(u) => drawBands(u)] : [],
           setSelect: [(u) => this.selected(u)],
           draw: [(u) => this.drawMarkers(u)],
           setCursor: [(u) => this.cursorMoved(u)],
         },
       };
-      const u = new window.uPlot(opts, [[]].concat(tags.map(() => [])), holder);
+      const u = new window.uPlot(opts, opts.series.map(() => []), holder);
       this.plots.push(u);
     }
     if (data) this.setData(data, view);
@@ -173,8 +217,9 @@ export class ChartGroup {
     this.data = data;
     this.view = view;
     this.plots.forEach((u, i) => {
-      const m = CHARTS[i].metric;
-      const cols = data.cols[m] || [];
+      const c = CHARTS[i];
+      const main = data.cols[c.metric] || [];
+      const cols = c.also ? main.concat(data.cols[c.also] || main.map((col) => col.map(() => null))) : main;
       const any = cols.some((col) => col.some((v) => v !== null));
       this.cells[i].classList.toggle("empty", !any);
       u.batch(() => {

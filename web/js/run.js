@@ -28,13 +28,12 @@
 // a newer request overtook is dropped.
 
 import { getJSON, HttpError, LiveFeed, pool, qs, serverNow } from "./api.js";
-import { align, CHARTS, ChartGroup } from "./charts.js";
+import { align, CHART_METRICS, ChartGroup } from "./charts.js";
 import { Heatmap } from "./heatmap.js";
 import { SIGMAS, Spectrum } from "./spectrum.js";
 import { TagList } from "./taglist.js";
 import { ago, debounce, el, fmt, fmtInt, onThemeChange, runState, tagColor } from "./util.js";
 
-const CHART_METRICS = CHARTS.map((c) => c.metric);
 const DEFAULT_TAGS = 5; // `all` plus the first four others
 const RING = 2048;
 const COMPACT = 4;
