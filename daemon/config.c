@@ -90,6 +90,8 @@ static const opt_t opts[] = {
     {"rank-every", "window", T_U32, E(rank_every), 0, 1, 1000000, "N",
      "recompute rank fields every N points (8)", NULL},
     {"ema-beta", "window", T_DOUBLE, E(ema_beta), 0, 0, 0.999999, "BETA", "EMA predictor beta (0.9)", NULL},
+    {"fd-rows", "window", T_U32, E(fd_rows), 0, 2, 1024, "L",
+     "rows of the whole-run Frequent Directions sketch (64)", NULL},
     {"stream-idle", "window", T_U32, F(stream_idle), 0, 1, 315360000, "SECONDS",
      "retire a stream silent this many seconds (3600)", NULL},
     {"engine-threads", "window", T_U32, F(engine_threads), 0, 1, 64, "N",

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <uv.h>
 
+#include "alert_rules.h"
 #include "alerts.h"
 #include "config.h"
 #include "engine.h"
@@ -256,6 +257,14 @@ static void teardown(daemon_t *d) {
   uv_loop_close(&d->loop);
 }
 
+/* --check-config: the alert rules of FILE, through the daemon's own parser. */
+static int check_alert_rules(const char *path, char *err, size_t errlen) {
+  gw_alert_rules_t rs;
+  int rc = gw_alert_rules_load(&rs, path, err, errlen);
+  if (rc == 0) gw_alert_rules_free(&rs);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   daemon_t d;
   char err[1024] = "";
@@ -280,6 +289,12 @@ int main(int argc, char **argv) {
   }
   if (d.cfg.check_config) {
     int bad = gw_config_check_file(d.cfg.check_config, stderr) != 0;
+    if (!bad) printf("%s: OK\n", d.cfg.check_config);
+    gw_config_free(&d.cfg);
+    return bad ? 1 : 0;
+  }
+  if (d.cfg.check_config) {
+    int bad = gw_config_check_file_with(d.cfg.check_config, stderr, check_alert_rules) != 0;
     if (!bad) printf("%s: OK\n", d.cfg.check_config);
     gw_config_free(&d.cfg);
     return bad ? 1 : 0;

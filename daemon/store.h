@@ -376,4 +376,9 @@ int gw_store_row_count(gw_store_t *st, uint64_t *rows);
 /* Run `PRAGMA integrity_check`; 0 if "ok", GW_EDB otherwise. */
 int gw_store_integrity_check(gw_store_t *st);
 
+/* The store as a sink (sink.h): open → gw_store_open_stream, sketch →
+ * gw_store_put_sketch, point → gw_store_put_point, restart →
+ * gw_store_restart_stream, forget → gw_store_forget_stream (store_sink.c). */
+void gw_store_sink(gw_store_t *st, gw_sink_t *out);
+
 #endif

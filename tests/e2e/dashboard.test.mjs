@@ -262,7 +262,11 @@ test("a resumed run: a restart marker on the charts, superseded points left out"
     await publish(daemon, ["--run", "resumed-run", "--tags", "all", "--start", "60", "--steps", "40", "--rate", "0", "--noise", "0.003"]);
     // the live feed's restart event draws the marker without a reload
     await until("a restart marker", async () => (await p.locator("#charts").getAttribute("data-restart-markers")) === "1");
-    const { restarts } = await getJSON(daemon, "/api/v1/restarts?run=resumed-run");
+    // the store commits within its flush interval
+    const restarts = await until("the restart stored", async () => {
+      const r = (await getJSON(daemon, "/api/v1/restarts?run=resumed-run")).restarts;
+      return r.length ? r : null;
+    });
     assert.deepEqual(restarts.map((r) => [r.step, r.reason]), [[60, "incarnation"]]);
     // default series: steps 1..59 of the first incarnation, 61..99 of the second
     const s = await getJSON(daemon, "/api/v1/series?run=resumed-run&tag=all&metrics=kappa_ema");

@@ -71,7 +71,7 @@ static void check_route(const char *url) {
   size_t len = 12345;
   gw_route_t r = gw_http_route(url, &arg, &len);
   size_t ul = strlen(url);
-  CHECK(r >= GW_ROUTE_NONE && r <= GW_ROUTE_STREAMS);
+  CHECK(r >= GW_ROUTE_NONE && r <= GW_ROUTE_RESTARTS);
   if (r == GW_ROUTE_STREAMS) {
     static const char pre[] = "/api/v1/runs/", suf[] = "/streams";
     CHECK(arg == url + sizeof pre - 1);

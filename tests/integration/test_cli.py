@@ -57,10 +57,13 @@ def decode(topic, body):
     run, _, tag = topic[4:].decode().partition("/")
     (magic, version, dtype, kind, s, k, flags, step, wall_ns, seed, grad_norm, loss,
      lr) = HEADER.unpack_from(body)
-    assert magic == MAGIC and version == 1
+    assert magic == MAGIC and version in (1, 2)
     w = 4 if dtype == 1 else 2
-    assert len(body) == 64 + k * w
-    raw = body[64:]
+    hl = 64 if version == 1 else 72  # version 2: the u64 incarnation at offset 64
+    assert len(body) == hl + k * w
+    incarnation = struct.unpack_from("<Q", body, 64)[0] if version == 2 else 0
+    assert version == 1 or incarnation != 0
+    raw = body[hl:]
     if dtype == 1:
         z = np.frombuffer(raw, "<f4").astype(np.float64)
     elif dtype == 2:
@@ -69,7 +72,7 @@ def decode(topic, body):
         z = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view("<f4").astype(np.float64)
     return dict(run=run, tag=tag, dtype=DTYPE_NAMES[dtype], kind=kind, s=s, k=k, flags=flags,
                 step=step, wall_ns=wall_ns, seed=seed, grad_norm=grad_norm, loss=loss, lr=lr,
-                z=z, raw=raw)
+                z=z, raw=raw, version=version, incarnation=incarnation)
 
 
 class Sub:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import Daemon, encode
+from conftest import Daemon, encode, scaled, subscribed_pub
 from test_daemon import reference
 
 METRICS = ["path_onestep", "path_ema", "kappa_onestep", "kappa_ema", "kappa_onestep_cum",
@@ -64,19 +64,34 @@ def rejected(d):
     return {k: v for k, v in d.stats()["rejected"].items() if v}
 
 
+class LazyPub:
+    """A publisher that connects (and waits for the daemon's subscription)
+    on first use, after the test has started the daemon."""
+
+    def __init__(self):
+        self.sock = None
+
+    def send_multipart(self, frames):
+        self.sock.send_multipart(frames)
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+
+
 @pytest.fixture
 def pubsock(daemon):
-    s = zmq.Context.instance().socket(zmq.PUB)
-    s.setsockopt(zmq.SNDHWM, 1000000)
-    s.setsockopt(zmq.LINGER, 2000)
-    yield s
-    s.close()
+    p = LazyPub()
+    yield p
+    p.close()
 
 
-def connect(sock, d):
-    sock.connect(d.endpoint)
-    time.sleep(0.3)  # PUB/SUB slow joiner
-    return sock
+def connect(pub, d):
+    """pub (a LazyPub, or None for a new one) connected to d and subscribed."""
+    if pub is None:
+        pub = LazyPub()
+    pub.sock = subscribed_pub(d.endpoint)
+    return pub
 
 
 def test_resume_from_checkpoint(daemon, pubsock):
@@ -160,7 +175,7 @@ def metric_series(d, run):
 
 
 def test_idle_stream_is_retired_and_comes_back(daemon, pubsock):
-    daemon.extra = ["--window", "8", "--stream-idle", "2"]
+    daemon.extra = ["--window", "8", "--rank-every", "1", "--stream-idle", "2"]
     daemon.start()
     connect(pubsock, daemon)
     z = stream_of(6, 40)
@@ -171,9 +186,9 @@ def test_idle_stream_is_retired_and_comes_back(daemon, pubsock):
     code, runs = daemon.json("/api/v1/runs")
     assert [r["state"] for r in runs["runs"] if r["run"] == "idle"] == ["live"]
     t0 = time.time()
-    daemon.wait_for(lambda: daemon.stats()["streams_retired"] == 1, timeout=10, what="retirement")
+    daemon.wait_for(lambda: daemon.stats()["streams_retired"] == 1, timeout=30, what="retirement")
     # retired within about a second of reaching the idle age
-    assert time.time() - t0 < 4.5
+    assert time.time() - t0 < scaled(6)
     assert daemon.stats()["streams"] == 0
     assert metric_series(daemon, "idle") == []
     code, runs = daemon.json("/api/v1/runs")
@@ -208,10 +223,10 @@ def test_sigterm_restart_continues_exactly(daemon, pubsock):
     assert re.search(r"event=state_saved streams=2 ", daemon.log.read_text())
     daemon.start()
     assert daemon.stats()["streams"] == 2  # restored before any message
-    sock = connect(zmq.Context.instance().socket(zmq.PUB), daemon)
+    sock = connect(None, daemon)
     for t in range(30, 60):
         sock.send_multipart(encode2("cont", "all", t, z[t], 9))
-    sock.close(linger=2000)
+    sock.close()
     daemon.wait_for(lambda: count_points(daemon, "cont", "all") >= 59, what="points after restart")
     got = series(daemon, "cont", "all")
     assert got["step"] == list(range(1, 60))
@@ -238,11 +253,11 @@ def test_changed_window_restarts_fresh(daemon, pubsock):
     assert daemon.stop() == 0
     daemon.extra = ["--window", "4", "--rank-every", "1"]
     daemon.start()
-    sock = connect(zmq.Context.instance().socket(zmq.PUB), daemon)
+    sock = connect(None, daemon)
     sock.send_multipart(encode2("cfg", "all", 29, z[29], 5))  # a stored step: out of order
     for t in range(30, 60):
         sock.send_multipart(encode2("cfg", "all", t, z[t], 5))
-    sock.close(linger=2000)
+    sock.close()
     daemon.wait_for(lambda: count_points(daemon, "cfg", "all") >= 29 + 29, what="points")
     assert rejected(daemon) == {"out_of_order": 1}
     got = series(daemon, "cfg", "all")
@@ -272,11 +287,11 @@ def test_kill9(daemon, pubsock, sketches):
     daemon.proc = None
     daemon.logf.close()
     daemon.start()
-    sock = connect(zmq.Context.instance().socket(zmq.PUB), daemon)
+    sock = connect(None, daemon)
     sock.send_multipart(encode2("k9", "all", 29, z[29], 3))
     for t in range(30, 60):
         sock.send_multipart(encode2("k9", "all", t, z[t], 3))
-    sock.close(linger=2000)
+    sock.close()
     want = 59 if sketches else 29 + 29
     daemon.wait_for(lambda: count_points(daemon, "k9", "all") >= want, what="points after kill")
     assert rejected(daemon) == {"out_of_order": 1}
@@ -329,5 +344,10 @@ def test_compressed_month(daemon, pubsock):
     assert st["streams_retired"] == waves * per
     assert rejected(daemon) == {}
     assert series_after == [0] * waves
-    # flat: the last waves hold no more memory than the first ones (+10%)
-    assert max(rss[-5:]) <= 1.10 * max(rss[:5]), rss
+    # No stream's window, metrics or alert state outlives its retirement: a
+    # leaked engine block alone (k = 16, W = 8) would be ~2.5 KiB per stream.
+    # What does grow here (~1 KiB per stream ever seen, measured) is SQLite's
+    # page caches over a database that keeps every stream's history, and the
+    # allocator; bench_lifecycle.py measures the ratio at k = 256, W = 64.
+    per_stream = (max(rss[-5:]) - max(rss[:5])) * 1024 / ((waves - 5) * per)
+    assert per_stream < 1536, (per_stream, rss)
