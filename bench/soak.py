@@ -17,7 +17,7 @@ loopback with a fresh database (every point stored), then:
 
 --measure-max first runs the daemon flat out for 15 s (same streams, the
 publisher unpaced) and soaks at half the rate it sustained, the way
-SPEC/issue 7 asks; otherwise --rate is used as given.
+the soak target asks; otherwise --rate is used as given.
 
 At the end the load stops, the daemon drains, and the script prints a
 Markdown report and checks:

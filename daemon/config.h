@@ -1,6 +1,6 @@
 /* config.h — gradwatchd's settings: defaults, the INI file, the flags.
  *
- * Every flag of SPEC §5 is also a key of the INI file (libinih), in the
+ * Every flag of docs/CONTRACT.md §5 is also a key of the INI file (libinih), in the
  * section the flag belongs to ([ingest] [http] [store] [window] [alerts],
  * plus [daemon] for logging); a flag `--foo-bar` is the key `foo_bar` (a dash
  * is accepted too). Order of precedence: defaults < file < flags; a
@@ -60,7 +60,7 @@ typedef struct gw_config_s {
   char *check_config;
 } gw_config_t;
 
-/* Fill defaults (SPEC §5). */
+/* Fill defaults (docs/CONTRACT.md §5). */
 void gw_config_init(gw_config_t *c);
 void gw_config_free(gw_config_t *c); /* frees the strings; c stays valid-empty */
 

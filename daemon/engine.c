@@ -1,4 +1,4 @@
-/* engine.c — per-stream rolling windows and the math of SPEC §2.
+/* engine.c — per-stream rolling windows and the math of docs/CONTRACT.md §2.
  *
  * NOTES ON THE DESIGN OF THE ENGINE
  *

@@ -1,4 +1,4 @@
-/* engine.h — rolling windows and the predictability math of SPEC §2.
+/* engine.h — rolling windows and the predictability math of docs/CONTRACT.md §2.
  *
  * The engine owns every stream's state: a ring of the last W increments
  * z_j − z_{j−1}, the previous sketch, the EMA, the windowed and cumulative
@@ -30,7 +30,7 @@ typedef struct gw_engine_config_s {
                          * in [2, 1024] (default 64) */
 } gw_engine_config_t;
 
-/* Defaults of SPEC §5. */
+/* Defaults of docs/CONTRACT.md §5. */
 void gw_engine_config_default(gw_engine_config_t *cfg);
 
 

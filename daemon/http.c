@@ -1,4 +1,4 @@
-/* http.c — routes, validation and JSON of the HTTP API (SPEC §6).
+/* http.c — routes, validation and JSON of the HTTP API (docs/CONTRACT.md §6).
  *
  * One access handler answers every request; no request has a body we read,
  * so there is no per-request state (see handle() for first vs second call

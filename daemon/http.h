@@ -1,4 +1,4 @@
-/* http.h — the daemon's HTTP server (SPEC §6): JSON API, SSE, /metrics,
+/* http.h — the daemon's HTTP server (docs/CONTRACT.md §6): JSON API, SSE, /metrics,
  * health, and the dashboard built into the binary.
  *
  * libmicrohttpd runs its own threads (an epoll thread pool); handlers only

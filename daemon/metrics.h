@@ -1,4 +1,4 @@
-/* metrics.h — Prometheus exposition of the daemon (GET /metrics, SPEC §6).
+/* metrics.h — Prometheus exposition of the daemon (GET /metrics, docs/CONTRACT.md §6).
  *
  * gw_metrics_t keeps the latest values of every stream whose tag matches the
  * operator's glob (--metrics-tags, fnmatch(3), default "*"), so the number of

@@ -60,7 +60,7 @@
 
 #define GW_STORE_SCHEMA_VERSION 2
 
-/* Points of the fault-injection seam (SPEC §9, STYLE "fault injection"). */
+/* Points of the fault-injection seam (docs/CONTRACT.md §9, STYLE "fault injection"). */
 typedef enum {
   GW_STORE_OP_OPEN = 1, /* opening / migrating the database in gw_store_open */
   GW_STORE_OP_BEGIN,    /* BEGIN of a writer transaction (batch or maintenance) */

@@ -390,7 +390,7 @@ test("with --http-token-file: a clear refusal, then a token from localStorage op
   fs.writeFileSync(tokenFile, "s3cret-e2e-token-0123\n", { mode: 0o600 });
   const d = await startDaemon("auth", ["--http-token-file", tokenFile]);
   const p = await browser.newPage({ viewport: { width: 1200, height: 800 } });
-  // gradwatchd asks a token for its static files too (SPEC §6: every endpoint
+  // gradwatchd asks a token for its static files too (docs/CONTRACT.md §6: every endpoint
   // but /healthz), and a browser cannot add one to a page load; in use, a
   // proxy adds it. Here the route adds it to the page's files only, so every
   // API call and the feed carry what the page itself sends.

@@ -1,4 +1,4 @@
-"""Black-box tests of gradwatchd's alerts (SPEC §7, docs/ALERTS.md): a
+"""Black-box tests of gradwatchd's alerts (docs/CONTRACT.md §7, docs/ALERTS.md): a
 collapsing stream raises the shipped rank_collapse alert, visible at
 /api/v1/alerts, on /metrics, on SSE and at a webhook receiver (Alertmanager v4
 payload), and resolves when the stream recovers; Debian's Prometheus,

@@ -1,5 +1,5 @@
 """Black-box tests of gradwatchd: real ZeroMQ frames in, real HTTP out,
-a real SQLite file underneath (SPEC §5, §6, §9)."""
+a real SQLite file underneath (docs/CONTRACT.md §5, §6, §9)."""
 import json
 import os
 import shutil
@@ -17,7 +17,7 @@ from conftest import Daemon, encode, free_port, scaled, subscribed_pub
 
 
 def reference(zs, W, beta=0.9):
-    """Independent float64 reference of SPEC §2 for one stream."""
+    """Independent float64 reference of docs/CONTRACT.md §2 for one stream."""
     zs = np.asarray(zs, dtype=np.float64)
     out = []
     e = zs[0].copy()

@@ -1,4 +1,4 @@
-"""Hardening tests of the real gradwatchd (SPEC §9): disk full, kill -9,
+"""Hardening tests of the real gradwatchd (docs/CONTRACT.md §9): disk full, kill -9,
 hostile publishers and HTTP clients, CURVE access control, HTTPS.
 
 Every hostile test runs a *good* stream beside the attack (its own PUB

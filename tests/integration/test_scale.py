@@ -1,4 +1,4 @@
-"""Beyond one machine, on loopback (SPEC §8, docs/SCALE.md).
+"""Beyond one machine, on loopback (docs/CONTRACT.md §8, docs/SCALE.md).
 
 Three real gradwatchd (--shard 0/3, 1/3, 2/3, each its own database and
 ports), the CLI's `gradwatch proxy` in front of them, the CLI's synthetic

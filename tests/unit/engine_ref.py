@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """engine_ref.py — an independent float64 NumPy reference for the engine.
 
-Written straight from SPEC §2, sharing nothing with daemon/engine.c: residuals
+Written straight from docs/CONTRACT.md §2, sharing nothing with daemon/engine.c: residuals
 from explicit predictors, window sums by slicing, singular values from
 np.linalg.svd of the k×|J| increment matrix (not a Gram matrix). It generates
 streams from a fixed seed and writes their inputs and the expected per-point

@@ -1,4 +1,4 @@
-/* test_engine.c — the window engine against SPEC §2.
+/* test_engine.c — the window engine against docs/CONTRACT.md §2.
  *
  * reference_streams runs tests/unit/engine_ref.py (an independent NumPy
  * computation: explicit predictors, SVD of the increment matrix) and compares
@@ -6,7 +6,7 @@
  * The other cases check closed forms and the rejection paths: a rejected
  * message must leave the stream exactly as if it had never been sent.
  *
- * Tolerances. κ and P: 1e-9 relative (SPEC). rank_90/rank_99 exact (the
+ * Tolerances. κ and P: 1e-9 relative (docs/CONTRACT.md §2). rank_90/rank_99 exact (the
  * script guarantees no cumulative energy fraction lies within 1e-9 of a
  * threshold). stable_rank, tail energies and sigma: 1e-8 relative, with a
  * floor for what a Gram-matrix eigensolver can resolve at all (engine.c,
@@ -643,7 +643,7 @@ static void limits_rejected(void **state) {
   assert_int_equal(gw_engine_stream_count(e), 3);
   gw_engine_free(e);
 
-  /* defaults of SPEC §5 */
+  /* defaults of docs/CONTRACT.md §5 */
   gw_engine_config_default(&c);
   assert_int_equal(c.window, 64);
   assert_true(c.ema_beta == 0.9);

@@ -625,7 +625,7 @@ static void durability_reopen(void **state) {
   assert_int_equal(gw_store_integrity_check(f->st), 0);
 }
 
-/* SPEC §9: a kill -9 loses at most what was not yet committed. A child
+/* docs/CONTRACT.md §9: a kill -9 loses at most what was not yet committed. A child
  * writes points and reports each step it has flushed; the parent kills it
  * mid-stream and finds every reported point, and a sound database. */
 static void kill9_durability(void **state) {
