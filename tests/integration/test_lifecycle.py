@@ -6,6 +6,7 @@ Frames are built with `struct` from proto/PROTOCOL.md (version 2 adds the
 against the independent float64 reference of test_daemon.py, computed over
 the messages of the incarnation a point belongs to.
 """
+import os
 import re
 import signal
 import sqlite3
@@ -191,8 +192,9 @@ def test_idle_stream_is_retired_and_comes_back(daemon, pubsock):
     assert time.time() - t0 < scaled(6)
     assert daemon.stats()["streams"] == 0
     assert metric_series(daemon, "idle") == []
-    code, runs = daemon.json("/api/v1/runs")
-    assert [r["state"] for r in runs["runs"] if r["run"] == "idle"] == ["finished"]
+    # the store commits the retirement within its flush interval
+    daemon.wait_for(lambda: [r["state"] for r in daemon.json("/api/v1/runs")[1]["runs"]
+                             if r["run"] == "idle"] == ["finished"], what="run finished")
     assert count_points(daemon, "idle", "all") == 19  # history stays
     # it speaks again (same incarnation, later steps): a fresh window, a
     # "resumed" restart event, nothing rejected
@@ -350,4 +352,6 @@ def test_compressed_month(daemon, pubsock):
     # page caches over a database that keeps every stream's history, and the
     # allocator; bench_lifecycle.py measures the ratio at k = 256, W = 64.
     per_stream = (max(rss[-5:]) - max(rss[:5])) * 1024 / ((waves - 5) * per)
-    assert per_stream < 1536, (per_stream, rss)
+    # Sanitizer allocators hold freed memory in quarantine: no RSS bound there.
+    if not (os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS")):
+        assert per_stream < 1536, (per_stream, rss)
