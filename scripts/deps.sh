@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # deps.sh — install the Debian packages gradwatch builds, tests and runs with
-# (help2man: the man pages; lintian: the .deb's check in test_package.py).
+# (help2man: the man pages; lintian: the .deb's check in test_package.py;
+# prometheus-alertmanager: the Alertmanager push test; snappy and protobuf-c:
+# the remote-write sink; pandas: the notebook client's DataFrames).
 # Idempotent: only calls apt-get when something is missing.
 set -euo pipefail
 
@@ -10,8 +12,9 @@ PKGS=(
   libmicrohttpd-dev libinih-dev libcjson-dev libcurl4-openssl-dev libsystemd-dev
   libcmocka-dev
   python3 python3-numpy python3-zmq python3-torch python3-sklearn python3-pytest
-  prometheus systemd curl nodejs
+  prometheus prometheus-alertmanager systemd curl nodejs
   help2man lintian fakeroot
+  libsnappy-dev libprotobuf-c-dev protobuf-c-compiler libzstd-dev python3-pandas
 )
 # The dashboard's browser test needs Chromium; the run command does not.
 if [ "${GW_WITH_BROWSER:-1}" = 1 ]; then PKGS+=(chromium); fi
