@@ -19,7 +19,7 @@
 #include "alerts.h"
 #include "gw_error.h"
 #include "live.h"
-#include "numfmt.h"
+#include "jsonnum.h"
 #include "util.h"
 
 struct gw_alert_notify_s {
@@ -34,22 +34,9 @@ struct gw_alert_notify_s {
 
 /* ------------------------------------------------------- the alert JSON */
 
-static cJSON *add_u64(cJSON *o, const char *key, uint64_t v) {
-  char b[24];
-  snprintf(b, sizeof b, "%" PRIu64, v);
-  return cJSON_AddRawToObject(o, key, b);
-}
-
-static cJSON *add_num(cJSON *o, const char *key, double v) {
-  char b[GW_NUMFMT_MAX];
-  if (!isfinite(v)) return cJSON_AddNullToObject(o, key);
-  gw_fmt_double(b, v);
-  return cJSON_AddRawToObject(o, key, b);
-}
-
 /* A wall time as Unix seconds; 0 (never) as null. */
 static cJSON *add_time(cJSON *o, const char *key, int64_t ns) {
-  return ns ? add_num(o, key, (double)ns * 1e-9) : cJSON_AddNullToObject(o, key);
+  return ns ? gw_json_add_num(o, key, (double)ns * 1e-9) : cJSON_AddNullToObject(o, key);
 }
 
 static cJSON *add_str_or_null(cJSON *o, const char *key, const char *v) {
@@ -77,12 +64,12 @@ static const char *const alert_states[] = {"pending", "firing", "resolved"};
 static cJSON *alert_object(const gw_store_alert_t *a) {
   cJSON *o = cJSON_CreateObject();
   int st = a->state;
-  if (!o || !add_u64(o, "id", a->id) || !add_str_or_null(o, "rule", a->rule) ||
+  if (!o || !gw_json_add_u64(o, "id", a->id) || !add_str_or_null(o, "rule", a->rule) ||
       !add_str_or_null(o, "run", a->run) || !add_str_or_null(o, "tag", a->tag) ||
       !add_str_or_null(o, "severity", a->severity) ||
       !add_str_or_null(o, "state", st >= 0 && st <= 2 ? alert_states[st] : NULL) ||
-      !add_num(o, "value", a->value) || !add_num(o, "threshold", a->threshold) ||
-      !add_u64(o, "started_step", a->started_step) ||
+      !gw_json_add_num(o, "value", a->value) || !gw_json_add_num(o, "threshold", a->threshold) ||
+      !gw_json_add_u64(o, "started_step", a->started_step) ||
       !add_time(o, "started_at", a->started_ns) || !add_time(o, "fired_at", a->fired_ns) ||
       !add_time(o, "resolved_at", a->resolved_ns) ||
       !add_json_object(o, "labels", a->labels) ||
@@ -289,7 +276,7 @@ void gw_alert_notify_emit(gw_alert_notify_t *n, const gw_store_alert_t *rec, uin
   if (n->live) {
     cJSON *o = alert_object(rec);
     char *out = NULL;
-    if (o && add_u64(o, "step", step)) out = cJSON_PrintUnformatted(o);
+    if (o && gw_json_add_u64(o, "step", step)) out = cJSON_PrintUnformatted(o);
     if (out) gw_live_publish_alert(n->live, out);
     else gw_log(n->log, GW_LOG_ERROR, "alert_live", "error=\"out of memory\"");
     free(out);

@@ -42,6 +42,7 @@
 #include "gw_error.h"
 #include "gw_proto.h"
 #include "http_query.h"
+#include "jsonnum.h"
 #include "numfmt.h"
 #include "point.h"
 #include "util.h"
@@ -133,26 +134,11 @@ static enum MHD_Result send_failure(struct MHD_Connection *c, int rc) {
                     gw_strerror(rc));
 }
 
-/* Numbers go in as raw text: integers exactly, doubles by gw_fmt_double,
- * non-finite as null. */
-static cJSON *add_u64(cJSON *o, const char *key, uint64_t v) {
-  char b[24];
-  snprintf(b, sizeof b, "%" PRIu64, v);
-  return cJSON_AddRawToObject(o, key, b);
-}
-
-static cJSON *add_num(cJSON *o, const char *key, double v) {
-  char b[GW_NUMFMT_MAX];
-  if (!isfinite(v)) return cJSON_AddNullToObject(o, key);
-  gw_fmt_double(b, v);
-  return cJSON_AddRawToObject(o, key, b);
-}
-
 static double ns_to_s(int64_t ns) { return (double)ns * 1e-9; }
 
 /* A wall time as Unix seconds; 0 (never) as null. */
 static cJSON *add_time(cJSON *o, const char *key, int64_t ns) {
-  return ns ? add_num(o, key, ns_to_s(ns)) : cJSON_AddNullToObject(o, key);
+  return ns ? gw_json_add_num(o, key, ns_to_s(ns)) : cJSON_AddNullToObject(o, key);
 }
 
 static int64_t now_ns(void) {
@@ -193,9 +179,9 @@ static enum MHD_Result h_runs(gw_http_t *h, struct MHD_Connection *c) {
     if (!r) goto nomem;
     cJSON_AddItemToArray(arr, r);
     if (!cJSON_AddStringToObject(r, "run", runs[i].run) ||
-        !add_u64(r, "streams", runs[i].streams) ||
-        !add_u64(r, "first_step", runs[i].first_step) ||
-        !add_u64(r, "last_step", runs[i].last_step) ||
+        !gw_json_add_u64(r, "streams", runs[i].streams) ||
+        !gw_json_add_u64(r, "first_step", runs[i].first_step) ||
+        !gw_json_add_u64(r, "last_step", runs[i].last_step) ||
         !add_time(r, "last_seen", runs[i].last_seen_ns) ||
         !cJSON_AddStringToObject(r, "state", gw_store_run_state_name(runs[i].state)))
       goto nomem;
@@ -227,10 +213,10 @@ static enum MHD_Result h_streams(gw_http_t *h, struct MHD_Connection *c,
     if (!s) goto nomem;
     cJSON_AddItemToArray(arr, s);
     if (!cJSON_AddStringToObject(s, "tag", ss[i].tag) ||
-        !add_u64(s, "k", ss[i].k) ||
-        !add_u64(s, "points", ss[i].points) ||
-        !add_u64(s, "first_step", ss[i].first_step) ||
-        !add_u64(s, "last_step", ss[i].last_step) ||
+        !gw_json_add_u64(s, "k", ss[i].k) ||
+        !gw_json_add_u64(s, "points", ss[i].points) ||
+        !gw_json_add_u64(s, "first_step", ss[i].first_step) ||
+        !gw_json_add_u64(s, "last_step", ss[i].last_step) ||
         !add_time(s, "last_seen", ss[i].last_seen_ns))
       goto nomem;
   }
@@ -280,7 +266,7 @@ static void sb_json(sb_t *b, cJSON *item) {
   free(t);
 }
 
-/* ,"key":[values]; the key through cJSON, numbers as add_num writes them. */
+/* ,"key":[values]; the key through cJSON, numbers as gw_json_add_num writes them. */
 static void sb_column(sb_t *b, const char *key, const double *v,
                       const uint64_t *u, size_t n) {
   char num[GW_NUMFMT_MAX];
@@ -409,7 +395,7 @@ static enum MHD_Result h_restarts(gw_http_t *h, struct MHD_Connection *c) {
     cJSON_AddItemToArray(arr, e);
     if (!cJSON_AddStringToObject(e, "run", rs[i].run) ||
         !cJSON_AddStringToObject(e, "tag", rs[i].tag) ||
-        !add_u64(e, "step", rs[i].step) ||
+        !gw_json_add_u64(e, "step", rs[i].step) ||
         !add_u64_string(e, "incarnation", rs[i].incarnation) ||
         !add_u64_string(e, "prev_incarnation", rs[i].prev_incarnation) ||
         !cJSON_AddStringToObject(e, "reason", rs[i].reason) ||
@@ -435,29 +421,29 @@ static enum MHD_Result h_stats(gw_http_t *h, struct MHD_Connection *c) {
   double up = started ? ns_to_s(now_ns() - started) : 0.0;
 
   /* Every add is checked: a stats answer is whole or an error. */
-  if (!o || !add_u64(o, "received", gw_stats_get(&st->received)) ||
-      !add_u64(o, "accepted", gw_stats_get(&st->accepted)) ||
-      !add_u64(o, "points", gw_stats_get(&st->points)) ||
+  if (!o || !gw_json_add_u64(o, "received", gw_stats_get(&st->received)) ||
+      !gw_json_add_u64(o, "accepted", gw_stats_get(&st->accepted)) ||
+      !gw_json_add_u64(o, "points", gw_stats_get(&st->points)) ||
       !(rej = cJSON_AddObjectToObject(o, "rejected")))
     goto nomem;
   for (int i = 0; i < GW_E_COUNT; i++)
-    if (!add_u64(rej, gw_err_reason(GW_E_BASE - i), gw_stats_get(&st->rejected[i])))
+    if (!gw_json_add_u64(rej, gw_err_reason(GW_E_BASE - i), gw_stats_get(&st->rejected[i])))
       goto nomem;
   if (!(drop = cJSON_AddObjectToObject(o, "dropped")) ||
-      !add_u64(drop, "store", gw_stats_get(&st->store_dropped)) ||
-      !add_u64(drop, "live", gw_stats_get(&st->live_dropped)) ||
-      !add_u64(o, "streams", gw_stats_get(&st->streams)) ||
-      !add_u64(o, "streams_retired", gw_stats_get(&st->streams_retired)) ||
-      !add_u64(o, "stream_restarts", gw_stats_get(&st->stream_restarts)) ||
-      !(have_rows ? add_u64(o, "db_rows", rows) : cJSON_AddNullToObject(o, "db_rows")) ||
-      !add_u64(o, "queue_depth", gw_stats_get(&st->store_queue_depth)) ||
+      !gw_json_add_u64(drop, "store", gw_stats_get(&st->store_dropped)) ||
+      !gw_json_add_u64(drop, "live", gw_stats_get(&st->live_dropped)) ||
+      !gw_json_add_u64(o, "streams", gw_stats_get(&st->streams)) ||
+      !gw_json_add_u64(o, "streams_retired", gw_stats_get(&st->streams_retired)) ||
+      !gw_json_add_u64(o, "stream_restarts", gw_stats_get(&st->stream_restarts)) ||
+      !(have_rows ? gw_json_add_u64(o, "db_rows", rows) : cJSON_AddNullToObject(o, "db_rows")) ||
+      !gw_json_add_u64(o, "queue_depth", gw_stats_get(&st->store_queue_depth)) ||
       !(store = cJSON_AddObjectToObject(o, "store")) ||
-      !add_u64(store, "errors", gw_stats_get(&st->store_errors)) ||
-      !add_u64(store, "written", gw_stats_get(&st->store_written)) ||
-      !add_u64(store, "duplicates", gw_stats_get(&st->store_duplicates)) ||
+      !gw_json_add_u64(store, "errors", gw_stats_get(&st->store_errors)) ||
+      !gw_json_add_u64(store, "written", gw_stats_get(&st->store_written)) ||
+      !gw_json_add_u64(store, "duplicates", gw_stats_get(&st->store_duplicates)) ||
       !(last ? cJSON_AddStringToObject(store, "last_error", gw_strerror(last))
              : cJSON_AddNullToObject(store, "last_error")) ||
-      !add_num(o, "uptime_s", up))
+      !gw_json_add_num(o, "uptime_s", up))
     goto nomem;
   return send_json(c, MHD_HTTP_OK, o);
 nomem:

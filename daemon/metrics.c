@@ -9,6 +9,7 @@
  */
 #include "metrics.h"
 
+#include <dirent.h>
 #include <fnmatch.h>
 #include <inttypes.h>
 #include <math.h>
@@ -18,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "gw_error.h"
 #include "numfmt.h"
@@ -34,12 +37,27 @@ enum {
   V_STABLE_RANK,
   V_GRAD_NORM,
   V_LOSS,
+  /* the linear predictor, the whole-run terms and the tail on κ's scale */
+  V_KAPPA_LINEAR,
+  V_KAPPA_LINEAR_CUM,
+  V_PATH_ONESTEP_CUM,
+  V_PATH_EMA_CUM,
+  V_PATH_LINEAR_CUM,
+  V_KAPPA_BEST,
+  V_TAIL_KAPPA_90,
+  V_RANK_90_RUN,
+  V_RANK_99_RUN,
+  V_LAST_SEEN, /* the daemon's receive time, Unix seconds */
   V_COUNT
 };
+
+/* best_predictor's values (point.h) as the predictor label says them. */
+static const char *const predictor_names[] = {"onestep", "ema", "linear"};
 
 typedef struct entry_s {
   gw_rtnode_t node; /* run, tag point into name[] */
   uint64_t last_step;
+  int best; /* index in predictor_names, or -1 */
   double v[V_COUNT];
   char name[];
 } entry_t;
@@ -121,6 +139,17 @@ int gw_metrics_observe(gw_metrics_t *m, const char *run, const char *tag,
   e->v[V_STABLE_RANK] = p->stable_rank;
   e->v[V_GRAD_NORM] = p->grad_norm;
   e->v[V_LOSS] = p->loss;
+  e->v[V_KAPPA_LINEAR] = p->kappa_linear;
+  e->v[V_KAPPA_LINEAR_CUM] = p->kappa_linear_cum;
+  e->v[V_PATH_ONESTEP_CUM] = p->path_onestep_cum;
+  e->v[V_PATH_EMA_CUM] = p->path_ema_cum;
+  e->v[V_PATH_LINEAR_CUM] = p->path_linear_cum;
+  e->v[V_KAPPA_BEST] = p->kappa_best;
+  e->v[V_TAIL_KAPPA_90] = p->tail_kappa_90;
+  e->v[V_RANK_90_RUN] = (double)p->rank_90_run;
+  e->v[V_RANK_99_RUN] = (double)p->rank_99_run;
+  e->v[V_LAST_SEEN] = p->recv_ns > 0 ? (double)p->recv_ns * 1e-9 : NAN;
+  e->best = p->best_predictor >= 0 && p->best_predictor < 3 ? (int)p->best_predictor : -1;
 out:
   pthread_mutex_unlock(&m->mu);
   return rc;
@@ -342,6 +371,100 @@ static void gauge(gw_metrics_writer_t *w, const char *name, const char *help,
   sample_u64(w, name, NULL, v);
 }
 
+/* ---- the process (Prometheus' standard process_* names) ---- */
+
+/* What /proc says about this process; NAN where it could not be read. */
+typedef struct proc_s {
+  double cpu_s, rss_bytes, open_fds, max_fds, start_s;
+} proc_t;
+
+/* Fields 14 (utime), 15 (stime), 22 (starttime, ticks after boot) and 24
+ * (rss, pages) of /proc/self/stat; the boot time is /proc/stat's btime.
+ * Field 2 (comm) may hold spaces and ')', so parsing starts after the
+ * last ')'. */
+static void read_proc(proc_t *p) {
+  char buf[1024];
+  *p = (proc_t){NAN, NAN, NAN, NAN, NAN};
+  long tick = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+  FILE *f = fopen("/proc/self/stat", "r");
+  size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+  if (f) fclose(f);
+  buf[n] = '\0';
+  char *rp = strrchr(buf, ')');
+  unsigned long long fld[25] = {0}; /* fld[i]: field i (1-based, as proc(5) numbers them) */
+  int got = 0;
+  if (rp) {
+    char *t = rp + 1, *end;
+    for (int i = 3; i <= 24; i++, t = end) {
+      while (*t == ' ') t++;
+      if (i == 3) { /* state: a letter */
+        end = t + 1;
+        continue;
+      }
+      fld[i] = strtoull(t, &end, 10); /* negative fields (nice) are not used */
+      if (end == t) break;
+      got = i;
+    }
+  }
+  if (got == 24 && tick > 0) {
+    unsigned long long utime = fld[14], stime = fld[15], start = fld[22], rss = fld[24];
+    p->cpu_s = (double)(utime + stime) / (double)tick;
+    if (page > 0) p->rss_bytes = (double)rss * (double)page;
+    if ((f = fopen("/proc/stat", "r"))) {
+      char line[256];
+      unsigned long long btime;
+      while (fgets(line, sizeof line, f))
+        if (sscanf(line, "btime %llu", &btime) == 1) {
+          p->start_s = (double)btime + (double)start / (double)tick;
+          break;
+        }
+      fclose(f);
+    }
+  }
+  DIR *d = opendir("/proc/self/fd");
+  if (d) {
+    double k = 0;
+    struct dirent *de;
+    while ((de = readdir(d)))
+      if (de->d_name[0] != '.') k++;
+    closedir(d);
+    p->open_fds = k - 1; /* the directory stream's own descriptor */
+  }
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+    p->max_fds = rl.rlim_cur == RLIM_INFINITY ? INFINITY : (double)rl.rlim_cur;
+}
+
+static void process_families(gw_metrics_writer_t *w) {
+  proc_t p;
+  read_proc(&p);
+  gw_metrics_family(w, "process_cpu_seconds_total", "counter",
+                    "Total user and system CPU time spent in seconds.");
+  gw_metrics_sample(w, "process_cpu_seconds_total", NULL, p.cpu_s);
+  gw_metrics_family(w, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+  gw_metrics_sample(w, "process_resident_memory_bytes", NULL, p.rss_bytes);
+  gw_metrics_family(w, "process_open_fds", "gauge", "Number of open file descriptors.");
+  gw_metrics_sample(w, "process_open_fds", NULL, p.open_fds);
+  gw_metrics_family(w, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+  gw_metrics_sample(w, "process_max_fds", NULL, p.max_fds);
+  gw_metrics_family(w, "process_start_time_seconds", "gauge",
+                    "Start time of the process since unix epoch in seconds.");
+  gw_metrics_sample(w, "process_start_time_seconds", NULL, p.start_s);
+}
+
+/* gradwatch_build_info: the version (and the git revision when the build
+ * knew it), value 1, as Prometheus' own *_build_info. */
+static void build_info(gw_metrics_writer_t *w) {
+  const char *labels[] = {"version", GW_VERSION,
+#ifdef GW_REVISION
+                          "revision", GW_REVISION,
+#endif
+                          NULL};
+  gw_metrics_family(w, "gradwatch_build_info", "gauge",
+                    "A metric with a constant '1' value labeled by the version it was built from.");
+  gw_metrics_sample(w, "gradwatch_build_info", labels, 1);
+}
+
 /* One per-stream family: value index vi, with an extra label (or NULL). */
 static void stream_family(gw_metrics_writer_t *w, entry_t **es, size_t n,
                           const char *name, int vi, const char *xname,
@@ -367,6 +490,8 @@ int gw_metrics_render(gw_metrics_t *m, gw_stats_t *stats,
   qsort(es, n, sizeof *es, cmp_entry);
 
   if (stats) {
+    build_info(&w);
+    process_families(&w);
     counter(&w, "gradwatch_messages_received_total",
             "Messages read from ZeroMQ.", &stats->received);
     gw_metrics_family(&w, "gradwatch_messages_rejected_total", "counter",
@@ -396,10 +521,12 @@ int gw_metrics_render(gw_metrics_t *m, gw_stats_t *stats,
                     "Windowed predictability index kappa_W, by predictor.");
   stream_family(&w, es, n, "gradwatch_kappa", V_KAPPA_ONESTEP, "predictor", "onestep");
   stream_family(&w, es, n, "gradwatch_kappa", V_KAPPA_EMA, "predictor", "ema");
+  stream_family(&w, es, n, "gradwatch_kappa", V_KAPPA_LINEAR, "predictor", "linear");
   gw_metrics_family(&w, "gradwatch_kappa_cum", "gauge",
                     "Cumulative predictability index since the stream began, by predictor.");
   stream_family(&w, es, n, "gradwatch_kappa_cum", V_KAPPA_ONESTEP_CUM, "predictor", "onestep");
   stream_family(&w, es, n, "gradwatch_kappa_cum", V_KAPPA_EMA_CUM, "predictor", "ema");
+  stream_family(&w, es, n, "gradwatch_kappa_cum", V_KAPPA_LINEAR_CUM, "predictor", "linear");
   gw_metrics_family(&w, "gradwatch_rank", "gauge",
                     "Predictable rank r*(eps) of the window's increments, by energy percent.");
   stream_family(&w, es, n, "gradwatch_rank", V_RANK_90, "energy", "90");
@@ -417,6 +544,29 @@ int gw_metrics_render(gw_metrics_t *m, gw_stats_t *stats,
     const char *labels[] = {"run", es[i]->node.run, "tag", es[i]->node.tag, NULL};
     sample_u64(&w, "gradwatch_last_step", labels, es[i]->last_step);
   }
+  gw_metrics_family(&w, "gradwatch_last_seen_timestamp_seconds", "gauge",
+                    "When the daemon received the stream's latest message (Unix seconds).");
+  stream_family(&w, es, n, "gradwatch_last_seen_timestamp_seconds", V_LAST_SEEN, NULL, NULL);
+  gw_metrics_family(&w, "gradwatch_path_cum", "gauge",
+                    "Cumulative prediction-based path length P since the stream began, by predictor.");
+  stream_family(&w, es, n, "gradwatch_path_cum", V_PATH_ONESTEP_CUM, "predictor", "onestep");
+  stream_family(&w, es, n, "gradwatch_path_cum", V_PATH_EMA_CUM, "predictor", "ema");
+  stream_family(&w, es, n, "gradwatch_path_cum", V_PATH_LINEAR_CUM, "predictor", "linear");
+  gw_metrics_family(&w, "gradwatch_kappa_best", "gauge",
+                    "Smallest windowed kappa of the three predictors; predictor names it.");
+  for (size_t i = 0; i < n; i++) {
+    if (es[i]->best < 0) continue;
+    const char *labels[] = {"run", es[i]->node.run, "tag", es[i]->node.tag, "predictor",
+                            predictor_names[es[i]->best], NULL};
+    gw_metrics_sample(&w, "gradwatch_kappa_best", labels, es[i]->v[V_KAPPA_BEST]);
+  }
+  gw_metrics_family(&w, "gradwatch_tail_kappa", "gauge",
+                    "Window increments' energy beyond rank r, on kappa's scale, by energy percent of r.");
+  stream_family(&w, es, n, "gradwatch_tail_kappa", V_TAIL_KAPPA_90, "energy", "90");
+  gw_metrics_family(&w, "gradwatch_rank_run", "gauge",
+                    "Predictable rank of the whole run's increments (Frequent Directions), by energy percent.");
+  stream_family(&w, es, n, "gradwatch_rank_run", V_RANK_90_RUN, "energy", "90");
+  stream_family(&w, es, n, "gradwatch_rank_run", V_RANK_99_RUN, "energy", "99");
   gw_metrics_family(&w, "gradwatch_streams_retired_total", "counter",
                     "Streams retired from memory after --stream-idle of silence.");
   sample_u64(&w, "gradwatch_streams_retired_total", NULL, counts.retired);

@@ -6,7 +6,16 @@
  * gw_metrics_observe for every point; HTTP threads call gw_metrics_render,
  * which snapshots the table under the mutex and formats outside it, so a
  * scrape holds ingest up for a copy, never for the formatting. Daemon-wide
- * counters come straight from gw_stats_t at render time.
+ * counters come straight from gw_stats_t at render time, with
+ * gradwatch_build_info and Prometheus' standard process_* families (read
+ * from /proc/self at render time).
+ *
+ * Per stream: κ and κ_cum by predictor (onestep, ema, linear), the rank
+ * families (gradwatch_rank by energy for the window, gradwatch_rank_run for
+ * the whole run), gradwatch_path_cum by predictor, gradwatch_kappa_best
+ * labelled with the predictor that wins, gradwatch_tail_kappa, and the
+ * daemon's receive time of the latest message
+ * (gradwatch_last_seen_timestamp_seconds).
  *
  * As a sink (gw_metrics_sink) it also counts the streams' lifecycle:
  * gradwatch_streams_retired_total and gradwatch_stream_restarts_total{reason}.
@@ -75,7 +84,8 @@ int gw_metrics_sample(gw_metrics_writer_t *w, const char *name,
  * code that aborts the render. */
 typedef int (*gw_metrics_extra_fn)(void *arg, gw_metrics_writer_t *w);
 
-/* Render everything. stats may be NULL (daemon counters are then omitted);
+/* Render everything. stats may be NULL (daemon counters, build_info and
+ * process_* are then omitted);
  * extra may be NULL. On success *out is a NUL-terminated string of *len
  * bytes, the caller's to free(); on failure (GW_ENOMEM, or extra's code)
  * *out is NULL. */

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -27,6 +29,9 @@ static gw_point_t point(uint64_t step, double kappa1, double kappa_ema) {
   p.grad_norm = NAN;
   p.loss = NAN;
   p.lr = NAN;
+  p.kappa_linear = p.kappa_linear_cum = NAN;
+  p.path_onestep_cum = p.path_ema_cum = p.path_linear_cum = NAN;
+  p.kappa_best = p.best_predictor = p.tail_kappa_90 = NAN;
   return p;
 }
 
@@ -88,6 +93,20 @@ static void renders_exact_text(void **state) {
       "# TYPE gradwatch_last_step gauge\n"
       "gradwatch_last_step{run=\"r0\",tag=\"layer1.weight\"} 7\n"
       "gradwatch_last_step{run=\"r1\",tag=\"all\"} 42\n"
+      "# HELP gradwatch_last_seen_timestamp_seconds When the daemon received the stream's latest message (Unix seconds).\n"
+      "# TYPE gradwatch_last_seen_timestamp_seconds gauge\n"
+      "# HELP gradwatch_path_cum Cumulative prediction-based path length P since the stream began, by predictor.\n"
+      "# TYPE gradwatch_path_cum gauge\n"
+      "# HELP gradwatch_kappa_best Smallest windowed kappa of the three predictors; predictor names it.\n"
+      "# TYPE gradwatch_kappa_best gauge\n"
+      "# HELP gradwatch_tail_kappa Window increments' energy beyond rank r, on kappa's scale, by energy percent of r.\n"
+      "# TYPE gradwatch_tail_kappa gauge\n"
+      "# HELP gradwatch_rank_run Predictable rank of the whole run's increments (Frequent Directions), by energy percent.\n"
+      "# TYPE gradwatch_rank_run gauge\n"
+      "gradwatch_rank_run{run=\"r0\",tag=\"layer1.weight\",energy=\"90\"} 0\n"
+      "gradwatch_rank_run{run=\"r1\",tag=\"all\",energy=\"90\"} 0\n"
+      "gradwatch_rank_run{run=\"r0\",tag=\"layer1.weight\",energy=\"99\"} 0\n"
+      "gradwatch_rank_run{run=\"r1\",tag=\"all\",energy=\"99\"} 0\n"
       "# HELP gradwatch_streams_retired_total Streams retired from memory after --stream-idle of silence.\n"
       "# TYPE gradwatch_streams_retired_total counter\n"
       "gradwatch_streams_retired_total 0\n"
@@ -281,7 +300,7 @@ static void many_streams_sorted(void **state) {
     if (strncmp(p, want, (size_t)n) != 0) fail_msg("line %zu: want %s", i, want);
     p += n;
   }
-  assert_true(strncmp(p, "# HELP gradwatch_streams_retired_total", 38) == 0);
+  assert_true(strncmp(p, "# HELP gradwatch_last_seen_timestamp_seconds", 44) == 0);
   free(out);
   gw_metrics_free(m);
 }
@@ -344,6 +363,153 @@ static void sink_lifecycle(void **state) {
   gw_metrics_free(m);
 }
 
+/* The value of the sample that starts with `prefix` (NAN if none). */
+static double sample_value(const char *text, const char *prefix) {
+  const char *p = strstr(text, prefix);
+  if (!p) return NAN;
+  return strtod(p + strlen(prefix), NULL);
+}
+
+/* The linear predictor, the whole-run terms and the tail: each value lands
+ * in its family with the right labels, exactly; the best predictor's label
+ * follows best_predictor; the last-seen time is recv_ns in seconds. */
+static void renders_whole_run_quantities(void **state) {
+  (void)state;
+  gw_metrics_t *m;
+  assert_int_equal(gw_metrics_new(&m, NULL), 0);
+  gw_point_t p = point(10, 1.5, 1.0);
+  p.kappa_linear = 2.5;
+  p.kappa_linear_cum = 1.75;
+  p.path_onestep_cum = 10;
+  p.path_ema_cum = 20.5;
+  p.path_linear_cum = 0.1 + 0.2;
+  p.kappa_best = 1.0;
+  p.best_predictor = 1; /* EMA */
+  p.tail_kappa_90 = 0.125;
+  p.rank_90_run = 5;
+  p.rank_99_run = 12;
+  p.recv_ns = 1700000000500000000; /* 1700000000.5 s */
+  gw_point_t q = point(3, 0.25, 0.5);
+  q.kappa_linear = 0.0625;
+  q.kappa_best = 0.0625;
+  q.best_predictor = 2; /* linear */
+  assert_int_equal(gw_metrics_observe(m, "r", "all", &p), 0);
+  assert_int_equal(gw_metrics_observe(m, "s", "all", &q), 0);
+  char *out = render(m, NULL);
+  const char *want[] = {
+      "gradwatch_kappa{run=\"r\",tag=\"all\",predictor=\"ema\"} 1\n"
+      "gradwatch_kappa{run=\"s\",tag=\"all\",predictor=\"ema\"} 0.5\n"
+      "gradwatch_kappa{run=\"r\",tag=\"all\",predictor=\"linear\"} 2.5\n"
+      "gradwatch_kappa{run=\"s\",tag=\"all\",predictor=\"linear\"} 0.0625\n",
+      "gradwatch_kappa_cum{run=\"r\",tag=\"all\",predictor=\"linear\"} 1.75\n",
+      "# TYPE gradwatch_path_cum gauge\n"
+      "gradwatch_path_cum{run=\"r\",tag=\"all\",predictor=\"onestep\"} 10\n"
+      "gradwatch_path_cum{run=\"r\",tag=\"all\",predictor=\"ema\"} 20.5\n"
+      "gradwatch_path_cum{run=\"r\",tag=\"all\",predictor=\"linear\"} 0.30000000000000004\n"
+      "# HELP gradwatch_kappa_best",
+      "# TYPE gradwatch_kappa_best gauge\n"
+      "gradwatch_kappa_best{run=\"r\",tag=\"all\",predictor=\"ema\"} 1\n"
+      "gradwatch_kappa_best{run=\"s\",tag=\"all\",predictor=\"linear\"} 0.0625\n"
+      "# HELP gradwatch_tail_kappa",
+      "# TYPE gradwatch_tail_kappa gauge\n"
+      "gradwatch_tail_kappa{run=\"r\",tag=\"all\",energy=\"90\"} 0.125\n"
+      "# HELP gradwatch_rank_run",
+      "gradwatch_rank_run{run=\"r\",tag=\"all\",energy=\"90\"} 5\n",
+      "gradwatch_rank_run{run=\"r\",tag=\"all\",energy=\"99\"} 12\n",
+      /* the windowed families keep their series as before */
+      "gradwatch_rank{run=\"r\",tag=\"all\",energy=\"90\"} 0\n",
+  };
+  for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+    if (!strstr(out, want[i])) fail_msg("missing:\n%s\nin:\n%s", want[i], out);
+  double seen = sample_value(out, "gradwatch_last_seen_timestamp_seconds{run=\"r\",tag=\"all\"} ");
+  assert_true(fabs(seen - 1700000000.5) < 1e-6);
+  /* no receive time: no sample */
+  assert_null(strstr(out, "gradwatch_last_seen_timestamp_seconds{run=\"s\""));
+  free(out);
+  /* best_predictor NaN (all three κ null): no kappa_best sample */
+  q.kappa_best = q.best_predictor = NAN;
+  assert_int_equal(gw_metrics_observe(m, "s", "all", &q), 0);
+  out = render(m, NULL);
+  assert_null(strstr(out, "gradwatch_kappa_best{run=\"s\""));
+  assert_non_null(strstr(out, "gradwatch_kappa_best{run=\"r\""));
+  free(out);
+  gw_metrics_free(m);
+}
+
+/* Open descriptors counted in /proc/self/fd by hand. */
+static int count_fds(void) {
+  int n = 0;
+  char path[64];
+  for (int fd = 0; fd < 4096; fd++) {
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    if (access(path, F_OK) == 0) n++;
+  }
+  return n;
+}
+
+/* build_info and process_*: the version label; open fds match a count made
+ * another way (and follow three dup()s exactly); max fds is getrlimit's;
+ * the start time is before now and after the test began minus its CPU
+ * time; CPU seconds grow by about the CPU burnt between two renders (vs
+ * getrusage); resident memory is below the peak getrusage reports. */
+static void renders_build_and_process(void **state) {
+  (void)state;
+  gw_metrics_t *m;
+  gw_stats_t st;
+  memset(&st, 0, sizeof st);
+  assert_int_equal(gw_metrics_new(&m, NULL), 0);
+  char *out = render(m, &st);
+  char want[128];
+  snprintf(want, sizeof want, "gradwatch_build_info{version=\"%s\"", GW_VERSION);
+  assert_non_null(strstr(out, want));
+  assert_non_null(strstr(out, "\"} 1\n"));
+  assert_non_null(strstr(out, "# TYPE process_cpu_seconds_total counter\n"));
+  int fds = count_fds();
+  double open0 = sample_value(out, "\nprocess_open_fds ");
+  assert_true(fabs(open0 - fds) <= 1); /* popen-free: only the renders' own fds may differ */
+  struct rlimit rl;
+  assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  assert_true(sample_value(out, "\nprocess_max_fds ") == (double)rl.rlim_cur);
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  struct rusage ru0, ru1;
+  assert_int_equal(getrusage(RUSAGE_SELF, &ru0), 0);
+  double start = sample_value(out, "\nprocess_start_time_seconds ");
+  double cpu_used = (double)ru0.ru_utime.tv_sec + ru0.ru_utime.tv_usec * 1e-6 +
+                    (double)ru0.ru_stime.tv_sec + ru0.ru_stime.tv_usec * 1e-6;
+  assert_true(start <= (double)now.tv_sec + 1);
+  assert_true(start >= (double)now.tv_sec - 600 - cpu_used);
+  double rss = sample_value(out, "\nprocess_resident_memory_bytes ");
+  assert_true(rss > 100e3 && rss <= (double)ru0.ru_maxrss * 1024.0 + 65536);
+  double cpu0 = sample_value(out, "\nprocess_cpu_seconds_total ");
+  free(out);
+
+  int d[3];
+  for (int i = 0; i < 3; i++) assert_true((d[i] = dup(1)) >= 0);
+  volatile double x = 0; /* burn about 0.3 s of CPU */
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+  do {
+    for (int i = 0; i < 100000; i++) x += sqrt((double)i);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
+  } while ((double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9 < 0.3);
+  out = render(m, &st);
+  assert_int_equal(getrusage(RUSAGE_SELF, &ru1), 0);
+  assert_true(sample_value(out, "\nprocess_open_fds ") == open0 + 3);
+  double cpu1 = sample_value(out, "\nprocess_cpu_seconds_total ");
+  double ru_delta = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) +
+                    (ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) * 1e-6 +
+                    (double)(ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) +
+                    (ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) * 1e-6;
+  /* clock ticks are 10 ms: allow two ticks each way */
+  if (fabs((cpu1 - cpu0) - ru_delta) > 0.05)
+    fail_msg("cpu seconds grew %g, getrusage says %g", cpu1 - cpu0, ru_delta);
+  assert_true(sample_value(out, "\nprocess_start_time_seconds ") == start);
+  for (int i = 0; i < 3; i++) close(d[i]);
+  free(out);
+  gw_metrics_free(m);
+}
+
 /* promtool (Debian's prometheus package) is the independent checker. */
 static void promtool_accepts(void **state) {
   (void)state;
@@ -398,6 +564,8 @@ int main(void) {
       cmocka_unit_test(extra_families),
       cmocka_unit_test(many_streams_sorted),
       cmocka_unit_test(sink_lifecycle),
+      cmocka_unit_test(renders_whole_run_quantities),
+      cmocka_unit_test(renders_build_and_process),
       cmocka_unit_test(promtool_accepts),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
