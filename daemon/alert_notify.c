@@ -28,6 +28,7 @@ struct gw_alert_notify_s {
   size_t n_wh;
   gw_webhook_stats_t retired; /* counters of webhooks replaced at reload */
   char *receiver, *external_url;
+  gw_alertmanager_t *am;  /* owned; NULL: none; set once before any send */
   struct gw_live_s *live; /* borrowed, fixed */
   gw_log_t *log;          /* borrowed, fixed */
 };
@@ -233,13 +234,40 @@ static char *url_escape(const char *s) {
   return out;
 }
 
+/* Alertmanager: the dashboard at the run as generatorURL; caller holds mu. */
+static void push_alertmanager(gw_alert_notify_t *n, const gw_store_alert_t *rec,
+                              const char *const *lab, const char *const *ann) {
+  char *re = rec->run && n->external_url[0] ? url_escape(rec->run) : NULL, *gen = NULL;
+  if (re) {
+    size_t len = strlen(n->external_url) + strlen(re) + 16;
+    if ((gen = malloc(len))) snprintf(gen, len, "%s/#/run/%s", n->external_url, re);
+  }
+  int64_t ends = 0;
+  if (rec->state == GW_ALERT_RESOLVED) ends = rec->resolved_ns ? rec->resolved_ns : gw_now_ns();
+  gw_alertmanager_alert_t a = {.labels = lab,
+                               .annotations = ann,
+                               .starts_ns = rec->started_ns ? rec->started_ns : gw_now_ns(),
+                               .ends_ns = ends,
+                               .generator_url = gen ? gen : n->external_url};
+  int rc = gw_alertmanager_push(n->am, &a);
+  if (rc) gw_log(n->log, GW_LOG_ERROR, "alertmanager_push", "error=\"%s\"", gw_strerror(rc));
+  free(gen);
+  free(re);
+}
+
 void gw_alert_notify_send(gw_alert_notify_t *n, const gw_store_alert_t *rec, int metric) {
   cJSON *lt = NULL, *at = NULL;
   const char **lab = NULL, **ann = NULL;
   char *url = NULL, *body = NULL, *re = NULL, *te = NULL;
+  int oom = 0;
   pthread_mutex_lock(&n->mu);
+  if (!n->n_wh && !n->am) goto done;
+  if (!(lab = pairs_of(rec->labels, &lt)) || !(ann = pairs_of(rec->annotations, &at))) {
+    oom = 1;
+    goto done;
+  }
+  if (n->am && rec->state != GW_ALERT_PENDING) push_alertmanager(n, rec, lab, ann);
   if (!n->n_wh) goto done;
-  if (!(lab = pairs_of(rec->labels, &lt)) || !(ann = pairs_of(rec->annotations, &at))) goto done;
   if (metric >= 0 && n->external_url[0] && rec->run && rec->tag) {
     re = url_escape(rec->run);
     te = url_escape(rec->tag);
@@ -256,10 +284,10 @@ void gw_alert_notify_send(gw_alert_notify_t *n, const gw_store_alert_t *rec, int
                            .starts_ns = rec->started_ns,
                            .ends_ns = rec->resolved_ns,
                            .generator_url = url ? url : n->external_url};
-  if (!(body = gw_webhook_payload(&wa, n->receiver, n->external_url))) goto done;
-  for (size_t i = 0; i < n->n_wh; i++) gw_webhook_send(n->wh[i], body);
+  if (!(body = gw_webhook_payload(&wa, n->receiver, n->external_url))) oom = 1;
+  for (size_t i = 0; body && i < n->n_wh; i++) gw_webhook_send(n->wh[i], body);
 done:
-  if (n->n_wh && !body) gw_log(n->log, GW_LOG_ERROR, "alert_webhook", "error=\"out of memory\"");
+  if (oom) gw_log(n->log, GW_LOG_ERROR, "alert_webhook", "error=\"out of memory\"");
   pthread_mutex_unlock(&n->mu);
   free(body);
   free(url);
@@ -269,6 +297,56 @@ done:
   free(ann);
   cJSON_Delete(lt);
   cJSON_Delete(at);
+}
+
+void gw_alert_notify_restored(gw_alert_notify_t *n, const gw_store_alert_t *rec) {
+  cJSON *lt = NULL, *at = NULL;
+  const char **lab = NULL, **ann = NULL;
+  pthread_mutex_lock(&n->mu);
+  if (n->am && rec->state == GW_ALERT_FIRING && (lab = pairs_of(rec->labels, &lt)) &&
+      (ann = pairs_of(rec->annotations, &at)))
+    push_alertmanager(n, rec, lab, ann);
+  pthread_mutex_unlock(&n->mu);
+  free(lab);
+  free(ann);
+  cJSON_Delete(lt);
+  cJSON_Delete(at);
+}
+
+int gw_alert_notify_alertmanager(gw_alert_notify_t *n, const gw_alertmanager_config_t *cfg) {
+  gw_alertmanager_t *am = NULL;
+  if (n->am) return GW_EINVAL;
+  int rc = gw_alertmanager_new(&am, cfg);
+  if (rc) return rc;
+  pthread_mutex_lock(&n->mu);
+  n->am = am;
+  pthread_mutex_unlock(&n->mu);
+  return 0;
+}
+
+int gw_alert_notify_metrics(gw_alert_notify_t *n, gw_metrics_writer_t *w) {
+  gw_webhook_stats_t t = {0};
+  size_t firing = 0;
+  if (!n->am) return 0; /* fixed once set: no lock needed to read it */
+  gw_alertmanager_stats(n->am, &t);
+  firing = gw_alertmanager_firing(n->am);
+  const char *ls[] = {"result", "sent", NULL}, *lx[] = {"result", "failed", NULL},
+             *ld[] = {"result", "dropped", NULL};
+  int rc;
+  if ((rc = gw_metrics_family(w, "gradwatch_alertmanager_posts_total", "counter",
+                              "POSTs to Alertmanager's /api/v2/alerts (every URL), by outcome "
+                              "(sent, failed after retries, dropped from a full queue).")) ||
+      (rc = gw_metrics_sample(w, "gradwatch_alertmanager_posts_total", ls, (double)t.sent)) ||
+      (rc = gw_metrics_sample(w, "gradwatch_alertmanager_posts_total", lx, (double)t.failed)) ||
+      (rc = gw_metrics_sample(w, "gradwatch_alertmanager_posts_total", ld, (double)t.dropped)) ||
+      (rc = gw_metrics_family(w, "gradwatch_alertmanager_queue_depth", "gauge",
+                              "POSTs waiting for Alertmanager (every URL), the one in flight included.")) ||
+      (rc = gw_metrics_sample(w, "gradwatch_alertmanager_queue_depth", NULL, (double)t.queued)) ||
+      (rc = gw_metrics_family(w, "gradwatch_alertmanager_alerts", "gauge",
+                              "Firing alerts re-sent to Alertmanager each resend interval.")) ||
+      (rc = gw_metrics_sample(w, "gradwatch_alertmanager_alerts", NULL, (double)firing)))
+    return rc;
+  return 0;
 }
 
 void gw_alert_notify_emit(gw_alert_notify_t *n, const gw_store_alert_t *rec, uint64_t step,
@@ -432,6 +510,8 @@ void gw_alert_notify_free(gw_alert_notify_t *n, uint32_t drain_ms) {
     gw_webhook_drain(n->wh[i], spent_ms < drain_ms ? drain_ms - (uint32_t)spent_ms : 0);
   }
   for (size_t i = 0; i < n->n_wh; i++) gw_webhook_free(n->wh[i]);
+  int64_t spent_ms = (gw_mono_ns() - t0) / 1000000;
+  gw_alertmanager_free(n->am, spent_ms < drain_ms ? drain_ms - (uint32_t)spent_ms : 0);
   free(n->receiver);
   free(n->external_url);
   pthread_mutex_destroy(&n->mu);

@@ -4,7 +4,8 @@
  * library; alerts.c is its one caller (and http.c, through gw_alerts_json
  * in alerts.h, for the same JSON object).
  *
- * A gw_alert_notify_t owns the webhooks in force. They are started from a
+ * A gw_alert_notify_t owns the webhooks in force, and the Alertmanager
+ * pusher when one is configured (started once, kept across reloads). They are started from a
  * rule set, replaced at reload (a webhook whose URL and settings did not
  * change is kept, with its queue), and drained at free. Its mutex guards
  * the webhook list and the receiver settings; it is taken after the alerts'
@@ -17,7 +18,9 @@
 #include <stdint.h>
 
 #include "alert_rules.h"
+#include "alertmanager.h"
 #include "log.h"
+#include "metrics.h"
 #include "store.h"
 #include "webhook.h"
 
@@ -61,7 +64,22 @@ int gw_alert_notify_reload(gw_alert_notify_t *n, const gw_alert_rules_t *rs, cha
 void gw_alert_notify_emit(gw_alert_notify_t *n, const gw_store_alert_t *rec, uint64_t step,
                           int metric);
 
-/* Webhooks only (an alert closed at start-up, never on SSE). */
+/* Also push alerts to Alertmanager (alertmanager.h), from now on: every
+ * firing and resolved transition, re-sent while firing; generatorURL opens
+ * the dashboard at the run (<external_url>/#/run/<run>). Once, before any
+ * transition. 0, GW_EINVAL (already started, or a bad cfg) or the
+ * starter's code. */
+int gw_alert_notify_alertmanager(gw_alert_notify_t *n, const gw_alertmanager_config_t *cfg);
+
+/* A firing alert restored from the store at start: Alertmanager only (the
+ * webhooks were told when it fired), so it is re-sent while it fires. */
+void gw_alert_notify_restored(gw_alert_notify_t *n, const gw_store_alert_t *rec);
+
+/* The Alertmanager families for /metrics (nothing without Alertmanager):
+ * gradwatch_alertmanager_posts_total{result}, _queue_depth, _alerts. */
+int gw_alert_notify_metrics(gw_alert_notify_t *n, gw_metrics_writer_t *w);
+
+/* Webhooks (and Alertmanager) only (an alert closed at start-up, never on SSE). */
 void gw_alert_notify_send(gw_alert_notify_t *n, const gw_store_alert_t *rec, int metric);
 
 /* Counters of every webhook, those replaced at reload included. Any thread. */

@@ -597,6 +597,10 @@ static int restore(gw_alerts_t *a, int64_t now) {
     rc = firing_add(a, st->id, r->name, RUN(s), TAG(s), r->severity);
     pthread_mutex_unlock(&a->mu);
     if (rc) goto done;
+    gw_store_alert_t again = *rec;
+    again.labels = st->labels;
+    again.annotations = st->annotations;
+    gw_alert_notify_restored(a->notify, &again); /* Alertmanager re-sends it while it fires */
     kept++;
   }
   gw_log(a->deps.log, GW_LOG_INFO, "alerts_restored", "firing=%zu closed=%zu", kept, n - kept);
@@ -628,6 +632,12 @@ int gw_alerts_new(gw_alerts_t **out, const char *path, const gw_alerts_deps_t *d
   if ((rc = gw_alert_rules_load(&a->rs, path, err, errlen))) goto fail;
   if ((rc = gw_alert_notify_new(&a->notify, &a->rs, a->deps.live, a->deps.log, err, errlen)))
     goto fail;
+  if (a->deps.alertmanager && a->deps.alertmanager->n_urls &&
+      (rc = gw_alert_notify_alertmanager(a->notify, a->deps.alertmanager))) {
+    snprintf(err, errlen, "[alertmanager] url: %s", gw_strerror(rc));
+    goto fail;
+  }
+  a->deps.alertmanager = NULL; /* borrowed for new only */
   if ((rc = restore(a, SEEN_UNKNOWN))) {
     snprintf(err, errlen, "alerts: restoring active alerts from the store: %s", gw_strerror(rc));
     goto fail;
@@ -820,6 +830,7 @@ int gw_alerts_metrics(void *arg, gw_metrics_writer_t *w) {
       (rc = gw_metrics_sample(w, "gradwatch_alert_notifications_total", lx, (double)t.failed)) ||
       (rc = gw_metrics_sample(w, "gradwatch_alert_notifications_total", ld, (double)t.dropped)))
     goto done;
+  rc = gw_alert_notify_metrics(a->notify, w);
 done:
   for (size_t i = 0; i < n; i++) free(snap[i].rule);
   free(snap);

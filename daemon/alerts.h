@@ -43,6 +43,9 @@ typedef struct gw_alerts_deps_s {
   struct gw_store_s *store; /* persistence + restore at start; NULL: ids are local */
   struct gw_live_s *live;   /* SSE */
   gw_log_t *log;            /* NULL: silent */
+  /* Alertmanager's v2 API (alertmanager.h): NULL or no URL: none. Read by
+   * gw_alerts_new only; kept across reloads. */
+  const struct gw_alertmanager_config_s *alertmanager;
 } gw_alerts_deps_t;
 
 typedef struct gw_alerts_s gw_alerts_t;

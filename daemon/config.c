@@ -96,6 +96,12 @@ static const opt_t opts[] = {
      "retire a stream silent this many seconds (3600)", NULL},
     {"engine-threads", "window", T_U32, F(engine_threads), 0, 1, 64, "N",
      "threads computing windows (number of CPUs, at most 8)", NULL},
+    {"alertmanager-url", "alertmanager", T_LIST, F(alertmanager_url), F(n_alertmanager_url), 0, 0,
+     "URL", "push alerts to this Alertmanager (repeatable: every URL of a cluster)", NULL},
+    {"alertmanager-resend", "alertmanager", T_U32, F(alertmanager_resend), 0, 1, 86400, "SECONDS",
+     "re-send firing alerts to Alertmanager this often (60)", NULL},
+    {"alertmanager-runbook-url", "alertmanager", T_STR, F(alertmanager_runbook_url), 0, 0, 0, "URL",
+     "annotate alerts with runbook_url = URL#runbook-<alertname>", NULL},
     {"log-level", "daemon", T_STR, F(log_level), 0, 0, 0, "LEVEL", "error|warn|info|debug (info)",
      "error|warn|info|debug"},
     {"log-file", "daemon", T_STR, F(log_file), 0, 0, 0, "FILE",
@@ -119,6 +125,7 @@ void gw_config_init(gw_config_t *c) {
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   c->engine_threads = cpus < 1 ? 1 : cpus > 8 ? 8 : (uint32_t)cpus;
   c->stream_idle = 3600;
+  c->alertmanager_resend = 60;
 }
 
 static void free_list(char **list, size_t *n) {
@@ -214,6 +221,10 @@ static int apply(gw_config_t *c, const opt_t *o, const char *v, int *list_fresh,
       }
       if (!*v) {
         fail(err, errlen, "%s: empty value", o->name);
+        return GW_ECONFIG;
+      }
+      if (o->arg && !strcmp(o->arg, "URL") && strncmp(v, "http://", 7) && strncmp(v, "https://", 8)) {
+        fail(err, errlen, "%s: '%s' is not an http:// or https:// URL", o->name, v);
         return GW_ECONFIG;
       }
       if (!(list[*n] = strdup(v))) return GW_ENOMEM;
@@ -342,9 +353,13 @@ static int on_ini(void *user, const char *section, const char *name,
     return !x->rc || x->errout != NULL;
   }
   const opt_t *o = find_opt(name);
+  char amkey[96]; /* [alertmanager] key K is the flag --alertmanager-K */
+  if (!strcmp(section, "alertmanager") && snprintf(amkey, sizeof(amkey), "alertmanager-%s", name) <
+                                              (int)sizeof(amkey))
+    o = find_opt(amkey);
   int known_section = !strcmp(section, "ingest") || !strcmp(section, "http") ||
                       !strcmp(section, "store") || !strcmp(section, "window") ||
-                      !strcmp(section, "daemon");
+                      !strcmp(section, "daemon") || !strcmp(section, "alertmanager");
   char sub[512];
   int rc;
   if (!known_section) {
@@ -612,6 +627,7 @@ void gw_config_usage(FILE *out) {
       {"store", "[store] SQLite persistence"},
       {"window", "[window] the statistics"},
       {"daemon", "[daemon] logging"},
+      {"alertmanager", "[alertmanager] pushing alerts (key K is --alertmanager-K)"},
   };
   fputs("Usage: gradwatchd [--config FILE] [OPTION]...\n"
         "  or:  gradwatchd --check-config FILE\n"

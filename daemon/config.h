@@ -51,6 +51,11 @@ typedef struct gw_config_s {
   gw_engine_config_t engine;
   uint32_t engine_threads; /* worker threads running engines (default: CPUs, <= 8) */
   uint32_t stream_idle;    /* seconds of silence before a stream is retired (3600) */
+  /* [alertmanager] (keys url, resend, runbook_url) */
+  char *alertmanager_url[GW_CONFIG_LIST_MAX]; /* base URLs, one per cluster member */
+  size_t n_alertmanager_url;
+  uint32_t alertmanager_resend;   /* seconds between re-sends while firing (60) */
+  char *alertmanager_runbook_url; /* base of the runbook_url annotation, NULL = none */
   /* [daemon] */
   char *log_level; /* error|warn|info|debug */
   char *log_file;  /* NULL = stderr */

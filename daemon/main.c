@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "alert_rules.h"
+#include "alertmanager.h"
 #include "alerts.h"
 #include "config.h"
 #include "engine.h"
@@ -197,7 +198,14 @@ static int start(daemon_t *d, char *err, size_t errlen) {
     snprintf(err, errlen, "metrics: %s", gw_strerror(rc));
     return rc;
   }
-  gw_alerts_deps_t ad = {.store = d->store, .live = d->live, .log = &d->log};
+  gw_alertmanager_config_t am;
+  gw_alertmanager_config_default(&am);
+  am.urls = (const char *const *)c->alertmanager_url;
+  am.n_urls = c->n_alertmanager_url;
+  am.resend_ms = c->alertmanager_resend * 1000u;
+  am.runbook_url = c->alertmanager_runbook_url;
+  am.log = &d->log;
+  gw_alerts_deps_t ad = {.store = d->store, .live = d->live, .log = &d->log, .alertmanager = &am};
   if ((rc = gw_alerts_new(&d->alerts, c->config_path, &ad, err, errlen))) return rc;
   gw_http_config_t hc = {.addr = c->http, .token = d->token,
                          .cert_file = c->http_cert, .key_file = c->http_key};
