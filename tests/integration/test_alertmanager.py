@@ -236,3 +236,22 @@ def test_amtool_checks_shipped_routing():
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.split() == ["pagerduty-training,slack-training"] or \
         set(r.stdout.replace(",", " ").split()) == {"pagerduty-training", "slack-training"}, r.stdout
+
+
+def test_every_shipped_alert_links_to_its_runbook_section():
+    """Each alert of the shipped Prometheus rules and each shipped daemon rule
+    has a runbook_url whose #anchor exists in docs/ALERTS.md."""
+    import yaml
+    doc = open(os.path.join(SRC, "docs", "ALERTS.md")).read()
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', doc))
+    names = []
+    for f in ("gradwatch-rules.yml", "gradwatch-federation-rules.yml"):
+        for g in yaml.safe_load(open(os.path.join(PROMDIR, f)))["groups"]:
+            for r in g["rules"]:
+                if "alert" in r:
+                    url = r["annotations"]["runbook_url"]
+                    assert url == "file:///usr/share/doc/gradwatch/ALERTS.md#runbook-" + r["alert"]
+                    names.append(r["alert"])
+    assert len(names) >= 6
+    for name in names + ["rank_collapse", "kappa_surge", "stream_stalled"]:
+        assert "runbook-" + name in anchors, name

@@ -278,6 +278,7 @@ tests:
             exp_annotations:
               summary: "predictability collapse on r1/all: rank_90 is 1"
               description: "rank_90 fell below 0.3x its median of the 30 minutes before the last 5."
+              runbook_url: "file:///usr/share/doc/gradwatch/ALERTS.md#runbook-GradwatchRankCollapse"
       - eval_time: 44m
         alertname: GradwatchKappaSurge
         exp_alerts:
@@ -285,6 +286,7 @@ tests:
             exp_annotations:
               summary: "predictability collapse on r1/all: kappa_ema is 40"
               description: "kappa_ema rose above 20x its median of the 30 minutes before the last 5."
+              runbook_url: "file:///usr/share/doc/gradwatch/ALERTS.md#runbook-GradwatchKappaSurge"
       - eval_time: 41m
         alertname: GradwatchAlert
         exp_alerts:
@@ -292,6 +294,7 @@ tests:
             exp_annotations:
               summary: "gradwatchd rule rank_collapse is firing for r1/all"
               description: "The daemon's own per-point rule fired; /api/v1/alerts on the daemon has the values."
+              runbook_url: "file:///usr/share/doc/gradwatch/ALERTS.md#runbook-GradwatchAlert"
 """
     path = write(tmp_path / "rules_test.yml", test)
     out = subprocess.run([promtool, "test", "rules", path], capture_output=True, text=True)

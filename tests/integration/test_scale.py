@@ -406,7 +406,9 @@ def test_shipped_prometheus_and_alertmanager_configs(tmp_path):
                     "exp_annotations": {
                         "summary": "leaf Prometheus prom-a:9090 is not answering federation",
                         "description": "The gradwatchd daemons it scrapes are not being "
-                                       "watched or alerted on."}}]}]}]}))
+                                       "watched or alerted on.",
+                        "runbook_url": "file:///usr/share/doc/gradwatch/ALERTS.md"
+                                       "#runbook-GradwatchPrometheusDown"}}]}]}]}))
     r = subprocess.run([promtool, "test", "rules", str(test)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
