@@ -112,9 +112,9 @@ static cJSON *alert_object(const gw_alertmanager_alert_t *a, const char *runbook
     gw_buf_free(&b);
     if (!ok) goto fail;
   }
-  cJSON_AddItemToObject(o, "labels", l);
-  l = NULL;
-  cJSON_AddItemToObject(o, "annotations", an);
+  if (!cJSON_AddItemToObject(o, "labels", l)) goto fail;
+  l = NULL; /* o owns it now */
+  if (!cJSON_AddItemToObject(o, "annotations", an)) goto fail;
   an = NULL;
   rfc3339(a->starts_ns, t);
   if (!cJSON_AddStringToObject(o, "startsAt", t)) goto fail;

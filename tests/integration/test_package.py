@@ -89,7 +89,11 @@ def test_package_contents(deb):
                  "/pkgconfig/gradwatch.pc", "/libgradwatch.so.0",
                  "./usr/share/man/man8/gradwatchd.8.gz", "./usr/share/man/man1/gradwatch.1.gz",
                  "./usr/share/doc/gradwatch/copyright", "./usr/share/doc/gradwatch/CONTRACT.md",
-                 "./usr/lib/python3/dist-packages/gradwatch/__init__.py"]:
+                 "./usr/lib/python3/dist-packages/gradwatch/__init__.py",
+                 "./usr/share/doc/gradwatch/examples/grafana/gradwatch.json",
+                 "./usr/share/doc/gradwatch/examples/grafana/provisioning/dashboards/gradwatch.yml",
+                 "./usr/share/doc/gradwatch/examples/grafana/provisioning/datasources/gradwatch.yml",
+                 "./usr/share/doc/gradwatch/examples/prometheus/alertmanager-slack-pagerduty.yml"]:
         assert path in names, path
     info = run("dpkg-deb", "-I", str(deb)).stdout
     assert "conffiles" in info and "postinst" in info and "triggers" in info
