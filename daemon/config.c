@@ -96,16 +96,16 @@ static const opt_t opts[] = {
      "retire a stream silent this many seconds (3600)", NULL},
     {"engine-threads", "window", T_U32, F(engine_threads), 0, 1, 64, "N",
      "threads computing windows (number of CPUs, at most 8)", NULL},
+    {"log-level", "daemon", T_STR, F(log_level), 0, 0, 0, "LEVEL", "error|warn|info|debug (info)",
+     "error|warn|info|debug"},
+    {"log-file", "daemon", T_STR, F(log_file), 0, 0, 0, "FILE",
+     "log to FILE instead of stderr (reopened on SIGHUP)", NULL},
     {"alertmanager-url", "alertmanager", T_LIST, F(alertmanager_url), F(n_alertmanager_url), 0, 0,
      "URL", "push alerts to this Alertmanager (repeatable: every URL of a cluster)", NULL},
     {"alertmanager-resend", "alertmanager", T_U32, F(alertmanager_resend), 0, 1, 86400, "SECONDS",
      "re-send firing alerts to Alertmanager this often (60)", NULL},
     {"alertmanager-runbook-url", "alertmanager", T_STR, F(alertmanager_runbook_url), 0, 0, 0, "URL",
      "annotate alerts with runbook_url = URL#runbook-<alertname>", NULL},
-    {"log-level", "daemon", T_STR, F(log_level), 0, 0, 0, "LEVEL", "error|warn|info|debug (info)",
-     "error|warn|info|debug"},
-    {"log-file", "daemon", T_STR, F(log_file), 0, 0, 0, "FILE",
-     "log to FILE instead of stderr (reopened on SIGHUP)", NULL},
 };
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
 
