@@ -220,3 +220,49 @@ def test_routed_command_line(cli):
         p = run(*args)
         assert p.returncode == 2, (args, p.stderr)
         assert msg in p.stderr, (args, p.stderr)
+
+
+def test_shipped_replica_configs_deduplicate(tmp_path):
+    """The Prometheus examples for replicas: valid, and their recording rules
+    keep one series per stream that survives a replica going away."""
+    import shutil
+    import yaml
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.skip("promtool is not installed")
+    src = os.environ.get("GW_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    promdir = os.path.join(src, "systemd", "prometheus")
+    r = subprocess.run([promtool, "check", "config",
+                        os.path.join(promdir, "gradwatch-replicas-scrape.yml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lab = 'job="gradwatch",shard="1/3",run="r",tag="all",predictor="ema"'
+    test = tmp_path / "replica_test.yml"
+    test.write_text(yaml.safe_dump({
+        "rule_files": [os.path.join(promdir, "gradwatch-replica-rules.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": f'gradwatch_kappa{{{lab},replica="a",instance="a:8080",'
+                           f'dashboard="http://a:8080/"}}', "values": "0.5 0.6 0.7 0.8 0.9 1.0"},
+                {"series": f'gradwatch_kappa{{{lab},replica="b",instance="b:8080",'
+                           f'dashboard="http://b:8080/"}}', "values": "0.5 0.6 stale"},
+                {"series": 'up{job="gradwatch",shard="1/3",replica="a"}', "values": "1 1 1 1 1 1"},
+                {"series": 'up{job="gradwatch",shard="1/3",replica="b"}', "values": "1 1 0 0 0 0"}],
+            "promql_expr_test": [
+                {"expr": "cluster:gradwatch_kappa:dedup", "eval_time": t,
+                 "exp_samples": [{"labels": 'cluster:gradwatch_kappa:dedup{job="gradwatch",'
+                                            'shard="1/3",run="r",tag="all",predictor="ema"}',
+                                  "value": v}]}
+                for t, v in [("1m", 0.6), ("4m", 0.9)]] + [
+                {"expr": "run:gradwatch_dashboard:live", "eval_time": "4m",
+                 "exp_samples": [{"labels": 'run:gradwatch_dashboard:live{run="r",shard="1/3",'
+                                            'replica="a",dashboard="http://a:8080/"}',
+                                  "value": 1}]},
+                {"expr": "shard:gradwatch_replicas_up:count", "eval_time": "4m",
+                 "exp_samples": [{"labels": 'shard:gradwatch_replicas_up:count{shard="1/3"}',
+                                  "value": 1}]}]}]}))
+    r = subprocess.run([promtool, "test", "rules", str(test)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
