@@ -195,9 +195,18 @@ def test_stopping_a_replica_loses_nothing(cluster):
         for run in runs:
             wait(lambda: (series(a, run) or {}).get("step") == list(range(2, steps + 1)), 30,
                  f"replica a to hold every step of {run}")
-        # b stopped where it was stopped; a, the live replica, has everything.
+        # a, the live replica, has everything.
         for run in runs:
             assert series(a, run)["step"][:stop_at - 1] == list(range(2, stop_at + 1))
+        # b comes back on the same ports: both proxies kept its subscription
+        # and queued its shard's messages, and deliver them now.
+        b.start()
+        for run in runs:
+            wait(lambda: (series(b, run) or {}).get("step", [0])[-1] == steps, 60,
+                 f"replica b to catch up on {run}")
+            got = series(b, run)["step"]
+            assert got[:stop_at - 1] == list(range(2, stop_at + 1))
+            assert set(got) >= set(range(stop_at + 2, steps + 1)), "queued steps missing"
     finally:
         for s in socks:
             s.close(linger=0)
