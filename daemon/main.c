@@ -187,6 +187,8 @@ static int start_remote_write(daemon_t *d, char *err, size_t errlen) {
   rc_.urls = (const char *const *)d->cfg.remote_write;
   rc_.n_urls = d->cfg.n_remote_write;
   rc_.metrics = d->cfg.remote_write_metrics;
+  rc_.labels = (const char *const *)d->cfg.remote_write_label;
+  rc_.n_labels = d->cfg.n_remote_write_label;
   rc_.log = &d->log;
   return gw_remote_write_new(&d->remote_write, &rc_, err, errlen);
 }

@@ -122,8 +122,16 @@ typedef struct rcv_s {
   size_t errbody_len;
 } rcv_t;
 
+enum { L_NAME, L_RUN, L_TAG, L_EXTRA };
+#define LABELS_MAX (3 + GW_REMOTE_WRITE_LABELS_MAX)
+
 struct gw_remote_write_s {
   gw_remote_write_config_t cfg;
+  /* every series' labels, sorted by name: __name__, run, tag and the
+   * --remote-write-label ones (names and values owned here) */
+  size_t n_labels;
+  char *lname[LABELS_MAX], *lvalue[LABELS_MAX];
+  int lkind[LABELS_MAX];
   int ids[GW_METRIC_COUNT];
   size_t m;
   char *names[GW_METRIC_COUNT + 1]; /* the metrics' series names, then the step's */
@@ -278,7 +286,7 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem) {
 }
 
 /* The per-series arrays, all with room for `need` series (labels 3 each). */
-static int grow_ts(enc_t *e, size_t need) {
+static int grow_ts(enc_t *e, size_t need, size_t nl) {
   if (need <= e->ts_cap) return 0;
   size_t n = e->ts_cap ? e->ts_cap : 64;
   while (n < need) n *= 2;
@@ -287,7 +295,7 @@ static int grow_ts(enc_t *e, size_t need) {
   if (!(p = realloc(e->field, (count) * sizeof(*e->field)))) \
     return GW_ENOMEM;                                        \
   e->field = p;
-  RE(ts, n) RE(tsp, n) RE(count, n) RE(lab, 3 * n) RE(labp, 3 * n)
+  RE(ts, n) RE(tsp, n) RE(count, n) RE(lab, nl * n) RE(labp, nl * n)
 #undef RE
   e->ts_cap = n;
   return 0;
@@ -335,7 +343,7 @@ static int encode(gw_remote_write_t *rw, enc_t *e, const unsigned char *batch, s
   c0 = e->grp_cap;
   if ((rc = grow((void **)&e->grp, &c0, n, sizeof(*e->grp)))) return rc;
   e->grp_cap = c0;
-  if ((rc = grow_ts(e, n * cols))) return rc;
+  if ((rc = grow_ts(e, n * cols, rw->n_labels))) return rc;
 
   /* Pass 1: the groups (streams) and the samples of each series. */
   for (size_t i = 0; i < n; i++) {
@@ -353,28 +361,28 @@ static int encode(gw_remote_write_t *rw, enc_t *e, const unsigned char *batch, s
   if ((rc = grow((void **)&e->smpp, &c0, nsmp ? nsmp : 1, sizeof(*e->smpp)))) return rc;
   e->smp_cap = c0;
 
-  /* The series: labels sorted by name (__name__ < run < tag), samples laid
-   * out series after series; series without samples are left out. */
+  /* The series: labels in rw->order (sorted by name), samples laid out
+   * series after series; series without samples are left out. */
   size_t off = 0, kept = 0;
   for (size_t s = 0; s < nser; s++) {
     size_t g = s / cols, c = s % cols, cnt = e->count[s];
     e->count[s] = off; /* from here on: the next free sample of series s */
     if (!cnt) continue;
     Gwremote__TimeSeries *t = &e->ts[kept];
-    Gwremote__Label *l = &e->lab[kept * 3];
+    const size_t nl = rw->n_labels;
+    Gwremote__Label *l = &e->lab[kept * nl];
     gwremote__time_series__init(t);
-    for (int k = 0; k < 3; k++) {
+    for (size_t k = 0; k < nl; k++) {
       gwremote__label__init(&l[k]);
-      e->labp[kept * 3 + k] = &l[k];
+      e->labp[kept * nl + k] = &l[k];
+      l[k].name = rw->lname[k];
+      l[k].value = rw->lvalue[k]; /* an extra label's value, or NULL: set below */
+      if (rw->lkind[k] == L_NAME) l[k].value = rw->names[c == 0 ? rw->m : c - 1];
+      else if (rw->lkind[k] == L_RUN) l[k].value = e->grp[g]->run;
+      else if (rw->lkind[k] == L_TAG) l[k].value = e->grp[g]->tag;
     }
-    l[0].name = "__name__";
-    l[0].value = rw->names[c == 0 ? rw->m : c - 1];
-    l[1].name = "run";
-    l[1].value = e->grp[g]->run;
-    l[2].name = "tag";
-    l[2].value = e->grp[g]->tag;
-    t->n_labels = 3;
-    t->labels = &e->labp[kept * 3];
+    t->n_labels = nl;
+    t->labels = &e->labp[kept * nl];
     t->n_samples = cnt;
     t->samples = &e->smpp[off];
     e->tsp[kept++] = t;
@@ -665,10 +673,84 @@ void gw_remote_write_free(gw_remote_write_t *rw, uint32_t drain_ms) {
   for (size_t i = 0; i < rw->n_rcv; i++) rcv_free(&rw->rcv[i]);
   for (size_t i = 0; i < rw->n_streams; i++) stream_unref(rw->streams[i]);
   for (size_t i = 0; i <= GW_METRIC_COUNT; i++) free(rw->names[i]);
+  for (size_t i = 0; i < rw->n_labels; i++)
+    if (rw->lkind[i] == L_EXTRA) {
+      free(rw->lname[i]);
+      free(rw->lvalue[i]);
+    }
   free(rw->streams);
   free(rw->rcv);
   if (rw->curl_inited) curl_global_cleanup();
   free(rw);
+}
+
+/* A label name as Prometheus allows it: [a-zA-Z_][a-zA-Z0-9_]* (a __
+ * prefix is allowed: Mimir's HA deduplication uses __replica__). */
+static int good_label_name(const char *s, size_t n) {
+  if (n == 0) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!(isalpha((unsigned char)s[i]) || s[i] == '_' || (i && isdigit((unsigned char)s[i]))))
+      return 0;
+  return 1;
+}
+
+static int label_cmp(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The label set of every series: the three fixed ones and cfg->labels
+ * ("name=value"), sorted by name into rw->lname/lvalue/lkind. */
+static int parse_labels(gw_remote_write_t *rw, const gw_remote_write_config_t *cfg, char *err,
+                        size_t errlen) {
+  static const char *const fixed[] = {"__name__", "run", "tag"};
+  char *sorted[LABELS_MAX];
+  if (cfg->n_labels > GW_REMOTE_WRITE_LABELS_MAX) {
+    snprintf(err, errlen, "remote-write-label: at most %d labels", GW_REMOTE_WRITE_LABELS_MAX);
+    return GW_ECONFIG;
+  }
+  for (int k = 0; k < 3; k++) {
+    rw->lname[k] = (char *)fixed[k];
+    rw->lvalue[k] = NULL;
+    rw->lkind[k] = L_NAME + k;
+  }
+  rw->n_labels = 3;
+  for (size_t i = 0; i < cfg->n_labels; i++) {
+    const char *l = cfg->labels[i], *eq = l ? strchr(l, '=') : NULL;
+    size_t n = eq ? (size_t)(eq - l) : 0;
+    if (!eq || !good_label_name(l, n) || !eq[1]) {
+      snprintf(err, errlen, "remote-write-label: '%s' is not NAME=VALUE with a label name "
+               "([a-zA-Z_][a-zA-Z0-9_]*) and a value", l ? l : "");
+      return GW_ECONFIG;
+    }
+    for (size_t j = 0; j < rw->n_labels; j++)
+      if (strlen(rw->lname[j]) == n && !strncmp(rw->lname[j], l, n)) {
+        snprintf(err, errlen, "remote-write-label: '%.*s' given twice or reserved", (int)n, l);
+        return GW_ECONFIG;
+      }
+    size_t k = rw->n_labels;
+    rw->lkind[k] = L_EXTRA;
+    rw->lname[k] = strndup(l, n);
+    rw->lvalue[k] = strdup(eq + 1);
+    rw->n_labels++;
+    if (!rw->lname[k] || !rw->lvalue[k]) return GW_ENOMEM;
+  }
+  /* sort by name, carrying value and kind along (names are distinct) */
+  for (size_t i = 0; i < rw->n_labels; i++) sorted[i] = rw->lname[i];
+  qsort(sorted, rw->n_labels, sizeof sorted[0], label_cmp);
+  char *nv[LABELS_MAX];
+  int nk[LABELS_MAX];
+  for (size_t i = 0; i < rw->n_labels; i++)
+    for (size_t j = 0; j < rw->n_labels; j++)
+      if (rw->lname[j] == sorted[i]) {
+        nv[i] = rw->lvalue[j];
+        nk[i] = rw->lkind[j];
+      }
+  for (size_t i = 0; i < rw->n_labels; i++) {
+    rw->lname[i] = sorted[i];
+    rw->lvalue[i] = nv[i];
+    rw->lkind[i] = nk[i];
+  }
+  return 0;
 }
 
 int gw_remote_write_new(gw_remote_write_t **out, const gw_remote_write_config_t *cfg, char *err,
@@ -696,9 +778,12 @@ int gw_remote_write_new(gw_remote_write_t **out, const gw_remote_write_config_t 
   rw->cfg = *cfg;
   rw->cfg.urls = NULL; /* copied into the receivers */
   rw->cfg.metrics = NULL;
+  rw->cfg.labels = NULL;
   if (rw->cfg.backoff_max_ms < rw->cfg.backoff_ms) rw->cfg.backoff_max_ms = rw->cfg.backoff_ms;
   atomic_init(&rw->stop, 0);
-  if ((rc = gw_remote_write_parse_metrics(cfg->metrics, rw->ids, &rw->m, err, errlen))) goto fail;
+  if ((rc = gw_remote_write_parse_metrics(cfg->metrics, rw->ids, &rw->m, err, errlen)) ||
+      (rc = parse_labels(rw, cfg, err, errlen)))
+    goto fail;
   rw->rec_size = REC_SIZE(rw->m);
   rc = GW_ENOMEM;
   for (size_t j = 0; j <= rw->m; j++) {

@@ -13,7 +13,9 @@
  * millisecond get timestamps one millisecond apart (the later one moved
  * forward), because a receiver keeps one sample per series and timestamp.
  * A null metric (NaN: κ of 0/0, a loss never sent) is no sample at all.
- * Labels are sorted by name (__name__, run, tag), as the protocol requires.
+ * Labels (__name__, run, tag and any configured `name=value` ones, e.g.
+ * replica="a", or cluster and __replica__ for Mimir's HA deduplication) are
+ * sorted by name, as the protocol requires.
  *
  * Data flow. The sink's point callback (ingest, serialised) copies a fixed
  * size record — a reference to the stream's labels, the timestamp, the step
@@ -45,12 +47,15 @@
 #include "point.h"
 #include "sink.h"
 
+#define GW_REMOTE_WRITE_LABELS_MAX 8
 #define GW_REMOTE_WRITE_DEFAULT_METRICS "kappa_onestep,kappa_ema,rank_90,rank_99,grad_norm,loss"
 
 typedef struct gw_remote_write_config_s {
   const char *const *urls; /* http:// or https:// receiver URLs (copied) */
   size_t n_urls;           /* >= 1 */
   const char *metrics;     /* comma-separated metric names; NULL: the default list */
+  const char *const *labels; /* "name=value" labels added to every series (copied) */
+  size_t n_labels;           /* <= GW_REMOTE_WRITE_LABELS_MAX */
   size_t queue_max;        /* points waiting per receiver (default 100000) */
   uint32_t batch_max;      /* points per request (default 2000) */
   uint32_t timeout_ms;     /* one attempt, connect included (default 10000) */
@@ -69,7 +74,7 @@ int gw_remote_write_parse_metrics(const char *list, int ids[GW_METRIC_COUNT], si
 
 typedef struct gw_remote_write_s gw_remote_write_t;
 
-/* Start one worker per URL. GW_ECONFIG (bad URL or metric list, message in
+/* Start one worker per URL. GW_ECONFIG (bad URL, metric list or label, message in
  * err), GW_EINVAL (queue_max, batch_max or timeout_ms 0), GW_ENOMEM,
  * GW_EIO (libcurl) or -errno (threads); *out is NULL on failure. */
 int gw_remote_write_new(gw_remote_write_t **out, const gw_remote_write_config_t *cfg, char *err,

@@ -9,7 +9,8 @@ and compares them, step by step, with what the daemon itself answers on
 /api/v1/series: same steps, same values (float64, exact), nulls absent,
 timestamps strictly increasing and within the run's receive times. A second
 receiver that is down meanwhile is retried (5xx/transport) without holding
-up the first; a receiver that answers 404 is not retried (4xx).
+up the first; a receiver that answers 404 is not retried (4xx);
+--remote-write-label adds its label to every series.
 """
 import json
 import math
@@ -132,7 +133,7 @@ def test_every_point_reaches_prometheus_with_the_daemons_values(daemon_bin, tmp_
     dead = f"http://127.0.0.1:{free_port()}/api/v1/write"  # nobody listens: retried
     d = Daemon(daemon_bin, tmp_path, extra=[
         "--remote-write", f"{prom.url}/api/v1/write", "--remote-write", dead,
-        "--window", "8", "--rank-every", "1", "--engine-threads", "1"])
+        "--remote-write-label", "replica=a", "--window", "8", "--rank-every", "1", "--engine-threads", "1"])
     d.start()
     try:
         t0 = time.time()
@@ -159,9 +160,10 @@ def test_every_point_reaches_prometheus_with_the_daemons_values(daemon_bin, tmp_
             assert ref["step"] == list(range(2, STEPS + 1))
             sel = f'{{run="{run}",tag="{tag}"}}'
             steps = prom.raw("gradwatch_point_step" + sel)
-            assert len(steps) == 1, steps  # one series, labels exactly run and tag
+            assert len(steps) == 1, steps  # one series: run, tag and the configured label
             (labels, samples), = steps.items()
-            assert labels == (("__name__", "gradwatch_point_step"), ("run", run), ("tag", tag))
+            assert labels == (("__name__", "gradwatch_point_step"), ("replica", "a"),
+                              ("run", run), ("tag", tag))
             ts = [t for t, _ in samples]
             assert [int(v) for _, v in samples] == ref["step"]
             assert all(b > a for a, b in zip(ts, ts[1:])), "timestamps must increase"
@@ -219,7 +221,10 @@ def test_refusal_is_not_retried_and_bad_flags_are_refused(daemon_bin, tmp_path, 
                       (["--remote-write", prom.url, "--remote-write-metrics", "loss,loss"],
                        "listed twice"),
                       (["--remote-write", prom.url, "--remote-write-metrics", "loss,"],
-                       "empty name")]:
+                       "empty name"),
+                      (["--remote-write", prom.url, "--remote-write-label", "run=x"], "reserved"),
+                      (["--remote-write", prom.url, "--remote-write-label", "a-b=c"],
+                       "not NAME=VALUE")]:
         p = subprocess.run([daemon_bin, "--db", ":memory:", "--http", f"127.0.0.1:{free_port()}",
                             "--zmq", f"tcp://127.0.0.1:{free_port()}", *args],
                            capture_output=True, text=True, timeout=scaled(30))

@@ -142,6 +142,7 @@ static uint16_t dead_port(void) {
 
 typedef struct sample_s {
   char name[64], run[64], tag[64];
+  char all[512]; /* "name=value;" of every label, in wire order */
   int n_labels, sorted;
   double value;
   int64_t ts;
@@ -233,6 +234,11 @@ static void decode_series(decoded_t *out, const uint8_t *p, const uint8_t *end) 
   for (int i = first; i < out->n; i++) {
     sample_t *s = &out->s[i];
     s->n_labels = nl;
+    s->all[0] = '\0';
+    for (int j = 0; j < nl; j++) {
+      size_t used = strlen(s->all);
+      snprintf(s->all + used, sizeof s->all - used, "%.60s=%.60s;", names[j], values[j]);
+    }
     s->sorted = sorted;
     for (int j = 0; j < nl; j++) {
       char *dst = !strcmp(names[j], "__name__") ? s->name
@@ -480,6 +486,50 @@ static void test_receiver_down_never_blocks_and_drops(void **state) {
   assert_true(mono() - t < 1.5);
 }
 
+static void test_extra_labels_sorted(void **state) {
+  recv_t r;
+  char url[64];
+  const char *urls[1] = {url};
+  const char *labels[] = {"replica=b", "cluster=c1", "__replica__=gw-1", "zone=eu_1"};
+  gw_remote_write_config_t c;
+  gw_remote_write_t *rw;
+  char err[256];
+  recv_start(&r, 1, 200u);
+  snprintf(url, sizeof url, "http://127.0.0.1:%u/w", (unsigned)r.port);
+  config(&c, urls, 1, "rank_90");
+  c.labels = labels;
+  c.n_labels = 4;
+  assert_int_equal(gw_remote_write_new(&rw, &c, err, sizeof err), 0);
+  send_five(rw);
+  assert_int_equal(gw_remote_write_drain(rw, 5000), 0);
+  static decoded_t d;
+  memset(&d, 0, sizeof d);
+  for (int i = 0; i < r.n; i++) decode_body(&r, i, &d);
+  assert_int_equal(d.n, 10); /* step and rank_90, 5 points */
+  for (int i = 0; i < d.n; i++) {
+    assert_int_equal(d.s[i].n_labels, 7);
+    assert_true(d.s[i].sorted);
+  }
+  const sample_t *s = find(&d, "gradwatch_point_rank_90", "r", 3000);
+  assert_non_null(s);
+  assert_string_equal(s->all, "__name__=gradwatch_point_rank_90;__replica__=gw-1;cluster=c1;"
+                              "replica=b;run=r;tag=t;zone=eu_1;");
+  gw_remote_write_free(rw, 1000);
+  recv_stop(&r);
+
+  const char *ok[] = {"http://127.0.0.1:1/w"};
+  const char *bad[][2] = {{"noequals", NULL}, {"=v", NULL}, {"1a=b", NULL}, {"run=x", NULL},
+                          {"a=b", "a=c"}, {"a=", NULL}, {"a-b=c", NULL}, {"__name__=x", NULL}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    config(&c, ok, 1, NULL);
+    c.labels = bad[i];
+    c.n_labels = bad[i][1] ? 2 : 1;
+    rw = NULL;
+    assert_int_equal(gw_remote_write_new(&rw, &c, err, sizeof err), GW_ECONFIG);
+    assert_null(rw);
+  }
+}
+
 static void test_metric_list_and_bad_config(void **state) {
   int ids[GW_METRIC_COUNT];
   size_t n;
@@ -519,6 +569,7 @@ int main(void) {
       cmocka_unit_test(test_points_arrive_as_samples),
       cmocka_unit_test(test_5xx_retried_4xx_refused),
       cmocka_unit_test(test_receiver_down_never_blocks_and_drops),
+      cmocka_unit_test(test_extra_labels_sorted),
       cmocka_unit_test(test_metric_list_and_bad_config),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
