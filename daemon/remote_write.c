@@ -148,6 +148,7 @@ void gw_remote_write_config_default(gw_remote_write_config_t *cfg) {
   memset(cfg, 0, sizeof(*cfg));
   cfg->queue_max = 100000;
   cfg->batch_max = 2000;
+  cfg->batch_wait_ms = 50;
   cfg->timeout_ms = 10000;
   cfg->backoff_ms = 100;
   cfg->backoff_max_ms = 5000;
@@ -257,7 +258,7 @@ static void on_point(void *arg, const gw_stream_ref_t *s, const gw_point_t *p) {
     } else {
       atomic_fetch_add(&st->refs, 1);
       memcpy(r->ring + ((r->head + r->len) % rw->cfg.queue_max) * rw->rec_size, rec, rw->rec_size);
-      if (r->len++ == 0) pthread_cond_signal(&r->wake);
+      if (r->len++ == 0 || r->len == rw->cfg.batch_max) pthread_cond_signal(&r->wake);
     }
     pthread_mutex_unlock(&r->mu);
   }
@@ -468,8 +469,8 @@ static int post_once(rcv_t *r, const char *body, size_t len, long *code) {
   return R_REFUSED;
 }
 
-/* Sleep ms unless stopped; 1 if stopped. */
-static int backoff_wait(rcv_t *r, uint32_t ms) {
+/* CLOCK_MONOTONIC now + ms. */
+static struct timespec deadline(uint32_t ms) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   ts.tv_sec += ms / 1000;
@@ -478,6 +479,12 @@ static int backoff_wait(rcv_t *r, uint32_t ms) {
     ts.tv_sec++;
     ts.tv_nsec -= 1000000000L;
   }
+  return ts;
+}
+
+/* Sleep ms unless stopped; 1 if stopped. */
+static int backoff_wait(rcv_t *r, uint32_t ms) {
+  struct timespec ts = deadline(ms);
   pthread_mutex_lock(&r->mu);
   int rc = 0;
   while (!atomic_load(&r->rw->stop) && rc != ETIMEDOUT)
@@ -526,6 +533,12 @@ static void *worker(void *arg) {
   pthread_mutex_lock(&r->mu);
   for (;;) {
     while (!atomic_load(&rw->stop) && r->len == 0) pthread_cond_wait(&r->wake, &r->mu);
+    if (r->len < rw->cfg.batch_max && rw->cfg.batch_wait_ms) { /* let a batch gather */
+      struct timespec ts = deadline(rw->cfg.batch_wait_ms);
+      int rc = 0;
+      while (!atomic_load(&rw->stop) && r->len < rw->cfg.batch_max && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&r->wake, &r->mu, &ts);
+    }
     if (atomic_load(&rw->stop)) break;
     size_t n = r->len < rw->cfg.batch_max ? r->len : rw->cfg.batch_max;
     size_t first = q - r->head < n ? q - r->head : n;
@@ -813,14 +826,7 @@ fail:
 }
 
 int gw_remote_write_drain(gw_remote_write_t *rw, uint32_t timeout_ms) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  ts.tv_sec += timeout_ms / 1000;
-  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  struct timespec ts = deadline(timeout_ms);
   int busy = 0;
   for (size_t i = 0; i < rw->n_rcv; i++) {
     rcv_t *r = &rw->rcv[i];

@@ -22,7 +22,9 @@
  * and the metric values — into each receiver's bounded ring: O(1), a mutex
  * held for a memcpy, never any I/O. A full ring drops the new point and
  * counts it (gradwatch_remote_write_dropped_points_total). Each receiver has
- * its own worker thread: it takes up to batch_max queued points, encodes
+ * its own worker thread: it waits up to batch_wait_ms for batch_max points
+ * to gather (fewer requests, each series' labels sent once for several
+ * samples), takes up to batch_max queued points, encodes
  * them as one WriteRequest (proto/remote.proto, protoc-c), compresses it
  * with snappy and POSTs it with libcurl. A transport error, a 5xx or a 429
  * is retried after backoff_ms, doubling up to backoff_max_ms, until it is
@@ -58,6 +60,8 @@ typedef struct gw_remote_write_config_s {
   size_t n_labels;           /* <= GW_REMOTE_WRITE_LABELS_MAX */
   size_t queue_max;        /* points waiting per receiver (default 100000) */
   uint32_t batch_max;      /* points per request (default 2000) */
+  uint32_t batch_wait_ms;  /* wait this long for a batch to fill before sending
+                              what there is (default 50; 0: send at once) */
   uint32_t timeout_ms;     /* one attempt, connect included (default 10000) */
   uint32_t backoff_ms;     /* first retry delay (default 100) */
   uint32_t backoff_max_ms; /* cap of the doubling delay (default 5000) */
