@@ -4,6 +4,11 @@
  * stream; per message only the step, wall time and payload change.
  *
  *   ingest_pub ENDPOINT STREAMS K MESSAGES_PER_STREAM [RATE_TOTAL] [pub|push] [RUN_PREFIX]
+ *              [TAGS_PER_RUN]
+ *
+ * Stream s is run RUN_PREFIX-(s / TAGS_PER_RUN), tag layer.(s % TAGS_PER_RUN)
+ * (10 tags per run by default; 1 gives as many runs as streams, which
+ * spreads evenly over shards).
  *
  * The payload of stream s at step t is a low-rank smooth signal plus noise
  * drawn from a precomputed pool, so the daemon does its real work. Prints
@@ -36,7 +41,7 @@ static int64_t wall_ns(void) {
 
 int main(int argc, char **argv) {
   if (argc < 5) {
-    fprintf(stderr, "usage: ingest_pub ENDPOINT STREAMS K MSGS_PER_STREAM [RATE] [pub|push] [RUN_PREFIX]\n");
+    fprintf(stderr, "usage: ingest_pub ENDPOINT STREAMS K MSGS_PER_STREAM [RATE] [pub|push] [RUN_PREFIX] [TAGS_PER_RUN]\n");
     return 2;
   }
   const char *ep = argv[1];
@@ -46,7 +51,8 @@ int main(int argc, char **argv) {
   double rate = argc > 5 ? atof(argv[5]) : 0;
   int push = argc > 6 && !strcmp(argv[6], "push");
   const char *prefix = argc > 7 ? argv[7] : "bench";
-  if (S <= 0 || k == 0 || M <= 0) return 2;
+  int per_run = argc > 8 ? atoi(argv[8]) : 10;
+  if (S <= 0 || k == 0 || M <= 0 || per_run <= 0) return 2;
 
   float *pool = malloc(sizeof(float) * POOL * k);
   srand(1);
@@ -63,8 +69,8 @@ int main(int argc, char **argv) {
   uint8_t *body = malloc(body_len);
   char run[64], tag[64];
   for (int s = 0; s < S; s++) {
-    snprintf(run, sizeof(run), "%s-%d", prefix, s / 10);
-    snprintf(tag, sizeof(tag), "layer.%d", s % 10);
+    snprintf(run, sizeof(run), "%s-%d", prefix, s / per_run);
+    snprintf(tag, sizeof(tag), "layer.%d", s % per_run);
     gw_msg_t m = {.run = run, .run_len = strlen(run), .tag = tag, .tag_len = strlen(tag)};
     topic_len[s] = gw_proto_encode_topic(&m, topics[s], sizeof(topics[s]));
     if (topic_len[s] < 0) return 1;

@@ -47,6 +47,11 @@ typedef struct gw_config_s {
   uint32_t store_every;
   uint32_t flush_ms;
   int store_sketches;
+  char *remote_write[GW_CONFIG_LIST_MAX]; /* remote-write receiver URLs */
+  size_t n_remote_write;
+  char *remote_write_metrics; /* comma list; NULL: the default list */
+  char *remote_write_label[GW_CONFIG_LIST_MAX]; /* NAME=VALUE added to every series */
+  size_t n_remote_write_label;
   /* [window] */
   gw_engine_config_t engine;
   uint32_t engine_threads; /* worker threads running engines (default: CPUs, <= 8) */

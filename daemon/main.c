@@ -4,8 +4,8 @@
  * before anything can reach it: log → store → live/metrics/alerts → http →
  * the streams to resume (from the store) → ingest (which owns the engines,
  * one per worker thread, and is handed the sinks store, live, metrics,
- * alerts in that order); then READY=1. Shutdown (SIGTERM/SIGINT) runs it
- * forwards: stop ingest (no new points; workers joined), save every live
+ * alerts and, with --remote-write, remote write, in that order); then
+ * READY=1. Shutdown (SIGTERM/SIGINT) runs it forwards: stop ingest (no new points; workers joined), save every live
  * stream's engine state into the store, flush and close the store, stop
  * http, free. SIGHUP reopens the log file and reloads the CURVE allow list
  * and the alert rules. One daemon context struct, passed explicitly; no
@@ -31,6 +31,7 @@
 #include "live.h"
 #include "log.h"
 #include "metrics.h"
+#include "remote_write.h"
 #include "stats.h"
 #include "store.h"
 #include "util.h"
@@ -46,7 +47,9 @@ typedef struct daemon_s {
   gw_alerts_t *alerts;
   gw_http_t *http;
   gw_ingest_t *ingest;
-  gw_sink_t sinks[4];
+  gw_sink_t sinks[GW_SINKS_MAX];
+  size_t n_sinks;
+  gw_remote_write_t *remote_write; /* NULL without --remote-write */
   atomic_int ready;
   char *token;
   uv_signal_t sig_term, sig_int, sig_hup;
@@ -159,7 +162,7 @@ static int start_ingest(daemon_t *d, char *err, size_t errlen) {
   gw_ingest_restore_t restore = {.items = items, .n = n,
                                  .replay = c->store_sketches ? replay : NULL,
                                  .replay_arg = d->store};
-  rc = gw_ingest_start(&d->ingest, &d->loop, c, &d->stats, &d->log, d->sinks, 4, &restore, err,
+  rc = gw_ingest_start(&d->ingest, &d->loop, c, &d->stats, &d->log, d->sinks, d->n_sinks, &restore, err,
                        errlen);
   free(items);
   gw_store_resume_free(rs, n);
@@ -167,6 +170,28 @@ static int start_ingest(daemon_t *d, char *err, size_t errlen) {
   if (rc == 0 && (rc = gw_store_state_clear(d->store)))
     snprintf(err, errlen, "store: cannot clear the saved state: %s", gw_strerror(rc));
   return rc;
+}
+
+/* /metrics extras: the alerts' families, then remote write's. */
+static int metrics_extra(void *arg, gw_metrics_writer_t *w) {
+  daemon_t *d = arg;
+  int rc = gw_alerts_metrics(d->alerts, w);
+  if (rc == 0 && d->remote_write) rc = gw_remote_write_metrics(d->remote_write, w);
+  return rc;
+}
+
+/* --remote-write: a sink of its own, after the others. */
+static int start_remote_write(daemon_t *d, char *err, size_t errlen) {
+  gw_remote_write_config_t rc_;
+  if (d->cfg.n_remote_write == 0) return 0;
+  gw_remote_write_config_default(&rc_);
+  rc_.urls = (const char *const *)d->cfg.remote_write;
+  rc_.n_urls = d->cfg.n_remote_write;
+  rc_.metrics = d->cfg.remote_write_metrics;
+  rc_.labels = (const char *const *)d->cfg.remote_write_label;
+  rc_.n_labels = d->cfg.n_remote_write_label;
+  rc_.log = &d->log;
+  return gw_remote_write_new(&d->remote_write, &rc_, err, errlen);
 }
 
 static int start(daemon_t *d, char *err, size_t errlen) {
@@ -214,8 +239,9 @@ static int start(daemon_t *d, char *err, size_t errlen) {
                          .metrics = d->metrics,
                          .stats = &d->stats,
                          .ready = &d->ready,
-                         .metrics_extra = gw_alerts_metrics,
-                         .metrics_extra_arg = d->alerts};
+                         .metrics_extra = metrics_extra,
+                         .metrics_extra_arg = d};
+  if ((rc = start_remote_write(d, err, errlen))) return rc;
   if ((rc = gw_http_start(&d->http, &hc, &deps))) {
     snprintf(err, errlen, "http: cannot listen on %s: %s", c->http, gw_strerror(rc));
     return rc;
@@ -224,6 +250,8 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   gw_live_sink(d->live, &d->sinks[1]);
   gw_metrics_sink(d->metrics, &d->sinks[2]);
   gw_alerts_sink(d->alerts, &d->sinks[3]);
+  d->n_sinks = 4;
+  if (d->remote_write) gw_remote_write_sink(d->remote_write, &d->sinks[d->n_sinks++]);
   if ((rc = start_ingest(d, err, errlen))) return rc;
   uv_signal_init(&d->loop, &d->sig_term);
   uv_signal_init(&d->loop, &d->sig_int);
@@ -258,6 +286,7 @@ static void teardown(daemon_t *d) {
   uv_run(&d->loop, UV_RUN_DEFAULT); /* let handles close */
   gw_http_stop(d->http);           /* no render may call into alerts or the store now */
   gw_alerts_free(d->alerts, 2000); /* webhooks get 2 s to deliver what is queued */
+  gw_remote_write_free(d->remote_write, 2000); /* so do remote-write receivers */
   gw_store_close(d->store);        /* flushes */
   gw_live_free(d->live);
   gw_metrics_free(d->metrics);
