@@ -263,7 +263,12 @@ typedef struct parse_s {
   unsigned line, next_line;
   char msg[768]; /* first error, without origin and line */
   int rc;
+  const atomic_int *cancel; /* NULL, or nonzero: stop (-ECANCELED) */
 } parse_t;
+
+static int cancelled(const atomic_int *cancel) {
+  return cancel && atomic_load_explicit(cancel, memory_order_relaxed);
+}
 
 /* libinih's reader: one line of the text per call (long lines were
  * refused before), counting lines. */
@@ -432,6 +437,11 @@ static int alerts_key(parse_t *p, const char *name, const char *v) {
 static int on_ini(void *user, const char *section, const char *name, const char *value) {
   parse_t *p = user;
   if (p->rc) return 0;
+  if (cancelled(p->cancel)) {
+    p->rc = -ECANCELED;
+    snprintf(p->msg, sizeof(p->msg), "cancelled");
+    return 0;
+  }
   if (!strcmp(section, "alerts")) return alerts_key(p, name, value);
   if (strncmp(section, "alert ", 6)) return 1; /* another module's section */
   const char *rn = section + 6;
@@ -499,9 +509,9 @@ static void say(char *err, size_t errlen, const char *origin, unsigned line, con
   else snprintf(err, errlen, "%s: %s", origin, msg);
 }
 
-int gw_alert_rules_parse(gw_alert_rules_t *rs, const char *text, const char *origin, char *err,
-                         size_t errlen) {
-  parse_t p = {.rs = rs, .text = text, .line = 1, .next_line = 1};
+static int parse_text(gw_alert_rules_t *rs, const char *text, const char *origin,
+                      const atomic_int *cancel, char *err, size_t errlen) {
+  parse_t p = {.rs = rs, .text = text, .line = 1, .next_line = 1, .cancel = cancel};
   unsigned line = long_line(text);
   if (line) {
     snprintf(p.msg, sizeof(p.msg),
@@ -512,6 +522,10 @@ int gw_alert_rules_parse(gw_alert_rules_t *rs, const char *text, const char *ori
     return GW_ECONFIG;
   }
   int at = ini_parse_stream(read_line, &p, on_ini, &p);
+  if (p.rc == -ECANCELED) {
+    say(err, errlen, origin, 0, p.msg);
+    return p.rc;
+  }
   if (p.rc) {
     say(err, errlen, origin, p.rc == GW_ENOMEM ? 0 : (unsigned)at, p.msg);
     return p.rc;
@@ -521,6 +535,10 @@ int gw_alert_rules_parse(gw_alert_rules_t *rs, const char *text, const char *ori
     return GW_ECONFIG;
   }
   for (size_t i = 0; i < rs->n; i++) {
+    if (cancelled(cancel)) {
+      say(err, errlen, origin, 0, "cancelled");
+      return -ECANCELED;
+    }
     int rc = rule_finish(&rs->rules[i], p.msg, sizeof(p.msg), &line);
     if (rc) {
       say(err, errlen, origin, line, p.msg);
@@ -528,6 +546,11 @@ int gw_alert_rules_parse(gw_alert_rules_t *rs, const char *text, const char *ori
     }
   }
   return 0;
+}
+
+int gw_alert_rules_parse(gw_alert_rules_t *rs, const char *text, const char *origin, char *err,
+                         size_t errlen) {
+  return parse_text(rs, text, origin, NULL, err, errlen);
 }
 
 /* The whole text of path (theirs to free), or NULL with err set. */
@@ -561,6 +584,11 @@ static char *read_file(const char *path, char *err, size_t errlen, int *rc) {
 }
 
 int gw_alert_rules_load(gw_alert_rules_t *out, const char *path, char *err, size_t errlen) {
+  return gw_alert_rules_load_cancel(out, path, NULL, err, errlen);
+}
+
+int gw_alert_rules_load_cancel(gw_alert_rules_t *out, const char *path, const atomic_int *cancel,
+                               char *err, size_t errlen) {
   gw_alert_rules_t user, def;
   int rc = 0;
   gw_alert_rules_init(out);
@@ -569,12 +597,12 @@ int gw_alert_rules_load(gw_alert_rules_t *out, const char *path, char *err, size
   if (path) {
     char *text = read_file(path, err, errlen, &rc);
     if (!text) goto done;
-    rc = gw_alert_rules_parse(&user, text, path, err, errlen);
+    rc = parse_text(&user, text, path, cancel, err, errlen);
     free(text);
     if (rc) goto done;
   }
   if (user.defaults &&
-      (rc = gw_alert_rules_parse(&def, GW_ALERTS_DEFAULT_RULES, "built-in rules", err, errlen)))
+      (rc = parse_text(&def, GW_ALERTS_DEFAULT_RULES, "built-in rules", cancel, err, errlen)))
     goto done; /* a bug of ours: tests catch it */
   /* file rules replace shipped ones of the same name, the rest follow */
   for (size_t i = 0; i < user.n; i++) {
