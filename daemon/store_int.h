@@ -137,6 +137,7 @@ struct gw_store_s {
 
   /* ---- writer thread only (GW_ASSERT_OWNER(&st->w_owner)) ---- */
   gw_owner_t w_owner;
+  int64_t size_warn_at; /* mono ms: next "cannot trim below max_db_mb" warning */
   pthread_t thr;
   int thr_started;
   sqlite3 *wdb;

@@ -837,16 +837,20 @@ static int w_maintain(gw_store_t *st, int do_retention) {
       rc = m_used_bytes(st, &used);
       used += wal;
     }
-    deleted = 1;
+    deleted |= have;
     rounds += have;
     if (!have) break; /* nothing left that may be deleted */
   }
-  if (rc == SQLITE_OK && shrink)
+  /* every trim is logged; a cap that only the newest minutes of live
+   * streams exceed, once a minute */
+  if (rc == SQLITE_OK && shrink && (trimmed > 0 || mono_ms() >= st->size_warn_at)) {
+    st->size_warn_at = mono_ms() + 60000;
     gw_log(st->log, GW_LOG_WARN, "db_trimmed",
            "max_db_mb=%u before_bytes=%lld after_bytes=%lld wal_bytes=%lld points_deleted=%lld "
            "minutes=%d under_cap=%s",
            st->cfg.max_db_mb, (long long)before, (long long)used, (long long)wal,
            (long long)trimmed, rounds, used <= limit ? "yes" : "no");
+  }
 
   if (rc == SQLITE_OK && deleted) { /* give the freed pages back to the FS */
     rc = gws_exec(st->wdb, "PRAGMA incremental_vacuum");
