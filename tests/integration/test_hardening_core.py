@@ -110,7 +110,10 @@ def test_stream_memory_budget_flood(daemon_bin, tmp_path):
         # each stream's first message holds its block (~1.06 MB at k = 65,536):
         # about 60 fit in 64 MB, the rest are refused
         assert rej.get("memory_budget", 0) > 0, rej
-        assert 40 <= st["accepted"] <= 64, st
+        assert st["accepted"] >= 40, st
+        # never more live at once than the budget holds (a slow, sanitized
+        # build may see the first streams retire during the flood)
+        assert st["streams"] <= 64 and st["accepted"] - st["streams_retired"] <= 64, st
         assert st["accepted"] + rej["memory_budget"] == n, (st, rej)
         code, body, _ = d.get("/metrics")
         assert code == 200
