@@ -18,6 +18,7 @@ scale of the attacks they answer (docs/SECURITY.md, "Budgets of the core"):
 """
 import os
 import re
+import resource
 import selectors
 import signal
 import socket
@@ -152,13 +153,20 @@ def test_silent_connections_are_closed(daemon_bin, tmp_path):
     interval (3 s here) has passed (each of our sockets sees the close), and
     its descriptor count falls back to where it was."""
     d = Daemon(daemon_bin, tmp_path, extra=["--zmq-handshake-ms", "3000"])
-    d.start()
+    # started as from a shell with a soft limit of 1024 descriptors
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        d.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     socks = []
     sel = selectors.DefaultSelector()
     try:
         text = log_text(d)
         m = re.search(r"nofile_limit soft=(\d+) was=(\d+) hard=(\d+)", text)
-        assert m and m.group(1) == m.group(3), text  # soft raised to hard
+        assert m and m.group(2) == str(min(1024, hard)), text
+        assert m.group(1) == m.group(3) == str(hard), text  # soft raised to hard
         pid = d.proc.pid
         base = fd_count(pid)
         n = 1000
