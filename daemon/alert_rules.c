@@ -263,13 +263,19 @@ typedef struct parse_s {
   unsigned line, next_line;
   char msg[768]; /* first error, without origin and line */
   int rc;
+  const atomic_int *cancel; /* NULL, or nonzero: stop (-ECANCELED) */
 } parse_t;
+
+static int cancelled(const atomic_int *cancel) {
+  return cancel && atomic_load_explicit(cancel, memory_order_relaxed);
+}
 
 /* libinih's reader: one line of the text per call (long lines were
  * refused before), counting lines. */
 static char *read_line(char *str, int num, void *stream) {
   parse_t *p = stream;
   if (!*p->text || num < 2) return NULL;
+  if (p->rc == -ECANCELED) return NULL; /* stop reading: the parse is abandoned */
   int i = 0;
   while (i < num - 1 && p->text[i]) {
     str[i] = p->text[i];
@@ -432,6 +438,11 @@ static int alerts_key(parse_t *p, const char *name, const char *v) {
 static int on_ini(void *user, const char *section, const char *name, const char *value) {
   parse_t *p = user;
   if (p->rc) return 0;
+  if (cancelled(p->cancel)) {
+    p->rc = -ECANCELED;
+    snprintf(p->msg, sizeof(p->msg), "cancelled");
+    return 0;
+  }
   if (!strcmp(section, "alerts")) return alerts_key(p, name, value);
   if (strncmp(section, "alert ", 6)) return 1; /* another module's section */
   const char *rn = section + 6;
@@ -480,10 +491,11 @@ static int rule_finish(gw_alert_rule_t *r, char *msg, size_t msglen, unsigned *l
 }
 
 /* First line of text with LINE_MAX_CHARS - 1 characters or more, or 0. */
-static unsigned long_line(const char *text) {
+static unsigned long_line(const char *text, const atomic_int *cancel) {
   unsigned line = 1;
   size_t len = 0;
-  for (; *text; text++) {
+  for (size_t i = 0; *text; text++, i++) {
+    if ((i & 0xfffff) == 0 && cancelled(cancel)) return 0; /* the caller sees it */
     if (*text == '\n') {
       line++;
       len = 0;
@@ -499,10 +511,10 @@ static void say(char *err, size_t errlen, const char *origin, unsigned line, con
   else snprintf(err, errlen, "%s: %s", origin, msg);
 }
 
-int gw_alert_rules_parse(gw_alert_rules_t *rs, const char *text, const char *origin, char *err,
-                         size_t errlen) {
-  parse_t p = {.rs = rs, .text = text, .line = 1, .next_line = 1};
-  unsigned line = long_line(text);
+static int parse_text(gw_alert_rules_t *rs, const char *text, const char *origin,
+                      const atomic_int *cancel, char *err, size_t errlen) {
+  parse_t p = {.rs = rs, .text = text, .line = 1, .next_line = 1, .cancel = cancel};
+  unsigned line = long_line(text, cancel);
   if (line) {
     snprintf(p.msg, sizeof(p.msg),
              "line longer than %d characters (libinih's limit; continue a summary or description "
@@ -511,7 +523,12 @@ int gw_alert_rules_parse(gw_alert_rules_t *rs, const char *text, const char *ori
     say(err, errlen, origin, line, p.msg);
     return GW_ECONFIG;
   }
-  int at = ini_parse_stream(read_line, &p, on_ini, &p);
+  int at = cancelled(cancel) ? 0 : ini_parse_stream(read_line, &p, on_ini, &p);
+  if (cancelled(cancel)) p.rc = -ECANCELED, snprintf(p.msg, sizeof(p.msg), "cancelled");
+  if (p.rc == -ECANCELED) {
+    say(err, errlen, origin, 0, p.msg);
+    return p.rc;
+  }
   if (p.rc) {
     say(err, errlen, origin, p.rc == GW_ENOMEM ? 0 : (unsigned)at, p.msg);
     return p.rc;
@@ -521,6 +538,10 @@ int gw_alert_rules_parse(gw_alert_rules_t *rs, const char *text, const char *ori
     return GW_ECONFIG;
   }
   for (size_t i = 0; i < rs->n; i++) {
+    if (cancelled(cancel)) {
+      say(err, errlen, origin, 0, "cancelled");
+      return -ECANCELED;
+    }
     int rc = rule_finish(&rs->rules[i], p.msg, sizeof(p.msg), &line);
     if (rc) {
       say(err, errlen, origin, line, p.msg);
@@ -530,10 +551,17 @@ int gw_alert_rules_parse(gw_alert_rules_t *rs, const char *text, const char *ori
   return 0;
 }
 
-/* The whole text of path (theirs to free), or NULL with err set. */
-static char *read_file(const char *path, char *err, size_t errlen, int *rc) {
+int gw_alert_rules_parse(gw_alert_rules_t *rs, const char *text, const char *origin, char *err,
+                         size_t errlen) {
+  return parse_text(rs, text, origin, NULL, err, errlen);
+}
+
+/* The whole text of path (theirs to free), or NULL with err set (and *rc
+ * -ECANCELED when *cancel became nonzero while reading). */
+static char *read_file(const char *path, const atomic_int *cancel, char *err, size_t errlen,
+                       int *rc) {
   gw_buf_t b;
-  char chunk[8192];
+  char chunk[65536];
   size_t n;
   FILE *f = fopen(path, "r");
   gw_buf_init(&b);
@@ -543,9 +571,16 @@ static char *read_file(const char *path, char *err, size_t errlen, int *rc) {
     return NULL;
   }
   gw_buf_append(&b, "", 0); /* terminated even when the file is empty */
-  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) gw_buf_append(&b, chunk, n);
+  while (!cancelled(cancel) && (n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+    gw_buf_append(&b, chunk, n);
   int bad = ferror(f);
   fclose(f);
+  if (cancelled(cancel)) {
+    snprintf(err, errlen, "%s: cancelled", path);
+    gw_buf_free(&b);
+    *rc = -ECANCELED;
+    return NULL;
+  }
   if (bad) {
     snprintf(err, errlen, "%s: read error", path);
     gw_buf_free(&b);
@@ -561,20 +596,25 @@ static char *read_file(const char *path, char *err, size_t errlen, int *rc) {
 }
 
 int gw_alert_rules_load(gw_alert_rules_t *out, const char *path, char *err, size_t errlen) {
+  return gw_alert_rules_load_cancel(out, path, NULL, err, errlen);
+}
+
+int gw_alert_rules_load_cancel(gw_alert_rules_t *out, const char *path, const atomic_int *cancel,
+                               char *err, size_t errlen) {
   gw_alert_rules_t user, def;
   int rc = 0;
   gw_alert_rules_init(out);
   gw_alert_rules_init(&user);
   gw_alert_rules_init(&def);
   if (path) {
-    char *text = read_file(path, err, errlen, &rc);
+    char *text = read_file(path, cancel, err, errlen, &rc);
     if (!text) goto done;
-    rc = gw_alert_rules_parse(&user, text, path, err, errlen);
+    rc = parse_text(&user, text, path, cancel, err, errlen);
     free(text);
     if (rc) goto done;
   }
   if (user.defaults &&
-      (rc = gw_alert_rules_parse(&def, GW_ALERTS_DEFAULT_RULES, "built-in rules", err, errlen)))
+      (rc = parse_text(&def, GW_ALERTS_DEFAULT_RULES, "built-in rules", cancel, err, errlen)))
     goto done; /* a bug of ours: tests catch it */
   /* file rules replace shipped ones of the same name, the rest follow */
   for (size_t i = 0; i < user.n; i++) {

@@ -18,6 +18,7 @@
 #ifndef GW_ALERT_RULES_H
 #define GW_ALERT_RULES_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -103,6 +104,13 @@ int gw_alert_rules_parse(gw_alert_rules_t *rs, const char *text, const char *ori
  * (which keeps its place). [alerts] settings come from the file. On
  * failure *out is as after init and err says why (GW_ECONFIG, GW_ENOMEM). */
 int gw_alert_rules_load(gw_alert_rules_t *out, const char *path, char *err, size_t errlen);
+
+/* The same, abandoned as soon as *cancel (may be NULL) becomes nonzero,
+ * from any thread: -ECANCELED, *out as after init. A parse is checked
+ * between INI lines and between rules, so it stops within milliseconds
+ * whatever the file's size. */
+int gw_alert_rules_load_cancel(gw_alert_rules_t *out, const char *path, const atomic_int *cancel,
+                               char *err, size_t errlen);
 
 /* The rule of that name, or NULL. O(1). */
 gw_alert_rule_t *gw_alert_rules_find(const gw_alert_rules_t *rs, const char *name);

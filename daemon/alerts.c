@@ -58,6 +58,7 @@
  */
 #include "alerts.h"
 
+#include <errno.h>
 #include <fnmatch.h>
 #include <inttypes.h>
 #include <math.h>
@@ -682,9 +683,19 @@ static int same_identity(const gw_alert_rule_t *x, const gw_alert_rule_t *y) {
 }
 
 int gw_alerts_reload(gw_alerts_t *a, const char *path, char *err, size_t errlen) {
+  return gw_alerts_reload_cancel(a, path, NULL, err, errlen);
+}
+
+int gw_alerts_reload_cancel(gw_alerts_t *a, const char *path, const atomic_int *cancel, char *err,
+                            size_t errlen) {
   gw_alert_rules_t n;
-  int rc = gw_alert_rules_load(&n, path, err, errlen);
+  int rc = gw_alert_rules_load_cancel(&n, path, cancel, err, errlen);
   if (rc) return rc;
+  if (cancel && atomic_load(cancel)) { /* parsed, but the daemon is stopping */
+    gw_alert_rules_free(&n);
+    snprintf(err, errlen, "cancelled");
+    return -ECANCELED;
+  }
   if ((rc = gw_alert_notify_reload(a->notify, &n, err, errlen))) {
     gw_alert_rules_free(&n);
     return rc;

@@ -19,13 +19,14 @@
  * Threads: observe, tick, forget, the sink's callbacks and counters may be
  * called from any thread and serialise on an internal mutex (ingest's
  * workers observe, the loop thread ticks); reload too, but from one thread
- * at a time (SIGHUP on the loop). gw_alerts_metrics and
+ * at a time (SIGHUP: the daemon's reload thread, off the loop). gw_alerts_metrics and
  * gw_alerts_firing_count may run on any thread (HTTP) beside them. new and
  * free: nothing else may run.
  */
 #ifndef GW_ALERTS_H
 #define GW_ALERTS_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -69,6 +70,14 @@ void gw_alerts_free(gw_alerts_t *a, uint32_t drain_ms);
  * states of rules that kept their name, kind, metric and window survive;
  * alerts of rules that are gone (or no longer match their stream) resolve. */
 int gw_alerts_reload(gw_alerts_t *a, const char *path, char *err, size_t errlen);
+
+/* The same, for a reload run off the event loop (one at a time): the parse
+ * is abandoned as soon as *cancel (may be NULL) becomes nonzero, and a rule
+ * set parsed after that is dropped (-ECANCELED, the old rules stay).
+ * Once the new rules are being put in force that finishes; it holds the
+ * module's lock for O(streams × rules) rule matches, never for the parse. */
+int gw_alerts_reload_cancel(gw_alerts_t *a, const char *path, const atomic_int *cancel, char *err,
+                            size_t errlen);
 
 /* Evaluate every rule matching (run, tag) on point p; now_ns is the
  * monotonic clock (gw_mono_ns(), CLOCK_MONOTONIC), the same one

@@ -70,6 +70,10 @@ static const opt_t opts[] = {
      "file with the daemon's Z85 CURVE secret key (enables CURVE)", NULL},
     {"curve-allow", "ingest", T_STR, F(curve_allow), 0, 0, 0, "DIR",
      "directory of allowed publisher public keys", NULL},
+    {"max-stream-memory-mb", "ingest", T_U32, F(max_stream_memory_mb), 0, 1, 16777216, "MB",
+     "memory budget of all streams' windows (a quarter of RAM, 256 MB..64 GB)", NULL},
+    {"zmq-handshake-ms", "ingest", T_U32, F(zmq_handshake_ms), 0, 100, 3600000, "MS",
+     "drop a ZeroMQ connection that has not completed its handshake by then (10000)", NULL},
     {"http", "http", T_ADDR, F(http), 0, 0, 0, "ADDR:PORT", "HTTP listen address (127.0.0.1:8080)", NULL},
     {"http-token-file", "http", T_STR, F(http_token_file), 0, 0, 0, "FILE",
      "require Authorization: Bearer <the token in FILE>", NULL},
@@ -134,6 +138,16 @@ void gw_config_init(gw_config_t *c) {
   c->engine_threads = cpus < 1 ? 1 : cpus > 8 ? 8 : (uint32_t)cpus;
   c->stream_idle = 3600;
   c->alertmanager_resend = 60;
+  c->zmq_handshake_ms = 10000;
+}
+
+uint64_t gw_config_stream_memory(const gw_config_t *c) {
+  if (c->max_stream_memory_mb) return (uint64_t)c->max_stream_memory_mb << 20;
+  long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || psize <= 0) return (uint64_t)1 << 30;
+  uint64_t quarter = (uint64_t)pages * (uint64_t)psize / 4;
+  const uint64_t lo = (uint64_t)256 << 20, hi = (uint64_t)64 << 30;
+  return quarter < lo ? lo : quarter > hi ? hi : quarter;
 }
 
 static void free_list(char **list, size_t *n) {

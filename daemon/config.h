@@ -34,6 +34,8 @@ typedef struct gw_config_s {
   uint32_t shard_count;   /* 0 or 1 = no sharding */
   char *curve_secret_key; /* file holding the server's Z85 secret key */
   char *curve_allow;      /* directory of allowed client public keys */
+  uint32_t max_stream_memory_mb; /* budget of stream state; 0 = derived (gw_config_stream_memory) */
+  uint32_t zmq_handshake_ms;     /* a ZeroMQ peer that has not greeted by then is dropped */
   /* [http] */
   char *http;            /* ADDR:PORT */
   char *http_token_file; /* bearer token file, NULL = open */
@@ -104,6 +106,11 @@ typedef int (*gw_config_alert_check_fn)(const char *path, char *err, size_t errl
 int gw_config_check_file_with(const char *path, FILE *errout,
                               gw_config_alert_check_fn check_alerts);
 int gw_config_check_file(const char *path, FILE *errout); /* check_alerts NULL */
+
+/* The stream-state budget in bytes: --max-stream-memory-mb, or by default a
+ * quarter of the machine's physical memory (sysconf), at least 256 MiB and
+ * at most 64 GiB (1 GiB when the memory size is unknown). */
+uint64_t gw_config_stream_memory(const gw_config_t *c);
 
 /* Print the --help text. */
 void gw_config_usage(FILE *out);

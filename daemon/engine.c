@@ -9,11 +9,23 @@
  * stays the stream's until gw_engine_stream_drop, after which it may be
  * reused. Run and tag are copied into the stream's own block.
  *
- * One block per stream. Everything a stream owns lives in one allocation
- * whose size depends only on (k, W) (see layout()):
+ * Three allocations per stream. The block, allocated when the stream is
+ * created, whose size depends only on (k, W) (see layout()):
  *
- *   stream_t | ring W×k | gram W×W | zprev k | ema k | r1 W | re W | zz W | rl W
- *            | fd (ℓ−1)×k floats | names
+ *   stream_t | gram W×W | zprev k | ema k | r1 W | re W | zz W | rl W | names
+ *
+ * then the ring, which grows as the window fills (its rows double, from 1
+ * up to W, when message n needs slot n−1; realloc keeps the rows, so the
+ * values are those of a ring allocated whole), and the FD sketch's
+ * (ℓ−1)×k floats, allocated at the stream's first shrink (n = W). A
+ * stream that never sends W messages never holds W×k doubles. Every byte
+ * of the three (st->bytes) is charged to the engine's budget (shared by the
+ * daemon's workers, an atomic counter) before it is allocated; a charge
+ * that would pass the limit refuses the message with GW_EBUDGET and leaves
+ * the stream as it was (it may have grown capacity, never values). A
+ * dropped stream gives its bytes back. The engine's own scratch (the FD
+ * shrink's float64 copies, sized for the largest k seen) is not stream
+ * state: a fixed overhead per engine of at most 2·(ℓ−1)·max_k doubles.
  *
  * Message n of a stream (n = 0, 1, 2, … in accepted order) writes its
  * increment d_n = z_n − z_{n−1} into ring slot (n−1) mod W, so the window
@@ -170,10 +182,12 @@ typedef struct stream_s {
   rankf_t rank;
   runf_t whole;
   uint32_t fd_rows;  /* rows of the FD sketch in use (<= ℓ−1) */
+  uint32_t ring_rows; /* rows allocated in ring (0..W), grown as the window fills */
+  size_t bytes;       /* block + ring + fd: what this stream charged */
   double fd_delta;   /* Δ: the sum of every shrink's δ */
   uint16_t run_len, tag_len;
   char *run, *tag; /* NUL-terminated, inside the block */
-  double *ring;    /* W rows of k: slot (j−1) mod W holds d_j */
+  double *ring;    /* ring_rows (<= W) rows of k: slot (j−1) mod W holds d_j */
   double *gram;    /* W×W, symmetric, gram[a*W + b] = d_a·d_b */
   double *zprev;   /* z_{n−1} */
   double *ema;     /* e_{n−1} */
@@ -181,7 +195,8 @@ typedef struct stream_s {
   double *re;      /* per slot: ‖z_j − e_{j−1}‖² */
   double *zz;      /* per slot: ‖z_j‖² */
   double *rl;      /* per slot: ‖d_j − d_{j−1}‖² (linear predictor) */
-  float *fd;       /* FD sketch: fd_rows rows of k (capacity ℓ−1) */
+  float *fd;       /* FD sketch: fd_rows rows of k (capacity ℓ−1); NULL until
+                    * the first shrink */
 } stream_t;
 
 typedef struct {
@@ -216,6 +231,7 @@ struct gw_engine_s {
   lapack_int fd_lwork, fd_liwork;
   double *fd_bd, *fd_out; /* (ℓ−1) × fd_kcap: B in float64, the new B */
   uint32_t fd_kcap;
+  size_t held; /* bytes of this engine's streams (charged to cfg.budget) */
 };
 
 /* ---- configuration ------------------------------------------------------ */
@@ -227,6 +243,7 @@ void gw_engine_config_default(gw_engine_config_t *cfg) {
   cfg->max_streams = 10000;
   cfg->max_k = GW_PROTO_K_MAX;
   cfg->fd_rows = 64;
+  cfg->budget = NULL;
 }
 
 static int config_ok(const gw_engine_config_t *c) {
@@ -239,15 +256,13 @@ static int config_ok(const gw_engine_config_t *c) {
 /* ---- the per-stream block ----------------------------------------------- */
 
 typedef struct {
-  size_t ring, gram, zprev, ema, r1, re, zz, rl, fd, names, total;
+  size_t gram, zprev, ema, r1, re, zz, rl, names, total;
 } layout_t;
 
 static size_t al64(size_t x) { return (x + 63) & ~(size_t)63; }
 
-static void layout(uint32_t k, uint32_t w, uint32_t ell, layout_t *L) {
+static void layout(uint32_t k, uint32_t w, layout_t *L) {
   size_t off = al64(sizeof(stream_t));
-  L->ring = off;
-  off += al64((size_t)w * k * sizeof(double));
   L->gram = off;
   off += al64((size_t)w * w * sizeof(double));
   L->zprev = off;
@@ -262,8 +277,6 @@ static void layout(uint32_t k, uint32_t w, uint32_t ell, layout_t *L) {
   off += (size_t)w * sizeof(double);
   L->rl = off;
   off += al64((size_t)w * sizeof(double));
-  L->fd = off;
-  off += al64((size_t)(ell - 1) * k * sizeof(float));
   L->names = off;
   off += 2 * NAME_CAP;
   L->total = al64(off);
@@ -273,12 +286,100 @@ size_t gw_engine_stream_bytes(uint32_t k, uint32_t window) {
   return gw_engine_stream_bytes_fd(k, window, 64);
 }
 
+static size_t ring_bytes(uint32_t rows, uint32_t k) {
+  return al64((size_t)rows * k * sizeof(double));
+}
+
+static size_t fd_bytes(uint32_t ell, uint32_t k) {
+  return al64((size_t)(ell - 1) * k * sizeof(float));
+}
+
 size_t gw_engine_stream_bytes_fd(uint32_t k, uint32_t window, uint32_t ell) {
   layout_t L;
-  layout(k, window, ell < 2 ? 2 : ell, &L);
+  layout(k, window, &L);
   /* plus its share of the index: two table slots (load <= 1/2), the id
    * pointer and a free-list entry */
-  return L.total + 2 * sizeof(tslot_t) + sizeof(stream_t *) + sizeof(uint32_t);
+  return L.total + ring_bytes(window, k) + fd_bytes(ell < 2 ? 2 : ell, k) +
+         2 * sizeof(tslot_t) + sizeof(stream_t *) + sizeof(uint32_t);
+}
+
+/* ---- the memory budget --------------------------------------------------- */
+
+void gw_engine_budget_init(gw_engine_budget_t *b, uint64_t limit) {
+  atomic_init(&b->used, 0);
+  b->limit = limit;
+}
+
+uint64_t gw_engine_budget_used(gw_engine_budget_t *b) {
+  return atomic_load_explicit(&b->used, memory_order_relaxed);
+}
+
+/* Charge n bytes to e's budget: 0, or GW_EBUDGET (nothing charged). */
+static int charge(gw_engine_t *e, size_t n) {
+  gw_engine_budget_t *b = e->cfg.budget;
+  if (b) {
+    uint64_t cur = atomic_load_explicit(&b->used, memory_order_relaxed);
+    do {
+      if (b->limit && (n > b->limit || cur > b->limit - n)) return GW_EBUDGET;
+    } while (!atomic_compare_exchange_weak_explicit(&b->used, &cur, cur + n,
+                                                    memory_order_relaxed, memory_order_relaxed));
+  }
+  e->held += n;
+  return 0;
+}
+
+static void uncharge(gw_engine_t *e, size_t n) {
+  if (e->cfg.budget) atomic_fetch_sub_explicit(&e->cfg.budget->used, n, memory_order_relaxed);
+  e->held -= n;
+}
+
+size_t gw_engine_bytes(const gw_engine_t *e) { return e ? e->held : 0; }
+
+static void stream_free(gw_engine_t *e, stream_t *st) {
+  if (!st) return;
+  uncharge(e, st->bytes);
+  free(st->ring);
+  free(st->fd);
+  free(st);
+}
+
+/* Make the ring hold at least `need` rows (<= W): the rows double, so a
+ * window filled one message at a time is copied O(log W) times. The rows
+ * in use are kept. GW_EBUDGET or GW_ENOMEM leave the stream as it was. */
+static int ring_reserve(gw_engine_t *e, stream_t *st, uint32_t need) {
+  if (need <= st->ring_rows) return 0;
+  const uint32_t w = e->cfg.window, k = st->k;
+  uint32_t rows = st->ring_rows ? 2 * st->ring_rows : 1;
+  if (rows < need) rows = need;
+  if (rows > w) rows = w;
+  size_t old = st->ring_rows ? ring_bytes(st->ring_rows, k) : 0, nb = ring_bytes(rows, k);
+  int rc = charge(e, nb - old);
+  if (rc) return rc;
+  double *r = aligned_alloc(64, nb);
+  if (!r) {
+    uncharge(e, nb - old);
+    return GW_ENOMEM;
+  }
+  if (st->ring_rows) memcpy(r, st->ring, (size_t)st->ring_rows * k * sizeof(double));
+  free(st->ring);
+  st->ring = r;
+  st->ring_rows = rows;
+  st->bytes += nb - old;
+  return 0;
+}
+
+/* The FD sketch's rows, allocated before the stream's first shrink. */
+static int fd_alloc(gw_engine_t *e, stream_t *st) {
+  if (st->fd) return 0;
+  size_t nb = fd_bytes(e->cfg.fd_rows, st->k);
+  int rc = charge(e, nb);
+  if (rc) return rc;
+  if (!(st->fd = aligned_alloc(64, nb))) {
+    uncharge(e, nb);
+    return GW_ENOMEM;
+  }
+  st->bytes += nb;
+  return 0;
 }
 
 /* What a stream block is made from: its identity and sketch parameters. */
@@ -301,11 +402,18 @@ static void params_of_msg(const gw_msg_t *m, sparams_t *p) {
   p->seed = m->seed;
 }
 
-static stream_t *stream_new(const gw_engine_t *e, const sparams_t *m, uint32_t hash) {
+/* A new stream block (no ring, no sketch yet), charged to the budget.
+ * GW_EBUDGET or GW_ENOMEM. */
+static int stream_new(gw_engine_t *e, const sparams_t *m, uint32_t hash, stream_t **out) {
   layout_t L;
-  layout(m->k, e->cfg.window, e->cfg.fd_rows, &L);
+  layout(m->k, e->cfg.window, &L);
+  int rc = charge(e, L.total);
+  if (rc) return rc;
   char *b = aligned_alloc(64, L.total);
-  if (!b) return NULL;
+  if (!b) {
+    uncharge(e, L.total);
+    return GW_ENOMEM;
+  }
   memset(b, 0, L.total);
   stream_t *st = (stream_t *)b;
   st->hash = hash;
@@ -313,7 +421,7 @@ static stream_t *stream_new(const gw_engine_t *e, const sparams_t *m, uint32_t h
   st->kind = m->kind;
   st->s = m->s;
   st->seed = m->seed;
-  st->ring = (double *)(b + L.ring);
+  st->bytes = L.total;
   st->gram = (double *)(b + L.gram);
   st->zprev = (double *)(b + L.zprev);
   st->ema = (double *)(b + L.ema);
@@ -321,14 +429,14 @@ static stream_t *stream_new(const gw_engine_t *e, const sparams_t *m, uint32_t h
   st->re = (double *)(b + L.re);
   st->zz = (double *)(b + L.zz);
   st->rl = (double *)(b + L.rl);
-  st->fd = (float *)(b + L.fd);
   st->run = b + L.names;
   st->tag = b + L.names + NAME_CAP;
   memcpy(st->run, m->run, m->run_len);
   memcpy(st->tag, m->tag, m->tag_len);
   st->run_len = (uint16_t)m->run_len;
   st->tag_len = (uint16_t)m->tag_len;
-  return st;
+  *out = st;
+  return 0;
 }
 
 /* ---- the index: hash table (run, tag) → id ------------------------------ */
@@ -436,7 +544,7 @@ fail:
 
 void gw_engine_free(gw_engine_t *e) {
   if (!e) return;
-  for (uint32_t id = 0; id < e->next_id; id++) free(e->streams[id]);
+  for (uint32_t id = 0; id < e->next_id; id++) stream_free(e, e->streams[id]);
   free(e->streams);
   free(e->free_ids);
   free(e->table);
@@ -738,9 +846,12 @@ int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_
       re += f * f;
       rl += l * l;
     }
+    /* room for d_n in slot (n−1) mod W: the ring grows as the window fills */
+    int rc = ring_reserve(e, st, (uint32_t)((n - 1) % e->cfg.window) + 1);
+    if (rc) return rc;
     if (n % e->cfg.window == 0) { /* this message shrinks the FD sketch */
-      int rc = fd_reserve(e, k);
-      if (rc) return rc;
+      if ((rc = fd_alloc(e, st))) return rc;
+      if ((rc = fd_reserve(e, k))) return rc;
     }
   }
 
@@ -749,11 +860,10 @@ int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_
     if (!st) {
       sparams_t p;
       params_of_msg(m, &p);
-      st = stream_new(e, &p, hash);
-      if (!st) return GW_ENOMEM;
-      int rc = stream_register(e, st, pos);
-      if (rc) {
-        free(st);
+      int rc = stream_new(e, &p, hash, &st);
+      if (rc) return rc;
+      if ((rc = stream_register(e, st, pos))) {
+        stream_free(e, st);
         return rc;
       }
       ev0.flags = GW_ENGINE_OPENED;
@@ -954,8 +1064,13 @@ int gw_engine_stream_drop(gw_engine_t *e, uint32_t stream_id) {
   e->streams[stream_id] = NULL;
   e->free_ids[e->n_free++] = stream_id;
   e->count--;
-  free(st);
+  stream_free(e, st);
   return 0;
+}
+
+size_t gw_engine_stream_held(const gw_engine_t *e, uint32_t stream_id) {
+  const stream_t *st = by_id(e, stream_id);
+  return st ? st->bytes : 0;
 }
 
 size_t gw_engine_reap(gw_engine_t *e, int64_t idle_before_ns,
@@ -1057,7 +1172,7 @@ int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob,
   q += st->run_len;
   memcpy(q, st->tag, st->tag_len);
   q += st->tag_len;
-  memcpy(q, st->ring, sizeof(double) * m * k);
+  if (m) memcpy(q, st->ring, sizeof(double) * m * k);
   q += sizeof(double) * m * k;
   for (uint32_t a = 0; a < m; a++, q += sizeof(double) * m)
     memcpy(q, st->gram + (size_t)a * w, sizeof(double) * m);
@@ -1073,7 +1188,7 @@ int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob,
   q += sizeof(double) * m;
   memcpy(q, st->rl, sizeof(double) * m);
   q += sizeof(double) * m;
-  memcpy(q, st->fd, sizeof(float) * st->fd_rows * k);
+  if (st->fd_rows) memcpy(q, st->fd, sizeof(float) * st->fd_rows * k);
   q += sizeof(float) * st->fd_rows * k;
   assert((size_t)(q - b) == total);
   *blob = b;
@@ -1091,11 +1206,11 @@ static int stream_add(gw_engine_t *e, const sparams_t *p, stream_t **out) {
   size_t pos = table_find(e, hash, p->run, p->run_len, p->tag, p->tag_len);
   if (e->table[pos].id1) return GW_EINVAL; /* already live */
   if (e->count >= e->cfg.max_streams) return GW_ESTREAMS;
-  stream_t *st = stream_new(e, p, hash);
-  if (!st) return GW_ENOMEM;
-  int rc = stream_register(e, st, pos);
-  if (rc) {
-    free(st);
+  stream_t *st;
+  int rc = stream_new(e, p, hash, &st);
+  if (rc) return rc;
+  if ((rc = stream_register(e, st, pos))) {
+    stream_free(e, st);
     return rc;
   }
   *out = st;
@@ -1125,8 +1240,13 @@ int gw_engine_stream_load(gw_engine_t *e, const void *blob, size_t len, uint32_t
   int rc = stream_add(e, &p, &st);
   if (rc) return rc;
   const uint32_t w = e->cfg.window, k = h.k, m = h.len;
+  /* the window's rows and the sketch, as a stream that had grown them */
+  if ((m && (rc = ring_reserve(e, st, m))) || (h.fd_rows && (rc = fd_alloc(e, st)))) {
+    gw_engine_stream_drop(e, st->id);
+    return rc;
+  }
   q += (size_t)h.run_len + h.tag_len;
-  memcpy(st->ring, q, sizeof(double) * m * k);
+  if (m) memcpy(st->ring, q, sizeof(double) * m * k);
   q += sizeof(double) * m * k;
   for (uint32_t a = 0; a < m; a++, q += sizeof(double) * m)
     memcpy(st->gram + (size_t)a * w, q, sizeof(double) * m);
@@ -1142,7 +1262,7 @@ int gw_engine_stream_load(gw_engine_t *e, const void *blob, size_t len, uint32_t
   q += sizeof(double) * m;
   memcpy(st->rl, q, sizeof(double) * m);
   q += sizeof(double) * m;
-  memcpy(st->fd, q, sizeof(float) * h.fd_rows * k);
+  if (h.fd_rows) memcpy(st->fd, q, sizeof(float) * h.fd_rows * k);
   st->fd_rows = h.fd_rows;
   st->fd_delta = h.fd_delta;
   st->cum_rl = h.cum_rl;

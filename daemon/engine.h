@@ -4,7 +4,11 @@
  * z_j − z_{j−1}, the previous sketch, the EMA, the windowed and cumulative
  * sums, the W×W Gram matrix of the increments kept up to date
  * incrementally, and a Frequent Directions sketch of every increment since
- * the stream began (the whole-run rank). It does no I/O: messages come in already decoded
+ * the stream began (the whole-run rank). A stream's memory grows with its
+ * window: the ring doubles its rows as the window fills, the sketch is
+ * allocated at its first shrink, and every byte a stream holds is charged
+ * to an optional budget shared by several engines (gw_engine_budget_t).
+ * It does no I/O: messages come in already decoded
  * (gw_msg_t), points go out as plain structs. It is not thread-safe; one
  * engine is driven by one thread (the daemon may run several, each owning a
  * disjoint set of streams).
@@ -12,6 +16,7 @@
 #ifndef GW_ENGINE_H
 #define GW_ENGINE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +24,18 @@
 #include "gw_proto.h"
 #include "point.h"
 
+
+/* A cap on the bytes of stream state held by every engine sharing it (the
+ * daemon: one per worker thread). Any thread: the count is atomic. A
+ * stream whose creation or growth would pass the limit is refused with
+ * GW_EBUDGET; a dropped stream gives its bytes back. */
+typedef struct gw_engine_budget_s {
+  _Atomic uint64_t used; /* bytes charged now */
+  uint64_t limit;        /* bytes; 0 = no limit */
+} gw_engine_budget_t;
+
+void gw_engine_budget_init(gw_engine_budget_t *b, uint64_t limit);
+uint64_t gw_engine_budget_used(gw_engine_budget_t *b);
 
 typedef struct gw_engine_config_s {
   uint32_t window;      /* W, >= 2 (default 64) */
@@ -28,6 +45,7 @@ typedef struct gw_engine_config_s {
   uint32_t max_k;       /* cap on k (default 65536) */
   uint32_t fd_rows;     /* ℓ, rows of the whole-run Frequent Directions sketch,
                          * in [2, 1024] (default 64) */
+  gw_engine_budget_t *budget; /* borrowed, may be shared; NULL = no limit */
 } gw_engine_config_t;
 
 /* Defaults of docs/CONTRACT.md §5. */
@@ -63,7 +81,8 @@ void gw_engine_free(gw_engine_t *e); /* accepts NULL */
  *   <0 rejected, stream state unchanged: GW_ENONFINITE (also |z_i| > 1e60,
  *      so sums cannot overflow), GW_EORDER, GW_EMISMATCH, GW_ESTREAMS,
  *      GW_EKLIMIT, GW_ENAME (run/tag length 0 or > 128), GW_EINVAL (NULL
- *      arguments), GW_ENOMEM; gw_engine_push also GW_ELENGTH, GW_EDTYPE.
+ *      arguments), GW_ENOMEM, GW_EBUDGET (the stream, or its window's
+ *      growth, would pass the memory budget); gw_engine_push also GW_ELENGTH, GW_EDTYPE.
  * κ is NAN whenever its denominator is 0 (JSON has no infinity).
  * out may be NULL. */
 int gw_engine_push(gw_engine_t *e, const gw_msg_t *m, gw_point_t *out);
@@ -117,7 +136,7 @@ int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob,
 /* Recreate a stream from a blob; *id gets its id. GW_ECONFIG when the blob
  * was written with another window, rank_every, ema_beta or fd_rows (the caller then
  * starts the stream afresh), GW_EINVAL for a damaged or foreign blob or a
- * stream that already exists, GW_ESTREAMS, GW_EKLIMIT, GW_ENOMEM. */
+ * stream that already exists, GW_ESTREAMS, GW_EKLIMIT, GW_ENOMEM, GW_EBUDGET. */
 int gw_engine_stream_load(gw_engine_t *e, const void *blob, size_t len, uint32_t *id);
 /* A stream known only by its identity and last step (state lost): it holds
  * no window. Its next message of the same incarnation must still be above
@@ -139,8 +158,15 @@ int gw_engine_stream_info(const gw_engine_t *e, uint32_t stream_id,
  * GW_ENOTFOUND for an unknown id. */
 int gw_engine_stream_drop(gw_engine_t *e, uint32_t stream_id);
 
+/* Bytes of stream state this engine holds now (what it charged to its
+ * budget). */
+size_t gw_engine_bytes(const gw_engine_t *e);
+/* Bytes one live stream holds now; 0 for an unknown id. */
+size_t gw_engine_stream_held(const gw_engine_t *e, uint32_t stream_id);
+
 /* Bytes held for one stream of sketch length k at window W with the
- * default fd_rows (for the memory model and the RSS benchmark). */
+ * default fd_rows once its window is full and its sketch allocated (the
+ * most a stream ever holds; for the memory model and the RSS benchmark). */
 size_t gw_engine_stream_bytes(uint32_t k, uint32_t window);
 /* The same for fd_rows = ell. */
 size_t gw_engine_stream_bytes_fd(uint32_t k, uint32_t window, uint32_t ell);

@@ -87,6 +87,7 @@ struct gw_ingest_s {
   worker_t *stash_worker;
   int open_handles; /* handles still to be closed before freeing */
   gw_ratelimit_t reject_rl;
+  gw_engine_budget_t budget; /* stream state of every worker's engine */
   /* CURVE allow list: n_keys keys of 32 bytes */
   uint8_t (*keys)[CURVE_KEY_LEN];
   size_t n_keys;
@@ -629,6 +630,9 @@ static int add_socket(gw_ingest_t *in, int type, const char *endpoint, const cha
   int64_t maxsize = GW_PROTO_HEADER_SIZE + (int64_t)in->cfg->engine.max_k * 4 + 4096;
   zmq_setsockopt(w->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm));
   zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof(linger));
+  /* a peer that connects and never greets holds a descriptor: drop it */
+  int hs = (int)in->cfg->zmq_handshake_ms;
+  zmq_setsockopt(w->sock, ZMQ_HANDSHAKE_IVL, &hs, sizeof(hs));
   if (!w->is_zap) zmq_setsockopt(w->sock, ZMQ_MAXMSGSIZE, &maxsize, sizeof(maxsize));
   if (secret) {
     int one = 1;
@@ -666,8 +670,14 @@ static int add_socket(gw_ingest_t *in, int type, const char *endpoint, const cha
 static int start_workers(gw_ingest_t *in, char *err, size_t errlen) {
   const gw_config_t *cfg = in->cfg;
   gw_engine_config_t ec = cfg->engine;
-  /* The stream cap is split evenly: a stream belongs to one worker. */
+  /* The stream cap is split evenly: a stream belongs to one worker. The
+   * memory budget is shared: an atomic count every engine charges. */
   ec.max_streams = (cfg->engine.max_streams + in->n_workers - 1) / in->n_workers;
+  gw_engine_budget_init(&in->budget, gw_config_stream_memory(cfg));
+  ec.budget = &in->budget;
+  gw_log(in->log, GW_LOG_INFO, "stream_memory_budget", "bytes=%llu full_stream_bytes=%zu",
+         (unsigned long long)in->budget.limit,
+         gw_engine_stream_bytes_fd(cfg->engine.max_k, cfg->engine.window, cfg->engine.fd_rows));
   if (!(in->workers = calloc(in->n_workers, sizeof(worker_t)))) return GW_ENOMEM;
   for (size_t i = 0; i < in->n_workers; i++) {
     worker_t *w = &in->workers[i];

@@ -18,7 +18,11 @@
  * single-producer ring; when it is full the loop stops reading ZeroMQ
  * (whose RCVHWM then applies) until the worker catches up — memory stays
  * bounded. Workers call the sinks one at a time under a mutex, so sinks see
- * a single stream of points, as if from one thread.
+ * a single stream of points, as if from one thread. The engines share one
+ * memory budget for stream state (--max-stream-memory-mb, an atomic count
+ * every worker charges): past it a message is rejected as memory_budget.
+ * Every bound socket drops a peer that has not completed its ZeroMQ
+ * handshake within --zmq-handshake-ms.
  *
  * Each bound socket (SUB or PULL) is watched through its ZMQ_FD with a
  * uv_poll_t. That FD is edge-triggered and only says "look at ZMQ_EVENTS":

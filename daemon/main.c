@@ -8,15 +8,20 @@
  * READY=1. Shutdown (SIGTERM/SIGINT) runs it forwards: stop ingest (no new points; workers joined), save every live
  * stream's engine state into the store, flush and close the store, stop
  * http, free. SIGHUP reopens the log file and reloads the CURVE allow list
- * and the alert rules. One daemon context struct, passed explicitly; no
- * globals.
+ * (on the loop: both are quick) and the alert rules, which a thread of
+ * their own parses and swaps in (gw_alerts_reload_cancel) while the loop
+ * keeps serving; a SIGHUP during a reload queues one more, and SIGTERM
+ * abandons a parse in flight, so shutdown never waits for a rule file.
+ * One daemon context struct, passed explicitly; no globals.
  */
 #include <cblas.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 #include <uv.h>
@@ -35,6 +40,23 @@
 #include "stats.h"
 #include "store.h"
 #include "util.h"
+
+/* The alert rules' reload thread. The loop thread owns running, again and
+ * the handle; the thread writes rc and err, then (under mu, unless the
+ * daemon is closing) wakes the loop, which joins it. */
+typedef struct reload_s {
+  pthread_t thread;
+  int running;       /* a thread to join */
+  int again;         /* SIGHUP during a reload: one more after it */
+  atomic_int cancel; /* shutdown: abandon the parse */
+  pthread_mutex_t mu;
+  int closing;       /* under mu: the async handle is closed */
+  uv_async_t done;
+  gw_alerts_t *alerts;
+  const char *path;
+  int rc;
+  char err[1024];
+} reload_t;
 
 typedef struct daemon_s {
   gw_config_t cfg;
@@ -55,6 +77,7 @@ typedef struct daemon_s {
   uv_signal_t sig_term, sig_int, sig_hup;
   uv_timer_t watchdog;
   uv_timer_t alerts_tick; /* 1 s: stalled rules, silent streams */
+  reload_t reload;
   int watchdog_on;
   int exit_code;
 } daemon_t;
@@ -86,6 +109,8 @@ static void save_state(daemon_t *d) {
          n, (double)(gw_mono_ns() - t0) * 1e-6, rc ? gw_strerror(rc) : "");
 }
 
+static void reload_close(daemon_t *d);
+
 static void shutdown_daemon(daemon_t *d) {
   if (!d->ingest) return;
   sd_notify(0, "STOPPING=1");
@@ -100,7 +125,60 @@ static void shutdown_daemon(daemon_t *d) {
   uv_close((uv_handle_t *)&d->sig_int, on_closed_noop);
   uv_close((uv_handle_t *)&d->sig_hup, on_closed_noop);
   uv_close((uv_handle_t *)&d->alerts_tick, on_closed_noop);
+  reload_close(d);
   if (d->watchdog_on) uv_close((uv_handle_t *)&d->watchdog, on_closed_noop);
+}
+
+static void *reload_main(void *arg) {
+  reload_t *r = arg;
+  r->err[0] = '\0';
+  r->rc = gw_alerts_reload_cancel(r->alerts, r->path, &r->cancel, r->err, sizeof(r->err));
+  pthread_mutex_lock(&r->mu);
+  if (!r->closing) uv_async_send(&r->done);
+  pthread_mutex_unlock(&r->mu);
+  return NULL;
+}
+
+static void reload_start(daemon_t *d) {
+  reload_t *r = &d->reload;
+  if (r->running) {
+    r->again = 1; /* after the one in flight */
+    return;
+  }
+  r->again = 0;
+  int rc = pthread_create(&r->thread, NULL, reload_main, r);
+  if (rc) {
+    gw_log(&d->log, GW_LOG_ERROR, "alerts_reload", "error=\"%s\"", strerror(rc));
+    return;
+  }
+  r->running = 1;
+}
+
+/* Loop thread: the reload thread has finished. */
+static void on_reload_done(uv_async_t *h) {
+  daemon_t *d = h->data;
+  reload_t *r = &d->reload;
+  if (!r->running) return;
+  pthread_join(r->thread, NULL);
+  r->running = 0;
+  char quoted[1100];
+  if (r->rc == -ECANCELED)
+    gw_log(&d->log, GW_LOG_INFO, "alerts_reload", "abandoned=true");
+  else if (r->rc)
+    gw_log(&d->log, GW_LOG_ERROR, "alerts_reload", "error=%s",
+           gw_log_quote(quoted, sizeof(quoted), r->err));
+  if (r->again && d->ingest) reload_start(d);
+}
+
+/* Shutdown: abandon a parse in flight; the thread is joined at teardown
+ * (it stops within milliseconds, or after the swap it was in). */
+static void reload_close(daemon_t *d) {
+  reload_t *r = &d->reload;
+  atomic_store(&r->cancel, 1);
+  pthread_mutex_lock(&r->mu);
+  r->closing = 1;
+  pthread_mutex_unlock(&r->mu);
+  uv_close((uv_handle_t *)&r->done, on_closed_noop);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -111,12 +189,7 @@ static void on_signal(uv_signal_t *h, int signum) {
            rc ? strerror(-rc) : "ok");
     if (d->ingest && (rc = gw_ingest_reload_keys(d->ingest)))
       gw_log(&d->log, GW_LOG_ERROR, "curve_reload", "error=\"%s\"", gw_strerror(rc));
-    if (d->alerts) {
-      char err[1024] = "", quoted[1100];
-      if ((rc = gw_alerts_reload(d->alerts, d->cfg.config_path, err, sizeof(err))))
-        gw_log(&d->log, GW_LOG_ERROR, "alerts_reload", "error=%s",
-               gw_log_quote(quoted, sizeof(quoted), err));
-    }
+    if (d->alerts && d->ingest) reload_start(d);
     return;
   }
   gw_log(&d->log, GW_LOG_INFO, "signal", "signal=%s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -194,14 +267,38 @@ static int start_remote_write(daemon_t *d, char *err, size_t errlen) {
   return gw_remote_write_new(&d->remote_write, &rc_, err, errlen);
 }
 
+/* Every ZeroMQ peer, HTTP client and SSE subscriber holds a descriptor: a
+ * daemon started from a shell would otherwise live within a soft limit of
+ * 1024. Raise the soft limit to the hard one and say what it is. */
+static void raise_nofile(gw_log_t *log) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  rlim_t was = rl.rlim_cur;
+  if (rl.rlim_cur != rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) rl.rlim_cur = was;
+  }
+  gw_log(log, GW_LOG_INFO, "nofile_limit", "soft=%llu was=%llu hard=%llu",
+         (unsigned long long)rl.rlim_cur, (unsigned long long)was,
+         (unsigned long long)rl.rlim_max);
+}
+
 static int start(daemon_t *d, char *err, size_t errlen) {
   int rc;
   gw_config_t *c = &d->cfg;
+  raise_nofile(&d->log);
   atomic_store(&d->stats.started_ns, gw_now_ns());
   /* At least 16 characters: a short token is guessable. */
   if (c->http_token_file && (rc = gw_config_read_secret("http-token-file", c->http_token_file, 16,
                                                         1024, &d->token, err, errlen)))
     return rc;
+  if (c->max_db_mb && c->max_db_mb < gw_store_min_db_mb()) {
+    snprintf(err, errlen,
+             "max-db-mb %u is too small: the database needs at least %u MB to hold one flush "
+             "(schema, a full batch of points in the file and in its WAL)",
+             c->max_db_mb, gw_store_min_db_mb());
+    return GW_EINVAL;
+  }
   gw_store_config_t sc;
   gw_store_config_default(&sc);
   sc.path = c->db;
@@ -253,6 +350,10 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   d->n_sinks = 4;
   if (d->remote_write) gw_remote_write_sink(d->remote_write, &d->sinks[d->n_sinks++]);
   if ((rc = start_ingest(d, err, errlen))) return rc;
+  d->reload.alerts = d->alerts;
+  d->reload.path = c->config_path;
+  d->reload.done.data = d;
+  uv_async_init(&d->loop, &d->reload.done, on_reload_done);
   uv_signal_init(&d->loop, &d->sig_term);
   uv_signal_init(&d->loop, &d->sig_int);
   uv_signal_init(&d->loop, &d->sig_hup);
@@ -284,6 +385,10 @@ static void teardown(daemon_t *d) {
     d->ingest = NULL;
   }
   uv_run(&d->loop, UV_RUN_DEFAULT); /* let handles close */
+  if (d->reload.running) { /* cancelled at shutdown: it ends promptly */
+    pthread_join(d->reload.thread, NULL);
+    d->reload.running = 0;
+  }
   gw_http_stop(d->http);           /* no render may call into alerts or the store now */
   gw_alerts_free(d->alerts, 2000); /* webhooks get 2 s to deliver what is queued */
   gw_remote_write_free(d->remote_write, 2000); /* so do remote-write receivers */
@@ -306,6 +411,8 @@ int main(int argc, char **argv) {
   daemon_t d;
   char err[1024] = "";
   memset(&d, 0, sizeof(d));
+  pthread_mutex_init(&d.reload.mu, NULL);
+  atomic_init(&d.reload.cancel, 0);
   signal(SIGPIPE, SIG_IGN);
   openblas_set_num_threads(1); /* the engine's eigenproblems are small */
   gw_config_init(&d.cfg);
@@ -323,12 +430,6 @@ int main(int argc, char **argv) {
     printf("gradwatchd %s (protocol v%d)\n", GW_VERSION, GW_PROTO_VERSION);
     gw_config_free(&d.cfg);
     return 0;
-  }
-  if (d.cfg.check_config) {
-    int bad = gw_config_check_file(d.cfg.check_config, stderr) != 0;
-    if (!bad) printf("%s: OK\n", d.cfg.check_config);
-    gw_config_free(&d.cfg);
-    return bad ? 1 : 0;
   }
   if (d.cfg.check_config) {
     int bad = gw_config_check_file_with(d.cfg.check_config, stderr, check_alert_rules) != 0;
@@ -358,5 +459,6 @@ int main(int argc, char **argv) {
          (unsigned long long)gw_stats_get(&d.stats.store_dropped));
   gw_log_close(&d.log);
   gw_config_free(&d.cfg);
+  pthread_mutex_destroy(&d.reload.mu);
   return d.exit_code;
 }

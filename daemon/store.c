@@ -56,11 +56,14 @@
  * points whose receive minute (recv_ns / 60 s, from point_minutes) is older
  * than retention_days, every retention_check_ms; max_db_mb deletes the
  * oldest minute buckets of all segments, one transaction per bucket, until
- * the used pages are under 90% of the limit, then runs incremental vacuum
- * (the schema sets auto_vacuum = INCREMENTAL at creation) and a passive
- * checkpoint so the file shrinks. The -wal file is not counted; it is
- * bounded by journal_size_limit after each checkpoint. The publisher's clock
- * never decides what is deleted.
+ * the used pages plus the -wal file are under 90% of the limit, never the
+ * newest bucket of a live segment, logs a warning (db_trimmed: bytes
+ * before and after, points deleted), then runs incremental vacuum (the
+ * schema sets auto_vacuum = INCREMENTAL at creation) and a passive
+ * checkpoint so the file shrinks. The -wal file is truncated to
+ * journal_size_limit (a quarter of the cap, at most 64 MiB) after a
+ * checkpoint. A nonzero cap below gw_store_min_db_mb() is refused at open.
+ * The publisher's clock never decides what is deleted.
  *
  * Checkpoints. The writer never checkpoints in the normal case (its
  * wal_autocheckpoint is 0): with synchronous = NORMAL a WAL commit does not
@@ -356,7 +359,15 @@ static int db_open_writer(gw_store_t *st) {
       gw_log(st->log, GW_LOG_ERROR, "store", "msg=\"cannot enable WAL\" path=%s", q);
   }
   if (rc == SQLITE_OK) rc = gws_exec(db, "PRAGMA synchronous = NORMAL");
-  if (rc == SQLITE_OK) rc = gws_exec(db, "PRAGMA journal_size_limit = 67108864");
+  if (rc == SQLITE_OK) {
+    /* under a size cap the WAL left after a checkpoint is part of it */
+    uint64_t jl = (uint64_t)64 << 20;
+    if (st->cfg.max_db_mb && ((uint64_t)st->cfg.max_db_mb << 20) / 4 < jl)
+      jl = ((uint64_t)st->cfg.max_db_mb << 20) / 4;
+    char jq[64];
+    snprintf(jq, sizeof jq, "PRAGMA journal_size_limit = %llu", (unsigned long long)jl);
+    rc = gws_exec(db, jq);
+  }
   if (rc == SQLITE_OK) rc = gws_exec(db, "PRAGMA secure_delete = OFF");
   if (rc == SQLITE_OK) rc = gws_exec(db, "PRAGMA cache_size = -16384");
   if (rc == SQLITE_OK && !st->mem) { /* checkpoints: see gws_ckpt_main */
@@ -441,7 +452,8 @@ int gw_store_open(gw_store_t **out, const gw_store_config_t *cfg,
   int rc = 0;
   if (out) *out = NULL;
   if (!out || !cfg || !stats || !cfg->path || !*cfg->path || cfg->flush_ms == 0 ||
-      cfg->queue_max == 0 || cfg->store_every == 0 || cfg->retention_check_ms == 0)
+      cfg->queue_max == 0 || cfg->store_every == 0 || cfg->retention_check_ms == 0 ||
+      (cfg->max_db_mb && cfg->max_db_mb < gw_store_min_db_mb()))
     return GW_EINVAL;
   if (!sqlite3_threadsafe()) return GW_EDB;
   st = calloc(1, sizeof *st);

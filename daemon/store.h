@@ -76,9 +76,11 @@ typedef struct gw_store_config_s {
   uint32_t retention_days; /* 0 = keep forever; else delete points received
                               (recv_ns, the daemon's clock) longer ago, in
                               whole minutes, every retention_check_ms */
-  uint32_t max_db_mb;     /* 0 = unlimited; past it, delete the oldest minutes
-                             of points down to 90% and give the pages back
-                             (the -wal file is not counted) */
+  uint32_t max_db_mb;     /* 0 = unlimited; past it (pages in use plus the
+                             -wal file), delete the oldest minutes of points
+                             down to 90%, never the newest minute of a live
+                             stream, log a warning, give the pages back; at
+                             least gw_store_min_db_mb() */
   uint32_t store_every;   /* store every Nth point per stream (>= 1), see put_point */
   int store_sketches;     /* also keep raw sketches */
   /* --- additions to the original contract --- */
@@ -380,5 +382,12 @@ int gw_store_integrity_check(gw_store_t *st);
  * gw_store_put_sketch, point → gw_store_put_point, restart →
  * gw_store_restart_stream, forget → gw_store_forget_stream (store_sink.c). */
 void gw_store_sink(gw_store_t *st, gw_sink_t *out);
+
+/* The smallest max_db_mb that holds one flush: 1 MiB of schema, a full
+ * writer batch of points (BATCH_MAX of them, ~600 bytes each) in the
+ * database and again in the WAL, and the WAL the checkpointer lets build up
+ * (1000 pages) — 20 MB. gw_store_open refuses a smaller nonzero cap
+ * (GW_EINVAL). Stored sketches are not in this floor. */
+uint32_t gw_store_min_db_mb(void);
 
 #endif

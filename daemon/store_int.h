@@ -30,6 +30,9 @@
 #define BUSY_TIMEOUT_MS 5000
 #define SIZE_CHECK_MAX_ROUNDS 256 /* minute buckets deleted per size pass */
 #define NS_PER_MIN 60000000000LL
+/* A stored point's bytes on disk as the size floor counts them: the packed
+ * metrics plus its key, row and point_minutes overhead. */
+#define GW_STORE_POINT_BYTES (BLOB_BYTES + 64)
 #define NS_PER_MS 1000000LL
 #define CKPT_FRAMES 1000        /* WAL frames that wake the checkpointer */
 #define CKPT_EVERY_FLUSHES 5    /* checkpoint at least every 5 flush_ms (1 s) */
@@ -134,6 +137,7 @@ struct gw_store_s {
 
   /* ---- writer thread only (GW_ASSERT_OWNER(&st->w_owner)) ---- */
   gw_owner_t w_owner;
+  int64_t size_warn_at; /* mono ms: next "cannot trim below max_db_mb" warning */
   pthread_t thr;
   int thr_started;
   sqlite3 *wdb;

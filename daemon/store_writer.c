@@ -11,6 +11,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "store_int.h"
@@ -645,13 +646,14 @@ static void w_error(gw_store_t *st, int sqlite_rc, int tell_flushers,
 /* Delete the points (and sketches) of segment `db` with step <= max_step
  * and fix its row. Inside a transaction. */
 static int m_delete_upto(gw_store_t *st, sqlite3_stmt *dp, sqlite3_stmt *ds,
-                         sqlite3_stmt *us, int64_t db, int64_t max_step) {
+                         sqlite3_stmt *us, int64_t db, int64_t max_step, int64_t *points) {
   int rc;
   int64_t n;
   sqlite3_bind_int64(dp, 1, db);
   sqlite3_bind_int64(dp, 2, max_step);
   rc = wrun(st, dp, NULL);
   n = sqlite3_changes64(st->wdb);
+  if (rc == SQLITE_OK) *points += n;
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(ds, 1, db);
     sqlite3_bind_int64(ds, 2, max_step);
@@ -693,6 +695,13 @@ static int m_collect(sqlite3_stmt *sel, cut_t **cuts, size_t *n) {
   return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* A point_minutes row pm the size pass may delete: not the newest bucket of
+ * a live segment. */
+#define SIZE_KEEP                                                                  \
+  "NOT EXISTS (SELECT 1 FROM streams s WHERE s.id = pm.stream AND s.live = 1 "     \
+  "AND pm.minute = (SELECT max(p2.minute) FROM point_minutes p2 "                  \
+  "WHERE p2.stream = pm.stream))"
+
 enum { M_DEL_PTS, M_DEL_SK, M_UPD_ST, M_RET_SEL, M_RET_DEL, M_OLDEST,
        M_MIN_SEL, M_MIN_DEL, M_COUNT };
 static const char *const msql[M_COUNT] = {
@@ -704,9 +713,11 @@ static const char *const msql[M_COUNT] = {
     [M_RET_SEL] = "SELECT stream, max(max_step) FROM point_minutes "
                   "WHERE minute < ?1 GROUP BY stream",
     [M_RET_DEL] = "DELETE FROM point_minutes WHERE minute < ?1",
-    [M_OLDEST] = "SELECT min(minute) FROM point_minutes",
-    [M_MIN_SEL] = "SELECT stream, max_step FROM point_minutes WHERE minute = ?1",
-    [M_MIN_DEL] = "DELETE FROM point_minutes WHERE minute <= ?1",
+    /* the size pass never takes the newest minute bucket of a live segment */
+    [M_OLDEST] = "SELECT min(pm.minute) FROM point_minutes pm WHERE " SIZE_KEEP,
+    [M_MIN_SEL] = "SELECT pm.stream, pm.max_step FROM point_minutes pm "
+                  "WHERE pm.minute = ?1 AND " SIZE_KEEP,
+    [M_MIN_DEL] = "DELETE FROM point_minutes WHERE stream = ?1 AND minute <= ?2",
 };
 
 /* Bytes in use by the database file (pages not on the freelist). */
@@ -719,16 +730,41 @@ static int m_used_bytes(gw_store_t *st, int64_t *used) {
   return rc;
 }
 
+/* Size of the -wal file beside the database (0 for :memory: or none). */
+static int64_t m_wal_bytes(const gw_store_t *st) {
+  char path[4096];
+  struct stat sb;
+  if (st->mem || snprintf(path, sizeof path, "%s-wal", st->path) >= (int)sizeof path ||
+      stat(path, &sb) != 0)
+    return 0;
+  return (int64_t)sb.st_size;
+}
+
+uint32_t gw_store_min_db_mb(void) {
+  /* the schema and its indexes, one flush of points in the database and
+   * again in the WAL, and the WAL the checkpointer lets build up */
+  uint64_t b = ((uint64_t)1 << 20) + 2ull * BATCH_MAX * GW_STORE_POINT_BYTES +
+               (uint64_t)CKPT_FRAMES * 4096;
+  return (uint32_t)((b + ((1u << 20) - 1)) >> 20);
+}
+
 /* One retention pass (if do_retention) and one size pass (max_db_mb). Both
  * go by the receive-time minute index, never by the publisher's clock. */
 static int w_maintain(gw_store_t *st, int do_retention) {
   sqlite3_stmt *m[M_COUNT] = {0};
   cut_t *cuts = NULL;
   size_t ncut = 0;
-  int64_t used = 0, limit = (int64_t)st->cfg.max_db_mb << 20;
-  int rc = SQLITE_OK, deleted = 0, shrink;
+  /* the size counted is the file's pages in use plus the -wal file, whose
+   * size is taken once per pass (the deletions' own WAL frames are
+   * checkpointed afterwards and must not feed back into the pass) */
+  int64_t used = 0, wal = 0, limit = (int64_t)st->cfg.max_db_mb << 20, trimmed = 0, before = 0;
+  int rc = SQLITE_OK, deleted = 0, shrink, rounds = 0;
   GW_ASSERT_OWNER(&st->w_owner);
-  if (limit) rc = m_used_bytes(st, &used);
+  if (limit) {
+    wal = m_wal_bytes(st);
+    rc = m_used_bytes(st, &used);
+    used += wal;
+  }
   shrink = limit && used > limit;
   if (rc != SQLITE_OK || (!shrink && !(do_retention && st->cfg.retention_days)))
     return rc;
@@ -744,18 +780,26 @@ static int w_maintain(gw_store_t *st, int do_retention) {
       sqlite3_bind_int64(m[M_RET_SEL], 1, cutoff);
       rc = m_collect(m[M_RET_SEL], &cuts, &ncut);
     }
+    int64_t gone = 0;
     for (size_t i = 0; rc == SQLITE_OK && i < ncut; i++)
       rc = m_delete_upto(st, m[M_DEL_PTS], m[M_DEL_SK], m[M_UPD_ST], cuts[i].db,
-                         cuts[i].max_step);
+                         cuts[i].max_step, &gone);
     if (rc == SQLITE_OK) {
       sqlite3_bind_int64(m[M_RET_DEL], 1, cutoff);
       rc = wrun(st, m[M_RET_DEL], NULL);
     }
     if (rc == SQLITE_OK) rc = wcommit(st);
     if (rc == SQLITE_OK) deleted = ncut > 0;
-    if (rc == SQLITE_OK && limit) rc = m_used_bytes(st, &used);
+    if (rc == SQLITE_OK && gone)
+      gw_log(st->log, GW_LOG_INFO, "retention", "days=%u points_deleted=%lld", days,
+             (long long)gone);
+    if (rc == SQLITE_OK && limit) {
+      rc = m_used_bytes(st, &used);
+      used += wal;
+    }
     shrink = limit && used > limit;
   }
+  before = used;
 
   /* Over max_db_mb: delete the oldest minute of every segment, one minute
    * per transaction, down to 90% of the limit (hysteresis: the next pass
@@ -778,18 +822,34 @@ static int w_maintain(gw_store_t *st, int do_retention) {
     if (rc == SQLITE_OK && have) {
       sqlite3_bind_int64(m[M_MIN_SEL], 1, oldest);
       rc = m_collect(m[M_MIN_SEL], &cuts, &ncut);
-      for (size_t i = 0; rc == SQLITE_OK && i < ncut; i++)
+      for (size_t i = 0; rc == SQLITE_OK && i < ncut; i++) {
         rc = m_delete_upto(st, m[M_DEL_PTS], m[M_DEL_SK], m[M_UPD_ST],
-                           cuts[i].db, cuts[i].max_step);
-      if (rc == SQLITE_OK) {
-        sqlite3_bind_int64(m[M_MIN_DEL], 1, oldest);
-        rc = wrun(st, m[M_MIN_DEL], NULL);
+                           cuts[i].db, cuts[i].max_step, &trimmed);
+        if (rc == SQLITE_OK) {
+          sqlite3_bind_int64(m[M_MIN_DEL], 1, cuts[i].db);
+          sqlite3_bind_int64(m[M_MIN_DEL], 2, oldest);
+          rc = wrun(st, m[M_MIN_DEL], NULL);
+        }
       }
     }
     if (rc == SQLITE_OK) rc = wcommit(st);
-    if (rc == SQLITE_OK) rc = m_used_bytes(st, &used);
-    deleted = 1;
-    if (!have) break; /* nothing left to delete */
+    if (rc == SQLITE_OK) {
+      rc = m_used_bytes(st, &used);
+      used += wal;
+    }
+    deleted |= have;
+    rounds += have;
+    if (!have) break; /* nothing left that may be deleted */
+  }
+  /* every trim is logged; a cap that only the newest minutes of live
+   * streams exceed, once a minute */
+  if (rc == SQLITE_OK && shrink && (trimmed > 0 || mono_ms() >= st->size_warn_at)) {
+    st->size_warn_at = mono_ms() + 60000;
+    gw_log(st->log, GW_LOG_WARN, "db_trimmed",
+           "max_db_mb=%u before_bytes=%lld after_bytes=%lld wal_bytes=%lld points_deleted=%lld "
+           "minutes=%d under_cap=%s",
+           st->cfg.max_db_mb, (long long)before, (long long)used, (long long)wal,
+           (long long)trimmed, rounds, used <= limit ? "yes" : "no");
   }
 
   if (rc == SQLITE_OK && deleted) { /* give the freed pages back to the FS */

@@ -35,7 +35,8 @@
   XX(ECONFIG, "bad_config", "bad configuration")                              \
   XX(EFULL, "queue_full", "queue full")                                       \
   XX(EDENIED, "denied", "access denied")                                      \
-  XX(EINCARNATION, "bad_incarnation", "version 2 message with incarnation 0")
+  XX(EINCARNATION, "bad_incarnation", "version 2 message with incarnation 0")     \
+  XX(EBUDGET, "memory_budget", "stream memory budget exhausted")
 
 #define GW_E_BASE (-1000)
 

@@ -12,6 +12,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -908,6 +909,34 @@ static void parser_messages(void **state) {
 
 /* 50,000 generated rules (plus a section given twice) parse, each findable
  * by name with its own values. The name index keeps this linear. */
+/* A reload abandoned through its cancel flag (SIGTERM during a SIGHUP
+ * reload): -ECANCELED, the old rules stay in force, nothing leaks; with the
+ * flag clear it is an ordinary reload. */
+static void reload_cancelled_keeps_old_rules(void **state) {
+  (void)state;
+  gw_alerts_t *a = load("[alerts]\ndefaults = false\n[alert hot]\nmetric = loss\n"
+                        "threshold = 5\n",
+                        NULL);
+  char err[1024] = "";
+  const char *next = write_conf(1, "[alerts]\ndefaults = false\n[alert a]\nmetric = loss\n"
+                                   "threshold = 1\n[alert b]\nmetric = loss\nthreshold = 2\n");
+  atomic_int cancel;
+  atomic_init(&cancel, 1);
+  assert_int_equal(gw_alerts_reload_cancel(a, next, &cancel, err, sizeof err), -ECANCELED);
+  assert_non_null(strstr(err, "cancelled"));
+  assert_int_equal(counters(a).rules, 1);
+  gw_point_t p = point(1, GW_METRIC_LOSS, 10);
+  gw_alerts_observe(a, "r", "all", &p, 0);
+  assert_int_equal(counters(a).fired, 1); /* "hot" still rules */
+  gw_alert_rules_t rs;
+  assert_int_equal(gw_alert_rules_load_cancel(&rs, next, &cancel, err, sizeof err), -ECANCELED);
+  assert_int_equal(rs.n, 0);
+  atomic_store(&cancel, 0);
+  assert_int_equal(gw_alerts_reload_cancel(a, next, &cancel, err, sizeof err), 0);
+  assert_int_equal(counters(a).rules, 2);
+  gw_alerts_free(a, 0);
+}
+
 static void parses_many_rules(void **state) {
   (void)state;
   enum { N = 50000 };
@@ -1065,6 +1094,7 @@ int main(void) {
       cmocka_unit_test(baseline_median_brute_force),
       cmocka_unit_test(parser_messages),
       cmocka_unit_test(parses_many_rules),
+      cmocka_unit_test(reload_cancelled_keeps_old_rules),
       cmocka_unit_test(forget_resolves_firing),
       cmocka_unit_test(restart_resets_baseline),
   };

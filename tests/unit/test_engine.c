@@ -870,6 +870,148 @@ static void zvec(double *z, uint32_t k, uint64_t j, uint64_t salt) {
   }
 }
 
+/* Lazy allocation and the memory budget. A stream holds its block (Gram,
+ * zprev, EMA) from its first message, its ring grows in doubling rows as
+ * the window fills and the FD sketch appears at the first shrink; the
+ * points are bit for bit those of an engine without a budget, and the
+ * shared budget counts exactly what the engines hold. */
+static void lazy_window_and_budget(void **state) {
+  (void)state;
+  enum { K = 512, W = 16, ELL = 8 };
+  gw_engine_budget_t budget;
+  gw_engine_budget_init(&budget, 0); /* no limit yet: measure */
+  gw_engine_config_t c;
+  gw_engine_config_default(&c);
+  c.window = W;
+  c.rank_every = 1;
+  c.fd_rows = ELL;
+  gw_engine_t *ref = gw_engine_new(&c);
+  c.budget = &budget;
+  gw_engine_t *a = gw_engine_new(&c), *b = gw_engine_new(&c);
+  assert_non_null(ref);
+  assert_non_null(a);
+  assert_non_null(b);
+  double z[K];
+  gw_point_t pa, pr;
+  const size_t full = gw_engine_stream_bytes_fd(K, W, ELL);
+  size_t prev = 0, first = 0;
+  for (uint64_t s = 0; s < 3 * W + 5; s++) {
+    gw_msg_t m = msg("r", "t", K, s);
+    zvec(z, K, s, 5);
+    int ra = gw_engine_push_f64(a, &m, z, &pa), rr = gw_engine_push_f64(ref, &m, z, &pr);
+    assert_int_equal(ra, rr);
+    if (ra == 1) assert_point_same(&pa, &pr);
+    size_t held = gw_engine_stream_held(a, 0);
+    assert_int_equal(held, gw_engine_bytes(a));
+    assert_int_equal(gw_engine_budget_used(&budget), held);
+    assert_true(held >= prev); /* grows, never shrinks while live */
+    assert_true(held <= full);
+    if (s == 0) {
+      first = held;
+      /* no ring row, no sketch: far below a whole window of k doubles */
+      assert_true(held < (size_t)W * K * sizeof(double) / 4);
+      assert_true(held >= 2u * K * sizeof(double));
+    }
+    /* the ring's rows: 1, 2, 4, 8, 16 as slots 0..15 are first used */
+    if (s == 1) assert_int_equal(held - first, (size_t)K * sizeof(double));
+    if (s == 3) assert_int_equal(held - first, (size_t)4 * K * sizeof(double));
+    if (s == W - 1) assert_int_equal(held - first, (size_t)W * K * sizeof(double));
+    /* the first shrink (n = W) adds the sketch's (ℓ−1)·k floats */
+    if (s == W) assert_int_equal(held - prev, (size_t)(ELL - 1) * K * sizeof(float));
+    prev = held;
+  }
+  /* the index share is the only difference from the documented maximum */
+  assert_true(full - prev < 64);
+
+  /* Limit: room for a's stream and one block more, not its ring. */
+  budget.limit = gw_engine_budget_used(&budget) + first + 1;
+  gw_msg_t m = msg("r", "u", K, 0);
+  zvec(z, K, 0, 6);
+  assert_int_equal(gw_engine_push_f64(b, &m, z, &pa), 0); /* block: fits */
+  uint64_t used = gw_engine_budget_used(&budget);
+  gw_msg_t m2 = msg("r", "v", K, 0);
+  assert_int_equal(gw_engine_push_f64(b, &m2, z, &pa), GW_EBUDGET); /* a new stream */
+  assert_int_equal(gw_engine_stream_count(b), 1);
+  assert_int_equal(gw_engine_budget_used(&budget), used);
+  /* growth refused: the stream is left as it was ... */
+  m = msg("r", "u", K, 1);
+  zvec(z, K, 1, 6);
+  assert_int_equal(gw_engine_push_f64(b, &m, z, &pa), GW_EBUDGET);
+  assert_int_equal(gw_engine_budget_used(&budget), used);
+  gw_stream_info_t info;
+  assert_int_equal(gw_engine_stream_info(b, 0, &info), 0);
+  assert_int_equal(info.n_messages, 1);
+  /* ... and once a's stream is dropped its bytes come back and the same
+   * message goes through, with the point a fresh engine computes */
+  assert_int_equal(gw_engine_stream_drop(a, 0), 0);
+  assert_int_equal(gw_engine_bytes(a), 0);
+  assert_int_equal(gw_engine_budget_used(&budget), gw_engine_bytes(b));
+  gw_engine_t *fresh = engine_fd(W, 1, 0.9, ELL);
+  gw_msg_t f0 = msg("r", "u", K, 0);
+  zvec(z, K, 0, 6);
+  assert_int_equal(gw_engine_push_f64(fresh, &f0, z, &pr), 0);
+  zvec(z, K, 1, 6);
+  assert_int_equal(gw_engine_push_f64(fresh, &m, z, &pr), 1);
+  assert_int_equal(gw_engine_push_f64(b, &m, z, &pa), 1);
+  assert_point_same(&pa, &pr);
+  /* a stream larger than the whole budget is refused, never allocated */
+  budget.limit = 1;
+  gw_msg_t big = msg("big", "t", K, 0);
+  assert_int_equal(gw_engine_push_f64(a, &big, z, &pa), GW_EBUDGET);
+  assert_int_equal(gw_engine_stream_count(a), 0);
+  gw_engine_free(b); /* gives back what it held */
+  assert_int_equal(gw_engine_budget_used(&budget), 0);
+  gw_engine_free(a);
+  gw_engine_free(ref);
+  gw_engine_free(fresh);
+}
+
+/* State saved from a grown stream loads into an engine under a budget,
+ * charging what the loaded window holds; a budget too small refuses it
+ * (GW_EBUDGET) and leaves no stream behind. */
+static void load_under_budget(void **state) {
+  (void)state;
+  enum { K = 64, W = 8 };
+  gw_engine_t *a = engine_fd(W, 1, 0.9, 4);
+  double z[K];
+  gw_point_t p;
+  for (uint64_t s = 0; s < 13; s++) {
+    gw_msg_t m = msg("r", "t", K, s);
+    zvec(z, K, s, 9);
+    assert_true(gw_engine_push_f64(a, &m, z, &p) >= 0);
+  }
+  void *blob;
+  size_t len;
+  assert_int_equal(gw_engine_stream_save(a, 0, &blob, &len), 0);
+  gw_engine_budget_t budget;
+  gw_engine_budget_init(&budget, gw_engine_stream_held(a, 0) - 1);
+  gw_engine_config_t c;
+  gw_engine_config_default(&c);
+  c.window = W;
+  c.rank_every = 1;
+  c.fd_rows = 4;
+  c.budget = &budget;
+  gw_engine_t *b = gw_engine_new(&c);
+  uint32_t id;
+  assert_int_equal(gw_engine_stream_load(b, blob, len, &id), GW_EBUDGET);
+  assert_int_equal(gw_engine_stream_count(b), 0);
+  assert_int_equal(gw_engine_budget_used(&budget), 0);
+  budget.limit = gw_engine_stream_held(a, 0);
+  assert_int_equal(gw_engine_stream_load(b, blob, len, &id), 0);
+  assert_int_equal(gw_engine_budget_used(&budget), gw_engine_stream_held(a, 0));
+  /* and continues exactly */
+  gw_point_t pa, pb;
+  gw_msg_t m = msg("r", "t", K, 13);
+  zvec(z, K, 13, 9);
+  assert_int_equal(gw_engine_push_f64(a, &m, z, &pa), 1);
+  assert_int_equal(gw_engine_push_f64(b, &m, z, &pb), 1);
+  assert_point_same(&pa, &pb);
+  free(blob);
+  gw_engine_free(a);
+  gw_engine_free(b);
+  assert_int_equal(gw_engine_budget_used(&budget), 0);
+}
+
 /* A new incarnation restarts the stream: the points after the restart equal
  * those of a fresh engine fed only the new incarnation's messages, even at
  * steps the old incarnation already used. */
@@ -1093,6 +1235,8 @@ int main(void) {
       cmocka_unit_test(stream_drop),
       cmocka_unit_test(payload_push),
       cmocka_unit_test(stream_bytes_budget),
+      cmocka_unit_test(lazy_window_and_budget),
+      cmocka_unit_test(load_under_budget),
       cmocka_unit_test(incarnation_restarts),
       cmocka_unit_test(reap_idle),
       cmocka_unit_test(save_load_continues),

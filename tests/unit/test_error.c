@@ -12,8 +12,9 @@ static void codes_are_distinct_and_indexed(void **state) {
   (void)state;
   assert_int_equal(GW_EINVAL, -1000);
   assert_int_equal(gw_err_index(GW_EINVAL), GW_EINVAL_INDEX);
-  assert_int_equal(gw_err_index(GW_EINCARNATION), GW_E_COUNT - 1);
+  assert_int_equal(gw_err_index(GW_EBUDGET), GW_E_COUNT - 1);
   assert_int_equal(GW_EINCARNATION, GW_EDENIED - 1); /* appended, codes kept */
+  assert_int_equal(GW_EBUDGET, GW_EINCARNATION - 1);
   assert_int_equal(gw_err_index(0), -1);
   assert_int_equal(gw_err_index(-ENOENT), -1);
   assert_int_equal(gw_err_index(GW_E_BASE - GW_E_COUNT), -1);
@@ -26,6 +27,7 @@ static void reasons_match_spec_names(void **state) {
   assert_string_equal(gw_err_reason(GW_EMISMATCH), "sketch_mismatch");
   assert_string_equal(gw_err_reason(GW_ENONFINITE), "non_finite");
   assert_string_equal(gw_err_reason(GW_EINCARNATION), "bad_incarnation");
+  assert_string_equal(gw_err_reason(GW_EBUDGET), "memory_budget");
   assert_string_equal(gw_err_reason(0), "ok");
   assert_string_equal(gw_err_reason(-EIO), "errno");
 }

@@ -1022,9 +1022,16 @@ static void max_db_size(void **state) {
   uint64_t rows;
   gw_series_t s;
   int64_t t0 = now_ns();
-  enum { STREAMS = 4, PER = 5000 };
+  enum { STREAMS = 4, PER = 40000 };
   cfg_init(&c, f->path);
-  c.max_db_mb = 1;
+  /* a cap too small for one flush is refused */
+  c.max_db_mb = gw_store_min_db_mb() - 1;
+  gw_stats_t stats;
+  memset(&stats, 0, sizeof stats);
+  gw_store_t *tiny = NULL;
+  assert_int_equal(gw_store_open(&tiny, &c, &stats), GW_EINVAL);
+  assert_null(tiny);
+  c.max_db_mb = gw_store_min_db_mb();
   open_ok(f, &c);
   for (uint32_t sid = 0; sid < STREAMS; sid++) {
     char tag[8];
@@ -1041,7 +1048,7 @@ static void max_db_size(void **state) {
   assert_int_equal(gw_store_flush(f->st), 0);
   assert_int_equal(gw_store_row_count(f->st, &rows), 0);
   assert_true(rows > 0);
-  assert_true(rows < STREAMS * PER / 2); /* 20000 points are ~6 MB */
+  assert_true(rows < STREAMS * PER / 2); /* 160000 points are ~50 MB */
   /* the newest points are kept, the oldest went */
   for (uint32_t sid = 0; sid < STREAMS; sid++) {
     char tag[8];
@@ -1057,7 +1064,7 @@ static void max_db_size(void **state) {
   gw_store_close(f->st);
   f->st = NULL;
   assert_int_equal(stat(f->path, &sb), 0);
-  assert_true(sb.st_size <= 1 << 20);
+  assert_true(sb.st_size <= (off_t)gw_store_min_db_mb() << 20);
   raw_check_counts(f->path);
 }
 
