@@ -18,6 +18,9 @@
  *   /api/v1/stats           daemon counters (gw_stats_t, store rows)
  *   /metrics                Prometheus text (metrics.h)
  *   /healthz, /readyz       {"status":"ok"} / {"status":"ready"} or 503
+ * /api/v1/series answers are built by answer threads of their own (the
+ * connection is suspended meanwhile), so libmicrohttpd's threads only ever
+ * do cheap work and /healthz is answered whatever data requests are doing.
  * Times are Unix seconds (null when never); numbers leave bit-exact. Errors
  * are {"error":"..."}: 400 bad parameter (named), 401 token (with
  * WWW-Authenticate: Bearer), 404 unknown path/run/stream, 405, 503 (not
@@ -49,6 +52,12 @@ typedef struct gw_http_config_s {
                             are kept alive by the 15 s heartbeat) */
   const char *cert_file; /* HTTPS: PEM certificate (chain) file; NULL = plain HTTP */
   const char *key_file;  /* HTTPS: PEM private key file; both or neither */
+  size_t series_max_bytes;    /* largest /api/v1/series answer (default 64 MiB):
+                                 an ask whose worst case is larger gets 400 */
+  size_t answer_budget_bytes; /* bytes held for data answers across all
+                                 connections, built or being sent (default
+                                 256 MiB): over it 503 with Retry-After */
+  unsigned answer_threads;    /* threads building data answers (default 2) */
 } gw_http_config_t;
 
 /* addr "127.0.0.1:8080", no token, and the defaults above. */

@@ -155,7 +155,7 @@ static int setup(void **state) {
   assert_int_equal(gw_store_put_alert(f->store, &b, NULL), 0);
   assert_int_equal(gw_store_flush(f->store), 0);
 
-  assert_int_equal(gw_live_new(&f->live, 0, &f->stats), 0);
+  assert_int_equal(gw_live_new(&f->live, NULL, &f->stats), 0);
   assert_int_equal(gw_metrics_new(&f->metrics, NULL), 0);
   gw_point_t last = r1_point(0, 100);
   assert_int_equal(gw_metrics_observe(f->metrics, "r1", "all", &last), 0);
