@@ -45,7 +45,8 @@
 typedef struct gw_http_config_s {
   const char *addr;      /* "HOST:PORT", "[V6]:PORT"; port 0 = ephemeral */
   const char *token;     /* bearer token; NULL or "" = no auth (copied) */
-  unsigned threads;      /* poll threads (default 2) */
+  unsigned threads;      /* poll threads (default 4: a request waits behind the
+                            connections of its thread only) */
   unsigned conn_limit;   /* open connections, SSE included (default 1024) */
   unsigned per_ip_limit; /* per client address (default 256) */
   unsigned timeout_s;    /* idle connection timeout (default 60; SSE clients

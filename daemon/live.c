@@ -72,8 +72,8 @@
 #define BLOCK_SIZE 16384 /* most bytes handed to libmicrohttpd per call */
 #define RING_SLOTS_MIN 1024u
 #define RING_SLOTS_MAX ((size_t)1 << 20)
-#define WAKE_BATCH_MS 1 /* resumes are batched over this long */
-#define SNDBUF_BYTES 65536 /* kernel send buffer of an SSE connection */
+#define WAKE_BATCH_MS 20 /* resumes are batched over this long (live latency) */
+#define SNDBUF_BYTES 16384 /* kernel send buffer of an SSE connection */
 #define EVENT_MIN_BYTES 64 /* a point event is ~700 bytes; slots = total / this */
 
 static const char RESYNC[] = "event: resync\ndata: {}\n\n";
@@ -125,6 +125,10 @@ struct gw_live_s {
   uint64_t end_pos; /* bytes ever published */
   client_t *head_client;
   size_t nclients, nsuspended;
+  struct MHD_Connection **waking; /* notifier only: connections to resume */
+  size_t wcap;
+  int resuming;              /* the notifier is resuming them, unlocked */
+  pthread_cond_t resumed_cv; /* resuming went back to 0 */
 };
 
 /* ---- ring ---- */
@@ -531,6 +535,38 @@ static void sweep(gw_live_t *live) {
       drop(live, c);
 }
 
+/* Resume every suspended client. Under live->mu they are only marked
+ * active and collected; the resumes (a syscall each) run with the lock
+ * released, so publish never waits on them. That is safe: a connection
+ * stays suspended, so libmicrohttpd neither reads nor frees it, until its
+ * resume below; and no one else resumes it since it is no longer marked
+ * suspended. */
+static void wake_all(gw_live_t *live) {
+  size_t n = 0;
+  if (live->nsuspended > live->wcap) {
+    size_t cap = live->nsuspended * 2;
+    struct MHD_Connection **w = realloc(live->waking, cap * sizeof *w);
+    if (!w) { /* no room to collect: resume under the lock */
+      for (client_t *c = live->head_client; c && live->nsuspended; c = c->next) wake(live, c);
+      return;
+    }
+    live->waking = w;
+    live->wcap = cap;
+  }
+  for (client_t *c = live->head_client; c && live->nsuspended; c = c->next)
+    if (c->suspended) {
+      c->suspended = 0;
+      live->nsuspended--;
+      live->waking[n++] = c->conn;
+    }
+  live->resuming = 1;
+  pthread_mutex_unlock(&live->mu);
+  for (size_t i = 0; i < n; i++) MHD_resume_connection(live->waking[i]);
+  pthread_mutex_lock(&live->mu);
+  live->resuming = 0;
+  pthread_cond_broadcast(&live->resumed_cv);
+}
+
 static uint64_t mono_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -556,7 +592,7 @@ static void *notifier(void *arg) {
        * so publishers do not signal again: one pass per batch of events,
        * not per event. */
       uint64_t h0 = live->head;
-      for (client_t *c = live->head_client; c && live->nsuspended; c = c->next) wake(live, c);
+      wake_all(live);
       struct timespec ts;
       clock_gettime(CLOCK_MONOTONIC, &ts);
       ts.tv_nsec += WAKE_BATCH_MS * 1000000L;
@@ -630,10 +666,15 @@ int gw_live_new(gw_live_t **out, const gw_live_config_t *cfg, gw_stats_t *stats)
   rc = pthread_cond_init(&live->cv, &ca);
   pthread_condattr_destroy(&ca);
   if (rc != 0) goto fail_cv;
+  if ((rc = pthread_cond_init(&live->resumed_cv, NULL)) != 0) {
+    pthread_cond_destroy(&live->cv);
+    goto fail_cv;
+  }
   if ((rc = pthread_create(&live->th, NULL, notifier, live)) != 0) goto fail_thread;
   *out = live;
   return 0;
 fail_thread:
+  pthread_cond_destroy(&live->resumed_cv);
   pthread_cond_destroy(&live->cv);
 fail_cv:
   pthread_mutex_destroy(&live->mu);
@@ -646,6 +687,9 @@ fail_mu:
 void gw_live_close_clients(gw_live_t *live) {
   pthread_mutex_lock(&live->mu);
   live->closing = 1;
+  /* libmicrohttpd may be stopped once this returns: no resume may be in
+   * flight then. */
+  while (live->resuming) pthread_cond_wait(&live->resumed_cv, &live->mu);
   for (client_t *c = live->head_client; c; c = c->next) wake(live, c);
   pthread_mutex_unlock(&live->mu);
 }
@@ -663,6 +707,8 @@ void gw_live_free(gw_live_t *live) {
   assert(live->nclients == 0);
   while (live->tail != live->head) evict_one(live);
   free(live->ring);
+  free(live->waking);
+  pthread_cond_destroy(&live->resumed_cv);
   pthread_cond_destroy(&live->cv);
   pthread_mutex_destroy(&live->mu);
   free(live);
