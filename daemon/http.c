@@ -11,6 +11,21 @@
  * /api/v1/series, is written straight into a buffer (names still escaped by
  * cJSON), so its memory is the text itself, not a tree of cJSON nodes.
  *
+ * Who answers what (why /healthz is always answered). libmicrohttpd's poll
+ * threads only do cheap work: parse, route, answer from memory or a short
+ * query. /api/v1/series, the one answer whose cost grows with the data, is
+ * handed to answer threads of our own: the handler suspends the connection
+ * (MHD_suspend_connection) and queues a job; an answer thread builds the
+ * answer and resumes the connection, whose handler then queues it. So no
+ * data request can occupy a poll thread, and /healthz and /readyz wait at
+ * most for the cheap work of the connections on their poll thread. (Chosen
+ * over a second daemon for cheap routes, which would need a second port,
+ * and over reserved capacity in one pool, which still lets heavy requests
+ * share a thread's epoll loop with cheap ones.) Memory for answers is
+ * bounded per answer (series_max_bytes: refused before reading if the worst
+ * case is larger) and in all (answer_budget_bytes: charged while built and
+ * until sent); see the series section below.
+ *
  * The listening socket is created here (so bind errors come back as -errno
  * and port 0 can be read back) and handed to libmicrohttpd, which runs an
  * epoll thread pool with suspend/resume enabled for the SSE hub (live.c).

@@ -24,7 +24,9 @@
  * Times are Unix seconds (null when never); numbers leave bit-exact. Errors
  * are {"error":"..."}: 400 bad parameter (named), 401 token (with
  * WWW-Authenticate: Bearer), 404 unknown path/run/stream, 405, 503 (not
- * ready, dependency not configured, shutting down), 500 store failure.
+ * ready, dependency not configured, shutting down; with Retry-After: too
+ * many SSE clients, answer budget held by others), 500 store failure; a
+ * series ask whose worst case is over series_max_bytes is 400.
  *
  * Life cycle: gw_http_start binds the address and starts serving;
  * gw_http_stop stops accepting, ends every SSE stream (gw_live_close_clients,
