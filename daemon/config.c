@@ -82,6 +82,18 @@ static const opt_t opts[] = {
     {"http-key", "http", T_STR, F(http_key), 0, 0, 0, "FILE", "PEM private key file for --http-cert", NULL},
     {"metrics-tags", "http", T_STR, F(metrics_tags), 0, 0, 0, "GLOB",
      "tags exported per stream on /metrics (*)", NULL},
+    {"sse-max-clients", "http", T_U32, F(sse_max_clients), 0, 1, 100000, "N",
+     "live (SSE) clients at once (256)", NULL},
+    {"sse-max-per-address", "http", T_U32, F(sse_max_per_address), 0, 1, 100000, "N",
+     "live (SSE) clients at once from one address (32)", NULL},
+    {"sse-client-kb", "http", T_U32, F(sse_client_kb), 0, 4, 4194304, "KB",
+     "drop a live client this far behind (4096)", NULL},
+    {"sse-total-mb", "http", T_U32, F(sse_total_mb), 0, 1, 65536, "MB",
+     "live events held for all clients (32)", NULL},
+    {"series-max-mb", "http", T_U32, F(series_max_mb), 0, 1, 65536, "MB",
+     "largest /api/v1/series answer; larger asks get 400 (64)", NULL},
+    {"http-answer-budget-mb", "http", T_U32, F(http_answer_budget_mb), 0, 1, 1048576, "MB",
+     "bytes held for data answers across connections; over it 503 (256)", NULL},
     {"db", "store", T_STR, F(db), 0, 0, 0, "PATH", "SQLite database (./gradwatch.db; :memory: allowed)", NULL},
     {"retention-days", "store", T_U32, F(retention_days), 0, 0, 100000, "DAYS",
      "delete points older than DAYS (0 = keep)", NULL},
@@ -139,6 +151,12 @@ void gw_config_init(gw_config_t *c) {
   c->stream_idle = 3600;
   c->alertmanager_resend = 60;
   c->zmq_handshake_ms = 10000;
+  c->sse_max_clients = 256;
+  c->sse_max_per_address = 32;
+  c->sse_client_kb = 4096;
+  c->sse_total_mb = 32;
+  c->series_max_mb = 64;
+  c->http_answer_budget_mb = 256;
 }
 
 uint64_t gw_config_stream_memory(const gw_config_t *c) {

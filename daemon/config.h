@@ -42,6 +42,12 @@ typedef struct gw_config_s {
   char *http_cert;       /* HTTPS certificate (PEM), NULL = plain HTTP */
   char *http_key;        /* HTTPS private key (PEM); both or neither */
   char *metrics_tags;    /* glob of tags with per-stream series */
+  uint32_t sse_max_clients;     /* SSE subscribers at once (256) */
+  uint32_t sse_max_per_address; /* SSE subscribers from one address (32) */
+  uint32_t sse_client_kb;       /* KiB an SSE client may fall behind before it is dropped (4096) */
+  uint32_t sse_total_mb;        /* MiB of live events held for all SSE clients (32) */
+  uint32_t series_max_mb;       /* largest /api/v1/series answer, MiB (64) */
+  uint32_t http_answer_budget_mb; /* MiB held for data answers across connections (256) */
   /* [store] */
   char *db;
   uint32_t retention_days;

@@ -11,6 +11,21 @@
  * /api/v1/series, is written straight into a buffer (names still escaped by
  * cJSON), so its memory is the text itself, not a tree of cJSON nodes.
  *
+ * Who answers what (why /healthz is always answered). libmicrohttpd's poll
+ * threads only do cheap work: parse, route, answer from memory or a short
+ * query. /api/v1/series, the one answer whose cost grows with the data, is
+ * handed to answer threads of our own: the handler suspends the connection
+ * (MHD_suspend_connection) and queues a job; an answer thread builds the
+ * answer and resumes the connection, whose handler then queues it. So no
+ * data request can occupy a poll thread, and /healthz and /readyz wait at
+ * most for the cheap work of the connections on their poll thread. (Chosen
+ * over a second daemon for cheap routes, which would need a second port,
+ * and over reserved capacity in one pool, which still lets heavy requests
+ * share a thread's epoll loop with cheap ones.) Memory for answers is
+ * bounded per answer (series_max_bytes: refused before reading if the worst
+ * case is larger) and in all (answer_budget_bytes: charged while built and
+ * until sent); see the series section below.
+ *
  * The listening socket is created here (so bind errors come back as -errno
  * and port 0 can be read back) and handed to libmicrohttpd, which runs an
  * epoll thread pool with suspend/resume enabled for the SSE hub (live.c).
@@ -26,6 +41,8 @@
 #include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,11 +64,31 @@
 #include "point.h"
 #include "util.h"
 
-#define MEMORY_LIMIT (64 * 1024) /* per connection: request line + headers */
+/* per connection: request line + headers. 32 KiB, not more: libmicrohttpd
+ * mmaps pools above 32 KiB, and an munmap per closed connection costs every
+ * core a TLB shootdown (measured: a fifth of the CPU when 1,000 SSE clients
+ * were dropped). */
+#define MEMORY_LIMIT (32 * 1024)
 #define GW_HTTP_STALL_NS (60 * 1000000000LL) /* a live run silent this long is "stalled" */
+
+/* *con_cls marker: the first call of a request has happened. */
+static char seen_marker;
+
+typedef struct job_s job_t;
 
 struct gw_http_s {
   struct MHD_Daemon *mhd;
+  /* answer threads (series): jobs queue under jmu */
+  pthread_mutex_t jmu;
+  pthread_cond_t jcv;
+  pthread_t *threads;
+  unsigned nthreads;
+  job_t *jhead, *jtail;
+  size_t jn;
+  int jstop;
+  int jinit; /* jmu and jcv initialised */
+  size_t series_max, budget;
+  atomic_size_t held; /* bytes charged to the budget */
   int fd; /* listening socket; ours to close */
   uint16_t port;
   char *token; /* NULL = no auth */
@@ -62,12 +99,15 @@ struct gw_http_s {
 void gw_http_config_default(gw_http_config_t *cfg) {
   cfg->addr = "127.0.0.1:8080";
   cfg->token = NULL;
-  cfg->threads = 2;
+  cfg->threads = 4;
   cfg->conn_limit = 1024;
   cfg->per_ip_limit = 256;
   cfg->timeout_s = 60;
   cfg->cert_file = NULL;
   cfg->key_file = NULL;
+  cfg->series_max_bytes = (size_t)64 << 20;
+  cfg->answer_budget_bytes = (size_t)256 << 20;
+  cfg->answer_threads = 2;
 }
 
 /* ---- responses ---- */
@@ -114,6 +154,14 @@ static struct MHD_Response *error_response(const char *msg) {
 static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status,
                                   const char *msg) {
   return send_response(c, status, error_response(msg));
+}
+
+/* 503 with Retry-After: a budget is spent for now (SSE clients, bytes held
+ * for answers), not an error of the request. */
+static enum MHD_Result send_busy(struct MHD_Connection *c, const char *msg) {
+  struct MHD_Response *r = error_response(msg);
+  if (r) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "5");
+  return send_response(c, MHD_HTTP_SERVICE_UNAVAILABLE, r);
 }
 
 /* "what: value", value from the request: cut at 64 bytes, and any byte
@@ -295,7 +343,205 @@ static void sb_strings(sb_t *b, const char *key, const uint64_t *u, size_t n) {
   sb_put(b, "]", 1);
 }
 
-static enum MHD_Result h_series(gw_http_t *h, struct MHD_Connection *c) {
+/* ---- /api/v1/series: built by the answer threads, in a byte budget ----
+ *
+ * The handler validates the parameters, suspends the connection and queues
+ * a job; an answer thread counts the rows, refuses what could be larger than
+ * series_max_bytes (400) or would overdraw the budget for bytes held across
+ * connections (503, Retry-After), reads the columns and writes the JSON
+ * into one buffer of the size it needs, and resumes the connection with the
+ * response. The budget is charged for the columns and the text while they
+ * are built, and for the text until libmicrohttpd frees the response (the
+ * client has read it, or went away), so slow readers can hold at most
+ * answer_budget_bytes in all. */
+
+#define VALUE_TEXT_MAX 25  /* ",-1.2345678901234567e-308" or ",\"<u64>\"" */
+#define COLUMN_TEXT_MAX 48 /* ,"name":[ ] around a column */
+#define JOBS_MAX 64        /* answers waiting for a thread; more: 503 */
+
+typedef struct job_s {
+  struct job_s *next;
+  gw_http_t *h;
+  struct MHD_Connection *conn;
+  gw_series_query_t q; /* strings borrowed from the connection's arguments */
+  int done;
+  unsigned status;
+  struct MHD_Response *resp; /* NULL with done: close the connection */
+} job_t;
+
+/* An answer's text, charged to the budget until freed. */
+typedef struct {
+  gw_http_t *h;
+  char *p;
+  size_t len, charged;
+} answer_t;
+
+static int budget_take(gw_http_t *h, size_t n) {
+  size_t cur = atomic_load(&h->held);
+  do {
+    if (n > h->budget || cur > h->budget - n) return GW_EFULL;
+  } while (!atomic_compare_exchange_weak(&h->held, &cur, cur + n));
+  atomic_store_explicit(&h->deps.stats->http_answer_bytes, cur + n, memory_order_relaxed);
+  return 0;
+}
+
+static void budget_give(gw_http_t *h, size_t n) {
+  size_t was = atomic_fetch_sub(&h->held, n);
+  atomic_store_explicit(&h->deps.stats->http_answer_bytes, was - n, memory_order_relaxed);
+}
+
+static ssize_t answer_read(void *cls, uint64_t pos, char *out, size_t max) {
+  answer_t *a = cls;
+  if (pos >= a->len) return MHD_CONTENT_READER_END_OF_STREAM;
+  size_t n = a->len - (size_t)pos < max ? a->len - (size_t)pos : max;
+  memcpy(out, a->p + pos, n);
+  return (ssize_t)n;
+}
+
+static void answer_free(void *cls) {
+  answer_t *a = cls;
+  budget_give(a->h, a->charged);
+  free(a->p);
+  free(a);
+}
+
+static struct MHD_Response *error_busy(gw_http_t *h, int why, const char *msg) {
+  gw_stats_add(&h->deps.stats->http_refused[why], 1);
+  struct MHD_Response *r = error_response(msg);
+  if (r) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "5");
+  return r;
+}
+
+/* Build the answer of job j (an answer thread). Sets j->status, j->resp. */
+static void series_build(job_t *j) {
+  gw_http_t *h = j->h;
+  const gw_series_query_t *q = &j->q;
+  gw_series_t s = {0};
+  uint64_t total = 0;
+  char msg[200];
+  size_t nm = q->n_metrics, charged = 0;
+  answer_t *a = NULL;
+  sb_t b = {0};
+  j->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+  int rc = gw_store_series_count(h->deps.store, q->run, q->tag, q->from, q->to,
+                                 q->all_incarnations, &total);
+  if (rc == GW_ENOTFOUND) {
+    j->status = MHD_HTTP_NOT_FOUND;
+    j->resp = error_response("unknown stream");
+    return;
+  }
+  if (rc != 0) goto failure;
+  /* The worst case, before reading anything: rows after downsampling,
+   * every value at its longest. */
+  uint64_t rows = q->max_points && total > q->max_points ? q->max_points / 2 * 2 : total;
+  size_t cols = nm + 1 + (q->all_incarnations ? 1 : 0);
+  double text_max = 256.0 + (double)cols * COLUMN_TEXT_MAX + (double)rows * (double)cols * VALUE_TEXT_MAX;
+  double bin = (double)rows * (double)(nm + 2) * 8.0;
+  if (text_max > (double)h->series_max) {
+    gw_stats_add(&h->deps.stats->http_refused[GW_HTTP_REFUSE_TOO_LARGE], 1);
+    snprintf(msg, sizeof msg,
+             "answer too large: %" PRIu64 " points x %zu columns could exceed the %zu MiB cap; "
+             "ask with max_points, a from/to range or fewer metrics",
+             rows, cols, h->series_max >> 20);
+    j->status = MHD_HTTP_BAD_REQUEST;
+    j->resp = error_response(msg);
+    return;
+  }
+  charged = (size_t)text_max + (size_t)bin;
+  if (budget_take(h, charged) != 0) {
+    j->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+    j->resp = error_busy(h, GW_HTTP_REFUSE_BUDGET,
+                         "busy: memory for answers is held by other requests; retry later");
+    return;
+  }
+  rc = gw_store_series(h->deps.store, q->run, q->tag, q->ids, nm, q->from, q->to,
+                       (size_t)q->max_points, &s, q->all_incarnations);
+  if (rc == GW_ENOTFOUND) {
+    budget_give(h, charged);
+    j->status = MHD_HTTP_NOT_FOUND;
+    j->resp = error_response("unknown stream");
+    return;
+  }
+  if (rc != 0) goto failure;
+  if (s.n > rows) s.n = (size_t)rows; /* rows grew since the count: keep the bound */
+  /* one buffer of the worst-case size: no doubling; untouched pages cost nothing */
+  b.cap = (size_t)text_max;
+  if (!(b.p = malloc(b.cap))) b.oom = 1;
+  sb_put(&b, "{\"run\":", 7);
+  sb_json(&b, cJSON_CreateStringReference(q->run));
+  sb_put(&b, ",\"tag\":", 7);
+  sb_json(&b, cJSON_CreateStringReference(q->tag));
+  sb_column(&b, "step", NULL, s.step, s.n);
+  if (q->all_incarnations) sb_strings(&b, "incarnation", s.inc, s.n);
+  for (size_t m = 0; m < nm && !b.oom; m++)
+    sb_column(&b, gw_metric_name(q->ids[m]), s.cols[m], NULL, s.n);
+  sb_put(&b, "}", 1);
+  gw_store_series_free(&s);
+  if (b.oom || !(a = calloc(1, sizeof *a))) {
+    rc = GW_ENOMEM;
+    goto failure;
+  }
+  /* The columns are gone: from now on only the text is charged. */
+  budget_give(h, charged - b.len);
+  charged = b.len;
+  a->h = h;
+  a->p = b.p;
+  a->len = b.len;
+  a->charged = charged;
+  b.p = NULL;
+  j->resp = MHD_create_response_from_callback(a->len, 65536, answer_read, a, answer_free);
+  if (!j->resp) {
+    answer_free(a); /* gives the charge back */
+    j->status = 0;
+    return;
+  }
+  MHD_add_response_header(j->resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  MHD_add_response_header(j->resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+  MHD_add_response_header(j->resp, "X-Content-Type-Options", "nosniff");
+  j->status = MHD_HTTP_OK;
+  return;
+failure:
+  gw_store_series_free(&s);
+  free(b.p);
+  if (charged) budget_give(h, charged);
+  j->status = rc == GW_ENOMEM ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_INTERNAL_SERVER_ERROR;
+  j->resp = error_response(gw_strerror(rc));
+}
+
+static void *answer_thread(void *arg) {
+  gw_http_t *h = arg;
+  pthread_mutex_lock(&h->jmu);
+  for (;;) {
+    while (!h->jhead && !h->jstop) pthread_cond_wait(&h->jcv, &h->jmu);
+    job_t *j = h->jhead;
+    if (!j) break; /* stopping, nothing left */
+    h->jhead = j->next;
+    if (!h->jhead) h->jtail = NULL;
+    h->jn--;
+    int stopping = h->jstop;
+    pthread_mutex_unlock(&h->jmu);
+    if (stopping) {
+      j->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+      j->resp = error_response("shutting down");
+    } else {
+      series_build(j);
+    }
+    j->done = 1; /* read by the handler after the resume below */
+    MHD_resume_connection(j->conn);
+    pthread_mutex_lock(&h->jmu);
+  }
+  pthread_mutex_unlock(&h->jmu);
+  return NULL;
+}
+
+static enum MHD_Result h_series(gw_http_t *h, struct MHD_Connection *c, void **con_cls) {
+  if (*con_cls != &seen_marker) { /* resumed: the answer thread is done */
+    job_t *j = *con_cls;
+    struct MHD_Response *r = j->resp;
+    j->resp = NULL;
+    if (!r) return MHD_NO;
+    return send_response(c, j->status, r);
+  }
   gw_series_query_t q;
   char msg[160];
 #define ARG(name) MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name)
@@ -304,31 +550,41 @@ static enum MHD_Result h_series(gw_http_t *h, struct MHD_Connection *c) {
       gw_http_incarnations(ARG("incarnations"), &q.all_incarnations, msg, sizeof msg) != 0)
     return send_error(c, MHD_HTTP_BAD_REQUEST, msg);
 #undef ARG
-  const char *run = q.run, *tag = q.tag;
-  const int *ids = q.ids;
-  size_t nm = q.n_metrics;
-
-  gw_series_t s = {0};
-  int rc = gw_store_series(h->deps.store, run, tag, ids, nm, q.from, q.to, (size_t)q.max_points, &s,
-                           q.all_incarnations);
-  if (rc == GW_ENOTFOUND) return send_error(c, MHD_HTTP_NOT_FOUND, "unknown stream");
-  if (rc != 0) return send_failure(c, rc);
-  sb_t b = {0};
-  sb_put(&b, "{\"run\":", 7);
-  sb_json(&b, cJSON_CreateStringReference(run));
-  sb_put(&b, ",\"tag\":", 7);
-  sb_json(&b, cJSON_CreateStringReference(tag));
-  sb_column(&b, "step", NULL, s.step, s.n);
-  if (q.all_incarnations) sb_strings(&b, "incarnation", s.inc, s.n);
-  for (size_t m = 0; m < nm && !b.oom; m++)
-    sb_column(&b, gw_metric_name(ids[m]), s.cols[m], NULL, s.n);
-  sb_put(&b, "}", 1);
-  gw_store_series_free(&s);
-  if (b.oom) {
-    free(b.p);
-    return send_failure(c, GW_ENOMEM);
+  job_t *j = calloc(1, sizeof *j);
+  if (!j) return send_failure(c, GW_ENOMEM);
+  j->h = h;
+  j->conn = c;
+  j->q = q;
+  pthread_mutex_lock(&h->jmu);
+  if (h->jstop || h->jn >= JOBS_MAX) {
+    int stopping = h->jstop;
+    pthread_mutex_unlock(&h->jmu);
+    free(j);
+    if (stopping) return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+    return send_response(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                         error_busy(h, GW_HTTP_REFUSE_QUEUE, "busy: too many answers waiting; retry later"));
   }
-  return send_response(c, MHD_HTTP_OK, json_response(b.p));
+  *con_cls = j; /* freed by completed() */
+  MHD_suspend_connection(c);
+  if (h->jtail) h->jtail->next = j;
+  else h->jhead = j;
+  h->jtail = j;
+  h->jn++;
+  pthread_cond_signal(&h->jcv);
+  pthread_mutex_unlock(&h->jmu);
+  return MHD_YES;
+}
+
+/* libmicrohttpd is done with a request: free its job, if it had one. */
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                      enum MHD_RequestTerminationCode why) {
+  (void)cls, (void)c, (void)why;
+  if (*con_cls && *con_cls != &seen_marker) {
+    job_t *j = *con_cls;
+    if (j->resp) MHD_destroy_response(j->resp);
+    free(j);
+  }
+  *con_cls = NULL;
 }
 
 static enum MHD_Result h_alerts(gw_http_t *h, struct MHD_Connection *c) {
@@ -445,6 +701,17 @@ static enum MHD_Result h_stats(gw_http_t *h, struct MHD_Connection *c) {
              : cJSON_AddNullToObject(store, "last_error")) ||
       !gw_json_add_num(o, "uptime_s", up))
     goto nomem;
+  cJSON *sse = cJSON_AddObjectToObject(o, "sse"), *sd, *ans, *ar;
+  if (!sse || !add_u64(sse, "clients", gw_stats_get(&st->sse_clients)) ||
+      !(sd = cJSON_AddObjectToObject(sse, "dropped")) ||
+      !(ans = cJSON_AddObjectToObject(o, "answers")) ||
+      !add_u64(ans, "held_bytes", gw_stats_get(&st->http_answer_bytes)) ||
+      !(ar = cJSON_AddObjectToObject(ans, "refused")))
+    goto nomem;
+  for (int i = 0; i < GW_SSE_DROP_COUNT; i++)
+    if (!add_u64(sd, gw_sse_drop_name(i), gw_stats_get(&st->sse_dropped[i]))) goto nomem;
+  for (int i = 0; i < GW_HTTP_REFUSE_COUNT; i++)
+    if (!add_u64(ar, gw_http_refuse_name(i), gw_stats_get(&st->http_refused[i]))) goto nomem;
   return send_json(c, MHD_HTTP_OK, o);
 nomem:
   cJSON_Delete(o);
@@ -480,6 +747,8 @@ static enum MHD_Result h_events(gw_http_t *h, struct MHD_Connection *c, int head
   } else {
     int rc = gw_live_serve(h->deps.live, c, run, tag, &r);
     if (rc == GW_EDENIED) return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+    if (rc == GW_EFULL)
+      return send_busy(c, "too many live (SSE) clients, in all or from this address; retry later");
     if (rc != 0) return send_failure(c, rc);
   }
   if (!r) return MHD_NO;
@@ -513,7 +782,6 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                               const char *upload_data, size_t *upload_data_size,
                               void **con_cls) {
   gw_http_t *h = cls;
-  static char seen; /* *con_cls marker: the first call has happened */
   int head = strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
   (void)version;
   (void)upload_data;
@@ -530,7 +798,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                            MHD_HTTP_HEADER_TRANSFER_ENCODING);
     if (!body && (head || strcmp(method, MHD_HTTP_METHOD_GET) == 0)) {
-      *con_cls = &seen;
+      *con_cls = &seen_marker;
       return MHD_YES;
     }
   } else if (*upload_data_size != 0) {
@@ -587,7 +855,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
       if (route == GW_ROUTE_RUNS) return h_runs(h, c);
       if (route == GW_ROUTE_RESTARTS) return h_restarts(h, c);
       if (route == GW_ROUTE_ALERTS) return h_alerts(h, c);
-      if (route == GW_ROUTE_SERIES) return h_series(h, c);
+      if (route == GW_ROUTE_SERIES) return h_series(h, c, con_cls);
       return h_streams(h, c, arg, arg_len);
     case GW_ROUTE_ASSET:
       if (asset) return h_asset(c, asset);
@@ -692,6 +960,29 @@ done:
   return rc;
 }
 
+/* Stop the answer threads (they answer what is queued with 503 first) and
+ * free what they use. Accepts a partly started server. */
+static void stop_threads(gw_http_t *h) {
+  if (!h->jinit) return;
+  pthread_mutex_lock(&h->jmu);
+  h->jstop = 1;
+  pthread_cond_broadcast(&h->jcv);
+  pthread_mutex_unlock(&h->jmu);
+  for (unsigned i = 0; i < h->nthreads; i++) pthread_join(h->threads[i], NULL);
+  free(h->threads);
+  h->threads = NULL;
+  h->nthreads = 0;
+}
+
+/* After libmicrohttpd has stopped (no handler can take jmu any more). */
+static void free_threads(gw_http_t *h) {
+  stop_threads(h);
+  if (!h->jinit) return;
+  pthread_cond_destroy(&h->jcv);
+  pthread_mutex_destroy(&h->jmu);
+  h->jinit = 0;
+}
+
 int gw_http_start(gw_http_t **out, const gw_http_config_t *cfg,
                   const gw_http_deps_t *deps) {
   gw_http_t *h = NULL;
@@ -723,7 +1014,23 @@ int gw_http_start(gw_http_t **out, const gw_http_config_t *cfg,
         (rc = read_pem(cfg->key_file, &h->key_pem)) != 0)
       goto fail;
   }
+  h->series_max = cfg->series_max_bytes ? cfg->series_max_bytes : def.series_max_bytes;
+  h->budget = cfg->answer_budget_bytes ? cfg->answer_budget_bytes : def.answer_budget_bytes;
+  atomic_init(&h->held, 0);
   if ((rc = listen_on(&ss, sl, &h->fd, &h->port)) != 0) goto fail;
+  if ((rc = -pthread_mutex_init(&h->jmu, NULL)) != 0) goto fail;
+  if ((rc = -pthread_cond_init(&h->jcv, NULL)) != 0) {
+    pthread_mutex_destroy(&h->jmu);
+    goto fail;
+  }
+  h->jinit = 1;
+  unsigned nt = cfg->answer_threads ? cfg->answer_threads : def.answer_threads;
+  if (!(h->threads = calloc(nt, sizeof *h->threads))) {
+    rc = GW_ENOMEM;
+    goto fail;
+  }
+  for (; h->nthreads < nt; h->nthreads++)
+    if ((rc = -pthread_create(&h->threads[h->nthreads], NULL, answer_thread, h)) != 0) goto fail;
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME;
   if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
   if (h->cert_pem) flags |= MHD_USE_TLS;
@@ -740,6 +1047,7 @@ int gw_http_start(gw_http_t **out, const gw_http_config_t *cfg,
       MHD_OPTION_CONNECTION_TIMEOUT, cfg->timeout_s ? cfg->timeout_s : def.timeout_s,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)MEMORY_LIMIT,
       MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+      MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
       MHD_OPTION_ARRAY, h->cert_pem ? tls : tls + 2, /* no TLS: an empty list */
       MHD_OPTION_END);
   if (!h->mhd) {
@@ -749,6 +1057,7 @@ int gw_http_start(gw_http_t **out, const gw_http_config_t *cfg,
   *out = h;
   return 0;
 fail:
+  free_threads(h);
   if (h->fd >= 0) close(h->fd);
   free(h->token);
   free(h->cert_pem);
@@ -765,7 +1074,11 @@ void gw_http_stop(gw_http_t *h) {
   MHD_socket fd = MHD_quiesce_daemon(h->mhd);
   /* No connection may stay suspended through MHD_stop_daemon. */
   if (h->deps.live) gw_live_close_clients(h->deps.live);
+  /* Answers still queued are answered 503 and resumed, then no connection
+   * is suspended on our account. */
+  stop_threads(h);
   MHD_stop_daemon(h->mhd);
+  free_threads(h);
   if (fd != MHD_INVALID_SOCKET) close(fd);
   free(h->token);
   free(h->cert_pem);

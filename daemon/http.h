@@ -18,10 +18,15 @@
  *   /api/v1/stats           daemon counters (gw_stats_t, store rows)
  *   /metrics                Prometheus text (metrics.h)
  *   /healthz, /readyz       {"status":"ok"} / {"status":"ready"} or 503
+ * /api/v1/series answers are built by answer threads of their own (the
+ * connection is suspended meanwhile), so libmicrohttpd's threads only ever
+ * do cheap work and /healthz is answered whatever data requests are doing.
  * Times are Unix seconds (null when never); numbers leave bit-exact. Errors
  * are {"error":"..."}: 400 bad parameter (named), 401 token (with
  * WWW-Authenticate: Bearer), 404 unknown path/run/stream, 405, 503 (not
- * ready, dependency not configured, shutting down), 500 store failure.
+ * ready, dependency not configured, shutting down; with Retry-After: too
+ * many SSE clients, answer budget held by others), 500 store failure; a
+ * series ask whose worst case is over series_max_bytes is 400.
  *
  * Life cycle: gw_http_start binds the address and starts serving;
  * gw_http_stop stops accepting, ends every SSE stream (gw_live_close_clients,
@@ -42,13 +47,20 @@
 typedef struct gw_http_config_s {
   const char *addr;      /* "HOST:PORT", "[V6]:PORT"; port 0 = ephemeral */
   const char *token;     /* bearer token; NULL or "" = no auth (copied) */
-  unsigned threads;      /* poll threads (default 2) */
+  unsigned threads;      /* poll threads (default 4: a request waits behind the
+                            connections of its thread only) */
   unsigned conn_limit;   /* open connections, SSE included (default 1024) */
   unsigned per_ip_limit; /* per client address (default 256) */
   unsigned timeout_s;    /* idle connection timeout (default 60; SSE clients
                             are kept alive by the 15 s heartbeat) */
   const char *cert_file; /* HTTPS: PEM certificate (chain) file; NULL = plain HTTP */
   const char *key_file;  /* HTTPS: PEM private key file; both or neither */
+  size_t series_max_bytes;    /* largest /api/v1/series answer (default 64 MiB):
+                                 an ask whose worst case is larger gets 400 */
+  size_t answer_budget_bytes; /* bytes held for data answers across all
+                                 connections, built or being sent (default
+                                 256 MiB): over it 503 with Retry-After */
+  unsigned answer_threads;    /* threads building data answers (default 2) */
 } gw_http_config_t;
 
 /* addr "127.0.0.1:8080", no token, and the defaults above. */

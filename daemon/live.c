@@ -1,39 +1,50 @@
-/* live.c — the SSE hub: bounded per-client queues, suspend/resume, heartbeat.
+/* live.c — the SSE hub: one shared ring of encoded events, a cursor per
+ * client, suspend/resume, the notifier thread.
  *
  * NOTES ON THE DESIGN OF THE HUB
  *
- * One mutex (live->mu) guards the client list and every client's queue.
- * A queue is a byte buffer holding [off, len): event text not yet handed to
- * libmicrohttpd. Events are appended whole; the reader callback hands out any
- * number of bytes, so at a given moment the head of the queue may be the tail
- * of an event whose start was already sent. last2 remembers the last two
- * bytes handed out: every event ends with "\n\n" and holds no other blank
- * line, so "the reader stands at an event boundary" is "last2 is \n\n".
+ * Why a ring. Each event used to be copied into a queue per client, and a
+ * client that never read made every publish cut and rescan its full queue:
+ * with 250 stalled clients publishing cost ~0.8 ms per event (10,000 events
+ * took 8 s) and each stalled client held its own megabytes. Now an event is
+ * formatted once into one allocation (ev_t) and put in one ring; a client is
+ * a cursor (seq: the next event to look at; cur/off: the event it is part-way
+ * through, held by a reference so eviction cannot free it under the reader).
+ * Publishing is: format, evict from the tail while over the total budget,
+ * append at the head, maybe signal the notifier. O(1) in the clients.
+ *
+ * One mutex (live->mu) guards the ring, the client list and every cursor.
+ * Bytes are positions in the stream of all events ever published (ev->pos,
+ * live->end_pos), so "how far behind is this client" is end_pos minus its
+ * position, whatever filters it has.
  *
  * Client states, moved by the functions named:
  *
- *   active ──reader finds queue empty──▶ suspended   (MHD_suspend_connection)
- *   suspended ──publish / heartbeat / close_clients──▶ active   (MHD_resume_connection)
+ *   active ──reader finds nothing for it──▶ suspended   (MHD_suspend_connection)
+ *   suspended ──notifier after a publish / heartbeat / close_clients──▶ active
+ *                                                  (MHD_resume_connection)
+ *   any ──sweep finds it over client_max_bytes──▶ dropped: shutdown(2) of its
+ *         socket (or, if suspended, a resume whose reader ends the stream),
+ *         so libmicrohttpd closes it at its next write
  *   any ──response freed by libmicrohttpd──▶ gone    (client_free)
  *
  * The reader runs in a libmicrohttpd thread with the response's mutex held;
- * it takes live->mu and may call MHD_suspend_connection. publish takes
+ * it takes live->mu and may call MHD_suspend_connection. The notifier takes
  * live->mu and may call MHD_resume_connection, which is thread-safe. Since
  * "suspended" is only set and cleared under live->mu, resume is called
  * exactly once per suspend, and only while the connection is suspended
- * (libmicrohttpd requires both). A suspended connection is never closed by
- * libmicrohttpd, so it cannot be freed under us; the free callback takes
- * live->mu before unlinking, so publish never touches a dead client.
+ * (libmicrohttpd requires both). libmicrohttpd frees a connection's response
+ * (client_free, which unlinks under live->mu) before it closes the socket,
+ * so the descriptor a linked client names is still that client's: shutdown
+ * cannot hit another connection.
  *
- * Lagging. When an event does not fit a client's bound, the queue is cut
- * back to the end of the event the reader is in the middle of (so the client
- * never sees half an event), the dropped events are counted in
- * stats->live_dropped, `event: resync` is queued, then the new event if it
- * fits. A cut scans at most one queue (per_client_max_bytes). Publishing a
- * point costs formatting its text once (~30 numbers, only when someone
- * listens) plus one memcpy per matching client; it never waits for a
- * socket. Memory per client is bounded by per_client_max_bytes plus one
- * event.
+ * Costs. publish: one allocation and one copy of the event text, O(1)
+ * locking; a signal to the notifier only when some client is suspended and
+ * no wake is pending. Notifier: O(clients) per batch of publishes and per
+ * sweep (every GW_LIVE_SWEEP_MS), off the ingest thread. Memory: the ring
+ * (total_max_bytes plus one event) plus, per client, its struct and at most
+ * one event it is part-way through; libmicrohttpd adds its buffers per
+ * connection.
  */
 #include "live.h"
 
@@ -41,10 +52,13 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <cjson/cJSON.h>
@@ -56,121 +70,196 @@
 #include "util.h"
 
 #define BLOCK_SIZE 16384 /* most bytes handed to libmicrohttpd per call */
-#define SHRINK_ABOVE 65536 /* free an idle client's buffer above this */
+#define RING_SLOTS_MIN 1024u
+#define RING_SLOTS_MAX ((size_t)1 << 20)
+#define WAKE_BATCH_MS 20 /* resumes are batched over this long (live latency) */
+#define SNDBUF_BYTES 16384 /* kernel send buffer of an SSE connection */
+#define EVENT_MIN_BYTES 64 /* a point event is ~700 bytes; slots = total / this */
 
 static const char RESYNC[] = "event: resync\ndata: {}\n\n";
 static const char HEARTBEAT[] = ": hb\n\n";
 static const char HELLO[] = "retry: 3000\n\n"; /* browser reconnect delay */
 
+/* One encoded event, shared by every client. run/tag (inside the same
+ * allocation, after text) say who takes it; NULL = every client. */
+typedef struct ev_s {
+  uint64_t pos;  /* offset of text[0] in the stream of all events */
+  size_t len;
+  unsigned refs; /* the ring's, plus one per client part-way through it */
+  const char *run, *tag;
+  char text[];
+} ev_t;
+
 typedef struct client_s {
   struct client_s *prev, *next;
   gw_live_t *live;
   struct MHD_Connection *conn;
-  char *run, *tag; /* filters, NULL = any */
-  char *buf;
-  size_t off, len, cap;
-  char last2[2];
+  int fd;            /* the connection's socket (libmicrohttpd's) */
+  unsigned char addr[16]; /* client address: IPv4 in 4 bytes, IPv6 in 16 */
+  char *run, *tag;   /* filters, NULL = any */
+  uint64_t seq;      /* next ring event to consider */
+  ev_t *cur;         /* event part-way handed out (a reference), or NULL */
+  size_t off;        /* bytes of cur handed out */
+  char local[32];    /* this client's own text (hello, resync, heartbeat) */
+  size_t loff, llen; /* only filled at an event boundary (cur == NULL) */
   int suspended;
-  int linked; /* in live's list */
+  int dropped; /* over its share: its stream ends with an error */
+  int linked;  /* in live's list */
 } client_t;
 
 struct gw_live_s {
   pthread_mutex_t mu;
-  pthread_cond_t cv; /* wakes the heartbeat thread (stop, interval change) */
-  pthread_t hb;
+  pthread_cond_t cv; /* wakes the notifier (publish, stop, interval change) */
+  pthread_t th;
   uint32_t hb_ms;
-  int stop;    /* heartbeat thread must exit */
-  int closing; /* gw_live_close_clients was called */
-  size_t max_bytes;
+  int stop;        /* notifier must exit */
+  int closing;     /* gw_live_close_clients was called */
+  int wake_pending; /* a publish happened while clients were suspended */
+  gw_live_config_t cfg;
   gw_stats_t *stats;
-  client_t *head;
-  size_t nclients;
+  /* ring: events [tail, head) by sequence number, slot seq & mask */
+  ev_t **ring;
+  size_t mask;
+  uint64_t tail, head;
+  size_t ring_bytes;
+  uint64_t end_pos; /* bytes ever published */
+  client_t *head_client;
+  size_t nclients, nsuspended;
+  struct MHD_Connection **waking; /* notifier only: connections to resume */
+  size_t wcap;
+  int resuming;              /* the notifier is resuming them, unlocked */
+  pthread_cond_t resumed_cv; /* resuming went back to 0 */
 };
 
-/* ---- queue ---- */
+/* ---- ring ---- */
 
-static int reserve(client_t *c, size_t n) {
-  if (c->len + n <= c->cap) return 0;
-  if (c->off > 0) { /* compact first */
-    memmove(c->buf, c->buf + c->off, c->len - c->off);
-    c->len -= c->off;
-    c->off = 0;
-    if (c->len + n <= c->cap) return 0;
+static void ev_unref(ev_t *e) {
+  if (e && --e->refs == 0) free(e);
+}
+
+static void evict_one(gw_live_t *live) {
+  ev_t *e = live->ring[live->tail & live->mask];
+  live->ring[live->tail & live->mask] = NULL;
+  live->ring_bytes -= e->len;
+  live->tail++;
+  ev_unref(e);
+}
+
+/* An event: text (n bytes) and the filters, in one allocation. */
+static ev_t *ev_new(const char *text, size_t n, const char *run, const char *tag) {
+  size_t rl = run ? strlen(run) + 1 : 0, tl = tag ? strlen(tag) + 1 : 0;
+  ev_t *e = malloc(sizeof *e + n + rl + tl);
+  if (!e) return NULL;
+  e->len = n;
+  e->refs = 1;
+  memcpy(e->text, text, n);
+  e->run = run ? memcpy(e->text + n, run, rl) : NULL;
+  e->tag = tag ? memcpy(e->text + n + rl, tag, tl) : NULL;
+  return e;
+}
+
+/* Append e (the ring takes the reference). With live->mu held. O(1)
+ * amortised: each event is evicted once. */
+static void ring_push(gw_live_t *live, ev_t *e) {
+  if (e->len > live->cfg.total_max_bytes) { /* could never be held */
+    gw_stats_add(&live->stats->live_dropped, live->nclients);
+    ev_unref(e);
+    return;
   }
-  size_t cap = c->cap ? c->cap : 4096;
-  while (cap < c->len + n) cap *= 2;
-  char *b = realloc(c->buf, cap);
-  if (!b) return GW_ENOMEM;
-  c->buf = b;
-  c->cap = cap;
-  return 0;
+  while (live->head != live->tail &&
+         (live->head - live->tail > live->mask ||
+          live->ring_bytes + e->len > live->cfg.total_max_bytes))
+    evict_one(live);
+  e->pos = live->end_pos;
+  live->end_pos += e->len;
+  live->ring[live->head & live->mask] = e;
+  live->head++;
+  live->ring_bytes += e->len;
+  if (live->nsuspended && !live->wake_pending) {
+    live->wake_pending = 1;
+    pthread_cond_signal(&live->cv);
+  }
 }
 
-/* Index just past the first "\n\n" in buf[a, b), or b if there is none. */
-static size_t past_blank(const char *buf, size_t a, size_t b) {
-  for (size_t i = a; i + 1 < b; i++)
-    if (buf[i] == '\n' && buf[i + 1] == '\n') return i + 2;
-  return b;
+static int matches(const client_t *c, const ev_t *e) {
+  return (!c->run || !e->run || strcmp(c->run, e->run) == 0) &&
+         (!c->tag || !e->tag || strcmp(c->tag, e->tag) == 0);
 }
 
-/* Data events (not comments, not resyncs) starting at event boundaries in
- * buf[a, b), a being one. */
-static uint64_t count_events(const char *buf, size_t a, size_t b) {
-  uint64_t n = 0;
-  for (size_t p = a; p < b; p = past_blank(buf, p, b))
-    if (b - p >= 7 && memcmp(buf + p, "event: ", 7) == 0 &&
-        !(b - p >= sizeof RESYNC - 1 && memcmp(buf + p, RESYNC, sizeof RESYNC - 1) == 0))
-      n++;
-  return n;
+/* Where the client stands in the stream of all events. */
+static uint64_t client_pos(const gw_live_t *live, const client_t *c) {
+  if (c->cur) return c->cur->pos + c->off;
+  if (c->seq < live->tail) return live->tail == live->head ? live->end_pos
+                                                           : live->ring[live->tail & live->mask]->pos;
+  if (c->seq < live->head) return live->ring[c->seq & live->mask]->pos;
+  return live->end_pos;
 }
 
-/* The client cannot take n more bytes: cut its queue back to the end of the
- * partly sent event, count the dropped events, queue resync. */
-static void lag(client_t *c) {
-  size_t keep = c->off;
-  if (!(c->last2[0] == '\n' && c->last2[1] == '\n') && c->off < c->len) {
-    if (c->last2[1] == '\n' && c->buf[c->off] == '\n') {
-      keep = c->off + 1;
-    } else {
-      keep = past_blank(c->buf, c->off, c->len);
+static void set_local(client_t *c, const char *text, size_t n) {
+  assert(!c->cur && c->loff == c->llen && n <= sizeof c->local);
+  memcpy(c->local, text, n);
+  c->loff = 0;
+  c->llen = n;
+}
+
+/* Copy up to max bytes of what the client has not had yet into out. With
+ * live->mu held. */
+static size_t fill(gw_live_t *live, client_t *c, char *out, size_t max) {
+  size_t k = 0;
+  while (k < max) {
+    if (c->loff < c->llen) {
+      size_t n = c->llen - c->loff < max - k ? c->llen - c->loff : max - k;
+      memcpy(out + k, c->local + c->loff, n);
+      c->loff += n;
+      k += n;
+      continue;
     }
+    if (c->cur) {
+      size_t n = c->cur->len - c->off < max - k ? c->cur->len - c->off : max - k;
+      memcpy(out + k, c->cur->text + c->off, n);
+      c->off += n;
+      k += n;
+      if (c->off == c->cur->len) {
+        ev_unref(c->cur);
+        c->cur = NULL;
+        c->off = 0;
+      }
+      continue;
+    }
+    if (c->seq < live->tail) { /* its events were evicted: start afresh */
+      gw_stats_add(&live->stats->live_dropped, live->tail - c->seq);
+      c->seq = live->head;
+      set_local(c, RESYNC, sizeof RESYNC - 1);
+      continue;
+    }
+    if (c->seq == live->head) break;
+    ev_t *e = live->ring[c->seq & live->mask];
+    c->seq++;
+    if (!matches(c, e)) continue;
+    c->cur = e;
+    e->refs++;
+    c->off = 0;
   }
-  uint64_t dropped = count_events(c->buf, keep, c->len);
-  c->len = keep;
-  if (dropped) gw_stats_add(&c->live->stats->live_dropped, dropped);
-  /* resync always fits: the kept tail is under one event, and reserve()
-   * grows past max_bytes if it must. */
-  if (reserve(c, sizeof RESYNC - 1) == 0) {
-    memcpy(c->buf + c->len, RESYNC, sizeof RESYNC - 1);
-    c->len += sizeof RESYNC - 1;
-  }
+  return k;
 }
 
-static void wake(client_t *c) {
+static void wake(gw_live_t *live, client_t *c) {
   if (c->suspended) {
     c->suspended = 0;
+    live->nsuspended--;
     MHD_resume_connection(c->conn);
   }
 }
 
-/* Append one whole event (with live->mu held). */
-static void enqueue(client_t *c, const char *ev, size_t n, int is_event) {
-  if (c->len - c->off + n > c->live->max_bytes) {
-    lag(c);
-    if (c->len - c->off + n > c->live->max_bytes) {
-      if (is_event) gw_stats_add(&c->live->stats->live_dropped, 1);
-      wake(c);
-      return;
-    }
-  }
-  if (reserve(c, n) != 0) {
-    if (is_event) gw_stats_add(&c->live->stats->live_dropped, 1);
-    wake(c);
-    return;
-  }
-  memcpy(c->buf + c->len, ev, n);
-  c->len += n;
-  wake(c);
+/* Over its share: end its stream. A suspended client's reader ends it; a
+ * busy one is blocked in a write libmicrohttpd retries when the socket is
+ * writable, which shutdown makes it at once (and the write then fails). */
+static void drop(gw_live_t *live, client_t *c) {
+  c->dropped = 1;
+  gw_stats_add(&live->stats->sse_dropped[GW_SSE_DROP_SLOW], 1);
+  gw_stats_add(&live->stats->live_dropped, live->head - (c->seq < live->tail ? live->tail : c->seq));
+  if (c->suspended) wake(live, c);
+  else if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
 }
 
 /* ---- libmicrohttpd callbacks ---- */
@@ -183,28 +272,15 @@ static ssize_t reader(void *cls, uint64_t pos, char *out, size_t max) {
   pthread_mutex_lock(&live->mu);
   if (live->closing) {
     n = MHD_CONTENT_READER_END_OF_STREAM;
-  } else if (c->off == c->len) {
-    if (c->cap > SHRINK_ABOVE) {
-      free(c->buf);
-      c->buf = NULL;
-      c->cap = c->off = c->len = 0;
-    }
-    c->suspended = 1;
-    MHD_suspend_connection(c->conn);
-    n = 0;
+  } else if (c->dropped) {
+    n = MHD_CONTENT_READER_END_WITH_ERROR;
   } else {
-    size_t k = c->len - c->off;
-    if (k > max) k = max;
-    memcpy(out, c->buf + c->off, k);
-    if (k >= 2) {
-      c->last2[0] = c->buf[c->off + k - 2];
-      c->last2[1] = c->buf[c->off + k - 1];
-    } else {
-      c->last2[0] = c->last2[1];
-      c->last2[1] = c->buf[c->off];
+    size_t k = fill(live, c, out, max);
+    if (k == 0) {
+      c->suspended = 1;
+      live->nsuspended++;
+      MHD_suspend_connection(c->conn);
     }
-    c->off += k;
-    if (c->off == c->len) c->off = c->len = 0;
     n = (ssize_t)k;
   }
   pthread_mutex_unlock(&live->mu);
@@ -217,15 +293,29 @@ static void client_free(void *cls) {
   pthread_mutex_lock(&live->mu);
   if (c->linked) {
     if (c->prev) c->prev->next = c->next;
-    else live->head = c->next;
+    else live->head_client = c->next;
     if (c->next) c->next->prev = c->prev;
     live->nclients--;
+    if (c->suspended) live->nsuspended--; /* not expected: suspended ones are never freed */
+    atomic_store_explicit(&live->stats->sse_clients, live->nclients, memory_order_relaxed);
   }
+  ev_unref(c->cur);
   pthread_mutex_unlock(&live->mu);
-  free(c->buf);
   free(c->run);
   free(c->tag);
   free(c);
+}
+
+/* The connection's client address into a (16 bytes, zero-padded). */
+static void conn_addr(struct MHD_Connection *conn, unsigned char a[16]) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  memset(a, 0, 16);
+  if (!ci || !ci->client_addr) return;
+  if (ci->client_addr->sa_family == AF_INET)
+    memcpy(a, &((const struct sockaddr_in *)(const void *)ci->client_addr)->sin_addr, 4);
+  else if (ci->client_addr->sa_family == AF_INET6)
+    memcpy(a, &((const struct sockaddr_in6 *)(const void *)ci->client_addr)->sin6_addr, 16);
 }
 
 int gw_live_serve(gw_live_t *live, struct MHD_Connection *conn, const char *run,
@@ -236,31 +326,52 @@ int gw_live_serve(gw_live_t *live, struct MHD_Connection *conn, const char *run,
   if (!(c = calloc(1, sizeof *c))) return GW_ENOMEM;
   c->live = live;
   c->conn = conn;
-  c->last2[0] = c->last2[1] = '\n'; /* the stream starts at a boundary */
-  if ((run && !(c->run = strdup(run))) || (tag && !(c->tag = strdup(tag))) ||
-      reserve(c, sizeof HELLO - 1) != 0)
-    goto nomem;
-  memcpy(c->buf, HELLO, sizeof HELLO - 1);
-  c->len = sizeof HELLO - 1;
+  const union MHD_ConnectionInfo *fi =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  c->fd = fi ? (int)fi->connect_fd : -1;
+  /* A small kernel send buffer: a client that stops reading holds 64 KiB
+   * of kernel memory (not the megabytes TCP autotuning grows to) and
+   * stalls, so the sweep sees it fall behind. */
+  int sndbuf = SNDBUF_BYTES;
+  if (c->fd >= 0) setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+  conn_addr(conn, c->addr);
+  set_local(c, HELLO, sizeof HELLO - 1);
+  if ((run && !(c->run = strdup(run))) || (tag && !(c->tag = strdup(tag)))) goto nomem;
   r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, BLOCK_SIZE, reader,
                                         c, client_free);
   if (!r) goto nomem;
   pthread_mutex_lock(&live->mu);
+  int rc = 0;
   if (live->closing) {
+    rc = GW_EDENIED;
+  } else if (live->nclients >= live->cfg.max_clients) {
+    gw_stats_add(&live->stats->sse_dropped[GW_SSE_DROP_MAX_CLIENTS], 1);
+    rc = GW_EFULL;
+  } else {
+    unsigned same = 0; /* O(clients), once per subscription */
+    for (client_t *o = live->head_client; o; o = o->next)
+      if (memcmp(o->addr, c->addr, sizeof c->addr) == 0) same++;
+    if (same >= live->cfg.max_per_address) {
+      gw_stats_add(&live->stats->sse_dropped[GW_SSE_DROP_PER_ADDRESS], 1);
+      rc = GW_EFULL;
+    }
+  }
+  if (rc) {
     pthread_mutex_unlock(&live->mu);
     MHD_destroy_response(r); /* frees c (client_free; not linked) */
-    return GW_EDENIED;
+    return rc;
   }
+  c->seq = live->head; /* events from now on */
   c->linked = 1;
-  c->next = live->head;
-  if (live->head) live->head->prev = c;
-  live->head = c;
+  c->next = live->head_client;
+  if (live->head_client) live->head_client->prev = c;
+  live->head_client = c;
   live->nclients++;
+  atomic_store_explicit(&live->stats->sse_clients, live->nclients, memory_order_relaxed);
   pthread_mutex_unlock(&live->mu);
   *out = r;
   return 0;
 nomem:
-  free(c->buf);
   free(c->run);
   free(c->tag);
   free(c);
@@ -269,42 +380,45 @@ nomem:
 
 /* ---- publisher ---- */
 
-static int matches(const client_t *c, const char *run, const char *tag) {
-  return (!c->run || (run && strcmp(c->run, run) == 0)) &&
-         (!c->tag || (tag && strcmp(c->tag, tag) == 0));
+/* Put one event in the ring for clients whose filters admit run/tag (NULL:
+ * every client). Takes text (malloc'd, n bytes) and frees it. */
+static int publish_text(gw_live_t *live, char *text, size_t n, const char *run,
+                        const char *tag) {
+  ev_t *e = text ? ev_new(text, n, run, tag) : NULL;
+  free(text);
+  pthread_mutex_lock(&live->mu);
+  int rc = 0;
+  if (!e) {
+    gw_stats_add(&live->stats->live_dropped, live->nclients);
+    rc = GW_ENOMEM;
+  } else if (live->nclients == 0 || live->closing) {
+    ev_unref(e);
+  } else {
+    ring_push(live, e);
+  }
+  pthread_mutex_unlock(&live->mu);
+  return rc;
 }
 
-/* Queue `event: alert` with obj's JSON to every client whose run filter
- * accepts run (NULL: the alert has no run, every client takes it). obj is
- * printed once, and only if someone listens. */
-/* Queue `event: <name>` with obj as its data to every client whose run
- * filter admits run (NULL: every client). */
-static int publish_json(gw_live_t *live, const char *name, const cJSON *obj, const char *run) {
-  int rc = 0;
-  char *json = NULL, *ev = NULL;
-  size_t n = 0;
+static size_t listeners(gw_live_t *live) {
   pthread_mutex_lock(&live->mu);
-  for (client_t *c = live->head; c; c = c->next) {
-    if (c->run && run && strcmp(c->run, run) != 0) continue;
-    if (!ev) {
-      if (!(json = cJSON_PrintUnformatted(obj))) goto nomem;
-      gw_buf_t b;
-      gw_buf_init(&b);
-      gw_buf_printf(&b, "event: %s\ndata: %s\n\n", name, json);
-      n = b.len;
-      if (!(ev = gw_buf_steal(&b))) goto nomem;
-    }
-    enqueue(c, ev, n, 1);
-  }
-  goto out;
-nomem:
-  rc = GW_ENOMEM;
-  gw_stats_add(&live->stats->live_dropped, live->nclients);
-out:
+  size_t n = live->nclients;
   pthread_mutex_unlock(&live->mu);
+  return n;
+}
+
+/* `event: <name>` with obj as its data, for the clients whose run filter
+ * admits run (NULL: every client). Printed only if someone listens. */
+static int publish_json(gw_live_t *live, const char *name, const cJSON *obj, const char *run) {
+  if (listeners(live) == 0) return 0;
+  char *json = cJSON_PrintUnformatted(obj);
+  if (!json) return publish_text(live, NULL, 0, NULL, NULL);
+  gw_buf_t b;
+  gw_buf_init(&b);
+  gw_buf_printf(&b, "event: %s\ndata: %s\n\n", name, json);
   free(json);
-  free(ev);
-  return rc;
+  size_t n = b.len;
+  return publish_text(live, gw_buf_steal(&b), n, run, NULL);
 }
 
 /* cJSON's quoting of a string (run and tag are user data). */
@@ -359,21 +473,9 @@ static char *point_event(const char *run, const char *tag, const gw_point_t *p,
 int gw_live_publish_point(gw_live_t *live, const char *run, const char *tag,
                           const gw_point_t *p) {
   size_t len = 0;
-  pthread_mutex_lock(&live->mu);
-  size_t n = live->nclients;
-  pthread_mutex_unlock(&live->mu);
-  if (n == 0) return 0; /* nobody listens: skip building the text */
+  if (listeners(live) == 0) return 0; /* nobody listens: skip building the text */
   char *ev = point_event(run, tag, p, &len);
-  if (!ev) {
-    gw_stats_add(&live->stats->live_dropped, n);
-    return GW_ENOMEM;
-  }
-  pthread_mutex_lock(&live->mu);
-  for (client_t *c = live->head; c; c = c->next)
-    if (matches(c, run, tag)) enqueue(c, ev, len, 1);
-  pthread_mutex_unlock(&live->mu);
-  free(ev);
-  return 0;
+  return publish_text(live, ev, len, run, tag);
 }
 
 int gw_live_publish_alert(gw_live_t *live, const char *json_object) {
@@ -424,23 +526,99 @@ void gw_live_sink(gw_live_t *live, gw_sink_t *out) {
   out->restart = sink_restart;
 }
 
-/* ---- heartbeat ---- */
+/* ---- notifier: wakes, heartbeats, sweeps ---- */
 
-static void *heartbeat(void *arg) {
+static void sweep(gw_live_t *live) {
+  for (client_t *c = live->head_client; c; c = c->next)
+    if (!c->dropped && !c->suspended &&
+        live->end_pos - client_pos(live, c) > live->cfg.client_max_bytes)
+      drop(live, c);
+}
+
+/* Resume every suspended client. Under live->mu they are only marked
+ * active and collected; the resumes (a syscall each) run with the lock
+ * released, so publish never waits on them. That is safe: a connection
+ * stays suspended, so libmicrohttpd neither reads nor frees it, until its
+ * resume below; and no one else resumes it since it is no longer marked
+ * suspended. */
+static void wake_all(gw_live_t *live) {
+  size_t n = 0;
+  if (live->nsuspended > live->wcap) {
+    size_t cap = live->nsuspended * 2;
+    struct MHD_Connection **w = realloc(live->waking, cap * sizeof *w);
+    if (!w) { /* no room to collect: resume under the lock */
+      for (client_t *c = live->head_client; c && live->nsuspended; c = c->next) wake(live, c);
+      return;
+    }
+    live->waking = w;
+    live->wcap = cap;
+  }
+  for (client_t *c = live->head_client; c && live->nsuspended; c = c->next)
+    if (c->suspended) {
+      c->suspended = 0;
+      live->nsuspended--;
+      live->waking[n++] = c->conn;
+    }
+  live->resuming = 1;
+  pthread_mutex_unlock(&live->mu);
+  for (size_t i = 0; i < n; i++) MHD_resume_connection(live->waking[i]);
+  pthread_mutex_lock(&live->mu);
+  live->resuming = 0;
+  pthread_cond_broadcast(&live->resumed_cv);
+}
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void *notifier(void *arg) {
   gw_live_t *live = arg;
   pthread_mutex_lock(&live->mu);
+  uint64_t next_hb = mono_ms() + live->hb_ms, next_sweep = mono_ms() + GW_LIVE_SWEEP_MS;
   while (!live->stop) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts); /* the condvar's clock */
-    uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)live->hb_ms * 1000000u;
-    ts.tv_sec += (time_t)(ns / 1000000000u);
-    ts.tv_nsec = (long)(ns % 1000000000u);
-    int rc = pthread_cond_timedwait(&live->cv, &live->mu, &ts);
+    if (!live->wake_pending) {
+      uint64_t until = next_hb < next_sweep ? next_hb : next_sweep;
+      struct timespec ts;
+      ts.tv_sec = (time_t)(until / 1000u);
+      ts.tv_nsec = (long)(until % 1000u) * 1000000L;
+      pthread_cond_timedwait(&live->cv, &live->mu, &ts); /* the condvar's clock */
+    }
     if (live->stop) break;
-    if (rc != ETIMEDOUT) continue; /* interval changed: restart the wait */
-    /* Only idle (suspended) clients need it; a busy one is sending. */
-    for (client_t *c = live->head; c; c = c->next)
-      if (c->suspended && !live->closing) enqueue(c, HEARTBEAT, sizeof HEARTBEAT - 1, 0);
+    uint64_t now = mono_ms();
+    if (live->wake_pending) {
+      /* Wake every suspended client, then stay "pending" for WAKE_BATCH_MS
+       * so publishers do not signal again: one pass per batch of events,
+       * not per event. */
+      uint64_t h0 = live->head;
+      wake_all(live);
+      struct timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      ts.tv_nsec += WAKE_BATCH_MS * 1000000L;
+      if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+      }
+      pthread_cond_timedwait(&live->cv, &live->mu, &ts);
+      if (live->head == h0 || !live->nsuspended) live->wake_pending = 0;
+      if (live->stop) break;
+      now = mono_ms();
+    }
+    if (now >= next_sweep) {
+      sweep(live);
+      next_sweep = now + GW_LIVE_SWEEP_MS;
+    }
+    if (next_hb > now + live->hb_ms) next_hb = now + live->hb_ms; /* interval shortened */
+    if (now >= next_hb) {
+      /* Only idle (suspended) clients need it; a busy one is sending. */
+      for (client_t *c = live->head_client; c; c = c->next)
+        if (c->suspended && !live->closing && !c->cur && c->loff == c->llen) {
+          set_local(c, HEARTBEAT, sizeof HEARTBEAT - 1);
+          wake(live, c);
+        }
+      next_hb = now + live->hb_ms;
+    }
   }
   pthread_mutex_unlock(&live->mu);
   return NULL;
@@ -455,15 +633,29 @@ void gw_live_set_heartbeat_ms(gw_live_t *live, uint32_t ms) {
 
 /* ---- life cycle ---- */
 
-int gw_live_new(gw_live_t **out, size_t per_client_max_bytes, gw_stats_t *stats) {
+int gw_live_new(gw_live_t **out, const gw_live_config_t *cfg, gw_stats_t *stats) {
   gw_live_t *live;
   int rc;
   *out = NULL;
   if (!(live = calloc(1, sizeof *live))) return GW_ENOMEM;
-  live->max_bytes = per_client_max_bytes ? per_client_max_bytes : GW_LIVE_CLIENT_MAX_DEFAULT;
-  if (live->max_bytes < 4096) live->max_bytes = 4096;
+  if (cfg) live->cfg = *cfg;
+  if (!live->cfg.total_max_bytes) live->cfg.total_max_bytes = GW_LIVE_TOTAL_MAX_DEFAULT;
+  if (!live->cfg.client_max_bytes) live->cfg.client_max_bytes = GW_LIVE_CLIENT_MAX_DEFAULT;
+  if (live->cfg.total_max_bytes < 4096) live->cfg.total_max_bytes = 4096;
+  if (live->cfg.client_max_bytes < 4096) live->cfg.client_max_bytes = 4096;
+  if (live->cfg.client_max_bytes > live->cfg.total_max_bytes)
+    live->cfg.client_max_bytes = live->cfg.total_max_bytes;
+  if (!live->cfg.max_clients) live->cfg.max_clients = GW_LIVE_MAX_CLIENTS_DEFAULT;
+  if (!live->cfg.max_per_address) live->cfg.max_per_address = GW_LIVE_MAX_PER_ADDRESS_DEFAULT;
+  size_t slots = RING_SLOTS_MIN;
+  while (slots < live->cfg.total_max_bytes / EVENT_MIN_BYTES && slots < RING_SLOTS_MAX) slots *= 2;
+  live->mask = slots - 1;
   live->hb_ms = GW_LIVE_HEARTBEAT_MS;
   live->stats = stats;
+  if (!(live->ring = calloc(slots, sizeof *live->ring))) {
+    free(live);
+    return GW_ENOMEM;
+  }
   pthread_condattr_t ca;
   if ((rc = pthread_condattr_init(&ca)) != 0) goto fail_mu;
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* immune to clock steps */
@@ -474,14 +666,20 @@ int gw_live_new(gw_live_t **out, size_t per_client_max_bytes, gw_stats_t *stats)
   rc = pthread_cond_init(&live->cv, &ca);
   pthread_condattr_destroy(&ca);
   if (rc != 0) goto fail_cv;
-  if ((rc = pthread_create(&live->hb, NULL, heartbeat, live)) != 0) goto fail_thread;
+  if ((rc = pthread_cond_init(&live->resumed_cv, NULL)) != 0) {
+    pthread_cond_destroy(&live->cv);
+    goto fail_cv;
+  }
+  if ((rc = pthread_create(&live->th, NULL, notifier, live)) != 0) goto fail_thread;
   *out = live;
   return 0;
 fail_thread:
+  pthread_cond_destroy(&live->resumed_cv);
   pthread_cond_destroy(&live->cv);
 fail_cv:
   pthread_mutex_destroy(&live->mu);
 fail_mu:
+  free(live->ring);
   free(live);
   return rc == ENOMEM ? GW_ENOMEM : -rc;
 }
@@ -489,16 +687,14 @@ fail_mu:
 void gw_live_close_clients(gw_live_t *live) {
   pthread_mutex_lock(&live->mu);
   live->closing = 1;
-  for (client_t *c = live->head; c; c = c->next) wake(c);
+  /* libmicrohttpd may be stopped once this returns: no resume may be in
+   * flight then. */
+  while (live->resuming) pthread_cond_wait(&live->resumed_cv, &live->mu);
+  for (client_t *c = live->head_client; c; c = c->next) wake(live, c);
   pthread_mutex_unlock(&live->mu);
 }
 
-size_t gw_live_client_count(gw_live_t *live) {
-  pthread_mutex_lock(&live->mu);
-  size_t n = live->nclients;
-  pthread_mutex_unlock(&live->mu);
-  return n;
-}
+size_t gw_live_client_count(gw_live_t *live) { return listeners(live); }
 
 void gw_live_free(gw_live_t *live) {
   if (!live) return;
@@ -506,9 +702,13 @@ void gw_live_free(gw_live_t *live) {
   live->stop = 1;
   pthread_cond_signal(&live->cv);
   pthread_mutex_unlock(&live->mu);
-  pthread_join(live->hb, NULL);
+  pthread_join(live->th, NULL);
   /* Clients are owned by libmicrohttpd responses; all must be gone. */
   assert(live->nclients == 0);
+  while (live->tail != live->head) evict_one(live);
+  free(live->ring);
+  free(live->waking);
+  pthread_cond_destroy(&live->resumed_cv);
   pthread_cond_destroy(&live->cv);
   pthread_mutex_destroy(&live->mu);
   free(live);

@@ -1,18 +1,28 @@
 /* live.h — the Server-Sent Events hub behind GET /api/v1/events.
  *
- * The ingest thread publishes points and alert changes; each event is
- * formatted once (strings quoted by cJSON, numbers exact) and appended to the bounded byte queue of every
- * subscribed client whose run/tag filter matches. Publishing never blocks on
- * a client and never does I/O. A client whose queue would overflow is
- * *lagging*: its queued events are dropped (counted in stats->live_dropped)
- * and it receives `event: resync` next, so the page re-fetches history.
+ * The ingest thread publishes points, restarts and alert changes; each
+ * event is formatted once (strings quoted by cJSON, numbers exact) and
+ * appended to ONE shared ring of encoded events. Every client has only a
+ * cursor into that ring, so publishing costs O(1) whatever the number of
+ * clients or how slow they are; it never blocks on a client and never does
+ * I/O (see live.c for the structure).
+ *
+ * Budgets (gw_live_config_t): at most max_clients subscribers, at most
+ * max_per_address from one client address (a new one over either is
+ * refused: GW_EFULL, counted); the ring holds at most total_max_bytes of
+ * event text; a client more than client_max_bytes behind the newest event
+ * is dropped: its connection is closed and counted. A client that finds the
+ * events it had not read yet evicted from the ring (the total budget ran
+ * out first) is sent `event: resync` and continues from the newest event.
+ * Either way the page re-fetches history (a browser reconnects by itself).
  *
  * Each client is a libmicrohttpd connection whose response is produced by a
- * content-reader callback: when its queue is empty the callback suspends the
- * connection (MHD_suspend_connection) and publish resumes it
- * (MHD_resume_connection), so no thread polls or busy-waits. A timer thread
- * resumes idle clients every heartbeat interval (15 s) with a comment line,
- * which also lets libmicrohttpd notice clients that went away.
+ * content-reader callback: when nothing is left for it the callback
+ * suspends the connection (MHD_suspend_connection) and the hub's notifier
+ * thread resumes it (MHD_resume_connection) after a publish, so no thread
+ * polls or busy-waits. The same thread sends idle clients a heartbeat every
+ * 15 s (which also lets libmicrohttpd notice clients that went away) and
+ * sweeps for clients over their share.
  *
  * Events on the wire:
  *   event: point\ndata: {"run","tag","step",<every metric of point.h>}\n\n
@@ -38,14 +48,26 @@ struct MHD_Response;
 
 typedef struct gw_live_s gw_live_t;
 
-#define GW_LIVE_CLIENT_MAX_DEFAULT ((size_t)1 << 20) /* bytes queued per client */
+#define GW_LIVE_CLIENT_MAX_DEFAULT ((size_t)4 << 20)  /* bytes a client may be behind */
+#define GW_LIVE_TOTAL_MAX_DEFAULT ((size_t)32 << 20)  /* bytes of events held in all */
+#define GW_LIVE_MAX_CLIENTS_DEFAULT 256u
+#define GW_LIVE_MAX_PER_ADDRESS_DEFAULT 32u
 #define GW_LIVE_HEARTBEAT_MS 15000
+#define GW_LIVE_SWEEP_MS 100 /* how often clients over their share are looked for */
 
-/* per_client_max_bytes: queue bound per client (0 = the default; at least
- * 4096 is used). stats is borrowed (live_dropped) and must outlive the hub.
- * Starts the heartbeat thread. Returns 0, GW_ENOMEM or -errno; *out is NULL
- * on failure. */
-int gw_live_new(gw_live_t **out, size_t per_client_max_bytes, gw_stats_t *stats);
+/* Zero fields take the defaults above. client_max_bytes is at least 4096
+ * and at most total_max_bytes (raised/cut to fit). */
+typedef struct gw_live_config_s {
+  size_t client_max_bytes; /* a client further behind than this is dropped */
+  size_t total_max_bytes;  /* event text held by the ring, for all clients */
+  unsigned max_clients;    /* subscribers at once */
+  unsigned max_per_address; /* subscribers at once from one client address */
+} gw_live_config_t;
+
+/* cfg NULL = every default. stats is borrowed (live_dropped, sse_*) and
+ * must outlive the hub. Starts the notifier thread. Returns 0, GW_ENOMEM
+ * or -errno; *out is NULL on failure. */
+int gw_live_new(gw_live_t **out, const gw_live_config_t *cfg, gw_stats_t *stats);
 /* Stops the heartbeat thread and frees the hub. Every client must be gone:
  * stop the HTTP server (gw_http_stop) first. Accepts NULL. */
 void gw_live_free(gw_live_t *live);
@@ -55,8 +77,9 @@ void gw_live_set_heartbeat_ms(gw_live_t *live, uint32_t ms);
 
 /* ---- publisher side (ingest thread; never blocks on a client) ---- */
 
-/* Returns 0, or GW_ENOMEM (the event is lost for every client and counted
- * in live_dropped once per subscribed client). */
+/* O(1) in the number of clients. Returns 0, or GW_ENOMEM (the event is
+ * lost for every client and counted in live_dropped once per subscribed
+ * client). */
 int gw_live_publish_point(gw_live_t *live, const char *run, const char *tag,
                           const gw_point_t *p);
 /* json_object: a JSON object (borrowed); its "run" string, if any, is matched
@@ -74,9 +97,10 @@ void gw_live_sink(gw_live_t *live, gw_sink_t *out);
 /* Subscribe the connection: run/tag (NULL = any) filter point events
  * exactly; run also filters alerts that carry a run. On success *out is a
  * response to queue with MHD_queue_response (and then destroy); the client
- * lives until libmicrohttpd frees that response. Returns 0, GW_ENOMEM, or
- * GW_EDENIED after gw_live_close_clients. Call only from the access handler
- * of a daemon started with MHD_ALLOW_SUSPEND_RESUME. */
+ * lives until libmicrohttpd frees that response. Returns 0, GW_ENOMEM,
+ * GW_EFULL (max_clients or max_per_address reached; counted in
+ * stats->sse_dropped), or GW_EDENIED after gw_live_close_clients. Call only
+ * from the access handler of a daemon started with MHD_ALLOW_SUSPEND_RESUME. */
 int gw_live_serve(gw_live_t *live, struct MHD_Connection *c, const char *run,
                   const char *tag, struct MHD_Response **out);
 

@@ -312,7 +312,11 @@ static int start(daemon_t *d, char *err, size_t errlen) {
     snprintf(err, errlen, "store: cannot open %s: %s", c->db, gw_strerror(rc));
     return rc;
   }
-  if ((rc = gw_live_new(&d->live, 4u << 20, &d->stats))) {
+  gw_live_config_t lc = {.client_max_bytes = (size_t)c->sse_client_kb << 10,
+                         .total_max_bytes = (size_t)c->sse_total_mb << 20,
+                         .max_clients = c->sse_max_clients,
+                         .max_per_address = c->sse_max_per_address};
+  if ((rc = gw_live_new(&d->live, &lc, &d->stats))) {
     snprintf(err, errlen, "live: %s", gw_strerror(rc));
     return rc;
   }
@@ -330,7 +334,9 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   gw_alerts_deps_t ad = {.store = d->store, .live = d->live, .log = &d->log, .alertmanager = &am};
   if ((rc = gw_alerts_new(&d->alerts, c->config_path, &ad, err, errlen))) return rc;
   gw_http_config_t hc = {.addr = c->http, .token = d->token,
-                         .cert_file = c->http_cert, .key_file = c->http_key};
+                         .cert_file = c->http_cert, .key_file = c->http_key,
+                         .series_max_bytes = (size_t)c->series_max_mb << 20,
+                         .answer_budget_bytes = (size_t)c->http_answer_budget_mb << 20};
   gw_http_deps_t deps = {.store = d->store,
                          .live = d->live,
                          .metrics = d->metrics,

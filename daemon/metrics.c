@@ -515,6 +515,22 @@ int gw_metrics_render(gw_metrics_t *m, gw_stats_t *stats,
           gw_stats_get(&stats->store_queue_depth));
     counter(&w, "gradwatch_live_dropped_total",
             "Live (SSE) events dropped for slow clients.", &stats->live_dropped);
+    gauge(&w, "gradwatch_sse_clients", "Subscribed live (SSE) clients.",
+          gw_stats_get(&stats->sse_clients));
+    gw_metrics_family(&w, "gradwatch_sse_dropped_total", "counter",
+                      "Live (SSE) clients dropped (slow) or refused (max_clients, per_address), by reason.");
+    for (int i = 0; i < GW_SSE_DROP_COUNT; i++) {
+      const char *labels[] = {"reason", gw_sse_drop_name(i), NULL};
+      sample_u64(&w, "gradwatch_sse_dropped_total", labels, gw_stats_get(&stats->sse_dropped[i]));
+    }
+    gauge(&w, "gradwatch_http_answer_bytes", "Bytes held for data answers (built or being sent).",
+          gw_stats_get(&stats->http_answer_bytes));
+    gw_metrics_family(&w, "gradwatch_http_refused_total", "counter",
+                      "Data answers refused, by reason (too_large, budget, queue).");
+    for (int i = 0; i < GW_HTTP_REFUSE_COUNT; i++) {
+      const char *labels[] = {"reason", gw_http_refuse_name(i), NULL};
+      sample_u64(&w, "gradwatch_http_refused_total", labels, gw_stats_get(&stats->http_refused[i]));
+    }
   }
 
   gw_metrics_family(&w, "gradwatch_kappa", "gauge",

@@ -297,6 +297,11 @@ int gw_store_series(gw_store_t *st, const char *run, const char *tag,
                     uint64_t to, size_t max_points, gw_series_t *out,
                     int all_incarnations);
 void gw_store_series_free(gw_series_t *s);
+/* How many rows gw_store_series would select before downsampling (the
+ * same visibility rules), so a caller can bound the answer before reading
+ * it. 0 with *n set, GW_ENOTFOUND if the stream is unknown. */
+int gw_store_series_count(gw_store_t *st, const char *run, const char *tag, uint64_t from,
+                          uint64_t to, int all_incarnations, uint64_t *n);
 
 /* Raw sketches of a stream (store_sketches) with from <= step <= to, for
  * export: the visible rows (as for series) of the latest segment's k, *n

@@ -526,12 +526,46 @@ static void ser_row(ser_t *x, uint64_t step, uint64_t inc, const unsigned char *
   }
 }
 
+/* Rows a series of these segments would select (before downsampling). */
+static int count_rows(sqlite3 *db, const vec_t *segs, uint64_t from, uint64_t to, int all,
+                      int64_t *total) {
+  static const char sql_count[] =
+      "SELECT count(*) FROM points WHERE stream = ?1 AND step BETWEEN ?2 AND ?3";
+  int rc = 0;
+  *total = 0;
+  for (size_t i = 0; rc == 0 && i < segs->n && from <= to; i++) {
+    const seg_t *g = &((const seg_t *)segs->a)[i];
+    int64_t lo, hi, c = 0;
+    if (!seg_range(g, from, to, all, &lo, &hi)) continue;
+    rc = query(db, sql_count, (arg_t[]){A_INT(g->id), A_INT(lo), A_INT(hi)}, 3, row_int,
+               &c, 0);
+    *total += c;
+  }
+  return rc;
+}
+
+int gw_store_series_count(gw_store_t *st, const char *run, const char *tag, uint64_t from,
+                          uint64_t to, int all_incarnations, uint64_t *n) {
+  vec_t segs = {0};
+  sqlite3 *db = NULL;
+  int64_t total = 0;
+  int rc;
+  if (!st || !run || !tag || !n) return GW_EINVAL;
+  *n = 0;
+  rc = rd_begin(st, &db);
+  if (rc) return rc;
+  rc = load_segs(db, run, tag, &segs);
+  if (rc == 0) rc = count_rows(db, &segs, from, to, all_incarnations, &total);
+  rd_end(st, db);
+  free(segs.a);
+  if (rc == 0) *n = (uint64_t)total;
+  return rc;
+}
+
 int gw_store_series(gw_store_t *st, const char *run, const char *tag,
                     const int *metrics, size_t n_metrics, uint64_t from,
                     uint64_t to, size_t max_points, gw_series_t *out,
                     int all_incarnations) {
-  static const char sql_count[] =
-      "SELECT count(*) FROM points WHERE stream = ?1 AND step BETWEEN ?2 AND ?3";
   static const char sql_rows[] =
       "SELECT step, v FROM points WHERE stream = ?1 AND step BETWEEN ?2 AND ?3 "
       "ORDER BY step";
@@ -550,14 +584,7 @@ int gw_store_series(gw_store_t *st, const char *run, const char *tag,
   rc = rd_begin(st, &db); /* one snapshot for count and rows */
   if (rc) return rc;
   rc = load_segs(db, run, tag, &segs);
-  for (size_t i = 0; rc == 0 && i < segs.n && from <= to; i++) {
-    const seg_t *g = &((seg_t *)segs.a)[i];
-    int64_t lo, hi, c = 0;
-    if (!seg_range(g, from, to, all_incarnations, &lo, &hi)) continue;
-    rc = query(db, sql_count, (arg_t[]){A_INT(g->id), A_INT(lo), A_INT(hi)}, 3, row_int,
-               &c, 0);
-    total += c;
-  }
+  if (rc == 0) rc = count_rows(db, &segs, from, to, all_incarnations, &total);
   if (rc) goto done;
   out->n_metrics = n_metrics;
   out->downsampled = max_points && (size_t)total > max_points;

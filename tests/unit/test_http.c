@@ -155,7 +155,7 @@ static int setup(void **state) {
   assert_int_equal(gw_store_put_alert(f->store, &b, NULL), 0);
   assert_int_equal(gw_store_flush(f->store), 0);
 
-  assert_int_equal(gw_live_new(&f->live, 0, &f->stats), 0);
+  assert_int_equal(gw_live_new(&f->live, NULL, &f->stats), 0);
   assert_int_equal(gw_metrics_new(&f->metrics, NULL), 0);
   gw_point_t last = r1_point(0, 100);
   assert_int_equal(gw_metrics_observe(f->metrics, "r1", "all", &last), 0);
@@ -1140,6 +1140,76 @@ static void addresses_and_missing_deps(void **state) {
   gw_http_stop(h);
 }
 
+/* /api/v1/series within its caps: an ask whose worst case is over
+ * series_max_bytes is refused 400 (and smaller asks of the same stream are
+ * answered whole); one that would overdraw the budget for answers gets 503
+ * with Retry-After; each is counted by reason, and every byte charged is
+ * given back once the answers are gone. */
+static void series_answer_caps(void **state) {
+  (void)state;
+  gw_http_t *h = NULL;
+  gw_http_config_t hc;
+  gw_http_config_default(&hc);
+  hc.addr = "127.0.0.1:0";
+  /* r1/all has 100 points. Every metric: > 100 x GW_METRIC_COUNT x 25 bytes
+   * in the worst case, over 64 KiB; two columns: ~8 KiB. */
+  hc.series_max_bytes = 64 * 1024;
+  hc.answer_budget_bytes = 1 << 20;
+  assert_true(100.0 * (GW_METRIC_COUNT + 1) * 25 > 64 * 1024);
+  gw_http_deps_t deps = {.store = F->store, .stats = &F->stats};
+  uint64_t large0 = gw_stats_get(&F->stats.http_refused[GW_HTTP_REFUSE_TOO_LARGE]);
+  uint64_t budget0 = gw_stats_get(&F->stats.http_refused[GW_HTTP_REFUSE_BUDGET]);
+  assert_int_equal(gw_http_start(&h, &hc, &deps), 0);
+  uint16_t port = gw_http_port(h);
+  expect_error(port, "GET", "/api/v1/series?run=r1&tag=all", NULL, 400, "answer too large");
+  assert_int_equal(gw_stats_get(&F->stats.http_refused[GW_HTTP_REFUSE_TOO_LARGE]), large0 + 1);
+  /* downsampled, the same metrics fit */
+  resp_t r = req(port, "GET", "/api/v1/series?run=r1&tag=all&max_points=10", NULL);
+  assert_int_equal(r.status, 200);
+  cJSON *o = json_of(&r);
+  assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "step")), 10);
+  cJSON_Delete(o);
+  resp_free(&r);
+  /* two columns, every point, values as put */
+  r = req(port, "GET", "/api/v1/series?run=r1&tag=all&metrics=loss", NULL);
+  assert_int_equal(r.status, 200);
+  o = json_of(&r);
+  const cJSON *steps = cJSON_GetObjectItemCaseSensitive(o, "step");
+  assert_int_equal(cJSON_GetArraySize(steps), 100);
+  for (int i = 0; i < 100; i++)
+    assert_true(cJSON_GetArrayItem(steps, i)->valuedouble == (double)(i + 1));
+  cJSON_Delete(o);
+  resp_free(&r);
+  /* unknown stream: still 404 from the answer thread */
+  expect_error(port, "GET", "/api/v1/series?run=r1&tag=nope", NULL, 404, "unknown stream");
+  gw_http_stop(h);
+  assert_int_equal(gw_stats_get(&F->stats.http_answer_bytes), 0);
+
+  /* a budget smaller than one answer's charge: 503, Retry-After, counted */
+  hc.answer_budget_bytes = 4096;
+  assert_int_equal(gw_http_start(&h, &hc, &deps), 0);
+  port = gw_http_port(h);
+  r = req(port, "GET", "/api/v1/series?run=r1&tag=all&metrics=loss", NULL);
+  assert_int_equal(r.status, 503);
+  char ra[32];
+  assert_non_null(header(&r, "Retry-After", ra, sizeof ra));
+  assert_string_equal(ra, "5");
+  o = json_of(&r);
+  assert_non_null(strstr(cJSON_GetObjectItemCaseSensitive(o, "error")->valuestring, "busy"));
+  cJSON_Delete(o);
+  resp_free(&r);
+  assert_int_equal(gw_stats_get(&F->stats.http_refused[GW_HTTP_REFUSE_BUDGET]), budget0 + 1);
+  /* a small answer still fits; /healthz is unaffected */
+  r = req(port, "GET", "/api/v1/series?run=r1&tag=layer1/w&metrics=loss", NULL);
+  assert_int_equal(r.status, 200);
+  resp_free(&r);
+  r = req(port, "GET", "/healthz", NULL);
+  assert_int_equal(r.status, 200);
+  resp_free(&r);
+  gw_http_stop(h);
+  assert_int_equal(gw_stats_get(&F->stats.http_answer_bytes), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(health_and_ready),
@@ -1157,6 +1227,7 @@ int main(void) {
       cmocka_unit_test(events_over_http),
       cmocka_unit_test(oversized_request_refused),
       cmocka_unit_test(addresses_and_missing_deps),
+      cmocka_unit_test(series_answer_caps),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
