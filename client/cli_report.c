@@ -7,7 +7,8 @@
  * and Markdown show the headline columns (COLS below) at 6 significant
  * digits, "-" for absent; CSV has every field of a row, in the server's
  * order, numbers exact (they read back bit for bit), absent values empty;
- * JSON is the server's document.
+ * JSON is the server's document (numbers re-printed exactly, not by cJSON's
+ * printer, which may round the last bit).
  */
 #include "cli.h"
 
@@ -125,6 +126,28 @@ static int print_csv(const cJSON *rows) {
   return rc;
 }
 
+/* JSON as the server sent it: cJSON's own printer may round a double's
+ * last bit, so numbers go through cli_fmt_value (exact) instead. */
+static void put_json(const cJSON *v, gw_buf_t *out, gw_buf_t *cell) {
+  if (cJSON_IsObject(v) || cJSON_IsArray(v)) {
+    const cJSON *c;
+    gw_buf_puts(out, cJSON_IsObject(v) ? "{" : "[");
+    cJSON_ArrayForEach(c, v) {
+      if (c != v->child) gw_buf_puts(out, ",");
+      if (cJSON_IsObject(v)) {
+        cli_json_str(c->string, out);
+        gw_buf_puts(out, ":");
+      }
+      put_json(c, out, cell);
+    }
+    gw_buf_puts(out, cJSON_IsObject(v) ? "}" : "]");
+    return;
+  }
+  cli_fmt_value(v, CLI_FMT_JSON, cell);
+  if (cell->oom) out->oom = 1;
+  else gw_buf_puts(out, cell->p ? cell->p : "null");
+}
+
 int cli_report(int argc, char **argv) {
   cli_http_t h;
   cJSON *doc = NULL;
@@ -161,7 +184,10 @@ int cli_report(int argc, char **argv) {
     return rc;
   }
   cli_catch_signals();
-  if (cli_http_open(&h, CMD) != 0) goto done;
+  if ((rc = cli_http_open(&h, CMD)) != 0) {
+    status = rc; /* CLI_USAGE for a bad GRADWATCH_SERVER */
+    goto done;
+  }
   gw_buf_puts(&path, "/api/v1/summary?runs=");
   for (int i = optind; i < argc; i++) gw_buf_printf(&path, "%s%s", i > optind ? "," : "", argv[i]);
   if (path.oom) goto oom; /* names are [A-Za-z0-9._:-]: nothing to escape */
@@ -172,10 +198,16 @@ int cli_report(int argc, char **argv) {
     goto done;
   }
   if (fmt == F_JSON) {
-    char *j = cJSON_PrintUnformatted(doc);
-    if (j == NULL) goto oom;
-    puts(j);
-    free(j);
+    gw_buf_t out, cell;
+    int oom;
+    gw_buf_init(&out);
+    gw_buf_init(&cell);
+    put_json(doc, &out, &cell);
+    oom = out.oom || cell.oom;
+    if (!oom) puts(out.p);
+    gw_buf_free(&out);
+    gw_buf_free(&cell);
+    if (oom) goto oom;
   } else if ((fmt == F_CSV ? print_csv(rows) : print_table(rows, fmt == F_MD)) != 0) {
     goto oom;
   }
