@@ -10,8 +10,9 @@ It starts its own daemon on free loopback ports and a temporary database,
 fills one stream with `gradwatch publish --synthetic` (k=16, as fast as the
 daemon takes them), waits until every point is stored, then times R calls
 and prints the median and each stage's share. The stages are measured
-separately on the same answer: the request (urllib, the JSON text), then
-json.loads, then the numpy/DataFrame construction.
+separately on the same answer: the request (urllib, the JSON text), the
+client's parse into numpy arrays, the DataFrame; and, for comparison,
+json.loads + np.array of the same text.
 """
 import argparse
 import json
@@ -73,7 +74,7 @@ def main():
                     break
                 time.sleep(0.5)
             print(f"filled {s[0]['points']} points in {time.time() - t0:.1f} s", flush=True)
-            times, fetch, parse, build = [], [], [], []
+            times, fetch, parse, build, plain = [], [], [], [], []
             for _ in range(a.repeat):
                 t = time.perf_counter()
                 df = c.series("bench", "all", metrics)
@@ -85,20 +86,25 @@ def main():
                                             f"{','.join(metrics)}", timeout=120) as r:
                     body = r.read()
                 t1 = time.perf_counter()
-                doc = json.loads(body)
+                cols = gradwatch.client._columns_fast(body)
                 t2 = time.perf_counter()
-                cols = {m: np.array(doc[m], dtype=np.float64) for m in metrics}
-                pd.DataFrame(cols, index=pd.Index(np.array(doc["step"], dtype=np.int64), name="step"))
+                step = cols.pop("step")
+                pd.DataFrame(cols, index=pd.Index(step, name="step"), copy=False)
                 t3 = time.perf_counter()
+                doc = json.loads(body)
+                {m: np.array(doc[m], dtype=np.float64) for m in ["step"] + metrics}
+                t4 = time.perf_counter()
                 fetch.append(t1 - t)
                 parse.append(t2 - t1)
                 build.append(t3 - t2)
+                plain.append(t4 - t3)
             med = statistics.median
             print(f"Client.series: {len(df)} points x {len(metrics)} metric(s) "
                   f"({len(body) / 1e6:.1f} MB of JSON) into a DataFrame: median {med(times):.3f} s "
                   f"(min {min(times):.3f}, max {max(times):.3f}, {a.repeat} calls); stages: "
-                  f"HTTP {med(fetch):.3f} s, json.loads {med(parse):.3f} s, "
-                  f"numpy+DataFrame {med(build):.3f} s; load average {os.getloadavg()[0]:.2f}")
+                  f"HTTP {med(fetch):.3f} s, parse into numpy {med(parse):.3f} s, "
+                  f"DataFrame {med(build):.3f} s (json.loads + np.array instead of the parse: "
+                  f"{med(plain):.3f} s); load average {os.getloadavg()[0]:.2f}")
         finally:
             d.terminate()
             d.wait(60)

@@ -100,11 +100,43 @@ def test_publisher_environment(monkeypatch, port):
 
 def test_dict_form_without_pandas(monkeypatch):
     monkeypatch.setattr(gc, "_have_pandas", lambda: False)
-    doc = {"run": "r", "tag": "all", "step": [1, 2, 3], "kappa_ema": [0.5, None, 1e300]}
-    monkeypatch.setattr(gc.Client, "_get", lambda self, path, params=None, not_found=None: dict(doc))
+    body = b'{"run":"r","tag":"all","step":[1,2,3],"kappa_ema":[0.5,null,1e300]}'
+    monkeypatch.setattr(gc.Client, "_get", lambda self, path, params=None, not_found=None,
+                        raw=False: body)
     d = gradwatch.Client().series("r", "all", "kappa_ema")
     assert isinstance(d, dict) and list(d) == ["step", "kappa_ema"]
     assert d["step"].tolist() == [1, 2, 3] and d["step"].dtype.kind == "i"
     assert d["kappa_ema"][0] == 0.5 and d["kappa_ema"][2] == 1e300
     assert d["kappa_ema"][1] != d["kappa_ema"][1]  # NaN
 
+
+
+def test_fast_column_parser_equals_json():
+    """The numpy text parser of series() against json.loads on awkward
+    numbers (nulls, exponents, subnormals, negatives, 17 digits, empty
+    columns), and its fallback on text of another shape."""
+    import json
+    import numpy as np
+    docs = [
+        {"run": "r", "tag": "a/b:c", "step": [0, 1, 2 ** 62, 2 ** 63 - 1],
+         "kappa_ema": [None, -1.5e-300, 5e-324, 0.1 + 0.2], "rank_90": [1, None, None, 3.0]},
+        {"run": "r", "tag": "t", "step": [], "loss": []},
+        {"run": "r", "tag": "t", "step": [7], "loss": [None]},
+        {"run": "r", "tag": "t", "step": [1, 2], "lr": [1e308, -0.0]},
+    ]
+    for doc in docs:
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        fast = gc._columns_fast(body)
+        ref = gc._columns_json(body, "u")
+        assert fast is not None and list(fast) == list(ref) == [k for k in doc if k not in ("run", "tag")]
+        assert fast["step"].dtype == np.int64 and fast["step"].tolist() == doc["step"]
+        for k in ref:
+            assert fast[k].dtype == ref[k].dtype
+            assert np.array_equal(fast[k], ref[k], equal_nan=True), k
+            assert all(np.signbit(fast[k]) == np.signbit(ref[k]))
+    for odd in [b'{"run":"r","tag":"t","step":[1,2],"x":[1,oops]}',  # unreadable number
+                b'{"run":"r","tag":"t","step":[1,2],"x":[1,,2]}',    # count mismatch
+                b'{"run":"r","tag":"t","step":[1,2],"x":[1,2]',      # unterminated
+                b'{"tag":"t","run":"r","step":[1]}',                 # another key order
+                b'{"run":"r","tag":"t","x":[1]}']:                   # no step column
+        assert gc._columns_fast(odd) is None, odd

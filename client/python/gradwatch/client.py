@@ -12,8 +12,9 @@ bearer token and talks to the daemon's HTTP API (docs/CONTRACT.md, section
     c.alerts("firing")          # [{...}] as /api/v1/alerts
     c.summary(["r1", "r2"])     # one row per (run, tag): the regime summary
 
-Data flow of series(): GET /api/v1/series → the JSON text → json.loads (C)
-→ one numpy array per column (None → NaN in float64; steps int64) → a
+Data flow of series(): GET /api/v1/series → the JSON text → one numpy
+array per column, parsed by numpy straight from the text (null → NaN in
+float64; steps int64; json.loads when the text is not the plain shape) → a
 pandas DataFrame indexed by step, or the dict of arrays itself when pandas
 is not installed (or frame=False).
 
@@ -34,6 +35,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 
 import numpy as np
 
@@ -118,6 +120,65 @@ def _step(value, what):
     return int(value)
 
 
+def _columns_json(body, url):
+    """The series document's columns through json.loads."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise ServerError(f"{url}: the answer is not JSON: {body[:100]!r}", 200, url) from None
+    cols = {"step": np.array(doc.pop("step"), dtype=np.int64)}
+    inc = doc.pop("incarnation", None)
+    doc.pop("run", None)
+    doc.pop("tag", None)
+    for name, values in doc.items():
+        cols[name] = np.array(values, dtype=np.float64)  # None (null) → NaN
+    if inc is not None:
+        cols["incarnation"] = np.array(inc, dtype=object)
+    return cols
+
+
+def _columns_fast(body):
+    """The series document's columns parsed straight into numpy arrays, or
+    None when the text is not the plain shape expected (then json.loads).
+
+    /api/v1/series is {"run":R,"tag":T,"step":[ints],"m":[numbers|null],…};
+    run and tag names hold no quote, bracket or comma (the wire grammar), so
+    each column is the text between '"name":[' and the next ']'. numpy's
+    text parser reads it (null as nan) about twice as fast as json.loads +
+    np.array, and exactly; every column's element count is checked against
+    its commas, so anything unexpected falls back to the JSON parser."""
+    if not body.startswith(b'{"run":"'):
+        return None
+    cols, pos = {}, 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns on text it cannot read
+        while True:
+            i = body.find(b'":[', pos)
+            if i < 0:
+                break
+            k = body.rfind(b',"', pos, i)
+            j = body.find(b"]", i + 3)
+            if k < 0 or j < 0:
+                return None
+            name, seg = body[k + 2:i].decode("ascii", "replace"), body[i + 3:j]
+            n = seg.count(b",") + 1 if seg else 0
+            try:
+                if name == "step":
+                    a = np.fromstring(seg, dtype=np.int64, sep=",") if n else np.zeros(0, np.int64)
+                else:
+                    a = (np.fromstring(seg.replace(b"null", b"nan"), dtype=np.float64, sep=",")
+                         if n else np.zeros(0))
+            except (ValueError, DeprecationWarning):
+                return None
+            if len(a) != n or name in cols:
+                return None
+            cols[name] = a
+            pos = j + 1
+    if "step" not in cols or body[pos:].strip() != b"}":
+        return None
+    return {"step": cols.pop("step"), **cols}
+
+
 class Client:
     """Read-only access to one gradwatchd over HTTP.
 
@@ -154,8 +215,9 @@ class Client:
 
     # -- transport ---------------------------------------------------------
 
-    def _get(self, path, params=None, not_found=NotFound):
-        """GET path?params and return the parsed JSON document."""
+    def _get(self, path, params=None, not_found=NotFound, raw=False):
+        """GET path?params and return the parsed JSON document (raw=True:
+        its bytes)."""
         q = {k: v for k, v in (params or {}).items() if v is not None}
         url = self.url + path + ("?" + urllib.parse.urlencode(q, safe=",") if q else "")
         headers = {"Accept": "application/json"}
@@ -171,6 +233,8 @@ class Client:
             reason = getattr(e, "reason", e)
             raise DaemonUnavailable(f"no answer from gradwatchd at {self.url}: {reason}",
                                     None, url) from None
+        if raw:
+            return body
         try:
             return json.loads(body)
         except ValueError:
@@ -242,16 +306,10 @@ class Client:
         params = {"run": run_b, "tag": tag_b, "metrics": ",".join(ms) if ms else None,
                   "from": f, "to": t, "max_points": max_points,
                   "incarnations": "all" if incarnations else None}
-        doc = self._get("/api/v1/series", params, not_found=UnknownStream)
-        cols = {"step": np.array(doc.pop("step"), dtype=np.int64)}
-        inc = doc.pop("incarnation", None)
-        doc.pop("run", None)
-        doc.pop("tag", None)
-        for name, values in doc.items():
-            # None (JSON null) becomes NaN in a float64 array.
-            cols[name] = np.array(values, dtype=np.float64)
-        if inc is not None:
-            cols["incarnation"] = np.array(inc, dtype=object)
+        body = self._get("/api/v1/series", params, not_found=UnknownStream, raw=True)
+        cols = None if incarnations else _columns_fast(body)
+        if cols is None:
+            cols = _columns_json(body, self.url)
         if frame is False or (frame is None and not _have_pandas()):
             return cols
         import pandas as pd
