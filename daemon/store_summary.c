@@ -61,7 +61,8 @@ static double final_value(const double *v, size_t n) {
 
 /* Quantiles of v[0..n) through the scratch buffer tmp (n doubles). */
 static gw_quantiles_t quantiles(const double *v, size_t n, double *tmp) {
-  gw_quantiles_t q;
+  gw_quantiles_t q = {NAN, NAN, NAN};
+  if (n == 0) return q; /* no points: tmp may be NULL */
   memcpy(tmp, v, n * sizeof *v);
   size_t m = gw_summary_sort(tmp, n);
   q.p5 = gw_summary_quantile(tmp, m, 0.05);
