@@ -296,3 +296,18 @@ test("bench: 5 runs of GW_COMPARE_BENCH points each", { skip: !BENCH_POINTS }, a
   console.log(`# compare bench: 5 runs x ${BENCH_POINTS} points: ready median ${ready[1]} ms (${ready.join(", ")}); zoom redraw median ${zoom[1].toFixed(1)} ms (${zoom.map((z) => z.toFixed(1)).join(", ")})`);
   await stop(d);
 });
+
+test("the run page keeps its tags and zoom in the URL", async () => {
+  await page.goto(daemon.base + "/#/run/cmp-calm?tags=fc1.weight&from=100&to=200");
+  await page.locator("#run-view[data-ready='1']").waitFor({ timeout: 30000 });
+  assert.equal(await page.locator("#run-view").getAttribute("data-series"), "fc1.weight");
+  assert.equal(await page.locator("#run-view").getAttribute("data-view"), "100-200");
+  await page.locator("#reset-zoom").click();
+  await until("the zoom gone from the URL", async () => new URL(page.url()).hash === "#/run/cmp-calm?tags=fc1.weight");
+  assert.equal(await page.locator("#run-view").getAttribute("data-view"), "");
+  // A page opened without a query keeps its URL until something changes.
+  await page.goto(daemon.base + "/#/run/cmp-mid");
+  await page.locator("#run-view[data-ready='1']").waitFor({ timeout: 30000 });
+  assert.equal(new URL(page.url()).hash, "#/run/cmp-mid");
+  assert.deepEqual(pageErrors, []);
+});

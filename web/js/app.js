@@ -83,9 +83,10 @@ function route() {
     current = new CompareView(view, cmp[1] || "");
     document.title = "compare — gradwatch";
   } else if (m) {
-    const run = decodeURIComponent(m[1]);
+    const [name, query] = m[1].split("?");
+    const run = decodeURIComponent(name);
     crumbs.append(el("a", { href: "#/" }, "runs"), el("span.sep", null, "›"), el("span.cur", null, run));
-    current = new RunView(view, run);
+    current = new RunView(view, run, query || "");
     document.title = run + " — gradwatch";
   } else {
     crumbs.append(el("span.cur", null, "runs"));
