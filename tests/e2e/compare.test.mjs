@@ -253,6 +253,23 @@ test("tag, metrics and zoom go into the URL; reloading it reproduces the view", 
   assert.deepEqual(pageErrors, []);
 });
 
+test("x=wall puts the runs on seconds since their first point", async () => {
+  await page.goto(daemon.base + "/#/compare?runs=" + runNames.join(",") + "&tag=all&x=wall");
+  await page.locator("#compare-view[data-ready='1']").waitFor({ timeout: 30000 });
+  assert.equal(await page.locator("#compare-x").inputValue(), "wall");
+  // Each run starts at 0 s; the last x is the longest run's duration.
+  const series = await Promise.all(runNames.map((r) => getJSON(daemon, `/api/v1/series?run=${r}&tag=all&metrics=wall_time`)));
+  const longest = Math.max(...series.map((d) => d.wall_time[d.wall_time.length - 1] - d.wall_time[0]));
+  const last = Number(await page.locator("#charts").getAttribute("data-last-step"));
+  assert.ok(Math.abs(last - longest) < 1e-6, `${last} vs ${longest}`);
+  const legend = await page.locator('#charts .chart[data-metric="kappa_ema"] .u-legend').textContent();
+  for (const run of runNames) assert.ok(legend.includes(run), legend);
+  await page.locator("#compare-x").selectOption("step");
+  await until("x=wall gone from the URL", async () => hashParams().get("x") === null);
+  await until("steps back on the x axis", async () => (await page.locator("#charts").getAttribute("data-last-step")) === String(STEPS - 1));
+  assert.deepEqual(pageErrors, []);
+});
+
 test("a URL naming an unknown run says so", async () => {
   await page.goto(daemon.base + "/#/compare?runs=cmp-calm,ghost");
   await until("an error line", async () => /ghost/.test(await page.locator("#compare-msg").textContent()));

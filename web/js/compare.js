@@ -3,8 +3,11 @@
 // step, for one tag chosen on the page, and their regime summary as a table
 // with a CSV download.
 //
-// State lives in the URL: runs, tag, metrics (the charts shown) and zoom
-// (from/to). Every change rewrites the hash with history.replaceState (no
+// State lives in the URL: runs, tag, metrics (the charts shown), the x axis
+// (x=wall: seconds since each run's first point, by the publisher's clock,
+// so runs started at different times line up; default: step) and zoom
+// (from/to: steps, refetched from the server; seconds with x=wall, applied
+// to the points in hand). Every change rewrites the hash with history.replaceState (no
 // hashchange, so the view is not rebuilt); opening the same URL reproduces
 // the view.
 //
@@ -44,6 +47,7 @@ export function parseCompare(query) {
     tag: p.get("tag") || null,
     metrics: metrics.length ? metrics : CHARTS.map((c) => c.metric),
     view: from !== null && to !== null && to > from ? { from, to } : null,
+    x: p.get("x") === "wall" ? "wall" : "step",
   };
 }
 
@@ -51,6 +55,7 @@ export function parseCompare(query) {
 export function compareHash(s) {
   const q = { runs: s.runs.join(","), tag: s.tag };
   if (s.metrics.length !== CHARTS.length) q.metrics = s.metrics.join(",");
+  if (s.x === "wall") q.x = "wall";
   if (s.view) Object.assign(q, { from: s.view.from, to: s.view.to });
   return "#/compare?" + qs(q).replace(/%2C/g, ",");
 }
@@ -63,6 +68,35 @@ export function summaryCsv(rows) {
   return [keys.join(","), ...rows.map((r) => keys.map((k) => cell(r[k])).join(","))].join("\n") + "\n";
 }
 
+function pick(d) {
+  const cols = {};
+  for (const m of CHART_METRICS) cols[m] = d[m];
+  return cols;
+}
+
+/** A run's columns keyed by seconds since its first point (publisher clock);
+ * points without a wall time, or not after the previous one, are left out
+ * (align() needs increasing keys). */
+export function byWallTime(d) {
+  const w = d.wall_time || [];
+  const step = [];
+  const cols = {};
+  for (const m of CHART_METRICS) cols[m] = [];
+  let t0 = null;
+  let last = -Infinity;
+  for (let i = 0; i < d.step.length; i++) {
+    const t = w[i];
+    if (t === null || t === undefined) continue;
+    if (t0 === null) t0 = t;
+    const x = t - t0;
+    if (!(x > last)) continue;
+    last = x;
+    step.push(x);
+    for (const m of CHART_METRICS) cols[m].push(d[m] ? d[m][i] : null);
+  }
+  return { step, cols };
+}
+
 export class CompareView {
   constructor(root, query) {
     this.alive = true;
@@ -72,6 +106,12 @@ export class CompareView {
     this.gen = 0; // a newer load makes older answers moot
 
     this.tagSel = el("select", { id: "compare-tag", "aria-label": "tag", onchange: () => this.setTag(this.tagSel.value) });
+    this.xSel = el(
+      "select",
+      { id: "compare-x", "aria-label": "x axis", onchange: () => this.setX(this.xSel.value) },
+      el("option", { value: "step", selected: this.state.x === "step" }, "step"),
+      el("option", { value: "wall", selected: this.state.x === "wall" }, "wall time (s since the run's first point)"),
+    );
     this.metricBox = el("span.metrics");
     for (const c of CHARTS) {
       const box = el("input", {
@@ -92,7 +132,7 @@ export class CompareView {
     this.rootEl = el(
       "section",
       { id: "compare-view", dataset: { runs: this.state.runs.join(",") } },
-      el("div.toolbar", null, el("h2", null, "Compare"), el("span.muted", null, "tag"), this.tagSel, this.metricBox, el("span.spacer"), this.msg, this.rangeEl, this.resetBtn),
+      el("div.toolbar", null, el("h2", null, "Compare"), el("span.muted", null, "tag"), this.tagSel, el("span.muted", null, "x"), this.xSel, this.metricBox, el("span.spacer"), this.msg, this.rangeEl, this.resetBtn),
       this.legend,
       chartBox,
       el(
@@ -159,13 +199,14 @@ export class CompareView {
   /** Fetch every run's series for the tag and the zoom range, then draw. */
   async load() {
     const gen = ++this.gen;
-    const { runs, tag, view } = this.state;
+    const { runs, tag } = this.state;
+    const view = this.state.x === "step" ? this.state.view : null; // wall-time zoom: client side
     const mp = Math.max(100, Math.min(4000, Math.round(this.charts.plotWidth())));
     const t0 = performance.now();
     this.msg.textContent = "loading…";
     const got = await pool(
       runs.map((run) => () =>
-        getJSON("/api/v1/series?" + qs({ run, tag, metrics: CHART_METRICS.join(","), from: view && view.from, to: view && view.to, max_points: mp })).catch(() => null),
+        getJSON("/api/v1/series?" + qs({ run, tag, metrics: [...CHART_METRICS, "wall_time"].join(","), from: view && view.from, to: view && view.to, max_points: mp })).catch(() => null),
       ),
       4,
     );
@@ -173,11 +214,9 @@ export class CompareView {
     this.stores = new Map();
     got.forEach((d, i) => {
       if (!d) return;
-      const cols = {};
-      for (const m of CHART_METRICS) cols[m] = d[m];
-      this.stores.set(runs[i], { step: d.step, cols });
+      this.stores.set(runs[i], this.state.x === "wall" ? byWallTime(d) : { step: d.step, cols: pick(d) });
     });
-    this.charts.setData(align(this.stores, runs, CHART_METRICS), view);
+    this.charts.setData(align(this.stores, runs, CHART_METRICS), this.state.view);
     const missing = runs.filter((r) => !this.stores.has(r));
     this.msg.textContent = missing.length ? `no “${tag}” in ${missing.join(", ")}` : "";
     this.rootEl.dataset.loadMs = String(Math.round(performance.now() - t0));
@@ -244,19 +283,29 @@ export class CompareView {
     this.charts.resize();
   }
 
+  setX(x) {
+    this.state.x = x;
+    this.state.view = null; // a range of steps is not one of seconds
+    this.writeUrl();
+    this.showRange();
+    this.load();
+  }
+
   zoom(view) {
     this.state.view = view;
     this.writeUrl();
     this.showRange();
-    // Redraw the range at once from what is loaded, then refine from the server.
+    // Redraw the range at once from what is loaded, then refine from the
+    // server (steps only: a wall-time range is applied to the points in hand).
     if (this.charts.data) this.charts.setData(this.charts.data, view);
-    this.load();
+    if (this.state.x === "step") this.load();
   }
 
   showRange() {
     const v = this.state.view;
     this.resetBtn.disabled = !v;
-    this.rangeEl.textContent = v ? `steps ${fmtInt(v.from)}–${fmtInt(v.to)}` : "all steps";
+    const unit = this.state.x === "wall" ? "s" : "steps";
+    this.rangeEl.textContent = v ? `${unit} ${fmtInt(v.from)}–${fmtInt(v.to)}` : "all " + unit;
     this.rootEl.dataset.view = v ? `${v.from}-${v.to}` : "";
   }
 }
