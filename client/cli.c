@@ -166,7 +166,8 @@ void cli_fmt_exact(double v, char *buf, size_t cap) {
 
 const char cli_pub_help[] =
     "Sketch and transport:\n"
-    "  --endpoint E          ZeroMQ endpoint of gradwatchd (default tcp://127.0.0.1:5557)\n"
+    "  --endpoint E          ZeroMQ endpoint of gradwatchd (default $GRADWATCH_ENDPOINT,\n"
+    "                        else tcp://127.0.0.1:5557)\n"
     "  --socket pub|push     socket pattern (default pub; push for a daemon that PULLs)\n"
     "  --k K                 sketch length, 1..65536 (default 256)\n"
     "  --kind sjlt|gaussian  sketch kind written in the header (default sjlt)\n"
@@ -187,7 +188,9 @@ const char cli_pub_help[] =
 void cli_pub_opts_init(cli_pub_opts_t *o, double wait_s) {
   memset(o, 0, sizeof *o);
   gw_publisher_config_init(&o->cfg);
-  o->cfg.endpoint = "tcp://127.0.0.1:5557";
+  o->cfg.endpoint = getenv(CLI_ENV_ENDPOINT);
+  o->endpoint_from_env = o->cfg.endpoint != NULL && o->cfg.endpoint[0] != '\0';
+  if (!o->endpoint_from_env) o->cfg.endpoint = "tcp://127.0.0.1:5557";
   o->cfg.linger_ms = 2000;
   o->wait_s = wait_s;
 }
@@ -262,6 +265,7 @@ int cli_pub_opts_parse(cli_pub_opts_t *o, const char *cmd, int c, const char *ar
       return cli_usage(cmd, "--endpoint wants a ZeroMQ endpoint like tcp://127.0.0.1:5557, not '%s'",
                        arg);
     o->cfg.endpoint = arg;
+    o->endpoint_from_env = 0;
     break;
   case CLI_O_SOCKET:
     if (strcmp(arg, "pub") == 0)
@@ -340,6 +344,9 @@ int cli_pub_opts_finish(cli_pub_opts_t *o, const char *cmd) {
   gw_sketch_params_t *sk = &o->cfg.sketch;
   int ncurve = (o->server_key[0] != 0) + (o->public_key[0] != 0) + (o->secret_key[0] != 0);
 
+  if (o->endpoint_from_env && strstr(o->cfg.endpoint, "://") == NULL)
+    return cli_usage(cmd, "%s wants a ZeroMQ endpoint like tcp://127.0.0.1:5557, not '%s'",
+                     CLI_ENV_ENDPOINT, o->cfg.endpoint);
   if (!o->s_given) sk->s = sk->kind == GW_SKETCH_GAUSSIAN ? 0 : (sk->k < 4 ? (uint8_t)sk->k : 4);
   if (gw_sketch_check(sk) != 0) {
     if (sk->kind == GW_SKETCH_GAUSSIAN)
@@ -419,6 +426,7 @@ static const char usage_text[] =
     "  query RUN TAG METRIC...  print a stream's metrics as a table, CSV or JSON\n"
     "  tail                     follow live points and alerts\n"
     "  export RUN               write every stream of a run as CSV or JSON lines\n"
+    "  report RUN...            the regime summary of runs (text, CSV, JSON, Markdown)\n"
     "  proxy                    forward publishers to sharded daemons (docs/SCALE.md)\n"
     "\n"
     "'gradwatch COMMAND --help' describes a command's options; --version prints the version.\n"
@@ -433,6 +441,7 @@ typedef struct cmd_s {
 static const cmd_t commands[] = {
     {"publish", cli_publish}, {"replay", cli_replay}, {"query", cli_query},
     {"tail", cli_tail},       {"export", cli_export}, {"proxy", cli_proxy},
+    {"report", cli_report},
 };
 
 static const cmd_t *find_cmd(const char *name) {

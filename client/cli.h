@@ -11,6 +11,7 @@
  *   cli_httpc.c    the HTTP client of those three (libcurl): options, GET, errors
  *   cli_sse.c      the event-stream parser of tail (pure: bytes in, events out)
  *   cli_proxy.c    proxy: XSUB/XPUB forwarder in front of sharded daemons
+ *   cli_report.c   report RUN...: the regime summary of runs (text/CSV/JSON/Markdown)
  *
  * Every subcommand is `int cli_NAME(int argc, char **argv)` with argv[0] the
  * subcommand's name, and returns the process exit status: CLI_OK, CLI_FAIL
@@ -35,6 +36,7 @@ int cli_query(int argc, char **argv);
 int cli_tail(int argc, char **argv);
 int cli_export(int argc, char **argv);
 int cli_proxy(int argc, char **argv);
+int cli_report(int argc, char **argv);
 
 /* ---- messages ----------------------------------------------------------- */
 
@@ -91,6 +93,7 @@ typedef struct cli_pub_opts_s {
   double wait_s;             /* wait this long for a subscriber before sending */
   int report;                /* --report: print progress every second */
   int s_given;               /* --s was given (else it follows --kind) */
+  int endpoint_from_env;     /* cfg.endpoint is $GRADWATCH_ENDPOINT (checked at finish) */
   /* CURVE keys read from the command line or files, 40 chars + NUL. */
   char server_key[41], public_key[41], secret_key[41];
 } cli_pub_opts_t;
@@ -132,6 +135,11 @@ enum {
       {"report", no_argument, NULL, CLI_O_REPORT}
 extern const char cli_pub_help[];
 
+/* Environment defaults of the client (an option always wins). */
+#define CLI_ENV_ENDPOINT "GRADWATCH_ENDPOINT" /* --endpoint of publish and replay */
+#define CLI_ENV_RUN "GRADWATCH_RUN"           /* --run of publish and replay */
+
+/* Defaults; the endpoint from $GRADWATCH_ENDPOINT when set. */
 void cli_pub_opts_init(cli_pub_opts_t *o, double wait_s);
 /* Handle getopt code c (>= CLI_O_BASE) with optarg. 0 or CLI_USAGE. */
 int cli_pub_opts_parse(cli_pub_opts_t *o, const char *cmd, int c, const char *arg);

@@ -1,6 +1,8 @@
 /* cli_httpc.c — the CLI's HTTP client (see cli_httpc.h): options, the curl
  * handle and its headers, GET of a JSON document, error messages.
  *
+ * Unset options fall back to the environment (GRADWATCH_SERVER,
+ * GRADWATCH_TOKEN) in cli_http_open, so an option always wins.
  * The token lives in h->token and in the Authorization header list only;
  * both are wiped or freed by cli_http_free. Responses are gathered in a
  * gw_buf_t capped at CLI_HTTP_BODY_MAX (a larger answer is an error, not a
@@ -16,8 +18,10 @@
 
 const char cli_http_help[] =
     "Server:\n"
-    "  --server URL          gradwatchd's HTTP address (default http://127.0.0.1:8080)\n"
-    "  --token TOKEN         bearer token (the daemon's --http-token-file)\n"
+    "  --server URL          gradwatchd's HTTP address (default $GRADWATCH_SERVER,\n"
+    "                        else http://127.0.0.1:8080)\n"
+    "  --token TOKEN         bearer token (the daemon's --http-token-file; default\n"
+    "                        $GRADWATCH_TOKEN)\n"
     "  --token-file FILE     read the token from the first line of FILE\n"
     "  --timeout SECONDS     give up on a request after this long (default 30;\n"
     "                        tail: connecting only)\n";
@@ -52,17 +56,21 @@ static char *trimmed_dup(const char *s, size_t n) {
   return d;
 }
 
+/* The server URL from `what` (--server or GRADWATCH_SERVER). */
+static int set_server(cli_http_t *h, const char *cmd, const char *what, const char *arg) {
+  size_t n = strlen(arg);
+  if (strncmp(arg, "http://", 7) != 0 && strncmp(arg, "https://", 8) != 0)
+    return cli_usage(cmd, "%s wants a URL like http://127.0.0.1:8080, not '%s'", what, arg);
+  while (n > 0 && arg[n - 1] == '/') n--;
+  free(h->server);
+  if ((h->server = trimmed_dup(arg, n)) == NULL) return cli_fail(cmd, "out of memory");
+  return 0;
+}
+
 int cli_http_option(cli_http_t *h, const char *cmd, int c, const char *arg) {
   switch (c) {
-  case CLI_H_SERVER: {
-    size_t n = strlen(arg);
-    if (strncmp(arg, "http://", 7) != 0 && strncmp(arg, "https://", 8) != 0)
-      return cli_usage(cmd, "--server wants a URL like http://127.0.0.1:8080, not '%s'", arg);
-    while (n > 0 && arg[n - 1] == '/') n--;
-    free(h->server);
-    if ((h->server = trimmed_dup(arg, n)) == NULL) return cli_fail(cmd, "out of memory");
-    return 0;
-  }
+  case CLI_H_SERVER:
+    return set_server(h, cmd, "--server", arg);
   case CLI_H_TOKEN:
     free(h->token);
     if ((h->token = trimmed_dup(arg, strlen(arg))) == NULL) return cli_fail(cmd, "out of memory");
@@ -88,6 +96,19 @@ int cli_http_option(cli_http_t *h, const char *cmd, int c, const char *arg) {
 }
 
 int cli_http_open(cli_http_t *h, const char *cmd) {
+  const char *env;
+  int rc;
+  /* Options win; then the environment; then the built-in default. */
+  if (h->server == NULL && (env = getenv(CLI_ENV_SERVER)) != NULL && env[0] != '\0' &&
+      (rc = set_server(h, cmd, CLI_ENV_SERVER, env)) != 0)
+    return rc;
+  if (h->token == NULL && (env = getenv(CLI_ENV_TOKEN)) != NULL) {
+    if ((h->token = trimmed_dup(env, strlen(env))) == NULL) return cli_fail(cmd, "out of memory");
+    if (h->token[0] == '\0') {
+      free(h->token);
+      h->token = NULL;
+    }
+  }
   if (!h->global) {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
       return cli_fail(cmd, "cannot initialize libcurl");

@@ -22,6 +22,8 @@
 #include "cli.h"
 #include "util.h"
 
+#define CLI_ENV_SERVER "GRADWATCH_SERVER" /* --server when not given */
+#define CLI_ENV_TOKEN "GRADWATCH_TOKEN"   /* --token when neither --token nor --token-file */
 #define CLI_HTTP_BODY_MAX ((size_t)1 << 31) /* largest response kept in memory */
 #define CLI_HTTP_ERR_BODY_MAX 65536         /* bytes kept of a non-200 answer */
 
@@ -50,7 +52,8 @@ void cli_http_init(cli_http_t *h);
 void cli_http_free(cli_http_t *h);
 /* Handle getopt code c (a CLI_H_* value) with its argument. */
 int cli_http_option(cli_http_t *h, const char *cmd, int c, const char *arg);
-/* After option parsing: libcurl, the handle and the request headers. */
+/* After option parsing: GRADWATCH_SERVER / GRADWATCH_TOKEN for what no
+ * option set, libcurl, the handle and the request headers. */
 int cli_http_open(cli_http_t *h, const char *cmd);
 
 /* Append "?name=value" (the first) or "&name=value" to url, the value

@@ -288,8 +288,8 @@ static const char help_text[] =
     "\n"
     "Streams:\n"
     "  --synthetic           the generator (required)\n"
-    "  --run NAME            run name (default synthetic); with --runs N > 1 the runs\n"
-    "                        are NAME-0 .. NAME-(N-1)\n"
+    "  --run NAME            run name (default $GRADWATCH_RUN, else synthetic); with\n"
+    "                        --runs N > 1 the runs are NAME-0 .. NAME-(N-1)\n"
     "  --runs N              number of runs, one publisher each (default 1)\n"
     "  --tags LIST|N         comma-separated tags (default all), or a count N: tags\n"
     "                        PREFIX0 .. PREFIX(N-1)\n"
@@ -358,7 +358,7 @@ static int parse_args(args_t *a, int argc, char **argv) {
   int c, rc;
   memset(a, 0, sizeof *a);
   cli_pub_opts_init(&a->pub, 1.0);
-  a->run = "synthetic";
+  a->run = getenv(CLI_ENV_RUN) && getenv(CLI_ENV_RUN)[0] ? getenv(CLI_ENV_RUN) : "synthetic";
   a->runs = 1;
   a->rank = 4;
   a->rate = 10;

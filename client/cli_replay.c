@@ -219,7 +219,7 @@ static const char help_text[] =
     "FILE is a NumPy .npy (versions 1-3, dtype <f4 or <f8, C order, shape (steps, k))\n"
     "or raw little-endian float32 (then --k is required).\n"
     "\n"
-    "  --run NAME            run (default replay)\n"
+    "  --run NAME            run (default $GRADWATCH_RUN, else replay)\n"
     "  --tag TAG             tag (default all)\n"
     "  --start STEP          step of the first row (default 0)\n"
     "  --rate R              rows per second, 0 = as fast as possible (default 0)\n"
@@ -274,7 +274,7 @@ static int parse_args(args_t *a, int argc, char **argv) {
   int c, rc;
   memset(a, 0, sizeof *a);
   cli_pub_opts_init(&a->pub, 5.0);
-  a->run = "replay";
+  a->run = getenv(CLI_ENV_RUN) && getenv(CLI_ENV_RUN)[0] ? getenv(CLI_ENV_RUN) : "replay";
   a->tag = "all";
   a->retry_ms = 10000;
 

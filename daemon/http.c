@@ -60,6 +60,7 @@
 #include "gw_proto.h"
 #include "http_query.h"
 #include "jsonnum.h"
+#include "http_summary.h"
 #include "numfmt.h"
 #include "point.h"
 #include "util.h"
@@ -851,7 +852,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     case GW_ROUTE_SERIES:
     case GW_ROUTE_STREAMS:
     case GW_ROUTE_RESTARTS:
+    case GW_ROUTE_RUN:
+    case GW_ROUTE_RUN_SUMMARY:
+    case GW_ROUTE_SUMMARY:
       if (!h->deps.store) return unavailable(c, "store not configured");
+      if (route == GW_ROUTE_RUN || route == GW_ROUTE_RUN_SUMMARY || route == GW_ROUTE_SUMMARY)
+        return gw_http_summary_serve(c, h->deps.store, GW_HTTP_STALL_NS, route, arg, arg_len);
       if (route == GW_ROUTE_RUNS) return h_runs(h, c);
       if (route == GW_ROUTE_RESTARTS) return h_restarts(h, c);
       if (route == GW_ROUTE_ALERTS) return h_alerts(h, c);

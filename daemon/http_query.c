@@ -24,7 +24,7 @@ gw_route_t gw_http_route(const char *url, const char **arg, size_t *arg_len) {
       {"/metrics", GW_ROUTE_METRICS},      {"/api/v1/stats", GW_ROUTE_STATS},
       {"/api/v1/events", GW_ROUTE_EVENTS}, {"/api/v1/runs", GW_ROUTE_RUNS},
       {"/api/v1/alerts", GW_ROUTE_ALERTS}, {"/api/v1/series", GW_ROUTE_SERIES},
-      {"/api/v1/restarts", GW_ROUTE_RESTARTS},
+      {"/api/v1/restarts", GW_ROUTE_RESTARTS}, {"/api/v1/summary", GW_ROUTE_SUMMARY},
   };
   *arg = NULL;
   *arg_len = 0;
@@ -37,6 +37,18 @@ gw_route_t gw_http_route(const char *url, const char **arg, size_t *arg_len) {
       *arg = run;
       *arg_len = ul - sl;
       return GW_ROUTE_STREAMS;
+    }
+    static const char summary_suffix[] = "/summary";
+    sl = sizeof summary_suffix - 1;
+    if (ul > sl && strcmp(run + ul - sl, summary_suffix) == 0) {
+      *arg = run;
+      *arg_len = ul - sl;
+      return GW_ROUTE_RUN_SUMMARY;
+    }
+    if (ul > 0 && !strchr(run, '/')) {
+      *arg = run;
+      *arg_len = ul;
+      return GW_ROUTE_RUN;
     }
     return GW_ROUTE_NONE;
   }

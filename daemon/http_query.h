@@ -30,10 +30,14 @@ typedef enum {
   GW_ROUTE_ALERTS,
   GW_ROUTE_SERIES,
   GW_ROUTE_STREAMS, /* "/api/v1/runs/RUN/streams": arg, arg_len name the run */
-  GW_ROUTE_RESTARTS
+  GW_ROUTE_RESTARTS,
+  GW_ROUTE_RUN,         /* "/api/v1/runs/RUN": arg, arg_len name the run */
+  GW_ROUTE_RUN_SUMMARY, /* "/api/v1/runs/RUN/summary": arg, arg_len name the run */
+  GW_ROUTE_SUMMARY      /* "/api/v1/summary?runs=A,B" */
 } gw_route_t;
 
-/* The route of a decoded URL path. For GW_ROUTE_STREAMS, *arg and *arg_len are
+/* The route of a decoded URL path. For GW_ROUTE_STREAMS, GW_ROUTE_RUN and
+ * GW_ROUTE_RUN_SUMMARY, *arg and *arg_len are
  * the run's bytes inside url (not validated: the caller checks the name);
  * for GW_ROUTE_ASSET, *arg is the asset path to look up ("/" means
  * "/index.html") and *arg_len its length; otherwise *arg is NULL and

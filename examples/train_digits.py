@@ -15,6 +15,7 @@ fresh model whenever a run ends, forever, with the published step counting on
 (steps of a stream must increase).
 """
 import argparse
+import os
 import sys
 import time
 
@@ -111,8 +112,10 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps "
                    "(overrides --epochs)")
-    p.add_argument("--endpoint", default="tcp://127.0.0.1:5557")
-    p.add_argument("--run", default=None, help="run name (default digits-MODEL-OPT)")
+    p.add_argument("--endpoint", default=None,
+                   help="daemon endpoint (default $GRADWATCH_ENDPOINT, else tcp://127.0.0.1:5557)")
+    p.add_argument("--run", default=None,
+                   help="run name (default $GRADWATCH_RUN, else digits-MODEL-OPT)")
     p.add_argument("--every", type=int, default=1, help="publish every N steps")
     p.add_argument("--per-layer", action=argparse.BooleanOptionalAction, default=True,
                    help="also publish one stream per parameter (default on)")
@@ -137,7 +140,7 @@ def parse_args(argv=None):
     if a.lr is None:
         a.lr = 0.05 if a.opt == "sgd" else 1e-3
     if a.run is None:
-        a.run = f"digits-{a.model}-{a.opt}"
+        a.run = os.environ.get("GRADWATCH_RUN", "").strip() or f"digits-{a.model}-{a.opt}"
     for name in ("batch", "epochs", "every"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1")
@@ -209,7 +212,7 @@ def main(argv=None):
     pub = gradwatch.Publisher(a.endpoint, run=a.run, k=a.k, seed=a.seed, kind=a.kind, s=a.s,
                               dtype=a.dtype)
     if a.wait > 0 and not pub.wait_subscribed(a.wait):
-        print(f"[{a.run}] no daemon subscribed at {a.endpoint} after {a.wait:g} s; "
+        print(f"[{a.run}] no daemon subscribed at {pub.endpoint} after {a.wait:g} s; "
               f"training anyway (messages are counted as dropped)", flush=True)
     state, cycle = {"step": 0}, 0
     try:

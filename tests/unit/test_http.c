@@ -455,7 +455,7 @@ static void runs_and_streams(void **state) {
   expect_error(F->port, "GET", "/api/v1/runs/a/b/streams", NULL, 400, "bad run name");
   expect_error(F->port, "GET", "/api/v1/runs//streams", NULL, 404, NULL);
   expect_error(F->port, "GET", "/api/v1/runs/r1/streams/", NULL, 404, NULL);
-  expect_error(F->port, "GET", "/api/v1/runs/r1", NULL, 404, NULL);
+  expect_error(F->port, "GET", "/api/v1/runs/r1/nope", NULL, 404, NULL);
   expect_error(F->port, "GET", "/api/v1/runs/", NULL, 404, NULL);
   expect_error(F->port, "GET", "/api/v1/nope", NULL, 404, "not found");
 }

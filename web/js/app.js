@@ -1,5 +1,5 @@
 // app.js — the dashboard's entry: hash routing between the runs list
-// (#/) and a run page (#/run/NAME), the header (theme toggle, token,
+// (#/), a run page (#/run/NAME) and the compare page (#/compare?runs=…), the header (theme toggle, token,
 // connection light) and the "token needed" banner.
 //
 // Views are objects with destroy(); exactly one is mounted in <main id=view>
@@ -10,6 +10,7 @@ import { getToken, onAuthRefused, setToken } from "./api.js";
 import { applyTheme, el, setThemeChoice, themeChoice } from "./util.js";
 import { RunsView } from "./runs.js";
 import { RunView } from "./run.js";
+import { CompareView } from "./compare.js";
 
 const view = document.getElementById("view");
 const crumbs = document.getElementById("crumbs");
@@ -76,10 +77,16 @@ function route() {
   view.textContent = "";
   crumbs.textContent = "";
   const m = /^#\/run\/(.+)$/.exec(h);
-  if (m) {
-    const run = decodeURIComponent(m[1]);
+  const cmp = /^#\/compare(?:\?(.*))?$/.exec(h);
+  if (cmp) {
+    crumbs.append(el("a", { href: "#/" }, "runs"), el("span.sep", null, "›"), el("span.cur", null, "compare"));
+    current = new CompareView(view, cmp[1] || "");
+    document.title = "compare — gradwatch";
+  } else if (m) {
+    const [name, query] = m[1].split("?");
+    const run = decodeURIComponent(name);
     crumbs.append(el("a", { href: "#/" }, "runs"), el("span.sep", null, "›"), el("span.cur", null, run));
-    current = new RunView(view, run);
+    current = new RunView(view, run, query || "");
     document.title = run + " — gradwatch";
   } else {
     crumbs.append(el("span.cur", null, "runs"));

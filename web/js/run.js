@@ -1,4 +1,5 @@
-// run.js — the run page (#/run/NAME): synchronized charts of the selected
+// run.js — the run page (#/run/NAME?tags=a,b&from=S&to=S: the URL keeps the
+// selection and the zoom): synchronized charts of the selected
 // tags, the tag filter, the layer heatmap, the σ spectrum and the alerts,
 // kept live by the event feed.
 //
@@ -45,8 +46,14 @@ const collator = new Intl.Collator(undefined, { numeric: true });
 const byName = (a, b) => (a === "all" ? -1 : b === "all" ? 1 : collator.compare(a, b));
 
 export class RunView {
-  constructor(root, run) {
+  constructor(root, run, query = "") {
     this.run = run;
+    // State from the URL (#/run/NAME?tags=a,b&from=S&to=S), written back on
+    // every selection or zoom change (history.replaceState: no reload).
+    const q = new URLSearchParams(query);
+    const from = q.get("from"), to = q.get("to");
+    this.urlTags = (q.get("tags") || "").split(",").filter(Boolean);
+    this.urlView = /^\d+$/.test(from || "") && /^\d+$/.test(to || "") && +to > +from ? { from: +from, to: +to } : null;
     this.alive = true;
     this.tags = [];
     this.tagIndex = new Map();
@@ -170,9 +177,11 @@ export class RunView {
     }
     if (!this.alive) return;
     const others = this.tags.filter((t) => t !== "all");
-    this.selected = this.tags.includes("all")
+    const fromUrl = this.urlTags.filter((t) => this.tags.includes(t));
+    this.selected = fromUrl.length ? fromUrl : this.tags.includes("all")
       ? ["all", ...others.slice(0, DEFAULT_TAGS - 1)]
       : others.slice(0, DEFAULT_TAGS);
+    if (this.urlView) this.setViewText(this.urlView);
     this.spectrumTag = this.selected[0];
     this.tagList.setTags(this.tags, this.selected, this.colors);
     this.buildCharts();
@@ -375,8 +384,25 @@ export class RunView {
     this.rootEl.dataset.series = this.selected.join(",");
   }
 
+  /** The page's state into the URL (tags, zoom), without a reload. */
+  writeUrl() {
+    const q = new URLSearchParams();
+    q.set("tags", this.selected.join(","));
+    if (this.view) q.set("from", this.view.from), q.set("to", this.view.to);
+    const h = "#/run/" + encodeURIComponent(this.run) + "?" + q.toString().replace(/%2C/g, ",");
+    if (this.alive && window.location.hash !== h) history.replaceState(null, "", h);
+  }
+
+  setViewText(view) {
+    this.view = view;
+    this.resetBtn.disabled = !view;
+    this.rangeEl.textContent = view ? `steps ${fmtInt(view.from)}–${fmtInt(view.to)}` : "all steps, following live";
+    this.rootEl.dataset.view = view ? `${view.from}-${view.to}` : "";
+  }
+
   selectionChanged(sel) {
     this.selected = sel;
+    this.writeUrl();
     if (!sel.includes(this.spectrumTag)) this.spectrumTag = sel[0] || this.spectrumTag;
     this.buildCharts();
     this.loadSeries(true);
@@ -384,10 +410,8 @@ export class RunView {
   }
 
   zoom(view) {
-    this.view = view;
-    this.resetBtn.disabled = !view;
-    this.rangeEl.textContent = view ? `steps ${fmtInt(view.from)}–${fmtInt(view.to)}` : "all steps, following live";
-    this.rootEl.dataset.view = view ? `${view.from}-${view.to}` : "";
+    this.setViewText(view);
+    this.writeUrl();
     if (view) this.charts.setData(this.charts.data || align(this.series, this.selected, CHART_METRICS), view);
     this.loadSeries();
     this.loadHeat();

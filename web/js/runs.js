@@ -10,7 +10,8 @@
 //               advanced stream (steps / wall seconds); live runs only
 //   alerts      /api/v1/alerts?state=firing, counted per run
 //   streams     /api/v1/runs streams
-// A click (or Enter) opens the run page.
+// A click (or Enter) opens the run page; the tick boxes pick runs for the
+// compare page (#/compare?runs=…).
 
 import { getJSON, HttpError, pool, qs, serverNow } from "./api.js";
 import { ago, el, fmt, fmtInt, runState } from "./util.js";
@@ -28,6 +29,8 @@ export class RunsView {
     this.filter = "";
     this.runs = [];
     this.firing = new Map();
+    this.picked = new Set(); // runs ticked for the compare page
+    this.compareBtn = el("button", { id: "compare-btn", type: "button", disabled: true, onclick: () => this.compare() }, "compare");
 
     this.filterInput = el("input.filter", {
       type: "search",
@@ -45,7 +48,7 @@ export class RunsView {
       el(
         "section.panel",
         { id: "runs-view" },
-        el("div.toolbar", null, el("h2", null, "Runs"), this.filterInput, el("span.spacer"), this.status),
+        el("div.toolbar", null, el("h2", null, "Runs"), this.filterInput, this.compareBtn, el("span.spacer"), this.status),
         el(
           "table.runs",
           null,
@@ -62,6 +65,7 @@ export class RunsView {
               el("th.num", null, "firing alerts"),
               el("th.num", null, "streams"),
               el("th", null, "last seen"),
+              el("th", { title: "tick runs, then compare" }, "compare"),
             ),
           ),
           this.body,
@@ -147,6 +151,18 @@ export class RunsView {
     if (this.alive) this.render();
   }
 
+  pick(run, on) {
+    if (on) this.picked.add(run);
+    else this.picked.delete(run);
+    this.compareBtn.disabled = this.picked.size < 1;
+    this.compareBtn.textContent = this.picked.size ? `compare ${this.picked.size}` : "compare";
+  }
+
+  compare() {
+    const runs = this.runs.map((r) => r.run).filter((r) => this.picked.has(r));
+    if (runs.length) window.location.hash = "#/compare?runs=" + runs.map(encodeURIComponent).join(",");
+  }
+
   render() {
     const now = serverNow();
     this.body.textContent = "";
@@ -158,7 +174,7 @@ export class RunsView {
           null,
           el(
             "td",
-            { colSpan: 7 },
+            { colSpan: 8 },
             "No runs yet. Publish one: ",
             el("code", null, "gradwatch publish --synthetic --run demo --tags 8"),
             " or gradwatch.Publisher in Python.",
@@ -186,6 +202,17 @@ export class RunsView {
         el("td.num", null, firing ? el("span.chip.bad", null, String(firing)) : "0"),
         el("td.num", null, fmtInt(r.streams)),
         el("td", { title: r.last_seen ? new Date(r.last_seen * 1000).toLocaleString() : "" }, ago(since)),
+        el(
+          "td",
+          { onclick: (e) => e.stopPropagation() },
+          el("input.pick", {
+            type: "checkbox",
+            "aria-label": "compare " + r.run,
+            checked: this.picked.has(r.run),
+            onchange: (e) => this.pick(r.run, e.target.checked),
+            onkeydown: (e) => e.stopPropagation(),
+          }),
+        ),
       );
       this.body.append(tr);
     }

@@ -37,17 +37,30 @@ outside 0..2^63-1, non-finite grad_norm/loss/lr. publish() rejects a gradient
 holding NaN or Inf with ValueError (the daemon would drop it); watch() instead
 skips such a stream for that step and counts it (never interrupting training).
 
+Reading back. gradwatch.Client(url, token=None) reads a daemon's runs,
+streams, series (a pandas DataFrame indexed by step), alerts and regime
+summaries over HTTP; see gradwatch.client.
+
+Environment. Left out, Publisher's endpoint comes from GRADWATCH_ENDPOINT
+(else tcp://127.0.0.1:5557) and its run from GRADWATCH_RUN; Client's url
+from GRADWATCH_SERVER and its token from GRADWATCH_TOKEN. Explicit
+arguments win.
+
 gradwatch.torch is imported on first use, so the NumPy-only parts work without
 PyTorch.
 """
 
 from ._proto import DecodeError, Message, decode, encode
 from ._sketch import Sketcher, check_params, hash64, sketch, sketch_matrix
+from .client import (BadRequest, Client, DaemonUnavailable, GradwatchError, NotFound, ServerError,
+                     Unauthorized, UnknownRun, UnknownStream)
 from .publisher import NoSubscriberWarning, Publisher
 
 __version__ = "0.1.0"
 __all__ = ["Publisher", "NoSubscriberWarning", "Sketcher", "sketch", "sketch_matrix", "hash64", "check_params",
-           "encode", "decode", "DecodeError", "Message", "torch"]
+           "encode", "decode", "DecodeError", "Message", "torch",
+           "Client", "GradwatchError", "DaemonUnavailable", "Unauthorized", "NotFound", "UnknownRun",
+           "UnknownStream", "BadRequest", "ServerError"]
 
 
 def __getattr__(name):

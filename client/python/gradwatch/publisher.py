@@ -127,26 +127,55 @@ def _torch_numpy_dtypes():
     return _TORCH_NP
 
 
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
+ENV_ENDPOINT = "GRADWATCH_ENDPOINT"
+ENV_RUN = "GRADWATCH_RUN"
+
+
+def _env_default(value, what, env, default):
+    """(value, where it came from): the argument when given, else the
+    environment variable env when set and non-empty, else default."""
+    if value is not None:
+        return value, what
+    v = os.environ.get(env, "").strip()
+    if v:
+        return v, env
+    return default, what
+
+
 class Publisher:
     """Sketch gradients with S(seed, kind, s, k) and publish them for one run.
 
-    Publisher(endpoint, run=, k=256, seed=0, kind="sjlt", s=4 (0 for gaussian),
+    Publisher(endpoint=None, run=None, k=256, seed=0, kind="sjlt", s=4 (0 for gaussian),
     dtype="f32"|"f16"|"bf16", sndhwm=10000, linger_ms=1000,
     curve_serverkey=, curve_publickey=, curve_secretkey=, context=None,
     incarnation=None (draw one), wire_version=2)
+
+    endpoint None: $GRADWATCH_ENDPOINT, else tcp://127.0.0.1:5557; run None:
+    $GRADWATCH_RUN, else ValueError. Explicit arguments win.
 
     Attributes: sent, dropped (messages), last_error, incarnation (the id
     sent with every message; 0 with wire_version=1, which sends the old
     layout without one), connected, and the parameters.
     """
 
-    def __init__(self, endpoint, run, k=256, seed=0, kind="sjlt", s=None, *,
+    def __init__(self, endpoint=None, run=None, k=256, seed=0, kind="sjlt", s=None, *,
                  dtype="f32", sndhwm=10000, linger_ms=1000, curve_serverkey=None,
                  curve_publickey=None, curve_secretkey=None, context=None,
                  cache_bytes=256 << 20, incarnation=None, wire_version=_proto.VERSION):
+        endpoint, ep_src = _env_default(endpoint, "endpoint", ENV_ENDPOINT, DEFAULT_ENDPOINT)
+        run, run_src = _env_default(run, "run", ENV_RUN, None)
+        if run is None:
+            raise ValueError(f"run is required: pass run= or set {ENV_RUN}")
         if not isinstance(endpoint, str) or "://" not in endpoint:
-            raise ValueError(f"endpoint must be a ZeroMQ endpoint like "
+            raise ValueError(f"{ep_src} must be a ZeroMQ endpoint like "
                              f"'tcp://127.0.0.1:5557', got {endpoint!r}")
+        if run_src == ENV_RUN:
+            try:
+                _proto.check_run(run)
+            except ValueError:
+                raise ValueError(f"{ENV_RUN} must be 1..128 characters of [A-Za-z0-9._:-], "
+                                 f"got {run!r}") from None
         self._run_b = _proto.check_run(run)
         self.run = self._run_b.decode()
         self.k, self.seed, self.kind, self.s = check_params(k, seed, kind, s)

@@ -1,0 +1,241 @@
+/* http_summary.c — GET /api/v1/runs/{run}, /api/v1/runs/{run}/summary and
+ * /api/v1/summary?runs=A,B (see http_summary.h).
+ *
+ * Data flow: the run names from the path or the runs= list (checked against
+ * the wire grammar) → gw_store_runs / gw_store_summary on this HTTP thread
+ * (read-only connections of the store) → a cJSON document, numbers as raw
+ * text (integers exact, doubles by gw_fmt_double, NAN as null) → one
+ * response. An unknown run is a 404 naming it; nothing is half answered.
+ */
+#include "http_summary.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "gw_error.h"
+#include "gw_proto.h"
+#include "numfmt.h"
+#include "store_summary.h"
+#include "util.h"
+
+/* ---- answers ---- */
+
+static enum MHD_Result queue_text(struct MHD_Connection *c, unsigned status, char *text) {
+  struct MHD_Response *r;
+  enum MHD_Result ret;
+  if (!text) return MHD_NO; /* out of memory: libmicrohttpd closes the connection */
+  r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+  if (!r) {
+    free(text);
+    return MHD_NO;
+  }
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+  MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+  ret = MHD_queue_response(c, status, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+/* Takes ownership of o. */
+static enum MHD_Result queue_json(struct MHD_Connection *c, unsigned status, cJSON *o) {
+  char *text = o ? cJSON_PrintUnformatted(o) : NULL;
+  cJSON_Delete(o);
+  return queue_text(c, status, text);
+}
+
+static enum MHD_Result queue_error(struct MHD_Connection *c, unsigned status, const char *msg) {
+  cJSON *o = cJSON_CreateObject();
+  if (o && !cJSON_AddStringToObject(o, "error", msg)) {
+    cJSON_Delete(o);
+    o = NULL;
+  }
+  return queue_json(c, status, o);
+}
+
+/* An error of ours (store, memory): 503 for memory, 500 otherwise. */
+static enum MHD_Result queue_failure(struct MHD_Connection *c, int rc) {
+  return queue_error(c, rc == GW_ENOMEM ? MHD_HTTP_SERVICE_UNAVAILABLE
+                                        : MHD_HTTP_INTERNAL_SERVER_ERROR,
+                     gw_strerror(rc));
+}
+
+static cJSON *add_u64(cJSON *o, const char *key, uint64_t v) {
+  char b[24];
+  snprintf(b, sizeof b, "%" PRIu64, v);
+  return cJSON_AddRawToObject(o, key, b);
+}
+
+static cJSON *add_num(cJSON *o, const char *key, double v) {
+  char b[GW_NUMFMT_MAX];
+  if (!isfinite(v)) return cJSON_AddNullToObject(o, key);
+  gw_fmt_double(b, v);
+  return cJSON_AddRawToObject(o, key, b);
+}
+
+/* ---- the runs= list ---- */
+
+static int bad(char *msg, size_t msglen, const char *what, const char *v, size_t vlen) {
+  if (v) gw_http_errmsg(msg, msglen, what, v, vlen);
+  else if (msglen) snprintf(msg, msglen, "%s", what);
+  return GW_EINVAL;
+}
+
+int gw_http_summary_runs(const char *v, char *buf, size_t cap,
+                         const char *names[GW_HTTP_SUMMARY_RUNS_MAX], size_t *n, char *msg,
+                         size_t msglen) {
+  size_t len;
+  *n = 0;
+  if (!v || !*v) return bad(msg, msglen, "missing parameter: runs", NULL, 0);
+  len = strlen(v);
+  if (len >= cap) return bad(msg, msglen, "bad runs: too long", NULL, 0);
+  memcpy(buf, v, len + 1);
+  for (char *p = buf;;) {
+    char *e = strchr(p, ',');
+    size_t l = e ? (size_t)(e - p) : strlen(p);
+    if (e) *e = '\0';
+    if (gw_proto_check_run(p, l) != 0) return bad(msg, msglen, "bad run name", p, l);
+    for (size_t i = 0; i < *n; i++)
+      if (strcmp(names[i], p) == 0) return bad(msg, msglen, "duplicate run", p, l);
+    if (*n == GW_HTTP_SUMMARY_RUNS_MAX)
+      return bad(msg, msglen, "bad runs: at most 64 runs", NULL, 0);
+    names[(*n)++] = p;
+    if (!e) break;
+    p = e + 1;
+  }
+  return 0;
+}
+
+/* ---- documents ---- */
+
+/* Append the rows of run to arr. 0, GW_ENOTFOUND, or the store's error. */
+static int add_rows(gw_store_t *st, const char *run, cJSON *arr) {
+  static const char *const pred[GW_SUMMARY_PREDICTORS] = {"onestep", "ema", "linear"};
+  gw_store_summary_t *rows = NULL;
+  size_t n = 0;
+  int rc = gw_store_summary(st, run, &rows, &n);
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    const gw_store_summary_t *s = &rows[i];
+    char key[48];
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddItemToArray(arr, o)) {
+      cJSON_Delete(o);
+      rc = GW_ENOMEM;
+      break;
+    }
+    int ok = cJSON_AddStringToObject(o, "run", run) && cJSON_AddStringToObject(o, "tag", s->tag) &&
+             add_u64(o, "steps", s->steps) && add_u64(o, "first_step", s->first_step) &&
+             add_u64(o, "last_step", s->last_step);
+    for (int p = 0; ok && p < GW_SUMMARY_PREDICTORS; p++) {
+      snprintf(key, sizeof key, "kappa_%s_p5", pred[p]);
+      ok = ok && add_num(o, key, s->kappa[p].p5);
+      snprintf(key, sizeof key, "kappa_%s_median", pred[p]);
+      ok = ok && add_num(o, key, s->kappa[p].median);
+      snprintf(key, sizeof key, "kappa_%s_p95", pred[p]);
+      ok = ok && add_num(o, key, s->kappa[p].p95);
+    }
+    for (int p = 0; ok && p < GW_SUMMARY_PREDICTORS; p++) {
+      snprintf(key, sizeof key, "kappa_%s_cum", pred[p]);
+      ok = ok && add_num(o, key, s->kappa_cum[p]);
+    }
+    ok = ok && add_num(o, "kappa_best", s->kappa_best) &&
+         add_num(o, "rank_90_median", s->rank_90_median) &&
+         add_num(o, "rank_99_median", s->rank_99_median) &&
+         add_num(o, "stable_rank_median", s->stable_rank_median) &&
+         add_num(o, "rank_90_run", s->rank_90_run) && add_num(o, "rank_99_run", s->rank_99_run) &&
+         add_u64(o, "alerts_fired", s->alerts_fired);
+    if (!ok) rc = GW_ENOMEM;
+  }
+  gw_store_summary_free(rows, n);
+  return rc;
+}
+
+static enum MHD_Result serve_summary(struct MHD_Connection *c, gw_store_t *st,
+                                     const char *const *names, size_t n, int single) {
+  cJSON *o = cJSON_CreateObject(), *arr = NULL, *list = NULL;
+  int rc = 0;
+  if (!o) return queue_failure(c, GW_ENOMEM);
+  if (single) {
+    if (!cJSON_AddStringToObject(o, "run", names[0])) rc = GW_ENOMEM;
+  } else if (!(list = cJSON_AddArrayToObject(o, "runs"))) {
+    rc = GW_ENOMEM;
+  }
+  for (size_t i = 0; rc == 0 && list && i < n; i++) {
+    cJSON *s = cJSON_CreateString(names[i]);
+    if (!s || !cJSON_AddItemToArray(list, s)) {
+      cJSON_Delete(s);
+      rc = GW_ENOMEM;
+    }
+  }
+  if (rc == 0 && !(arr = cJSON_AddArrayToObject(o, "rows"))) rc = GW_ENOMEM;
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    rc = add_rows(st, names[i], arr);
+    if (rc == GW_ENOTFOUND) {
+      char msg[160];
+      cJSON_Delete(o);
+      return queue_error(c, MHD_HTTP_NOT_FOUND,
+                         gw_http_errmsg(msg, sizeof msg, "unknown run", names[i], strlen(names[i])));
+    }
+  }
+  if (rc != 0) {
+    cJSON_Delete(o);
+    return queue_failure(c, rc);
+  }
+  return queue_json(c, MHD_HTTP_OK, o);
+}
+
+static enum MHD_Result serve_run(struct MHD_Connection *c, gw_store_t *st, int64_t stall_ns,
+                                 const char *run) {
+  gw_store_run_t *runs = NULL;
+  size_t n = 0;
+  char msg[160];
+  int rc = gw_store_runs(st, gw_now_ns(), stall_ns, &runs, &n);
+  if (rc != 0) return queue_failure(c, rc);
+  for (size_t i = 0; i < n; i++) {
+    const gw_store_run_t *r = &runs[i];
+    if (strcmp(r->run, run) != 0) continue;
+    cJSON *o = cJSON_CreateObject();
+    int ok = o && cJSON_AddStringToObject(o, "run", r->run) && add_u64(o, "streams", r->streams) &&
+             add_u64(o, "first_step", r->first_step) && add_u64(o, "last_step", r->last_step) &&
+             (r->last_seen_ns ? add_num(o, "last_seen", (double)r->last_seen_ns * 1e-9)
+                              : cJSON_AddNullToObject(o, "last_seen")) &&
+             cJSON_AddStringToObject(o, "state", gw_store_run_state_name(r->state));
+    gw_store_runs_free(runs, n);
+    if (!ok) {
+      cJSON_Delete(o);
+      return queue_failure(c, GW_ENOMEM);
+    }
+    return queue_json(c, MHD_HTTP_OK, o);
+  }
+  gw_store_runs_free(runs, n);
+  return queue_error(c, MHD_HTTP_NOT_FOUND,
+                     gw_http_errmsg(msg, sizeof msg, "unknown run", run, strlen(run)));
+}
+
+enum MHD_Result gw_http_summary_serve(struct MHD_Connection *c, gw_store_t *st,
+                                      int64_t stall_ns, gw_route_t route, const char *arg,
+                                      size_t arg_len) {
+  char msg[160], name[GW_PROTO_NAME_MAX + 1];
+  if (route == GW_ROUTE_SUMMARY) {
+    char buf[GW_HTTP_SUMMARY_RUNS_MAX * (GW_PROTO_NAME_MAX + 1)];
+    const char *names[GW_HTTP_SUMMARY_RUNS_MAX];
+    size_t n;
+    const char *v = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "runs");
+    if (gw_http_summary_runs(v, buf, sizeof buf, names, &n, msg, sizeof msg) != 0)
+      return queue_error(c, MHD_HTTP_BAD_REQUEST, msg);
+    return serve_summary(c, st, names, n, 0);
+  }
+  if (!arg || gw_proto_check_run(arg, arg_len) != 0)
+    return queue_error(c, MHD_HTTP_BAD_REQUEST,
+                       gw_http_errmsg(msg, sizeof msg, "bad run name", arg ? arg : "", arg_len));
+  memcpy(name, arg, arg_len);
+  name[arg_len] = '\0';
+  if (route == GW_ROUTE_RUN) return serve_run(c, st, stall_ns, name);
+  const char *names[1] = {name};
+  return serve_summary(c, st, names, 1, 1);
+}
