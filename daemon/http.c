@@ -703,16 +703,16 @@ static enum MHD_Result h_stats(gw_http_t *h, struct MHD_Connection *c) {
       !gw_json_add_num(o, "uptime_s", up))
     goto nomem;
   cJSON *sse = cJSON_AddObjectToObject(o, "sse"), *sd, *ans, *ar;
-  if (!sse || !add_u64(sse, "clients", gw_stats_get(&st->sse_clients)) ||
+  if (!sse || !gw_json_add_u64(sse, "clients", gw_stats_get(&st->sse_clients)) ||
       !(sd = cJSON_AddObjectToObject(sse, "dropped")) ||
       !(ans = cJSON_AddObjectToObject(o, "answers")) ||
-      !add_u64(ans, "held_bytes", gw_stats_get(&st->http_answer_bytes)) ||
+      !gw_json_add_u64(ans, "held_bytes", gw_stats_get(&st->http_answer_bytes)) ||
       !(ar = cJSON_AddObjectToObject(ans, "refused")))
     goto nomem;
   for (int i = 0; i < GW_SSE_DROP_COUNT; i++)
-    if (!add_u64(sd, gw_sse_drop_name(i), gw_stats_get(&st->sse_dropped[i]))) goto nomem;
+    if (!gw_json_add_u64(sd, gw_sse_drop_name(i), gw_stats_get(&st->sse_dropped[i]))) goto nomem;
   for (int i = 0; i < GW_HTTP_REFUSE_COUNT; i++)
-    if (!add_u64(ar, gw_http_refuse_name(i), gw_stats_get(&st->http_refused[i]))) goto nomem;
+    if (!gw_json_add_u64(ar, gw_http_refuse_name(i), gw_stats_get(&st->http_refused[i]))) goto nomem;
   return send_json(c, MHD_HTTP_OK, o);
 nomem:
   cJSON_Delete(o);

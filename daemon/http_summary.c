@@ -65,13 +65,13 @@ static enum MHD_Result queue_failure(struct MHD_Connection *c, int rc) {
                      gw_strerror(rc));
 }
 
-static cJSON *add_u64(cJSON *o, const char *key, uint64_t v) {
+static cJSON *gw_json_add_u64(cJSON *o, const char *key, uint64_t v) {
   char b[24];
   snprintf(b, sizeof b, "%" PRIu64, v);
   return cJSON_AddRawToObject(o, key, b);
 }
 
-static cJSON *add_num(cJSON *o, const char *key, double v) {
+static cJSON *gw_json_add_num(cJSON *o, const char *key, double v) {
   char b[GW_NUMFMT_MAX];
   if (!isfinite(v)) return cJSON_AddNullToObject(o, key);
   gw_fmt_double(b, v);
@@ -129,26 +129,26 @@ static int add_rows(gw_store_t *st, const char *run, cJSON *arr) {
       break;
     }
     int ok = cJSON_AddStringToObject(o, "run", run) && cJSON_AddStringToObject(o, "tag", s->tag) &&
-             add_u64(o, "steps", s->steps) && add_u64(o, "first_step", s->first_step) &&
-             add_u64(o, "last_step", s->last_step);
+             gw_json_add_u64(o, "steps", s->steps) && gw_json_add_u64(o, "first_step", s->first_step) &&
+             gw_json_add_u64(o, "last_step", s->last_step);
     for (int p = 0; ok && p < GW_SUMMARY_PREDICTORS; p++) {
       snprintf(key, sizeof key, "kappa_%s_p5", pred[p]);
-      ok = ok && add_num(o, key, s->kappa[p].p5);
+      ok = ok && gw_json_add_num(o, key, s->kappa[p].p5);
       snprintf(key, sizeof key, "kappa_%s_median", pred[p]);
-      ok = ok && add_num(o, key, s->kappa[p].median);
+      ok = ok && gw_json_add_num(o, key, s->kappa[p].median);
       snprintf(key, sizeof key, "kappa_%s_p95", pred[p]);
-      ok = ok && add_num(o, key, s->kappa[p].p95);
+      ok = ok && gw_json_add_num(o, key, s->kappa[p].p95);
     }
     for (int p = 0; ok && p < GW_SUMMARY_PREDICTORS; p++) {
       snprintf(key, sizeof key, "kappa_%s_cum", pred[p]);
-      ok = ok && add_num(o, key, s->kappa_cum[p]);
+      ok = ok && gw_json_add_num(o, key, s->kappa_cum[p]);
     }
-    ok = ok && add_num(o, "kappa_best", s->kappa_best) &&
-         add_num(o, "rank_90_median", s->rank_90_median) &&
-         add_num(o, "rank_99_median", s->rank_99_median) &&
-         add_num(o, "stable_rank_median", s->stable_rank_median) &&
-         add_num(o, "rank_90_run", s->rank_90_run) && add_num(o, "rank_99_run", s->rank_99_run) &&
-         add_u64(o, "alerts_fired", s->alerts_fired);
+    ok = ok && gw_json_add_num(o, "kappa_best", s->kappa_best) &&
+         gw_json_add_num(o, "rank_90_median", s->rank_90_median) &&
+         gw_json_add_num(o, "rank_99_median", s->rank_99_median) &&
+         gw_json_add_num(o, "stable_rank_median", s->stable_rank_median) &&
+         gw_json_add_num(o, "rank_90_run", s->rank_90_run) && gw_json_add_num(o, "rank_99_run", s->rank_99_run) &&
+         gw_json_add_u64(o, "alerts_fired", s->alerts_fired);
     if (!ok) rc = GW_ENOMEM;
   }
   gw_store_summary_free(rows, n);
@@ -200,9 +200,9 @@ static enum MHD_Result serve_run(struct MHD_Connection *c, gw_store_t *st, int64
     const gw_store_run_t *r = &runs[i];
     if (strcmp(r->run, run) != 0) continue;
     cJSON *o = cJSON_CreateObject();
-    int ok = o && cJSON_AddStringToObject(o, "run", r->run) && add_u64(o, "streams", r->streams) &&
-             add_u64(o, "first_step", r->first_step) && add_u64(o, "last_step", r->last_step) &&
-             (r->last_seen_ns ? add_num(o, "last_seen", (double)r->last_seen_ns * 1e-9)
+    int ok = o && cJSON_AddStringToObject(o, "run", r->run) && gw_json_add_u64(o, "streams", r->streams) &&
+             gw_json_add_u64(o, "first_step", r->first_step) && gw_json_add_u64(o, "last_step", r->last_step) &&
+             (r->last_seen_ns ? gw_json_add_num(o, "last_seen", (double)r->last_seen_ns * 1e-9)
                               : cJSON_AddNullToObject(o, "last_seen")) &&
              cJSON_AddStringToObject(o, "state", gw_store_run_state_name(r->state));
     gw_store_runs_free(runs, n);
