@@ -265,6 +265,8 @@ static double svd_rate(uint32_t k, uint32_t w, const double *pool, double second
 }
 
 int main(int argc, char **argv) {
+  int only_ab = argc > 1 && strcmp(argv[1], "ab") == 0;
+  if (only_ab) argc--, argv++;
   int reps = argc > 1 ? atoi(argv[1]) : 5;
   double seconds = argc > 2 ? atof(argv[2]) : 0.2;
   if (reps < 1 || reps > 101 || !(seconds > 0)) {
@@ -277,6 +279,7 @@ int main(int argc, char **argv) {
   double *v = malloc((size_t)reps * sizeof(double)), *vb = malloc((size_t)reps * sizeof(double));
   if (!pool[0] || !pool[1] || !v || !vb) return 1;
 
+  if (only_ab) goto ab;
   /* the headline: engine (256, 64, 1) and the SVD baseline, alternately */
   for (int i = 0; i < reps; i++) {
     v[i] = engine_rate(256, 64, 1, pool[0], seconds);
@@ -327,6 +330,7 @@ int main(int argc, char **argv) {
          64u * 256u * 8u, gw_engine_stream_bytes(256, 64),
          (double)gw_engine_stream_bytes(256, 64) / (64.0 * 256 * 8));
 
+ab:
   /* this engine against the one before the whole-run quantities */
   printf("\nwhole-run quantities: this engine (fd_rows l) vs the previous engine, "
          "k 256, W 64, alternately:\n\n");
