@@ -17,13 +17,18 @@
  * A table sweeps rank_every at k = 256, W = 64 (the defaults) to show
  * what fresher rank fields cost.
  *
- * The last table compares, in the same run and alternately, this engine
- * (linear predictor, cumulative paths, tail_kappa_90, the whole-run
- * Frequent Directions sketch) with the engine before those were added,
- * built from git (bench/CMakeLists.txt, GW_BENCH_PREV_ENGINE) with its
- * public names prefixed prev_; and the FD cost for fd_rows 16, 32, 64.
+ * The last table compares, in the same run, this engine (linear predictor,
+ * cumulative paths, tail_kappa_90, the whole-run Frequent Directions
+ * sketch) with the engine before those were added, built from git
+ * (bench/CMakeLists.txt, GW_BENCH_PREV_ENGINE) with its public names
+ * prefixed prev_; each repetition times them ABBA (this, previous,
+ * previous, this; half the seconds each) so a drift in the machine's load
+ * falls on both alike; and the FD cost for fd_rows 16, 32, 64. Bytes per
+ * stream are each engine's own accounting of its per-stream block(s) and
+ * index share (gw_engine_stream_bytes*).
  *
- *   usage: bench_engine [REPS] [SECONDS_PER_MEASUREMENT]   (default 5 0.2)
+ *   usage: bench_engine [ab] [REPS] [SECONDS_PER_MEASUREMENT]   (default 5 0.2)
+ *   ab: only the last table
  */
 #include <math.h>
 #include <stdint.h>
@@ -341,11 +346,15 @@ ab:
   for (int c = 0; c < 4; c++) {
     double prev_us = NAN;
     size_t prev_bytes = 0;
-    for (int i = 0; i < reps; i++) {
-      v[i] = engine_rate_ops(&cur_ops, 256, 64, rr[c], ll[c], pool[0], seconds);
+    for (int i = 0; i < reps; i++) { /* ABBA: this, previous, previous, this */
+      double a1 = engine_rate_ops(&cur_ops, 256, 64, rr[c], ll[c], pool[0], seconds / 2);
 #ifdef GW_BENCH_HAVE_PREV
-      vb[i] = engine_rate_ops(&prev_ops, 256, 64, rr[c], ll[c], pool[0], seconds);
+      double b1 = engine_rate_ops(&prev_ops, 256, 64, rr[c], ll[c], pool[0], seconds / 2);
+      double b2 = engine_rate_ops(&prev_ops, 256, 64, rr[c], ll[c], pool[0], seconds / 2);
+      vb[i] = 2.0 / (1.0 / b1 + 1.0 / b2);
 #endif
+      double a2 = engine_rate_ops(&cur_ops, 256, 64, rr[c], ll[c], pool[0], seconds / 2);
+      v[i] = 2.0 / (1.0 / a1 + 1.0 / a2);
     }
 #ifdef GW_BENCH_HAVE_PREV
     prev_us = 1e6 / median(vb, reps);
