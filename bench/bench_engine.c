@@ -269,6 +269,43 @@ static double svd_rate(uint32_t k, uint32_t w, const double *pool, double second
   return (double)count / (t - t0);
 }
 
+/* What refreshing the whole-run rank every rank_every messages would cost:
+ * the eigenvalues (dsytrd + dsterf, as the windowed rank) of the Gram matrix
+ * of [B; the p increments since the last shrink], m = ℓ − 1 + p, for the p
+ * a refresh at rank_every r sees (1, 1 + r, …, < W); µs per message. */
+static double refresh_cost(uint32_t k, uint32_t w, uint32_t ell, uint32_t r, const double *pool,
+                           int reps) {
+  const uint32_t mmax = ell - 1 + w;
+  double *g = malloc((size_t)mmax * mmax * sizeof(double)), *a = malloc((size_t)mmax * mmax * sizeof(double));
+  double *lam = malloc(mmax * sizeof(double)), *off = malloc(mmax * sizeof(double));
+  double *tau = malloc(mmax * sizeof(double)), *work = malloc(mmax * sizeof(double));
+  double *c = malloc((size_t)mmax * k * sizeof(double));
+  double total = 0;
+  if (!g || !a || !lam || !off || !tau || !work || !c) goto done;
+  for (uint32_t j = 0; j < mmax; j++)
+    for (uint32_t i = 0; i < k; i++) c[(size_t)j * k + i] = pool[(size_t)(j + 1) * k + i] - pool[(size_t)j * k + i];
+  cblas_dsyrk(CblasColMajor, CblasUpper, CblasTrans, (int)mmax, (int)k, 1.0, c, (int)k, 0.0, g, (int)mmax);
+  for (int rep = 0; rep < reps; rep++)
+    for (uint32_t p = 1; p < w; p += r) {
+      const uint32_t m = ell - 1 + p;
+      double t0 = now_s();
+      for (uint32_t j = 0; j < m; j++) memcpy(a + (size_t)j * m, g + (size_t)j * mmax, (j + 1) * sizeof(double));
+      LAPACKE_dsytrd_work(LAPACK_COL_MAJOR, 'U', (lapack_int)m, a, (lapack_int)m, lam, off, tau, work, (lapack_int)m);
+      LAPACKE_dsterf_work((lapack_int)m, lam, off);
+      total += now_s() - t0;
+    }
+done:
+  free(g);
+  free(a);
+  free(lam);
+  free(off);
+  free(tau);
+  free(work);
+  free(c);
+  /* refreshes happen once every r messages */
+  return total > 0 ? 1e6 * total / reps / ((w - 1) / r + 1) / r : NAN;
+}
+
 int main(int argc, char **argv) {
   int only_ab = argc > 1 && strcmp(argv[1], "ab") == 0;
   if (only_ab) argc--, argv++;
@@ -367,6 +404,9 @@ ab:
            prev_bytes ? (double)cur_bytes / (double)prev_bytes : NAN);
     fflush(stdout);
   }
+  printf("\nrefreshing the whole-run rank every rank_every = 8 messages instead (eigenvalues of "
+         "[B; increments since the shrink], up to %u rows): %.1f us/message more\n",
+         63u + 63u, refresh_cost(256, 64, 64, 8, pool[0], reps * 20));
   free(pool[0]);
   free(pool[1]);
   free(v);
