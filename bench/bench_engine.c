@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
 #include <time.h>
 
 #include <cblas.h>
@@ -140,6 +141,46 @@ static double engine_rate_ops(const ops_t *ops, uint32_t k, uint32_t w, uint32_t
   ops->free(e);
   if (sink == 0) return -1; /* keeps the loop from being optimised away */
   return (double)count / (t - t0);
+}
+
+/* Heap bytes per stream, measured (glibc's mallinfo2): the growth of the
+ * allocated total over `streams` streams of k, W, each fed 2W + 1 messages
+ * (window full, whole-run sketch held), divided by their number. */
+static double engine_heap_per_stream(const ops_t *ops, uint32_t k, uint32_t w, uint32_t ell,
+                                     const double *pool, uint32_t streams) {
+  gw_engine_config_t c;
+  gw_engine_config_default(&c);
+  c.window = w;
+  c.fd_rows = ell;
+  gw_engine_t *e = ops->make(&c);
+  if (!e) return -1;
+  char tag[32];
+  gw_msg_t m;
+  memset(&m, 0, sizeof m);
+  m.run = "bench";
+  m.run_len = 5;
+  m.tag = tag;
+  m.k = k;
+  m.kind = GW_SKETCH_SJLT;
+  m.s = 4;
+  /* one stream first, so the engine's shared scratch is not counted */
+  snprintf(tag, sizeof tag, "warm");
+  m.tag_len = strlen(tag);
+  for (uint32_t i = 0; i <= 2 * w; i++) {
+    m.step = i + 1;
+    ops->push(e, &m, pool + (i % POOL) * k, NULL);
+  }
+  size_t before = mallinfo2().uordblks;
+  for (uint32_t s = 0; s < streams; s++) {
+    m.tag_len = (size_t)snprintf(tag, sizeof tag, "t%u", s);
+    for (uint32_t i = 0; i <= 2 * w; i++) {
+      m.step = i + 1;
+      ops->push(e, &m, pool + ((i + s) % POOL) * k, NULL);
+    }
+  }
+  double per = ((double)mallinfo2().uordblks - (double)before) / streams;
+  ops->free(e);
+  return per;
 }
 
 static double engine_rate(uint32_t k, uint32_t w, uint32_t r, const double *pool,
@@ -403,6 +444,14 @@ ab:
            cur_us, cur_us / prev_us, prev_bytes, cur_bytes,
            prev_bytes ? (double)cur_bytes / (double)prev_bytes : NAN);
     fflush(stdout);
+  }
+  {
+    double cur = engine_heap_per_stream(&cur_ops, 256, 64, 64, pool[0], 256), prev = NAN;
+#ifdef GW_BENCH_HAVE_PREV
+    prev = engine_heap_per_stream(&prev_ops, 256, 64, 64, pool[0], 256);
+#endif
+    printf("\nheap per stream, measured (mallinfo2, 256 streams, k 256, W 64, l 64): previous %.0f, "
+           "this %.0f bytes (%.2fx)\n", prev, cur, cur / prev);
   }
   printf("\nrefreshing the whole-run rank every rank_every = 8 messages instead (eigenvalues of "
          "[B; increments since the shrink], up to %u rows): %.1f us/message more\n",
