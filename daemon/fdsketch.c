@@ -22,9 +22,9 @@
  * vectors, the rest forming the Gram matrix and rebuilding B. The textbook
  * "O(ℓk) amortised per row" assumes k ≫ ℓ; at k = 4ℓ the (2ℓ)³ eigen-solve
  * per ℓ rows is the larger term, O(ℓ²) per row with a large constant.
- * Shrinking more often (smaller blocks) costs more per row, not less:
- * ~(ℓ + nd)³ / nd is least near nd = ℓ/2 and barely lower there once the
- * products are counted.
+ * Other block sizes do not help: the cost per row, ~(ℓ + nd)³ / nd for the
+ * eigen-solve plus the products, is least near nd = ℓ/2 and no lower there
+ * than at nd = ℓ once the products are counted.
  *
  * Storage: B is float32 (half the bytes of float64), which keeps a stream
  * within 1.5× of its size without the sketch. Products and the eigen-solve
