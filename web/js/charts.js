@@ -41,6 +41,12 @@ export const KAPPA_BANDS = [
   [2, Infinity, "--band-high", "rgba(217,119,6,.08)", "over-extrapolation", "κ > 2: worse than the one-step predictor on pure noise (κ = 2): the predictor overshoots"],
 ];
 
+/** A band's colour, four times as opaque: the shading is faint behind
+ * lines, a swatch of it alone would not show. */
+function swatch(rgba) {
+  return rgba.replace(/([\d.]+)\)\s*$/, (m, a) => `${Math.min(1, 4 * parseFloat(a))})`);
+}
+
 /** The bands' key: one swatch per band, its meaning in the tooltip. */
 function bandKey() {
   return el(
@@ -48,7 +54,7 @@ function bandKey() {
     { title: "shading: the three readings of κ (docs/MATH.md)" },
     ...KAPPA_BANDS.map(([lo, hi, css, fallback, name, hint]) =>
       el("span.band", { title: hint, dataset: { band: name } },
-        el("i", { style: `background:${cssVar(css) || fallback}` }),
+        el("i", { style: `background:${swatch(cssVar(css) || fallback)}` }),
         hi === Infinity ? `> ${lo} ${name}` : lo === 0 ? `< ${hi} ${name}` : `${lo}–${hi} ${name}`),
     ),
   );
