@@ -75,7 +75,7 @@
  * fields come from that shrink, against the exact total T = Σ_{j≤n} ‖d_j‖²
  * (the cumulative one-step sum), so they are refreshed every W messages,
  * whatever rank_every is: a refresh between shrinks needs the eigenvalues
- * of [B; the pending increments] (up to 127×127 at ℓ = W = 64), which
+ * of [B; the pending increments] (up to 126×126 at ℓ = W = 64), which
  * would cost more per message than the whole rest of the engine at
  * rank_every = 8 (bench/RESULTS.md). Before the first shrink (n < W) the
  * whole run is the window, and the run fields are the window's, copied at
