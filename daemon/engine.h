@@ -4,8 +4,9 @@
  * z_j − z_{j−1}, the previous sketch, the EMA, the windowed and cumulative
  * sums, the W×W Gram matrix of the increments kept up to date
  * incrementally, and a Frequent Directions sketch of every increment since
- * the stream began (the whole-run rank; daemon/fdsketch.h). It does no I/O: messages come in already decoded
- * (gw_msg_t), points go out as plain structs. It is not thread-safe; one
+ * the stream began (the whole-run rank; daemon/fdsketch.h). It does no
+ * I/O: messages come in already decoded (gw_msg_t), points go out as plain
+ * structs. It is not thread-safe; one
  * engine is driven by one thread (the daemon may run several, each owning a
  * disjoint set of streams).
  */
