@@ -20,7 +20,7 @@
  * The last table compares, in the same run, this engine (linear predictor,
  * cumulative paths, tail_kappa_90, the whole-run Frequent Directions
  * sketch) with the engine before those were added, built from git
- * (bench/CMakeLists.txt, GW_BENCH_PREV_ENGINE) with its public names
+ * (bench/CMakeLists.txt, GW_BENCH_BASELINE_ENGINE) with its public names
  * prefixed prev_; each repetition times them ABBA (this, previous,
  * previous, this; half the seconds each) so a drift in the machine's load
  * falls on both alike; and the FD cost for fd_rows 16, 32, 64. Bytes per
