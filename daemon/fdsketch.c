@@ -17,9 +17,10 @@
  * The Gram route is cheaper than an SVD of C while m < k, and the engine
  * already keeps D Dᵀ for its windowed rank.
  *
- * Cost, measured at ℓ = 64, nd = 64, k = 256 (bench/RESULTS.md): ~1.9 ms
- * per shrink on a quiet core, 1.5 ms of it the 127×127 dsyevd with all
- * vectors, the rest forming the Gram matrix and rebuilding B. The textbook
+ * Cost, measured at ℓ = 64, nd = 64, k = 256 (bench/RESULTS.md): ~1.2 ms
+ * per shrink on a quiet core (18 µs per row), most of it the 127×127
+ * dsyevd with all vectors, the rest forming the Gram matrix and rebuilding
+ * B. The textbook
  * "O(ℓk) amortised per row" assumes k ≫ ℓ; at k = 4ℓ the (2ℓ)³ eigen-solve
  * per ℓ rows is the larger term, O(ℓ²) per row with a large constant.
  * Other block sizes do not help: the cost per row, ~(ℓ + nd)³ / nd for the
