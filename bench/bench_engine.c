@@ -17,19 +17,25 @@
  * A table sweeps rank_every at k = 256, W = 64 (the defaults) to show
  * what fresher rank fields cost.
  *
- * The last table compares, in the same run and alternately, this engine
- * (linear predictor, cumulative paths, tail_kappa_90, the whole-run
- * Frequent Directions sketch) with the engine before those were added,
- * built from git (bench/CMakeLists.txt, GW_BENCH_PREV_ENGINE) with its
- * public names prefixed prev_; and the FD cost for fd_rows 16, 32, 64.
+ * The last table compares, in the same run, this engine (linear predictor,
+ * cumulative paths, tail_kappa_90, the whole-run Frequent Directions
+ * sketch) with the engine before those were added, built from git
+ * (bench/CMakeLists.txt, GW_BENCH_BASELINE_ENGINE) with its public names
+ * prefixed prev_; each repetition times them ABBA (this, previous,
+ * previous, this; half the seconds each) so a drift in the machine's load
+ * falls on both alike; and the FD cost for fd_rows 16, 32, 64. Bytes per
+ * stream are each engine's own accounting of its per-stream block(s) and
+ * index share (gw_engine_stream_bytes*).
  *
- *   usage: bench_engine [REPS] [SECONDS_PER_MEASUREMENT]   (default 5 0.2)
+ *   usage: bench_engine [ab] [REPS] [SECONDS_PER_MEASUREMENT]   (default 5 0.2)
+ *   ab: only the last table
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
 #include <time.h>
 
 #include <cblas.h>
@@ -135,6 +141,46 @@ static double engine_rate_ops(const ops_t *ops, uint32_t k, uint32_t w, uint32_t
   ops->free(e);
   if (sink == 0) return -1; /* keeps the loop from being optimised away */
   return (double)count / (t - t0);
+}
+
+/* Heap bytes per stream, measured (glibc's mallinfo2): the growth of the
+ * allocated total over `streams` streams of k, W, each fed 2W + 1 messages
+ * (window full, whole-run sketch held), divided by their number. */
+static double engine_heap_per_stream(const ops_t *ops, uint32_t k, uint32_t w, uint32_t ell,
+                                     const double *pool, uint32_t streams) {
+  gw_engine_config_t c;
+  gw_engine_config_default(&c);
+  c.window = w;
+  c.fd_rows = ell;
+  gw_engine_t *e = ops->make(&c);
+  if (!e) return -1;
+  char tag[32];
+  gw_msg_t m;
+  memset(&m, 0, sizeof m);
+  m.run = "bench";
+  m.run_len = 5;
+  m.tag = tag;
+  m.k = k;
+  m.kind = GW_SKETCH_SJLT;
+  m.s = 4;
+  /* one stream first, so the engine's shared scratch is not counted */
+  snprintf(tag, sizeof tag, "warm");
+  m.tag_len = strlen(tag);
+  for (uint32_t i = 0; i <= 2 * w; i++) {
+    m.step = i + 1;
+    ops->push(e, &m, pool + (i % POOL) * k, NULL);
+  }
+  size_t before = mallinfo2().uordblks;
+  for (uint32_t s = 0; s < streams; s++) {
+    m.tag_len = (size_t)snprintf(tag, sizeof tag, "t%u", s);
+    for (uint32_t i = 0; i <= 2 * w; i++) {
+      m.step = i + 1;
+      ops->push(e, &m, pool + ((i + s) % POOL) * k, NULL);
+    }
+  }
+  double per = ((double)mallinfo2().uordblks - (double)before) / streams;
+  ops->free(e);
+  return per;
 }
 
 static double engine_rate(uint32_t k, uint32_t w, uint32_t r, const double *pool,
@@ -264,7 +310,46 @@ static double svd_rate(uint32_t k, uint32_t w, const double *pool, double second
   return (double)count / (t - t0);
 }
 
+/* What refreshing the whole-run rank every rank_every messages would cost:
+ * the eigenvalues (dsytrd + dsterf, as the windowed rank) of the Gram matrix
+ * of [B; the p increments since the last shrink], m = ℓ − 1 + p, for the p
+ * a refresh at rank_every r sees (1, 1 + r, …, < W); µs per message. */
+static double refresh_cost(uint32_t k, uint32_t w, uint32_t ell, uint32_t r, const double *pool,
+                           int reps) {
+  const uint32_t mmax = ell - 1 + w;
+  double *g = malloc((size_t)mmax * mmax * sizeof(double)), *a = malloc((size_t)mmax * mmax * sizeof(double));
+  double *lam = malloc(mmax * sizeof(double)), *off = malloc(mmax * sizeof(double));
+  double *tau = malloc(mmax * sizeof(double)), *work = malloc(mmax * sizeof(double));
+  double *c = malloc((size_t)mmax * k * sizeof(double));
+  double total = 0;
+  if (!g || !a || !lam || !off || !tau || !work || !c) goto done;
+  for (uint32_t j = 0; j < mmax; j++)
+    for (uint32_t i = 0; i < k; i++) c[(size_t)j * k + i] = pool[(size_t)(j + 1) * k + i] - pool[(size_t)j * k + i];
+  cblas_dsyrk(CblasColMajor, CblasUpper, CblasTrans, (int)mmax, (int)k, 1.0, c, (int)k, 0.0, g, (int)mmax);
+  for (int rep = 0; rep < reps; rep++)
+    for (uint32_t p = 1; p < w; p += r) {
+      const uint32_t m = ell - 1 + p;
+      double t0 = now_s();
+      for (uint32_t j = 0; j < m; j++) memcpy(a + (size_t)j * m, g + (size_t)j * mmax, (j + 1) * sizeof(double));
+      LAPACKE_dsytrd_work(LAPACK_COL_MAJOR, 'U', (lapack_int)m, a, (lapack_int)m, lam, off, tau, work, (lapack_int)m);
+      LAPACKE_dsterf_work((lapack_int)m, lam, off);
+      total += now_s() - t0;
+    }
+done:
+  free(g);
+  free(a);
+  free(lam);
+  free(off);
+  free(tau);
+  free(work);
+  free(c);
+  /* refreshes happen once every r messages */
+  return total > 0 ? 1e6 * total / reps / ((w - 1) / r + 1) / r : NAN;
+}
+
 int main(int argc, char **argv) {
+  int only_ab = argc > 1 && strcmp(argv[1], "ab") == 0;
+  if (only_ab) argc--, argv++;
   int reps = argc > 1 ? atoi(argv[1]) : 5;
   double seconds = argc > 2 ? atof(argv[2]) : 0.2;
   if (reps < 1 || reps > 101 || !(seconds > 0)) {
@@ -277,6 +362,7 @@ int main(int argc, char **argv) {
   double *v = malloc((size_t)reps * sizeof(double)), *vb = malloc((size_t)reps * sizeof(double));
   if (!pool[0] || !pool[1] || !v || !vb) return 1;
 
+  if (only_ab) goto ab;
   /* the headline: engine (256, 64, 1) and the SVD baseline, alternately */
   for (int i = 0; i < reps; i++) {
     v[i] = engine_rate(256, 64, 1, pool[0], seconds);
@@ -327,6 +413,7 @@ int main(int argc, char **argv) {
          64u * 256u * 8u, gw_engine_stream_bytes(256, 64),
          (double)gw_engine_stream_bytes(256, 64) / (64.0 * 256 * 8));
 
+ab:
   /* this engine against the one before the whole-run quantities */
   printf("\nwhole-run quantities: this engine (fd_rows l) vs the previous engine, "
          "k 256, W 64, alternately:\n\n");
@@ -337,11 +424,15 @@ int main(int argc, char **argv) {
   for (int c = 0; c < 4; c++) {
     double prev_us = NAN;
     size_t prev_bytes = 0;
-    for (int i = 0; i < reps; i++) {
-      v[i] = engine_rate_ops(&cur_ops, 256, 64, rr[c], ll[c], pool[0], seconds);
+    for (int i = 0; i < reps; i++) { /* ABBA: this, previous, previous, this */
+      double a1 = engine_rate_ops(&cur_ops, 256, 64, rr[c], ll[c], pool[0], seconds / 2);
 #ifdef GW_BENCH_HAVE_PREV
-      vb[i] = engine_rate_ops(&prev_ops, 256, 64, rr[c], ll[c], pool[0], seconds);
+      double b1 = engine_rate_ops(&prev_ops, 256, 64, rr[c], ll[c], pool[0], seconds / 2);
+      double b2 = engine_rate_ops(&prev_ops, 256, 64, rr[c], ll[c], pool[0], seconds / 2);
+      vb[i] = 2.0 / (1.0 / b1 + 1.0 / b2);
 #endif
+      double a2 = engine_rate_ops(&cur_ops, 256, 64, rr[c], ll[c], pool[0], seconds / 2);
+      v[i] = 2.0 / (1.0 / a1 + 1.0 / a2);
     }
 #ifdef GW_BENCH_HAVE_PREV
     prev_us = 1e6 / median(vb, reps);
@@ -354,6 +445,17 @@ int main(int argc, char **argv) {
            prev_bytes ? (double)cur_bytes / (double)prev_bytes : NAN);
     fflush(stdout);
   }
+  {
+    double cur = engine_heap_per_stream(&cur_ops, 256, 64, 64, pool[0], 256), prev = NAN;
+#ifdef GW_BENCH_HAVE_PREV
+    prev = engine_heap_per_stream(&prev_ops, 256, 64, 64, pool[0], 256);
+#endif
+    printf("\nheap per stream, measured (mallinfo2, 256 streams, k 256, W 64, l 64): previous %.0f, "
+           "this %.0f bytes (%.2fx)\n", prev, cur, cur / prev);
+  }
+  printf("\nrefreshing the whole-run rank every rank_every = 8 messages instead (eigenvalues of "
+         "[B; increments since the shrink], up to %u rows): %.1f us/message more\n",
+         63u + 63u, refresh_cost(256, 64, 64, 8, pool[0], reps * 20));
   free(pool[0]);
   free(pool[1]);
   free(v);

@@ -8,7 +8,10 @@ what the engine computes — windowed κ (one-step, EMA, linear; W = 64),
 windowed rank_90 (SVD of the increment window), whole-run rank_90 (exact, of
 every increment) — and, on the sketches, the engine's Frequent Directions
 whole-run rank with l = 64 (tests/unit/engine_ref.py's float64 FD of the
-same schedule). Prints the sketch's κ error next to sqrt(2/k) and the ranks.
+same schedule). Prints the sketch's κ error next to sqrt(2/k), the
+windowed and whole-run ranks, and checks the whole-run fields against the
+documented Frequent Directions bound on the exact spectrum of the same
+increments (exit status 1 if violated).
 
     PYTHONPATH=client/python /usr/bin/python3 bench/bench_math_digits.py [--steps 1536]
 """
@@ -84,8 +87,10 @@ def whole_run_rank(Z):
 
 
 def fd_rank(Z, W=64, ell=64):
-    """rank_90_run as the engine reports it (lambda_i + Delta), and the
-    never-undercounting variant from lambda_i alone."""
+    """The engine's whole-run fields after its last shrink: (rank_90_run,
+    rank_99_run) from lambda_i + Delta, rank_90 from lambda_i alone (never
+    undercounts), Delta (the error of the sketch the fields come from),
+    the total T and the number of increments n they cover."""
     D = np.diff(Z, axis=0)
     n = (len(D) // W) * W
     B = np.zeros((0, Z.shape[1]))
@@ -95,7 +100,26 @@ def fd_rank(Z, W=64, ell=64):
         B, lam, delta = engine_ref.fd_shrink(B, D[j:j + W], ell)
         Delta += delta
     total = np.sum(D[:n] ** 2)
-    return engine_ref.run_ranks(lam, ell, total, prev)[0], engine_ref.run_ranks(lam, ell, total)[0]
+    r90, r99, _ = engine_ref.run_ranks(lam, ell, total, prev)
+    return r90, r99, engine_ref.run_ranks(lam, ell, total)[0], prev, total, n
+
+
+def check_bound(Z, ell, r_run, q, Delta, total, n):
+    """The documented guarantee against the exact spectrum of the same n
+    increments: rank_q_run <= the exact rank, and at r = rank_q_run the
+    exact cumulative energy fraction is at least q - r*Delta/T; Delta within
+    min_r ||A - A_r||_F^2 / (ell - r). Returns (exact rank, fraction at
+    r_run, slack r*Delta/T, bound on Delta / T, ok)."""
+    D = np.diff(Z, axis=0)[:n]
+    lam = np.clip(np.linalg.eigvalsh(D @ D.T)[::-1], 0, None)
+    frac = np.cumsum(lam) / total
+    exact = int(np.argmax(frac >= q)) + 1
+    tails = total - np.concatenate([[0.0], np.cumsum(lam)[:ell - 1]])  # ||A - A_r||^2, r = 0..ell-1
+    bound = float(np.min(tails / (ell - np.arange(ell))))
+    f = float(frac[r_run - 1]) if r_run >= 1 else 0.0
+    slack = r_run * Delta / total
+    ok = r_run <= exact and f >= q - slack - 1e-12 and Delta <= bound * (1 + 1e-9)
+    return exact, f, slack, bound / total, ok
 
 
 def main():
@@ -113,15 +137,27 @@ def main():
         print("%-14s full median %.3f  sketch rel. error median %.3f p90 %.3f max %.3f"
               % (name, np.median(full[:, i]), np.median(rel), np.percentile(rel, 90), rel.max()))
     dr = sketched[:, 3] - full[:, 3]
-    print("rank_90 window: full median %d (range %d-%d), sketch - full: mean %.2f, |.| max %d"
-          % (np.median(full[:, 3]), full[:, 3].min(), full[:, 3].max(), dr.mean(), np.abs(dr).max()))
+    print("rank_90 window: full median %d (range %d-%d), sketch median %d, sketch - full: "
+          "mean %.2f, |.| max %d"
+          % (np.median(full[:, 3]), full[:, 3].min(), full[:, 3].max(), np.median(sketched[:, 3]),
+             dr.mean(), np.abs(dr).max()))
     rf, _ = whole_run_rank(G)
     rs, _ = whole_run_rank(Z)
+    print("rank_90 whole run, exact: full gradients %d, sketches %d (sketch - full %+d)"
+          % (rf, rs, rs - rf))
+    failed = 0
     for ell in (64, 128):
-        lo, hi = fd_rank(Z, ell=ell)
-        print("rank_90 whole run: full gradients %d, sketches (exact SVD) %d, FD l=%d: "
-              "rank_90_run %d (from lambda_i alone: %d)" % (rf, rs, ell, lo, hi))
+        r90, r99, hi, Delta, total, n = fd_rank(Z, ell=ell)
+        print("FD l=%d over %d increments: rank_90_run %d, rank_99_run %d (from lambda_i alone: "
+              "rank_90 %d); Delta/T %.4f" % (ell, n, r90, r99, hi, Delta / total))
+        for q, r in ((0.9, r90), (0.99, r99)):
+            exact, f, slack, bnd, ok = check_bound(Z, ell, r, q, Delta, total, n)
+            print("  rank_%d_run %d vs exact %d: exact energy at r = %.4f >= %.2f - r*Delta/T "
+                  "(%.4f); Delta/T <= min_r tail_r/(l-r) = %.4f: %s"
+                  % (round(q * 100), r, exact, f, q, slack, bnd, "within" if ok else "VIOLATED"))
+            failed += not ok
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,7 +17,7 @@
  * then the ring, which grows as the window fills (its rows double, from 1
  * up to W, when message n needs slot n−1; realloc keeps the rows, so the
  * values are those of a ring allocated whole), and the FD sketch's
- * (ℓ−1)×k floats, allocated at the stream's first shrink (n = W). A
+ * (ℓ−1)×k floats (daemon/fdsketch.h), allocated at the stream's first shrink (n = W). A
  * stream that never sends W messages never holds W×k doubles. Every byte
  * of the three (st->bytes) is charged to the engine's budget (shared by the
  * daemon's workers, an atomic counter) before it is allocated; a charge
@@ -75,42 +75,18 @@
  * κ is NAN whenever its denominator Σ‖z_j‖² is 0: 0/0, and x/0 as
  * well, since the value is meaningless and JSON has no infinity.
  *
- * Whole-run rank: Frequent Directions (Liberty 2013; Ghashami, Liberty,
- * Phillips, Woodruff 2016). Each stream keeps a sketch B of at most ℓ−1 rows
- * (ℓ = fd_rows) whose BᵀB approximates AᵀA, A the matrix of every increment
- * d_1..d_n since the stream (window) began. The buffer of the "doubled"
- * variant is the ring itself: the increments d_{n−W+1..n} are all still in
- * the ring when n is a multiple of W, so at exactly those messages the
- * engine shrinks C = [B; ring] (m = rows(B) + W rows): eigen-decompose the
- * m×m Gram matrix C Cᵀ (its B-block from B, the ring block is the window's
- * Gram matrix already kept, the cross block one dgemm), take δ = λ_ℓ (the
- * ℓ-th largest eigenvalue, 0 when m < ℓ) and keep the rows
- * √((λ_i − δ)/λ_i) u_iᵀ C for i < ℓ with λ_i > δ, i.e. √(λ_i − δ) v_iᵀ.
- * Row order does not matter (CᵀC is a sum over rows), so the ring's slot
- * order is fine. Cost: one (ℓ−1+W)-sized eigen-solve (dsyevd, all
- * vectors) and three ℓ×m×k products every W messages, O(m³/W + ℓmk/W)
- * per message: ~1.9 ms per shrink, ~30 µs per message amortised at
- * ℓ = W = 64, k = 256, more than the rest of a message at rank_every = 8
- * (bench/RESULTS.md) — and no memory beyond B: the buffer is the window we
- * already hold. B is stored as float32 (ℓ−1)×k, half the bytes, which
- * keeps a stream within 1.5× of its size without the sketch
- * (bench/RESULTS.md); products and the eigen-solve run in float64 on a
- * converted copy, so the rounding adds a relative 6e-8 per entry, far
- * below the sketch's own error. Guarantee (Δ = Σ δ over all shrinks):
- * 0 ⪯ AᵀA − BᵀB ⪯ Δ·I and Δ ≤ ‖A − A_r‖_F² / (ℓ − r) for every r < ℓ.
- *
- * The run fields are computed from the eigenvalues λ_i of C Cᵀ just before
- * each shrink (the sketch of every increment so far, whose error is the Δ
- * of the shrinks before it), against the exact total T = Σ_{j≤n} ‖d_j‖²
- * (the cumulative one-step sum). Weyl's inequality brackets the true
- * eigenvalues: λ_i ≤ λ_i(AᵀA) ≤ λ_i + Δ. rank_q_run is the smallest r ≤ ℓ
- * with Σ_{i≤r} (λ_i + Δ) / T ≥ q, and ℓ when even that never reaches q
- * (then the true rank exceeds ℓ: "ℓ or more"). With the upper ends of the
- * bracket it never overcounts, and it undercounts only where the true
- * cumulative energy is within rΔ/T below q; the lower ends would never
- * undercount but, on a noisy run, saturate at ℓ (docs/MATH.md has both on a
- * real run). sigma_run is √λ_i, the bracket's lower end. They are refreshed at every shrink (every W
- * messages, whatever rank_every is); before the first shrink (n < W) the
+ * Whole-run rank: Frequent Directions (daemon/fdsketch.c has the
+ * algorithm, its bound and its cost). The buffer of the "doubled" variant
+ * is the ring itself: the increments d_{n−W+1..n} are all still in the ring
+ * when n is a multiple of W, so at exactly those messages the engine hands
+ * the ring and its Gram matrix (already kept for the windowed rank) to
+ * gw_fd_shrink — no memory beyond the sketch's ℓ−1 float rows. The run
+ * fields come from that shrink, against the exact total T = Σ_{j≤n} ‖d_j‖²
+ * (the cumulative one-step sum), so they are refreshed every W messages,
+ * whatever rank_every is: a refresh between shrinks needs the eigenvalues
+ * of [B; the pending increments] (up to 126×126 at ℓ = W = 64), which
+ * would cost more per message than the whole rest of the engine at
+ * rank_every = 8 (bench/RESULTS.md). Before the first shrink (n < W) the
  * whole run is the window, and the run fields are the window's, copied at
  * each rank recompute (ranks capped at ℓ). rank_run_step names the step.
  */
@@ -125,12 +101,12 @@
 #include <cblas.h>
 #include <lapacke.h>
 
+#include "fdsketch.h"
 #include "sink.h"
 
 #define MAG_MAX 1e60        /* larger |z_i| rejected as GW_ENONFINITE */
 #define WINDOW_MAX 65536u   /* sanity bound on W */
 #define NAME_CAP (GW_PROTO_NAME_MAX + 1)
-#define FD_ROWS_MAX 1024u   /* sanity bound on ℓ */
 
 /* Neumaier-compensated running sum. */
 typedef struct {
@@ -181,10 +157,9 @@ typedef struct stream_s {
   ksum_t cum_r1, cum_re, cum_zz, cum_rl; /* sums over j = 1..n */
   rankf_t rank;
   runf_t whole;
-  uint32_t fd_rows;  /* rows of the FD sketch in use (<= ℓ−1) */
   uint32_t ring_rows; /* rows allocated in ring (0..W), grown as the window fills */
   size_t bytes;       /* block + ring + fd: what this stream charged */
-  double fd_delta;   /* Δ: the sum of every shrink's δ */
+  gw_fd_t fd;         /* whole-run sketch of d_1..d_n (fdsketch.h) */
   uint16_t run_len, tag_len;
   char *run, *tag; /* NUL-terminated, inside the block */
   double *ring;    /* ring_rows (<= W) rows of k: slot (j−1) mod W holds d_j */
@@ -195,8 +170,6 @@ typedef struct stream_s {
   double *re;      /* per slot: ‖z_j − e_{j−1}‖² */
   double *zz;      /* per slot: ‖z_j‖² */
   double *rl;      /* per slot: ‖d_j − d_{j−1}‖² (linear predictor) */
-  float *fd;       /* FD sketch: fd_rows rows of k (capacity ℓ−1); NULL until
-                    * the first shrink */
 } stream_t;
 
 typedef struct {
@@ -223,14 +196,7 @@ struct gw_engine_s {
   double *offd;  /* W: the off-diagonal */
   double *tau;   /* W: Householder scalars (unused) */
   double *work;  /* W: dsytrd's workspace */
-  /* FD shrink scratch; m_max = ℓ − 1 + W */
-  double *fd_g;  /* m_max²: C Cᵀ, then its eigenvectors (dsyevd) */
-  double *fd_w;  /* m_max: eigenvalues (ascending) */
-  double *fd_work;
-  lapack_int *fd_iwork;
-  lapack_int fd_lwork, fd_liwork;
-  double *fd_bd, *fd_out; /* (ℓ−1) × fd_kcap: B in float64, the new B */
-  uint32_t fd_kcap;
+  gw_fd_work_t fdw; /* FD shrink scratch, blocks of W rows */
   size_t held; /* bytes of this engine's streams (charged to cfg.budget) */
 };
 
@@ -250,7 +216,7 @@ static int config_ok(const gw_engine_config_t *c) {
   return c->window >= 2 && c->window <= WINDOW_MAX && c->rank_every >= 1 &&
          c->ema_beta >= 0.0 && c->ema_beta < 1.0 && c->max_streams >= 1 &&
          c->max_k >= 1 && c->max_k <= GW_PROTO_K_MAX && c->fd_rows >= 2 &&
-         c->fd_rows <= FD_ROWS_MAX;
+         c->fd_rows <= GW_FD_ROWS_MAX;
 }
 
 /* ---- the per-stream block ----------------------------------------------- */
@@ -290,16 +256,12 @@ static size_t ring_bytes(uint32_t rows, uint32_t k) {
   return al64((size_t)rows * k * sizeof(double));
 }
 
-static size_t fd_bytes(uint32_t ell, uint32_t k) {
-  return al64((size_t)(ell - 1) * k * sizeof(float));
-}
-
 size_t gw_engine_stream_bytes_fd(uint32_t k, uint32_t window, uint32_t ell) {
   layout_t L;
   layout(k, window, &L);
   /* plus its share of the index: two table slots (load <= 1/2), the id
    * pointer and a free-list entry */
-  return L.total + ring_bytes(window, k) + fd_bytes(ell < 2 ? 2 : ell, k) +
+  return L.total + ring_bytes(window, k) + gw_fd_bytes_max(ell < 2 ? 2 : ell, k) +
          2 * sizeof(tslot_t) + sizeof(stream_t *) + sizeof(uint32_t);
 }
 
@@ -339,7 +301,7 @@ static void stream_free(gw_engine_t *e, stream_t *st) {
   if (!st) return;
   uncharge(e, st->bytes);
   free(st->ring);
-  free(st->fd);
+  gw_fd_free(&st->fd);
   free(st);
 }
 
@@ -370,13 +332,13 @@ static int ring_reserve(gw_engine_t *e, stream_t *st, uint32_t need) {
 
 /* The FD sketch's rows, allocated before the stream's first shrink. */
 static int fd_alloc(gw_engine_t *e, stream_t *st) {
-  if (st->fd) return 0;
-  size_t nb = fd_bytes(e->cfg.fd_rows, st->k);
+  if (st->fd.b) return 0;
+  size_t nb = gw_fd_bytes_max(st->fd.ell, st->k);
   int rc = charge(e, nb);
   if (rc) return rc;
-  if (!(st->fd = aligned_alloc(64, nb))) {
+  if ((rc = gw_fd_reserve(&st->fd))) {
     uncharge(e, nb);
-    return GW_ENOMEM;
+    return rc;
   }
   st->bytes += nb;
   return 0;
@@ -429,6 +391,7 @@ static int stream_new(gw_engine_t *e, const sparams_t *m, uint32_t hash, stream_
   st->re = (double *)(b + L.re);
   st->zz = (double *)(b + L.zz);
   st->rl = (double *)(b + L.rl);
+  (void)gw_fd_init(&st->fd, e->cfg.fd_rows, m->k); /* both checked: config_ok, k >= 1 */
   st->run = b + L.names;
   st->tag = b + L.names + NAME_CAP;
   memcpy(st->run, m->run, m->run_len);
@@ -519,23 +482,7 @@ gw_engine_t *gw_engine_new(const gw_engine_config_t *cfg) {
   e->work = malloc((size_t)w * sizeof(double));
   if (!e->table || !e->gcopy || !e->evals || !e->offd || !e->tau || !e->work)
     goto fail;
-  /* FD: the eigen-solve's workspace, sized once for m_max */
-  {
-    const uint32_t ell = cfg->fd_rows, mm = ell - 1 + w;
-    e->fd_g = malloc((size_t)mm * mm * sizeof(double));
-    e->fd_w = malloc((size_t)mm * sizeof(double));
-    if (!e->fd_g || !e->fd_w) goto fail;
-    double wq;
-    lapack_int iq;
-    if (LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U', (lapack_int)mm, e->fd_g, (lapack_int)mm,
-                            e->fd_w, &wq, -1, &iq, -1) != 0)
-      goto fail;
-    e->fd_lwork = (lapack_int)wq;
-    e->fd_liwork = iq;
-    e->fd_work = malloc((size_t)e->fd_lwork * sizeof(double));
-    e->fd_iwork = malloc((size_t)e->fd_liwork * sizeof(lapack_int));
-    if (!e->fd_work || !e->fd_iwork) goto fail;
-  }
+  if (gw_fd_work_init(&e->fdw, cfg->fd_rows, w) != 0) goto fail;
   return e;
 fail:
   gw_engine_free(e);
@@ -554,12 +501,7 @@ void gw_engine_free(gw_engine_t *e) {
   free(e->offd);
   free(e->tau);
   free(e->work);
-  free(e->fd_g);
-  free(e->fd_w);
-  free(e->fd_work);
-  free(e->fd_iwork);
-  free(e->fd_bd);
-  free(e->fd_out);
+  gw_fd_work_free(&e->fdw);
   free(e);
 }
 
@@ -676,104 +618,19 @@ static int rank_compute(gw_engine_t *e, const stream_t *st, uint32_t m,
 
 /* ---- whole-run rank: the Frequent Directions sketch --------------------- */
 
-/* Make the float64 copies of B fit k. Called before any write to a stream;
- * GW_ENOMEM leaves the engine as it was. */
-static int fd_reserve(gw_engine_t *e, uint32_t k) {
-  if (k <= e->fd_kcap) return 0;
-  size_t nb = (size_t)(e->cfg.fd_rows - 1) * k * sizeof(double);
-  double *a = malloc(nb), *b = malloc(nb);
-  if (!a || !b) {
-    free(a);
-    free(b);
-    return GW_ENOMEM;
-  }
-  free(e->fd_bd);
-  free(e->fd_out);
-  e->fd_bd = a;
-  e->fd_out = b;
-  e->fd_kcap = k;
-  return 0;
-}
-
-/* Run fields from the top q eigenvalues of C Cᵀ, given ascending in
- * asc[0..q-1] (negatives read as 0), against the exact total T; ranks from
- * λ_i + Δ (delta: the sketch's error so far, see the design note). */
-static void run_fields(const double *asc, uint32_t q, uint32_t ell, double total, double delta,
-                       uint64_t step, runf_t *rf) {
-  runf_t r;
-  memset(&r, 0, sizeof r);
-  r.step = step;
-  if (total > 0) {
-    double c = 0;
-    for (uint32_t i = 0; i < q; i++) {
-      double lam = asc[q - 1 - i] > 0 ? asc[q - 1 - i] : 0;
-      c += lam + delta;
-      double frac = c / total;
-      if (r.rank_90 == 0 && frac >= 0.9) r.rank_90 = i + 1;
-      if (frac >= 0.99) {
-        r.rank_99 = i + 1;
-        break;
-      }
-    }
-    if (r.rank_90 == 0) r.rank_90 = ell; /* "ℓ or more" */
-    if (r.rank_99 == 0) r.rank_99 = ell;
-  }
-  for (uint32_t i = 0; i < GW_TOP_SIGMA && i < q; i++)
-    r.sigma[i] = asc[q - 1 - i] > 0 ? sqrt(asc[q - 1 - i]) : 0;
-  *rf = r;
-}
-
-/* Shrink C = [B; ring] into B (see the design note); n is a multiple of W,
- * so every ring slot holds one of the W increments not yet in B. Also sets
- * the run fields. GW_EINVAL if LAPACK failed (B and the run fields are then
- * unchanged and the W increments are not in the sketch). */
-static int fd_shrink(gw_engine_t *e, stream_t *st, uint64_t step) {
-  const uint32_t w = e->cfg.window, ell = e->cfg.fd_rows, k = st->k;
-  const uint32_t b = st->fd_rows, m = b + w, q = ell < m ? ell : m;
-  double *g = e->fd_g, *bd = e->fd_bd, *z, *wv = e->fd_w;
-  for (size_t i = 0; i < (size_t)b * k; i++) bd[i] = st->fd[i];
-  /* C Cᵀ, upper triangle, column-major m×m: indices 0..b-1 are B's rows,
-   * b..m-1 the ring's slots. B row-major is Bᵀ column-major (k×b). */
-  if (b) {
-    cblas_dsyrk(CblasColMajor, CblasUpper, CblasTrans, (int)b, (int)k, 1.0, bd, (int)k, 0.0,
-                g, (int)m);
-    cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, (int)b, (int)w, (int)k, 1.0, bd,
-                (int)k, st->ring, (int)k, 0.0, g + (size_t)b * m, (int)m);
-  }
-  for (uint32_t c = 0; c < w; c++)
-    for (uint32_t a = 0; a <= c; a++)
-      g[(size_t)(b + c) * m + b + a] = st->gram[(size_t)a * w + c];
-  /* all eigenpairs by divide and conquer (vectors overwrite g); the top q
-   * are the last q, ascending */
-  lapack_int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U', (lapack_int)m, g,
-                                        (lapack_int)m, wv, e->fd_work, e->fd_lwork,
-                                        e->fd_iwork, e->fd_liwork);
-  if (info != 0) return GW_EINVAL;
-  wv += m - q;
-  z = g + (size_t)(m - q) * m;
-  run_fields(wv, q, ell, ksum_get(&st->cum_r1), st->fd_delta, step, &st->whole);
-  /* δ = λ_ℓ; keep λ_i > δ among the top ℓ−1 (ascending: columns q−r..q−1) */
-  double delta = m >= ell && wv[0] > 0 ? wv[0] : 0;
-  uint32_t r = 0;
-  while (r < q && r < ell - 1 && wv[q - 1 - r] > delta) r++;
-  const uint32_t c0 = q - r;
-  for (uint32_t j = c0; j < q; j++) {
-    double sc = sqrt((wv[j] - delta) / wv[j]);
-    for (uint32_t a = 0; a < m; a++) z[(size_t)j * m + a] *= sc;
-  }
-  /* new Bᵀ (k×r) = Cᵀ (U S): the B part and the ring part */
-  double *out = e->fd_out;
-  if (r) {
-    if (b)
-      cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, (int)k, (int)r, (int)b, 1.0, bd,
-                  (int)k, z + (size_t)c0 * m, (int)m, 0.0, out, (int)k);
-    cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, (int)k, (int)r, (int)w, 1.0,
-                st->ring, (int)k, z + (size_t)c0 * m + b, (int)m, b ? 1.0 : 0.0, out, (int)k);
-  }
-  for (size_t i = 0; i < (size_t)r * k; i++) st->fd[i] = (float)out[i];
-  st->fd_rows = r;
-  st->fd_delta += delta;
-  return 0;
+/* Shrink [B; ring] (n is a multiple of W, so every ring slot holds one of
+ * the W increments not yet in the sketch) and set the run fields. On a
+ * LAPACK failure the sketch and the run fields are unchanged (carried). */
+static void fd_shrink(gw_engine_t *e, stream_t *st, uint64_t step) {
+  const uint32_t w = e->cfg.window;
+  gw_fd_fields_t f;
+  if (gw_fd_shrink(&st->fd, &e->fdw, st->ring, w, st->k, st->gram, w, ksum_get(&st->cum_r1),
+                   &f) != 0)
+    return;
+  st->whole.rank_90 = f.rank_90;
+  st->whole.rank_99 = f.rank_99;
+  memcpy(st->whole.sigma, f.sigma, sizeof st->whole.sigma);
+  st->whole.step = step;
 }
 
 /* ---- ingest ------------------------------------------------------------- */
@@ -791,8 +648,7 @@ static void stream_restart(stream_t *st) {
   memset(&st->cum_rl, 0, sizeof st->cum_rl);
   memset(&st->rank, 0, sizeof st->rank);
   memset(&st->whole, 0, sizeof st->whole);
-  st->fd_rows = 0; /* the whole-run sketch starts empty */
-  st->fd_delta = 0;
+  gw_fd_reset(&st->fd); /* the whole-run sketch starts empty */
   /* ring, gram and the per-slot scalars need no clearing: a slot is
    * written before any sum or Gram entry reads it (see the design note) */
 }
@@ -851,7 +707,7 @@ int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_
     if (rc) return rc;
     if (n % e->cfg.window == 0) { /* this message shrinks the FD sketch */
       if ((rc = fd_alloc(e, st))) return rc;
-      if ((rc = fd_reserve(e, k))) return rc;
+      if ((rc = gw_fd_work_reserve(&e->fdw, k))) return rc;
     }
   }
 
@@ -941,7 +797,7 @@ int gw_engine_push_at(gw_engine_t *e, const gw_msg_t *m, const double *z, int64_
       st->whole.step = st->rank.rank_step;
     }
   }
-  if (n % w == 0) (void)fd_shrink(e, st, m->step); /* on failure: carry */
+  if (n % w == 0) fd_shrink(e, st, m->step); /* on failure: carry */
 
   if (!out) return 1;
   double c1 = ksum_get(&st->cum_r1), ce = ksum_get(&st->cum_re),
@@ -1133,7 +989,7 @@ int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob,
   const stream_t *st = by_id(e, stream_id);
   if (!st) return GW_ENOTFOUND;
   const uint32_t w = e->cfg.window, k = st->k, m = filled(st, w);
-  size_t total = state_len(k, m, (size_t)st->run_len + st->tag_len, st->fd_rows);
+  size_t total = state_len(k, m, (size_t)st->run_len + st->tag_len, st->fd.rows);
   unsigned char *b = malloc(total), *q = b;
   if (!b) return GW_ENOMEM;
   state_hdr_t h;
@@ -1162,8 +1018,8 @@ int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob,
   h.cum_zz = st->cum_zz;
   h.rank = st->rank;
   h.fd_cap = e->cfg.fd_rows;
-  h.fd_rows = st->fd_rows;
-  h.fd_delta = st->fd_delta;
+  h.fd_rows = st->fd.rows;
+  h.fd_delta = st->fd.delta;
   h.cum_rl = st->cum_rl;
   h.whole = st->whole;
   memcpy(q, &h, sizeof h);
@@ -1188,8 +1044,8 @@ int gw_engine_stream_save(const gw_engine_t *e, uint32_t stream_id, void **blob,
   q += sizeof(double) * m;
   memcpy(q, st->rl, sizeof(double) * m);
   q += sizeof(double) * m;
-  if (st->fd_rows) memcpy(q, st->fd, sizeof(float) * st->fd_rows * k);
-  q += sizeof(float) * st->fd_rows * k;
+  if (st->fd.rows) memcpy(q, st->fd.b, sizeof(float) * st->fd.rows * k);
+  q += sizeof(float) * st->fd.rows * k;
   assert((size_t)(q - b) == total);
   *blob = b;
   *len = total;
@@ -1228,6 +1084,7 @@ int gw_engine_stream_load(gw_engine_t *e, const void *blob, size_t len, uint32_t
     return GW_ECONFIG;
   if (h.k == 0 || h.k > GW_PROTO_K_MAX || h.len > h.window || h.n_msgs == 0 ||
       h.len != filled(&(stream_t){.n_msgs = h.n_msgs}, h.window) || h.fd_rows >= h.fd_cap ||
+      !(h.fd_delta >= 0) || !isfinite(h.fd_delta) ||
       len != state_len(h.k, h.len, (size_t)h.run_len + h.tag_len, h.fd_rows))
     return GW_EINVAL;
   const unsigned char *q = (const unsigned char *)blob + sizeof h;
@@ -1262,9 +1119,11 @@ int gw_engine_stream_load(gw_engine_t *e, const void *blob, size_t len, uint32_t
   q += sizeof(double) * m;
   memcpy(st->rl, q, sizeof(double) * m);
   q += sizeof(double) * m;
-  if (h.fd_rows) memcpy(st->fd, q, sizeof(float) * h.fd_rows * k);
-  st->fd_rows = h.fd_rows;
-  st->fd_delta = h.fd_delta;
+  rc = gw_fd_load(&st->fd, h.fd_rows, h.fd_delta, q);
+  if (rc) { /* GW_ENOMEM: the stream is not loaded */
+    gw_engine_stream_drop(e, st->id);
+    return rc;
+  }
   st->cum_rl = h.cum_rl;
   st->whole = h.whole;
   st->incarnation = h.incarnation;

@@ -4,7 +4,7 @@
  * z_j − z_{j−1}, the previous sketch, the EMA, the windowed and cumulative
  * sums, the W×W Gram matrix of the increments kept up to date
  * incrementally, and a Frequent Directions sketch of every increment since
- * the stream began (the whole-run rank). A stream's memory grows with its
+ * the stream began (the whole-run rank; daemon/fdsketch.h). A stream's memory grows with its
  * window: the ring doubles its rows as the window fills, the sketch is
  * allocated at its first shrink, and every byte a stream holds is charged
  * to an optional budget shared by several engines (gw_engine_budget_t).

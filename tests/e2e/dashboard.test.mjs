@@ -5,7 +5,8 @@
 // C CLI (GW_CLI, default build/client/gradwatch: `publish --synthetic`),
 // and drives Debian's Chromium (headless, /usr/bin/chromium or GW_CHROMIUM)
 // with playwright-core from web/node_modules (`npm ci` in web/).
-// Screenshots land in tests/e2e/out/ (dashboard.png, dashboard-dark.png).
+// Screenshots land in tests/e2e/out/ (dashboard.png, dashboard-dark.png,
+// kappa-bands-run-rank.png: the κ bands and the whole-run rank).
 //
 //   node --test tests/e2e/
 
@@ -192,6 +193,52 @@ test("run page renders synchronized charts with a legend of the selected tags", 
   // Loss was sent, gradient norm was not: one chart has lines, the other says so.
   assert.equal(await page.locator('.chart[data-metric="loss"].empty').count(), 0);
   assert.equal(await page.locator('.chart[data-metric="grad_norm"].empty').count(), 1);
+});
+
+test("κ charts shade the three κ bands with a key; rank charts carry the whole-run rank; κ linear is drawn", async () => {
+  const names = ["near-perfect tracking", "correct scale", "over-extrapolation"];
+  for (const m of ["kappa_onestep", "kappa_ema"]) {
+    const cell = page.locator(`#charts .chart[data-metric="${m}"]`);
+    // The key: three swatches, each explaining its band in a tooltip.
+    const bands = cell.locator(".kappa-bands .band");
+    assert.equal(await bands.count(), 3);
+    for (let i = 0; i < 3; i++) {
+      assert.equal(await bands.nth(i).getAttribute("data-band"), names[i]);
+      assert.match(await bands.nth(i).getAttribute("title"), /κ/);
+    }
+    // The shading is painted: the synthetic run is smooth (κ far below 0.5)
+    // until COLLAPSE and pure noise after (κ one-step ≈ 2, EMA ≈ 1), so the
+    // y range spans at least the first two bands.
+    const drawn = (await until(`${m} bands painted`, async () => cell.getAttribute("data-bands-drawn"))).split(",");
+    assert.ok(drawn.includes("near-perfect tracking") && drawn.includes("correct scale"), `${m} bands drawn: ${drawn}`);
+  }
+  // Bands only on κ charts.
+  assert.equal(await page.locator('#charts .chart[data-metric="rank_90"] .kappa-bands').count(), 0);
+  assert.equal(await page.locator('#charts .chart[data-metric="rank_90"][data-bands-drawn]').count(), 0);
+  // Dashed companions: κ linear beside κ one-step, whole-run rank beside windowed rank.
+  for (const [m, also] of [["kappa_onestep", "kappa_linear"], ["rank_90", "rank_90_run"], ["rank_99", "rank_99_run"]]) {
+    const cell = page.locator(`#charts .chart[data-metric="${m}"]`);
+    const legend = await cell.locator(".u-legend").textContent();
+    assert.ok(legend.includes("all · " + also), `${m} legend lacks ${also}: ${legend}`);
+    const pts = Number(await cell.getAttribute("data-also-points"));
+    assert.ok(pts > 50, `${also} points charted: ${pts}`);
+  }
+  // The whole-run rank the page draws is the API's: present on every point,
+  // at most fd_rows (64), and the whole run needs at least as many
+  // directions as the last window at 99 % (the trajectory rotates after COLLAPSE).
+  const s = await getJSON(daemon, `/api/v1/series?run=${RUN}&tag=all&metrics=rank_90_run,rank_99_run,rank_99`);
+  const r90 = s.rank_90_run;
+  assert.ok(Array.isArray(r90) && r90.length === STEPS - 1, "rank_90_run from the API: " + JSON.stringify(s).slice(0, 200));
+  assert.ok(r90.every((v) => Number.isInteger(v) && v >= 0 && v <= 64));
+  // The κ and rank charts, page coordinates (the sticky header stays at the top).
+  const box = await page.evaluate(() => {
+    const cells = [...document.querySelectorAll('#charts .chart[data-metric^="kappa"], #charts .chart[data-metric^="rank"]')];
+    const r = cells.map((c) => c.getBoundingClientRect());
+    const x = Math.min(...r.map((q) => q.left)), y = Math.min(...r.map((q) => q.top));
+    return { x: x + scrollX, y: y + scrollY, width: Math.max(...r.map((q) => q.right)) - x, height: Math.max(...r.map((q) => q.bottom)) - y };
+  });
+  await page.screenshot({ path: path.join(OUT, "kappa-bands-run-rank.png"), fullPage: true, clip: box });
+  assert.ok(fs.statSync(path.join(OUT, "kappa-bands-run-rank.png")).size > 10000);
 });
 
 test("heatmap has a row per tag and finds the collapse; spectrum has 8 bars", async () => {

@@ -24,7 +24,7 @@ export const CHARTS = [
   { metric: "kappa_onestep", title: "κ one-step (dashed: linear)", hint: "windowed path / energy, one-step predictor; dashed: the linear extrapolation predictor (kappa_linear)", also: "kappa_linear", bands: true },
   { metric: "kappa_ema", title: "κ EMA", hint: "windowed path / energy, EMA predictor", bands: true },
   { metric: "rank_90", title: "predictable rank (90 %, dashed: whole run)", hint: "rank_90: singular values holding 90 % of the window's increment energy; dashed: rank_90_run, the same over the whole run", also: "rank_90_run" },
-  { metric: "rank_99", title: "predictable rank (99 %)", hint: "rank_99: singular values holding 99 % of the increment energy" },
+  { metric: "rank_99", title: "predictable rank (99 %, dashed: whole run)", hint: "rank_99: singular values holding 99 % of the window's increment energy; dashed: rank_99_run, the same over the whole run", also: "rank_99_run" },
   { metric: "stable_rank", title: "stable rank", hint: "Σσ² / σ₁² of the increment window" },
   { metric: "grad_norm", title: "gradient norm", hint: "‖g‖ of the full gradient, as sent by the client" },
   { metric: "loss", title: "loss", hint: "as sent by the client" },
@@ -33,12 +33,32 @@ export const CHARTS = [
 /** Every metric the charts draw (main and dashed companions). */
 export const CHART_METRICS = CHARTS.flatMap((c) => (c.also ? [c.metric, c.also] : [c.metric]));
 
-// κ readings shaded on κ charts: [from, to, CSS variable, fallback colour]
-const KAPPA_BANDS = [
-  [0, 0.5, "--band-good", "rgba(22,163,74,.07)"],
-  [0.5, 2, "--band-mid", "rgba(100,116,139,.05)"],
-  [2, Infinity, "--band-high", "rgba(217,119,6,.08)"],
+// κ readings shaded on κ charts: [from, to, CSS variable, fallback colour,
+// name, what it means] (docs/MATH.md, "Reading κ: three bands").
+export const KAPPA_BANDS = [
+  [0, 0.5, "--band-good", "rgba(22,163,74,.07)", "near-perfect tracking", "κ < 0.5: the predictor removes more than half of the gradient's energy"],
+  [0.5, 2, "--band-mid", "rgba(100,116,139,.05)", "correct scale", "0.5 ≤ κ ≤ 2: within a factor 2 of predicting nothing (κ = 1); healthy minibatch runs sit here, near or above 1"],
+  [2, Infinity, "--band-high", "rgba(217,119,6,.08)", "over-extrapolation", "κ > 2: worse than the one-step predictor on pure noise (κ = 2): the predictor overshoots"],
 ];
+
+/** A band's colour, four times as opaque: the shading is faint behind
+ * lines, a swatch of it alone would not show. */
+function swatch(rgba) {
+  return rgba.replace(/([\d.]+)\)\s*$/, (m, a) => `${Math.min(1, 4 * parseFloat(a))})`);
+}
+
+/** The bands' key: one swatch per band, its meaning in the tooltip. */
+function bandKey() {
+  return el(
+    "span.kappa-bands",
+    { title: "shading: the three readings of κ (docs/MATH.md)" },
+    ...KAPPA_BANDS.map(([lo, hi, css, fallback, name, hint]) =>
+      el("span.band", { title: hint, dataset: { band: name } },
+        el("i", { style: `background:${swatch(cssVar(css) || fallback)}` }),
+        hi === Infinity ? `> ${lo} ${name}` : lo === 0 ? `< ${hi} ${name}` : `${lo}–${hi} ${name}`),
+    ),
+  );
+}
 
 const SYNC_KEY = "gw-run";
 const HEIGHT = 190;
@@ -87,14 +107,16 @@ function stepTicks(u, splits) {
   return splits.map((v) => (v === null ? "" : Math.abs(v) >= 1e6 ? (v / 1e6).toPrecision(3) + "M" : Math.abs(v) >= 1e4 ? (v / 1e3).toPrecision(3) + "k" : fmtInt(v)));
 }
 
-/** Shade the κ readings behind a κ chart's lines (drawClear hook). */
-function drawBands(u) {
+/** Shade the κ readings behind a κ chart's lines (drawClear hook); the
+ * chart's cell says which bands are in view (data-bands-drawn). */
+function drawBands(u, cell) {
   const { left, top, width, height } = u.bbox;
   const y = u.scales.y;
   if (y.min === null || y.max === null || y.min === undefined) return;
   const ctx = u.ctx;
+  const drawn = [];
   ctx.save();
-  for (const [lo, hi, css, fallback] of KAPPA_BANDS) {
+  for (const [lo, hi, css, fallback, name] of KAPPA_BANDS) {
     const a = Math.max(lo, y.min);
     const b = Math.min(hi, y.max);
     if (!(b > a)) continue;
@@ -102,8 +124,10 @@ function drawBands(u) {
     const y1 = u.valToPos(a, "y", true);
     ctx.fillStyle = cssVar(css) || fallback;
     ctx.fillRect(left, Math.max(top, y0), width, Math.min(top + height, y1) - Math.max(top, y0));
+    drawn.push(name);
   }
   ctx.restore();
+  if (cell) cell.dataset.bandsDrawn = drawn.join(",");
 }
 
 export class ChartGroup {
@@ -142,7 +166,7 @@ export class ChartGroup {
       const cell = el(
         "div.chart",
         { dataset: { metric: c.metric } },
-        el("h3", { title: c.hint }, c.title),
+        el("h3", { title: c.hint }, c.title, c.bands ? bandKey() : null),
         holder,
         el("div.nodata", null, `no ${c.title} in this range`),
       );
@@ -200,7 +224,7 @@ export class ChartGroup {
           },
         ],
         hooks: {
-          drawClear: c.bands ? [(u) => drawBands(u)] : [],
+          drawClear: c.bands ? [(u) => drawBands(u, cell)] : [],
           setSelect: [(u) => this.selected(u)],
           draw: [(u) => this.drawMarkers(u)],
           setCursor: [(u) => this.cursorMoved(u)],
@@ -222,6 +246,8 @@ export class ChartGroup {
       const cols = c.also ? main.concat(data.cols[c.also] || main.map((col) => col.map(() => null))) : main;
       const any = cols.some((col) => col.some((v) => v !== null));
       this.cells[i].classList.toggle("empty", !any);
+      // points of the dashed companion (whole-run rank, κ linear) in view
+      if (c.also) this.cells[i].dataset.alsoPoints = String((data.cols[c.also] || []).reduce((n, col) => n + col.filter((v) => v !== null).length, 0));
       u.batch(() => {
         u.setData([data.x, ...cols], !view);
         if (view) u.setScale("x", { min: view.from, max: view.to });
