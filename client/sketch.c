@@ -506,3 +506,98 @@ int gw_sketch_f32(const gw_sketch_params_t *p, const float *g, size_t d,
   free(acc);
   return rc;
 }
+
+/* ---- many buffers at once (gw_sketch_bufs) -----------------------------
+ * The native path of the Python client: a model's parameters' gradients are
+ * sketched straight from their own memory, one row of z per buffer, with no
+ * staging copy (float16/bfloat16 alone are widened into one float32 scratch
+ * array, the cost of a read and a write per element). The squared norm is a
+ * second pass over each buffer, with eight partial sums (two vector lanes
+ * of four, so the adds do not wait on one another). */
+
+typedef double v4d __attribute__((vector_size(32)));
+
+static double sq_f32(const float *g, size_t n) {
+  v4d a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v4d x = {g[i], g[i + 1], g[i + 2], g[i + 3]};
+    v4d y = {g[i + 4], g[i + 5], g[i + 6], g[i + 7]};
+    a += x * x;
+    b += y * y;
+  }
+  double s = ((a[0] + b[0]) + (a[1] + b[1])) + ((a[2] + b[2]) + (a[3] + b[3]));
+  for (; i < n; i++) s += (double)g[i] * g[i];
+  return s;
+}
+
+static double sq_f64(const double *g, size_t n) {
+  v4d a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v4d x, y;
+    memcpy(&x, g + i, sizeof x);
+    memcpy(&y, g + i + 4, sizeof y);
+    a += x * x;
+    b += y * y;
+  }
+  double s = ((a[0] + b[0]) + (a[1] + b[1])) + ((a[2] + b[2]) + (a[3] + b[3]));
+  for (; i < n; i++) s += g[i] * g[i];
+  return s;
+}
+
+static void widen16(const uint16_t *h, size_t n, int bf16, float *out) {
+  if (bf16) {
+    for (size_t i = 0; i < n; i++) {
+      uint32_t u = (uint32_t)h[i] << 16;
+      memcpy(&out[i], &u, sizeof u);
+    }
+  } else {
+    for (size_t i = 0; i < n; i++) out[i] = gw_f16_to_f32(h[i]);
+  }
+}
+
+int gw_sketch_bufs(const gw_sketch_params_t *p, const gw_sketch_buf_t *bufs, size_t m,
+                   double *z, double *sq) {
+  float *wide = NULL; /* float32 copy of the largest 16-bit buffer */
+  size_t wide_n = 0;
+  int rc = gw_sketch_check(p);
+
+  if (rc != 0) return rc;
+  if (m > 0 && (bufs == NULL || z == NULL)) return GW_EINVAL;
+  for (size_t i = 0; i < m; i++) {
+    const gw_sketch_buf_t *b = &bufs[i];
+    if ((b->data == NULL && b->n > 0) || b->dtype < GW_GRAD_F32 || b->dtype > GW_GRAD_BF16 ||
+        (b->n > 0 && b->n - 1 > UINT64_MAX - b->offset))
+      return GW_EINVAL;
+    if ((b->dtype == GW_GRAD_F16 || b->dtype == GW_GRAD_BF16) && b->n > wide_n) wide_n = b->n;
+  }
+  if (wide_n > 0 && (wide = malloc(wide_n * sizeof *wide)) == NULL) return GW_ENOMEM;
+
+  for (size_t i = 0; i < m && rc == 0; i++) {
+    const gw_sketch_buf_t *b = &bufs[i];
+    double *row = z + i * p->k;
+    memset(row, 0, (size_t)p->k * sizeof *row);
+    if (b->n == 0) {
+      if (sq != NULL) sq[i] = 0.0;
+      continue;
+    }
+    switch (b->dtype) {
+    case GW_GRAD_F64:
+      rc = gw_sketch_accum_f64(p, b->data, b->n, b->offset, row);
+      if (sq != NULL) sq[i] = sq_f64(b->data, b->n);
+      break;
+    case GW_GRAD_F32:
+      rc = gw_sketch_accum_f32(p, b->data, b->n, b->offset, row);
+      if (sq != NULL) sq[i] = sq_f32(b->data, b->n);
+      break;
+    default:
+      widen16(b->data, b->n, b->dtype == GW_GRAD_BF16, wide);
+      rc = gw_sketch_accum_f32(p, wide, b->n, b->offset, row);
+      if (sq != NULL) sq[i] = sq_f32(wide, b->n);
+      break;
+    }
+  }
+  free(wide);
+  return rc;
+}
