@@ -199,6 +199,8 @@ class Layers:
         self._keep = None  # contiguous copies made for the current step
         self._warn_cb = None
         self._c_connected = False
+        self._empty_buf = np.zeros(1)
+        self._empty = self._empty_buf.ctypes.data  # non-NULL: "a gradient of 0 elements"
         if pub is not None:
             self._open(pub)
 
@@ -270,7 +272,7 @@ class Layers:
                 g = g.contiguous()
                 keep = [] if keep is None else keep
                 keep.append(g)
-            ptrs.append(g.data_ptr())
+            ptrs.append(g.data_ptr() or self._empty)  # an empty tensor's may be NULL
             dts.append(GRAD_DTYPES.get(str(g.dtype), -1))  # -1: the library says EINVAL
         self._ptrs[:] = ptrs
         self._dtypes[:] = dts
