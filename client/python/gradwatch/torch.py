@@ -302,6 +302,8 @@ class Watch:
                 tags.append(name)
             else:
                 tags.append(None)
+        # (row of the native result, index in self.tags) of every published stream
+        self._native_rows = [(0, 0)] + sorted((1 + i, ti) for i, ti in self._native_ti.items())
         self._native = _native.Layers(lib, self.pub, self.k, self.seed, self.s,
                                       [(p, off) for (_, p), (_, off, _) in
                                        zip(params, self.offsets)], tags)
@@ -479,15 +481,11 @@ class Watch:
         if pub is not None:
             pub._poll_subscriptions()  # the Publisher's own hooks keep running
         self.last_step = step
-        z, norms, status = nl.z, nl.norms, nl.status
+        z, norms, status = nl.z, nl.norms, nl.status.tolist()
         rows, tis = [], []
-        for row in range(nl.m + 1):
-            if row == 0:
-                ti = 0
-            else:
-                ti = self._native_ti.get(row - 1)
-                if ti is None or grads[row - 1] is None:
-                    continue
+        for row, ti in self._native_rows:
+            if row and grads[row - 1] is None:
+                continue
             if status[row] == _native.NONFINITE:
                 self._nonfinite(ti)
                 continue
@@ -497,7 +495,7 @@ class Watch:
         if pub is None:
             return
         if via_c:
-            self.published += int(np.count_nonzero(status <= _native.DROPPED))
+            self.published += sum(1 for x in status if x <= _native.DROPPED)
             return
         bodies, ok = pub._encode(step, z[rows], norms[rows], lossv, lrv)
         for i, ti in enumerate(tis):
