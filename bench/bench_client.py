@@ -95,22 +95,76 @@ class Transformer(torch.nn.Module):
         return self.head(self.norm(self.body(h)))
 
 
-def make_task(name):
-    """(model, optimizer, next_loss()) for a benchmark model."""
-    torch.manual_seed(0)
-    if name == "transformer":
-        model = Transformer()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        gen = torch.Generator().manual_seed(1)
+class Block(torch.nn.Module):
+    """A ResNet basic block (two 3x3 convolutions, batch norm, identity or 1x1 shortcut)."""
 
-        def next_loss():
-            tok = torch.randint(0, 512, (2, 25), generator=gen)
-            out = model(tok[:, :-1])
-            return F.cross_entropy(out.reshape(-1, out.shape[-1]), tok[:, 1:].reshape(-1))
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        nn = torch.nn
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                       nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.b1(self.c1(x)))
+        y = self.b2(self.c2(y))
+        return F.relu(y + (x if self.short is None else self.short(x)))
+
+
+class ResNet(torch.nn.Module):
+    """ResNet-18 for 32x32 images (11.2M parameters, 62 tensors)."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False),
+                                        torch.nn.BatchNorm2d(64), torch.nn.ReLU())
+        blocks, cin = [], 64
+        for cout, stride in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1),
+                             (512, 2), (512, 1)):
+            blocks.append(Block(cin, cout, stride))
+            cin = cout
+        self.blocks = torch.nn.Sequential(*blocks)
+        self.fc = torch.nn.Linear(512, classes)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def make_task(name, device="cpu"):
+    """(model, optimizer, next_loss()) for a benchmark model on device. The
+    digits models train on examples/train_digits.py's data; the transformer
+    and the ResNet on synthetic data (larger batches on an accelerator)."""
+    torch.manual_seed(0)
+    gpu = device != "cpu"
+    if name in ("transformer", "resnet"):
+        gen = torch.Generator(device=device).manual_seed(1)
+        if name == "transformer":
+            model = Transformer().to(device)
+            shape = (16, 65) if gpu else (2, 25)
+
+            def next_loss():
+                tok = torch.randint(0, 512, shape, generator=gen, device=device)
+                out = model(tok[:, :-1])
+                return F.cross_entropy(out.reshape(-1, out.shape[-1]), tok[:, 1:].reshape(-1))
+        else:
+            model = ResNet().to(device)
+            batch = 128 if gpu else 8
+
+            def next_loss():
+                x = torch.randn((batch, 3, 32, 32), generator=gen, device=device)
+                y = torch.randint(0, 10, (batch,), generator=gen, device=device)
+                return F.cross_entropy(model(x), y)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         return model, opt, next_loss
     data = td.load_data()
     xtr, ytr = data[0], data[1]
-    model = td.make_model(name)
+    xtr, ytr = xtr.to(device), ytr.to(device)
+    model = td.make_model(name).to(device)
     opt = td.make_optimizer("sgd", model.parameters(), 0.05)
     gen = torch.Generator().manual_seed(1)
     it = [iter(())]
@@ -125,10 +179,16 @@ def make_task(name):
     return model, opt, next_loss
 
 
+def sync(device):
+    if device != "cpu":
+        torch.cuda.synchronize()
+
+
 def bench_model(name, blocks, block, endpoint, wait=True, per_layer=True, every=1,
-                native=None):
-    """Median over blocks of the mean step time, watched blocks vs plain blocks (ABBA)."""
-    model, opt, next_loss = make_task(name)
+                native=None, device="cpu"):
+    """Median over blocks of the mean step time, watched blocks vs plain blocks (ABBA).
+    On a GPU the device is synchronised at block boundaries only."""
+    model, opt, next_loss = make_task(name, device)
     pub = gradwatch.Publisher(endpoint, run=f"bench-{name}", k=256, seed=0)
     if wait:
         assert pub.wait_subscribed(10.0), "drain process did not subscribe"
@@ -143,6 +203,7 @@ def bench_model(name, blocks, block, endpoint, wait=True, per_layer=True, every=
     for bi in range(2 + 2 * blocks):  # the first two blocks warm up
         on = (bi % 4) in (1, 2)  # ABBA
         in_log = 0.0
+        sync(device)
         c0, p0 = time.thread_time(), time.process_time()
         t0 = time.perf_counter()
         for _ in range(block):
@@ -155,6 +216,7 @@ def bench_model(name, blocks, block, endpoint, wait=True, per_layer=True, every=
                 in_log += time.perf_counter() - t1
             step += 1
             opt.step()
+        sync(device)
         dt = (time.perf_counter() - t0) / block
         c1, p1 = time.thread_time(), time.process_time()
         if bi >= 2:
@@ -244,6 +306,7 @@ def main():
                     help="main: only every=1 per_layer with a subscriber")
     ap.add_argument("--transformer-blocks", type=int, default=12)
     ap.add_argument("--transformer-block", type=int, default=5)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
@@ -258,12 +321,16 @@ def main():
         if a.configs == "main":
             configs = configs[:1]
         paths = {"native": [True], "torch": [False], "both": [True, False]}[a.path]
+        table = []
         for name, native, (label, ep, pl, every) in (
                 (n, nat, c) for n in a.models.split(",") for c in configs for nat in paths):
             blocks, block = a.blocks, a.block
-            if name == "transformer":
+            if name in ("transformer", "resnet") and a.device == "cpu":
                 blocks, block = a.transformer_blocks, a.transformer_block
-            r = bench_model(name, blocks, block, ep, ep is endpoint, pl, every, native)
+            if a.device != "cpu":
+                native = None  # the device path
+            r = bench_model(name, blocks, block, ep, ep is endpoint, pl, every, native, a.device)
+            table.append((r, label))
             print(f"{r['model']} [{label}, {r['path']}]: {r['params']} params, "
                   f"{r['streams']} streams: "
                   f"plain {r['plain_ms']:.3f} ms/step, watched {r['watched_ms']:.3f} "
@@ -273,6 +340,13 @@ def main():
                   f"{r['dropped']})", flush=True)
     finally:
         stop_drain(proc)
+    dev = torch.cuda.get_device_name(0) if a.device != "cpu" else "CPU"
+    print(f"\n| model | params | streams | device | path | watch | plain ms/step | "
+          f"watched ms/step | ratio | in log() µs |\n|---|---:|---:|---|---|---|---:|---:|---:|---:|")
+    for r, label in table:
+        print(f"| {r['model']} | {r['params']} | {r['streams']} | {dev} | {r['path']} | {label} | "
+              f"{r['plain_ms']:.3f} | {r['watched_ms']:.3f} | **{r['ratio']:.3f}** | "
+              f"{r['log_us']:.0f} |")
     if not a.skip_throughput:
         r = bench_throughput(a.d, a.reps)
         print(f"d={r['d']:.0e} float32: watch (cached) {r['watch_ms']:.1f} ms = "
