@@ -33,6 +33,11 @@
  *
  * The gaussian kind computes every entry (a log, a cos and a sqrt each,
  * ~20 ns); it is meant for small d.
+ *
+ * gw_sketch_bufs runs the same kernels over many buffers (a model's
+ * parameters, read where they lie, in float32, float64, float16 or
+ * bfloat16), one row of z each plus its squared norm: the native path of
+ * the Python client, which derives the whole model's sketch from the rows.
  */
 #include "gw_sketch.h"
 

@@ -30,6 +30,24 @@ only on (seed, i) (proto/SKETCH.md), so:
   "all". To reproduce one with a Publisher: pub.sketch(g_p, offset=off).
   watch(...).offsets lists (name, offset, numel).
 
+Native CPU path. When every watched parameter is on the CPU (float32,
+float64, float16 or bfloat16), the kind is sjlt and libgradwatch loads
+(gradwatch._native: $GRADWATCH_LIB, next to the package, a checkout's
+build*/client/, or the installed library), log() hands the data_ptr() of
+every gradient to one C call, gw_publisher_publish_layers: each parameter is
+sketched straight from its buffer at its global offset (no copy, no float64
+staging, no per-parameter torch call), "all" is the sum of those rows
+(linearity: the per-layer sketches are taken at global offsets, so they add
+up to the sketch of the concatenation, and nothing is sketched twice), and
+the messages leave from a C socket (a second connection to the daemon, with
+the Publisher's run, sketch parameters and incarnation). Until the daemon's
+subscription has reached that socket, the Publisher's own socket carries
+the messages. Watch.path says which path runs. Without the library the torch
+path below runs, after one warning per process; native=False chooses it,
+native=True refuses to fall back. Options only the torch path has
+(cache_indices, chunk_coords, index_dtype, index_budget, max_pending) choose
+it too unless native=True.
+
 Implementation. The module is in three parts: _layout plans (pure Python:
 offsets, streams, shards, chunks and their segments), _kernels hashes and
 scatters (torch), and this module runs the plan on the device and publishes.
@@ -39,7 +57,10 @@ so it is computed once (the torch hash of _kernels, identical to the NumPy
 one and the C one) and cached on the gradient's device (int32, 4 s bytes per
 coordinate, on an accelerator; int64 on the CPU, where scatter_add_ with
 int64 indices is faster; cache_indices=False recomputes it every step
-instead). A step is then: copy the gradients into a float64 buffer
+instead). The cache is bounded by index_budget bytes (default 1 GiB, i.e.
+67M parameters at s = 4 in int32): chunks beyond it hash their indices on
+the fly each step, so a 1B-parameter model does not spend 16 GB on them
+(Watch.index_bytes says what is cached). A step is then: copy the gradients into a float64 buffer
 (chunk_coords coordinates at a time), s scatter/index adds into 2 k bins per
 stream, one dot product (or a fused _foreach_norm on an accelerator) per
 parameter for the norms, and a subtraction of the bin pairs. Accumulation is
@@ -662,8 +683,10 @@ def watch(model, pub, per_layer=True, every=1, **kw):
       collection of parameter names.
     every: sketch when step % every == 0.
     Keyword options: process_group, layout, shards (sharded gradients, see the
-    module docstring); cache_indices (default True); chunk_coords (float64
-    buffer size, default 2^23); max_pending (device steps in flight before
-    dropping, default 64).
+    module docstring); native (None: the native CPU path when it applies and
+    libgradwatch loads; False: never; True: required); cache_indices (default
+    True); index_budget (bytes of cached indices, default 2^30); chunk_coords
+    (float64 buffer size, default 2^23); max_pending (device steps in flight
+    before dropping, default 64).
     """
     return Watch(model, pub, per_layer=per_layer, every=every, **kw)
