@@ -394,8 +394,14 @@ static unsigned pick_logc(uint32_t k, unsigned s, size_t n) {
   return logc;
 }
 
+static double sq_f32(const float *g, size_t n);
+static double sq_f64(const double *g, size_t n);
+
+/* z += S g for sjlt. When sq is not NULL, *sq += ‖g‖², summed a block at a
+ * time right after the block is sketched, while it is still in L1: the
+ * norm costs no second pass over memory. */
 static int sjlt(const gw_sketch_params_t *p, const void *g, int f64, size_t n,
-                uint64_t offset, double *z, int isa) {
+                uint64_t offset, double *z, int isa, double *sq) {
   block_fn *block = pick_block(isa);
   plan_t pl;
   size_t nb;
@@ -429,6 +435,7 @@ static int sjlt(const gw_sketch_params_t *p, const void *g, int f64, size_t n,
     const void *gb = f64 ? (const void *)((const double *)g + b)
                          : (const void *)((const float *)g + b);
     block(&pl, gb, f64, m, offset + b, idx, val, acc != NULL ? acc : z);
+    if (sq != NULL) *sq += f64 ? sq_f64(gb, m) : sq_f32(gb, m);
   }
   if (acc != NULL) {
     const size_t c = (size_t)1 << pl.logc;
@@ -485,7 +492,7 @@ int gw_sketch_accum_isa(const gw_sketch_params_t *p, const void *g, int f64,
     gaussian(p, g, f64, n, offset, z);
     return 0;
   }
-  return sjlt(p, g, f64, n, offset, z, isa);
+  return sjlt(p, g, f64, n, offset, z, isa, NULL);
 }
 
 int gw_sketch_accum_f32(const gw_sketch_params_t *p, const float *g, size_t n,
@@ -587,21 +594,20 @@ int gw_sketch_bufs(const gw_sketch_params_t *p, const gw_sketch_buf_t *bufs, siz
       if (sq != NULL) sq[i] = 0.0;
       continue;
     }
-    switch (b->dtype) {
-    case GW_GRAD_F64:
-      rc = gw_sketch_accum_f64(p, b->data, b->n, b->offset, row);
-      if (sq != NULL) sq[i] = sq_f64(b->data, b->n);
-      break;
-    case GW_GRAD_F32:
-      rc = gw_sketch_accum_f32(p, b->data, b->n, b->offset, row);
-      if (sq != NULL) sq[i] = sq_f32(b->data, b->n);
-      break;
-    default:
+    const void *g = b->data;
+    const int f64 = b->dtype == GW_GRAD_F64;
+    double ss = 0.0;
+    if (b->dtype == GW_GRAD_F16 || b->dtype == GW_GRAD_BF16) {
       widen16(b->data, b->n, b->dtype == GW_GRAD_BF16, wide);
-      rc = gw_sketch_accum_f32(p, wide, b->n, b->offset, row);
-      if (sq != NULL) sq[i] = sq_f32(wide, b->n);
-      break;
+      g = wide;
     }
+    if (p->kind == GW_SKETCH_SJLT) {
+      rc = sjlt(p, g, f64, b->n, b->offset, row, ISA_AUTO, &ss);
+    } else {
+      gaussian(p, g, f64, b->n, b->offset, row);
+      ss = f64 ? sq_f64(g, b->n) : sq_f32(g, b->n);
+    }
+    if (sq != NULL) sq[i] = ss;
   }
   free(wide);
   return rc;
