@@ -20,8 +20,9 @@ float64, and there is one call into C per step whatever the number of layers.
 
 Where the library is looked for, first found wins: $GRADWATCH_LIB (the file,
 or a directory holding libgradwatch.so), next to this package, the build
-directory of a source checkout (build*/client/ at the top of the checkout
-this package sits in), then the system's (ctypes.util.find_library, i.e. an
+directory of a source checkout (build/client/, then other build*/client/
+at the top of the checkout this package sits in, skipping sanitizer
+builds), then the system's (ctypes.util.find_library, i.e. an
 installed libgradwatch). load() returns None, with the reason, when none
 loads.
 """
@@ -87,14 +88,27 @@ class _ConfigHead(ctypes.Structure):
 _WARN_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p)
 
 
+def _sanitized(path):
+    """True for a sanitizer build (ASan/TSan abort a process that loads them
+    without preloading their runtime): only $GRADWATCH_LIB may name one."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return True
+    return any(rt in data for rt in (b"libasan.so", b"libtsan.so", b"libubsan.so"))
+
+
 def _candidates():
     env = os.environ.get(_ENV)
     if env:
         yield (os.path.join(env, "libgradwatch.so") if os.path.isdir(env) else env), True
         return  # an explicit choice: nothing else is tried
-    for d in [_PKG] + sorted(glob.glob(os.path.join(_CHECKOUT, "build*", "client"))):
+    builds = sorted(glob.glob(os.path.join(_CHECKOUT, "build*", "client")),
+                    key=lambda d: (os.path.basename(os.path.dirname(d)) != "build", d))
+    for d in [_PKG] + builds:
         p = os.path.join(d, "libgradwatch.so")
-        if os.path.exists(p):
+        if os.path.exists(p) and not _sanitized(p):
             yield p, False
     found = ctypes.util.find_library("gradwatch")
     if found:
