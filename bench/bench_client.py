@@ -185,11 +185,11 @@ def sync(device):
 
 
 def bench_model(name, blocks, block, endpoint, wait=True, per_layer=True, every=1,
-                native=None, device="cpu"):
+                native=None, device="cpu", s=4):
     """Median over blocks of the mean step time, watched blocks vs plain blocks (ABBA).
     On a GPU the device is synchronised at block boundaries only."""
     model, opt, next_loss = make_task(name, device)
-    pub = gradwatch.Publisher(endpoint, run=f"bench-{name}", k=256, seed=0)
+    pub = gradwatch.Publisher(endpoint, run=f"bench-{name}", k=256, seed=0, s=s)
     if wait:
         assert pub.wait_subscribed(10.0), "drain process did not subscribe"
     w = gt.watch(model, pub, per_layer=per_layer, every=every, native=native)
@@ -307,10 +307,12 @@ def main():
     ap.add_argument("--transformer-blocks", type=int, default=12)
     ap.add_argument("--transformer-block", type=int, default=5)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--s", type=int, default=4, help="sjlt nonzeros per coordinate")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-          f"{os.cpu_count()} CPUs visible; {a.blocks} x {a.block} steps per mode")
+          f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}; "
+          f"{a.blocks} x {a.block} steps per mode; k = 256, s = {a.s}")
     proc, endpoint = start_drain()
     dead = "tcp://127.0.0.1:9"  # nobody listens: everything but the send itself
     try:
@@ -329,7 +331,8 @@ def main():
                 blocks, block = a.transformer_blocks, a.transformer_block
             if a.device != "cpu":
                 native = None  # the device path
-            r = bench_model(name, blocks, block, ep, ep is endpoint, pl, every, native, a.device)
+            r = bench_model(name, blocks, block, ep, ep is endpoint, pl, every, native, a.device,
+                            a.s)
             table.append((r, label))
             print(f"{r['model']} [{label}, {r['path']}]: {r['params']} params, "
                   f"{r['streams']} streams: "

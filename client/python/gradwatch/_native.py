@@ -87,6 +87,9 @@ class _ConfigHead(ctypes.Structure):
 
 _WARN_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p)
 
+# Once per process: the library loaded (or why not), and the fallback warning.
+_STATE = {"warned": False}
+
 
 def _sanitized(path):
     """True for a sanitizer build (ASan/TSan abort a process that loads them
@@ -139,7 +142,13 @@ def _bind(lib):
 
 def load():
     """(ctypes.CDLL, None) for the first libgradwatch that loads and has the
-    native path, else (None, why)."""
+    native path, else (None, why). Looked up once per process."""
+    if "loaded" not in _STATE:
+        _STATE["loaded"] = _load()
+    return _STATE["loaded"]
+
+
+def _load():
     why = []
     for path, explicit in _candidates():
         try:
@@ -152,9 +161,6 @@ def load():
         why.append(f"libgradwatch.so not found (set {_ENV}, or build the C library: "
                    f"cmake --build build --target gradwatch)")
     return None, "; ".join(why)
-
-
-_STATE = {"warned": False}  # the fallback warning is given once per process
 
 
 def warn_fallback(why):
