@@ -529,12 +529,19 @@ int gw_sketch_f32(const gw_sketch_params_t *p, const float *g, size_t d,
 
 typedef double v4d __attribute__((vector_size(32)));
 
+typedef float v4f __attribute__((vector_size(16)));
+
+#ifdef GW_SKETCH_X86
+__attribute__((target_clones("avx2", "default")))
+#endif
 static double sq_f32(const float *g, size_t n) {
   v4d a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    v4d x = {g[i], g[i + 1], g[i + 2], g[i + 3]};
-    v4d y = {g[i + 4], g[i + 5], g[i + 6], g[i + 7]};
+    v4f xf, yf;
+    memcpy(&xf, g + i, sizeof xf);
+    memcpy(&yf, g + i + 4, sizeof yf);
+    v4d x = __builtin_convertvector(xf, v4d), y = __builtin_convertvector(yf, v4d);
     a += x * x;
     b += y * y;
   }
@@ -543,6 +550,9 @@ static double sq_f32(const float *g, size_t n) {
   return s;
 }
 
+#ifdef GW_SKETCH_X86
+__attribute__((target_clones("avx2", "default")))
+#endif
 static double sq_f64(const double *g, size_t n) {
   v4d a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
   size_t i = 0;
@@ -602,10 +612,10 @@ int gw_sketch_bufs(const gw_sketch_params_t *p, const gw_sketch_buf_t *bufs, siz
       g = wide;
     }
     if (p->kind == GW_SKETCH_SJLT) {
-      rc = sjlt(p, g, f64, b->n, b->offset, row, ISA_AUTO, &ss);
+      rc = sjlt(p, g, f64, b->n, b->offset, row, ISA_AUTO, sq != NULL ? &ss : NULL);
     } else {
       gaussian(p, g, f64, b->n, b->offset, row);
-      ss = f64 ? sq_f64(g, b->n) : sq_f32(g, b->n);
+      if (sq != NULL) ss = f64 ? sq_f64(g, b->n) : sq_f32(g, b->n);
     }
     if (sq != NULL) sq[i] = ss;
   }
