@@ -400,8 +400,8 @@ def main():
     finally:
         stop_drain(proc)
     dev = torch.cuda.get_device_name(0) if a.device != "cpu" else "CPU"
-    print(f"\n| model | params | streams | device | path | watch | plain ms/step | "
-          f"watched ms/step | ratio | median-step ratio | thread CPU ratio | in log() µs |\n"
+    print("\n| model | params | streams | device | path | watch | plain ms/step | "
+          "watched ms/step | ratio | median-step ratio | thread CPU ratio | in log() µs |\n"
           f"|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r, label in table:
         print(f"| {r['model']} | {r['params']} | {r['streams']} | {dev} | {r['path']} | {label} | "
