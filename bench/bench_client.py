@@ -402,7 +402,7 @@ def main():
     dev = torch.cuda.get_device_name(0) if a.device != "cpu" else "CPU"
     print("\n| model | params | streams | device | path | watch | plain ms/step | "
           "watched ms/step | ratio | median-step ratio | thread CPU ratio | in log() µs |\n"
-          f"|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|")
+          "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r, label in table:
         print(f"| {r['model']} | {r['params']} | {r['streams']} | {dev} | {r['path']} | {label} | "
               f"{r['plain_ms']:.3f} | {r['watched_ms']:.3f} | **{r['ratio']:.3f}** | "
