@@ -191,6 +191,48 @@ int gw_publisher_last_error(const gw_publisher_t *pub);
 const char *gw_publisher_run(const gw_publisher_t *pub);
 const gw_sketch_params_t *gw_publisher_sketch_params(const gw_publisher_t *pub);
 
+/* ---- many streams per step: a model's layers (the native path) ---------- */
+
+/* One layer of gw_publisher_publish_layers: its gradient buffer (at its
+ * global offset in the model's gradient) and the tag it is published under. */
+typedef struct gw_layer_s {
+  const char *tag;      /* stream tag; NULL: counted into the sum, not published */
+  gw_sketch_buf_t grad; /* grad.data NULL: no gradient (zeros; not published) */
+} gw_layer_t;
+
+/* Outcome of each stream of gw_publisher_publish_layers (status[]). */
+typedef enum {
+  GW_LAYER_SENT = 0,      /* handed to ZeroMQ */
+  GW_LAYER_DROPPED = 1,   /* dropped and counted (gw_publisher_dropped) */
+  GW_LAYER_SKIPPED = 2,   /* not published: no tag, or no gradient */
+  GW_LAYER_NONFINITE = 3  /* not published: NaN/Inf gradient, or a sketch the
+                             payload dtype cannot hold */
+} gw_layer_status_t;
+
+/* One step of a whole model in one call: sketch every layer's gradient
+ * straight from its buffer (gw_sketch_bufs), derive the sum stream all_tag
+ * (e.g. "all": the sketch of the concatenated gradient) from the layers'
+ * sketches by linearity, z_all = Σ_i z_i, ‖g‖² = Σ_i ‖g_i‖², instead of
+ * sketching twice, and send a message for all_tag (unless NULL) and for
+ * every layer with a tag and a gradient. Each message carries its own
+ * stream's grad_norm; loss and lr come from extras (whose GW_HAS_GRAD_NORM
+ * bit is ignored). Rows: z[0..k-1] is the sum, z[(1+i)k ..] layer i, as
+ * float64; norms[0] and norms[1+i] likewise (‖·‖, not squared); status[0]
+ * and status[1+i] the gw_layer_status_t of each. z, norms and status may be
+ * NULL (z is then allocated for the call). The sum counts every layer,
+ * tagged or not; a layer with no gradient counts as zeros.
+ * Returns 0 once every stream has been handled (dropped and non-finite
+ * streams included: see status), or, with nothing sent or counted:
+ *   GW_EINVAL   NULL pub, layers NULL with m > 0, a step >= 2^63, unknown
+ *               bits in extras->flags, a bad buffer (gw_sketch_bufs)
+ *   GW_ENAME    a bad tag or all_tag
+ *   GW_ENONFINITE  a non-finite loss or lr in extras
+ *   GW_ENOMEM */
+int gw_publisher_publish_layers(gw_publisher_t *pub, uint64_t step, const char *all_tag,
+                                const gw_layer_t *layers, size_t m,
+                                const gw_extras_t *extras, double *z, double *norms,
+                                uint8_t *status);
+
 #ifdef __cplusplus
 }
 #endif

@@ -41,4 +41,35 @@ int gw_sketch_accum_f64(const gw_sketch_params_t *p, const double *g, size_t n,
 int gw_sketch_f32(const gw_sketch_params_t *p, const float *g, size_t d,
                   float *z);
 
+/* Element types of a gradient buffer handed to gw_sketch_bufs (not wire
+ * payload types: see gw_dtype_t for those). */
+typedef enum {
+  GW_GRAD_F32 = 0,
+  GW_GRAD_F64 = 1,
+  GW_GRAD_F16 = 2, /* IEEE binary16 */
+  GW_GRAD_BF16 = 3 /* bfloat16 */
+} gw_grad_dtype_t;
+
+/* One gradient buffer: n contiguous elements of dtype (borrowed), holding
+ * the global coordinates offset .. offset+n-1 of the model's gradient. */
+typedef struct gw_sketch_buf_s {
+  const void *data; /* may be NULL only when n = 0 */
+  size_t n;
+  uint64_t offset;
+  int dtype; /* gw_grad_dtype_t */
+} gw_sketch_buf_t;
+
+/* Sketch m buffers straight from their memory, one row each: for every i,
+ * z[i*k .. i*k+k-1] = S[:, off_i .. off_i+n_i-1] · buf_i (the row is cleared
+ * first; float64) and, when sq is not NULL, sq[i] = ‖buf_i‖² in float64.
+ * Row i is exactly what gw_sketch_accum_f32 (float32, and float16/bfloat16
+ * widened to float32 first, which is exact) or gw_sketch_accum_f64 adds into
+ * a zeroed z, bit for bit. By linearity the sketch of the concatenation of
+ * buffers laid end to end at their offsets is the sum of the rows.
+ * Returns 0, GW_EKIND/GW_EKLIMIT (bad p), GW_EINVAL (NULL z with m > 0, a
+ * NULL buffer with n > 0, an unknown dtype, offset + n - 1 beyond 2^64),
+ * or GW_ENOMEM; z and sq hold nothing meaningful after a failure. */
+int gw_sketch_bufs(const gw_sketch_params_t *p, const gw_sketch_buf_t *bufs, size_t m,
+                   double *z, double *sq);
+
 #endif

@@ -710,3 +710,81 @@ const char *gw_publisher_run(const gw_publisher_t *pub) { return pub ? pub->run 
 const gw_sketch_params_t *gw_publisher_sketch_params(const gw_publisher_t *pub) {
   return pub ? &pub->sk : NULL;
 }
+
+/* ---- a whole model per call (gw_publisher_publish_layers) ----------------
+ * Every layer is sketched from its own buffer into its row of z, the sum
+ * row is added up from the layer rows (the sketch is linear and each layer
+ * is sketched at its global offset, so this is the sketch of the whole
+ * gradient, without a second pass over it), then each stream is encoded
+ * into the body buffer and sent like gw_publisher_publish_sketch. */
+
+/* Send row zr (k float64) with norm gn as (tag, step); a gw_layer_status_t. */
+static int send_row(gw_publisher_t *p, const char *tag, uint64_t step, const double *zr,
+                    double gn, const gw_extras_t *x) {
+  gw_extras_t e = *x;
+  int rc;
+  if (!isfinite(gn)) return GW_LAYER_NONFINITE;
+  for (uint32_t r = 0; r < p->sk.k; r++) p->z[r] = (float)zr[r];
+  e.flags |= GW_HAS_GRAD_NORM;
+  e.grad_norm = gn;
+  rc = send_z(p, tag, step, p->z, &e);
+  if (rc == GW_ENONFINITE) return GW_LAYER_NONFINITE;
+  return rc == 0 ? GW_LAYER_SENT : GW_LAYER_DROPPED;
+}
+
+int gw_publisher_publish_layers(gw_publisher_t *pub, uint64_t step, const char *all_tag,
+                                const gw_layer_t *layers, size_t m,
+                                const gw_extras_t *extras, double *z, double *norms,
+                                uint8_t *status) {
+  gw_extras_t x = {0};
+  double *own_z = NULL, *own_n = NULL, sum_sq = 0.0;
+  size_t k;
+  int rc = 0;
+
+  if (pub == NULL || (layers == NULL && m > 0) || step > STEP_MAX) return GW_EINVAL;
+  if ((rc = check_extras(extras)) != 0) return rc;
+  if (all_tag != NULL && (rc = check_tag(all_tag)) != 0) return rc;
+  for (size_t i = 0; i < m; i++)
+    if (layers[i].tag != NULL && (rc = check_tag(layers[i].tag)) != 0) return rc;
+  if (extras != NULL) x = *extras;
+  x.flags &= ~GW_HAS_GRAD_NORM;
+  k = pub->sk.k;
+  if (m >= SIZE_MAX / sizeof(double) / k - 1) return GW_EINVAL;
+  if (z == NULL) z = own_z = malloc((m + 1) * k * sizeof *z);
+  if (norms == NULL) norms = own_n = malloc((m + 1) * sizeof *norms);
+  if (z == NULL || norms == NULL) {
+    rc = GW_ENOMEM;
+    goto done;
+  }
+
+  /* Sketch: row 1+i per layer; a layer with no gradient is a row of zeros. */
+  for (size_t i = 0; i < m && rc == 0; i++) {
+    double *row = z + (1 + i) * k, sq = 0.0;
+    if (layers[i].grad.data == NULL)
+      memset(row, 0, k * sizeof *row);
+    else
+      rc = gw_sketch_bufs(&pub->sk, &layers[i].grad, 1, row, &sq);
+    norms[1 + i] = sqrt(sq);
+    sum_sq += sq;
+  }
+  if (rc != 0) goto done;
+  memset(z, 0, k * sizeof *z);
+  for (size_t i = 0; i < m; i++) {
+    const double *row = z + (1 + i) * k;
+    for (size_t r = 0; r < k; r++) z[r] += row[r];
+  }
+  norms[0] = sqrt(sum_sq);
+
+  /* Send: the sum first, then the layers in order. */
+  for (size_t i = 0; i <= m; i++) {
+    const char *tag = i == 0 ? all_tag : layers[i - 1].tag;
+    int st = GW_LAYER_SKIPPED;
+    if (tag != NULL && (i == 0 || layers[i - 1].grad.data != NULL))
+      st = send_row(pub, tag, step, z + i * k, norms[i], &x);
+    if (status != NULL) status[i] = (uint8_t)st;
+  }
+done:
+  free(own_z);
+  free(own_n);
+  return rc;
+}

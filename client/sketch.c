@@ -33,6 +33,11 @@
  *
  * The gaussian kind computes every entry (a log, a cos and a sqrt each,
  * ~20 ns); it is meant for small d.
+ *
+ * gw_sketch_bufs runs the same kernels over many buffers (a model's
+ * parameters, read where they lie, in float32, float64, float16 or
+ * bfloat16), one row of z each plus its squared norm: the native path of
+ * the Python client, which derives the whole model's sketch from the rows.
  */
 #include "gw_sketch.h"
 
@@ -389,8 +394,14 @@ static unsigned pick_logc(uint32_t k, unsigned s, size_t n) {
   return logc;
 }
 
+static double sq_f32(const float *g, size_t n);
+static double sq_f64(const double *g, size_t n);
+
+/* z += S g for sjlt. When sq is not NULL, *sq += ‖g‖², summed a block at a
+ * time right after the block is sketched, while it is still in L1: the
+ * norm costs no second pass over memory. */
 static int sjlt(const gw_sketch_params_t *p, const void *g, int f64, size_t n,
-                uint64_t offset, double *z, int isa) {
+                uint64_t offset, double *z, int isa, double *sq) {
   block_fn *block = pick_block(isa);
   plan_t pl;
   size_t nb;
@@ -424,6 +435,7 @@ static int sjlt(const gw_sketch_params_t *p, const void *g, int f64, size_t n,
     const void *gb = f64 ? (const void *)((const double *)g + b)
                          : (const void *)((const float *)g + b);
     block(&pl, gb, f64, m, offset + b, idx, val, acc != NULL ? acc : z);
+    if (sq != NULL) *sq += f64 ? sq_f64(gb, m) : sq_f32(gb, m);
   }
   if (acc != NULL) {
     const size_t c = (size_t)1 << pl.logc;
@@ -480,7 +492,7 @@ int gw_sketch_accum_isa(const gw_sketch_params_t *p, const void *g, int f64,
     gaussian(p, g, f64, n, offset, z);
     return 0;
   }
-  return sjlt(p, g, f64, n, offset, z, isa);
+  return sjlt(p, g, f64, n, offset, z, isa, NULL);
 }
 
 int gw_sketch_accum_f32(const gw_sketch_params_t *p, const float *g, size_t n,
@@ -504,5 +516,109 @@ int gw_sketch_f32(const gw_sketch_params_t *p, const float *g, size_t d,
   rc = gw_sketch_accum_f32(p, g, d, 0, acc);
   for (uint32_t r = 0; r < p->k; r++) z[r] = rc == 0 ? (float)acc[r] : 0.0f;
   free(acc);
+  return rc;
+}
+
+/* ---- many buffers at once (gw_sketch_bufs) -----------------------------
+ * The native path of the Python client: a model's parameters' gradients are
+ * sketched straight from their own memory, one row of z per buffer, with no
+ * staging copy (float16/bfloat16 alone are widened into one float32 scratch
+ * array, the cost of a read and a write per element). The squared norm is a
+ * second pass over each buffer, with eight partial sums (two vector lanes
+ * of four, so the adds do not wait on one another). */
+
+typedef double v4d __attribute__((vector_size(32)));
+
+typedef float v4f __attribute__((vector_size(16)));
+
+#ifdef GW_SKETCH_X86
+__attribute__((target_clones("avx2", "default")))
+#endif
+static double sq_f32(const float *g, size_t n) {
+  v4d a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v4f xf, yf;
+    memcpy(&xf, g + i, sizeof xf);
+    memcpy(&yf, g + i + 4, sizeof yf);
+    v4d x = __builtin_convertvector(xf, v4d), y = __builtin_convertvector(yf, v4d);
+    a += x * x;
+    b += y * y;
+  }
+  double s = ((a[0] + b[0]) + (a[1] + b[1])) + ((a[2] + b[2]) + (a[3] + b[3]));
+  for (; i < n; i++) s += (double)g[i] * g[i];
+  return s;
+}
+
+#ifdef GW_SKETCH_X86
+__attribute__((target_clones("avx2", "default")))
+#endif
+static double sq_f64(const double *g, size_t n) {
+  v4d a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v4d x, y;
+    memcpy(&x, g + i, sizeof x);
+    memcpy(&y, g + i + 4, sizeof y);
+    a += x * x;
+    b += y * y;
+  }
+  double s = ((a[0] + b[0]) + (a[1] + b[1])) + ((a[2] + b[2]) + (a[3] + b[3]));
+  for (; i < n; i++) s += g[i] * g[i];
+  return s;
+}
+
+static void widen16(const uint16_t *h, size_t n, int bf16, float *out) {
+  if (bf16) {
+    for (size_t i = 0; i < n; i++) {
+      uint32_t u = (uint32_t)h[i] << 16;
+      memcpy(&out[i], &u, sizeof u);
+    }
+  } else {
+    for (size_t i = 0; i < n; i++) out[i] = gw_f16_to_f32(h[i]);
+  }
+}
+
+int gw_sketch_bufs(const gw_sketch_params_t *p, const gw_sketch_buf_t *bufs, size_t m,
+                   double *z, double *sq) {
+  float *wide = NULL; /* float32 copy of the largest 16-bit buffer */
+  size_t wide_n = 0;
+  int rc = gw_sketch_check(p);
+
+  if (rc != 0) return rc;
+  if (m > 0 && (bufs == NULL || z == NULL)) return GW_EINVAL;
+  for (size_t i = 0; i < m; i++) {
+    const gw_sketch_buf_t *b = &bufs[i];
+    if ((b->data == NULL && b->n > 0) || b->dtype < GW_GRAD_F32 || b->dtype > GW_GRAD_BF16 ||
+        (b->n > 0 && b->n - 1 > UINT64_MAX - b->offset))
+      return GW_EINVAL;
+    if ((b->dtype == GW_GRAD_F16 || b->dtype == GW_GRAD_BF16) && b->n > wide_n) wide_n = b->n;
+  }
+  if (wide_n > 0 && (wide = malloc(wide_n * sizeof *wide)) == NULL) return GW_ENOMEM;
+
+  for (size_t i = 0; i < m && rc == 0; i++) {
+    const gw_sketch_buf_t *b = &bufs[i];
+    double *row = z + i * p->k;
+    memset(row, 0, (size_t)p->k * sizeof *row);
+    if (b->n == 0) {
+      if (sq != NULL) sq[i] = 0.0;
+      continue;
+    }
+    const void *g = b->data;
+    const int f64 = b->dtype == GW_GRAD_F64;
+    double ss = 0.0;
+    if (b->dtype == GW_GRAD_F16 || b->dtype == GW_GRAD_BF16) {
+      widen16(b->data, b->n, b->dtype == GW_GRAD_BF16, wide);
+      g = wide;
+    }
+    if (p->kind == GW_SKETCH_SJLT) {
+      rc = sjlt(p, g, f64, b->n, b->offset, row, ISA_AUTO, sq != NULL ? &ss : NULL);
+    } else {
+      gaussian(p, g, f64, b->n, b->offset, row);
+      if (sq != NULL) ss = f64 ? sq_f64(g, b->n) : sq_f32(g, b->n);
+    }
+    if (sq != NULL) sq[i] = ss;
+  }
+  free(wide);
   return rc;
 }

@@ -1004,12 +1004,145 @@ static void never_warns_with_daemon(void **state) {
   assert_int_equal(unsetenv("GW_PUBLISHER_WARN_MS"), 0);
 }
 
+/* ---- a whole model per call ------------------------------------------------- */
+
+/* gw_publisher_publish_layers: a message per tagged layer with a gradient and
+ * one for the sum, each payload the float of its row, the row of a layer
+ * exactly its gw_sketch_accum sketch, the sum row the sum of the layer rows,
+ * the norms in float64; bad arguments send nothing. */
+static void publish_layers_sends_layers_and_sum(void **state) {
+  (void)state;
+  enum { K = 32, N0 = 700, N1 = 300, N2 = 50 };
+  peer_t sub;
+  gw_publisher_config_t c;
+  gw_publisher_t *p = NULL;
+  frames_t f;
+  gw_msg_t m;
+  static float g0[N0], g2[N2];
+  static double g1[N1];
+  double z[5 * K], norms[5], got[K], want[K];
+  uint8_t status[5];
+  uint64_t x = 777;
+
+  for (int i = 0; i < N0; i++) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    g0[i] = (float)((double)(x >> 11) * 0x1p-53 * 2.0 - 1.0);
+    if (i < N1) g1[i] = 0.5 * g0[i] + 0.25;
+    if (i < N2) g2[i] = -g0[i];
+  }
+  /* layer 3 has no gradient; layer 2 has no tag (in the sum only) */
+  gw_layer_t layers[4] = {{"fc.weight", {g0, N0, 0, GW_GRAD_F32}},
+                          {"fc.bias", {g1, N1, N0, GW_GRAD_F64}},
+                          {NULL, {g2, N2, N0 + N1, GW_GRAD_F32}},
+                          {"gone", {NULL, 9, N0 + N1 + N2, GW_GRAD_F32}}};
+  peer_open(&sub, ZMQ_SUB, "", NULL);
+  gw_publisher_config_init(&c);
+  c.endpoint = sub.endpoint;
+  c.run = "layers";
+  c.sketch.k = K;
+  c.sketch.seed = 3;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(wait_sub(&sub, p, "all", RECV_TIMEOUT_MS), 0);
+
+  gw_extras_t ex = {.flags = GW_HAS_LOSS | GW_HAS_GRAD_NORM, .loss = 1.5, .grad_norm = 99};
+  assert_int_equal(gw_publisher_publish_layers(p, 4, "all", layers, 4, &ex, z, norms, status),
+                   0);
+  assert_int_equal(status[0], GW_LAYER_SENT);
+  assert_int_equal(status[1], GW_LAYER_SENT);
+  assert_int_equal(status[2], GW_LAYER_SENT);
+  assert_int_equal(status[3], GW_LAYER_SKIPPED);
+  assert_int_equal(status[4], GW_LAYER_SKIPPED);
+  assert_int_equal(gw_publisher_sent(p), 3);
+  /* rows: each layer's own sketch; the sum row adds them up */
+  for (int i = 0; i < 3; i++) {
+    memset(want, 0, sizeof want);
+    if (i == 1)
+      assert_int_equal(gw_sketch_accum_f64(&c.sketch, g1, N1, N0, want), 0);
+    else
+      assert_int_equal(gw_sketch_accum_f32(&c.sketch, i == 0 ? g0 : g2, i == 0 ? N0 : N2,
+                                           i == 0 ? 0 : N0 + N1, want), 0);
+    assert_memory_equal(z + (1 + i) * K, want, sizeof want);
+  }
+  for (int r = 0; r < K; r++) {
+    assert_true(z[r] == ((z[K + r] + z[2 * K + r]) + z[3 * K + r]) + z[4 * K + r]);
+    assert_true(z[4 * K + r] == 0.0);
+  }
+  double s0 = 0, s1 = 0, s2 = 0;
+  for (int i = 0; i < N0; i++) s0 += (double)g0[i] * g0[i];
+  for (int i = 0; i < N1; i++) s1 += g1[i] * g1[i];
+  for (int i = 0; i < N2; i++) s2 += (double)g2[i] * g2[i];
+  assert_true(fabs(norms[1] - sqrt(s0)) <= 1e-12 * sqrt(s0));
+  assert_true(fabs(norms[0] - sqrt(s0 + s1 + s2)) <= 1e-12 * sqrt(s0 + s1 + s2));
+  assert_true(norms[4] == 0.0);
+  /* the messages: "all", then the tagged layers, in order */
+  const char *tags[3] = {"all", "fc.weight", "fc.bias"};
+  const int rows[3] = {0, 1, 2};
+  for (int i = 0; i < 3; i++) {
+    char topic[64];
+    recv_msg(sub.sock, &f);
+    assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
+    snprintf(topic, sizeof topic, "%s", tags[i]);
+    assert_int_equal(m.tag_len, strlen(topic));
+    assert_memory_equal(m.tag, topic, m.tag_len);
+    assert_int_equal(m.step, 4);
+    assert_int_equal(m.flags, GW_HAS_GRAD_NORM | GW_HAS_LOSS);
+    assert_true(m.loss == 1.5 && m.grad_norm == norms[rows[i]]); /* not the caller's 99 */
+    assert_int_equal(gw_proto_read_payload(&m, got), 0);
+    for (int r = 0; r < K; r++) assert_true(got[r] == (double)(float)z[rows[i] * K + r]);
+    frames_free(&f);
+  }
+
+  /* A NaN in a layer: that layer and the sum are skipped, the rest sent. */
+  g0[5] = NAN;
+  assert_int_equal(gw_publisher_publish_layers(p, 5, "all", layers, 2, NULL, NULL, NULL, status),
+                   0);
+  assert_int_equal(status[0], GW_LAYER_NONFINITE);
+  assert_int_equal(status[1], GW_LAYER_NONFINITE);
+  assert_int_equal(status[2], GW_LAYER_SENT);
+  g0[5] = 0.5f;
+  recv_msg(sub.sock, &f);
+  assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &m), 0);
+  assert_int_equal(m.step, 5);
+  frames_free(&f);
+
+  /* Refused, nothing sent or counted. */
+  uint64_t sent = gw_publisher_sent(p), dropped = gw_publisher_dropped(p);
+  gw_layer_t badtag[1] = {{"bad tag", {g0, N0, 0, GW_GRAD_F32}}};
+  assert_int_equal(gw_publisher_publish_layers(p, 6, "all", badtag, 1, NULL, z, norms, status),
+                   GW_ENAME);
+  assert_int_equal(gw_publisher_publish_layers(p, 6, "a b", layers, 1, NULL, z, norms, status),
+                   GW_ENAME);
+  assert_int_equal(gw_publisher_publish_layers(NULL, 6, "all", layers, 1, NULL, z, norms, status),
+                   GW_EINVAL);
+  assert_int_equal(gw_publisher_publish_layers(p, 6, "all", NULL, 1, NULL, z, norms, status),
+                   GW_EINVAL);
+  assert_int_equal(gw_publisher_publish_layers(p, 1ull << 63, "all", layers, 1, NULL, z, norms,
+                                               status), GW_EINVAL);
+  gw_extras_t nan_loss = {.flags = GW_HAS_LOSS, .loss = NAN};
+  assert_int_equal(gw_publisher_publish_layers(p, 6, "all", layers, 1, &nan_loss, z, norms,
+                                               status), GW_ENONFINITE);
+  gw_layer_t baddt[1] = {{"x", {g0, N0, 0, 42}}};
+  assert_int_equal(gw_publisher_publish_layers(p, 6, "all", baddt, 1, NULL, z, norms, status),
+                   GW_EINVAL);
+  assert_int_equal(gw_publisher_sent(p), sent);
+  assert_int_equal(gw_publisher_dropped(p), dropped);
+  /* No sum stream (all_tag NULL): only the layers. */
+  assert_int_equal(gw_publisher_publish_layers(p, 7, NULL, layers + 2, 1, NULL, z, norms,
+                                               status), 0);
+  assert_int_equal(status[0], GW_LAYER_SKIPPED);
+  assert_int_equal(status[1], GW_LAYER_SKIPPED);
+  assert_int_equal(gw_publisher_sent(p), sent);
+  gw_publisher_free(p);
+  peer_close(&sub);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(frames_f32),
       cmocka_unit_test(frames_f16),
       cmocka_unit_test(frames_bf16),
       cmocka_unit_test(publish_gradient_sketches_and_norms),
+      cmocka_unit_test(publish_layers_sends_layers_and_sum),
       cmocka_unit_test(bad_config),
       cmocka_unit_test(bad_publish_arguments),
       cmocka_unit_test(never_blocks_without_peer_pub),

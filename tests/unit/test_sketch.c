@@ -579,6 +579,61 @@ static void check_rejects_bad_params(void **state) {
   assert_int_equal(gw_sketch_accum_isa(&p, g, 0, 4, 0, z, 99), -ENOTSUP);
 }
 
+/* gw_sketch_bufs: every row is exactly gw_sketch_accum_* of its buffer into
+ * zeros (float16/bfloat16 through their float32 values), with its float64
+ * squared norm; bad buffers are refused. */
+static void sketch_bufs_rows_equal_accum(void **state) {
+  (void)state;
+  enum { D = 3000, K = 64 };
+  uint64_t st = 99;
+  static float f[D], fw[D], bw[D];
+  static double g[D];
+  static uint16_t h[D], b[D];
+  double z[4 * K], want[K], sq[4];
+  gw_sketch_params_t p = {.k = K, .kind = GW_SKETCH_SJLT, .s = 4, .seed = 5};
+
+  for (size_t i = 0; i < D; i++) {
+    g[i] = rng_unit(&st);
+    f[i] = (float)rng_unit(&st);
+    h[i] = gw_f32_to_f16(f[i]);
+    fw[i] = gw_f16_to_f32(h[i]);
+    b[i] = gw_f32_to_bf16(f[i]);
+    bw[i] = gw_bf16_to_f32(b[i]);
+  }
+  gw_sketch_buf_t bufs[4] = {{f, D, 0, GW_GRAD_F32}, {g, D - 7, D, GW_GRAD_F64},
+                             {h, D, 7777, GW_GRAD_F16}, {b, 10, 1ull << 40, GW_GRAD_BF16}};
+  const void *ref[4] = {f, g, fw, bw};
+  for (size_t i = 0; i < 4 * K; i++) z[i] = NAN; /* rows are cleared, not added to */
+  assert_int_equal(gw_sketch_bufs(&p, bufs, 4, z, sq), 0);
+  for (int i = 0; i < 4; i++) {
+    double ss = 0;
+    memset(want, 0, sizeof want);
+    if (i == 1) {
+      assert_int_equal(gw_sketch_accum_f64(&p, g, bufs[i].n, bufs[i].offset, want), 0);
+      for (size_t e = 0; e < bufs[i].n; e++) ss += g[e] * g[e];
+    } else {
+      const float *x = ref[i];
+      assert_int_equal(gw_sketch_accum_f32(&p, x, bufs[i].n, bufs[i].offset, want), 0);
+      for (size_t e = 0; e < bufs[i].n; e++) ss += (double)x[e] * x[e];
+    }
+    assert_memory_equal(z + i * K, want, sizeof want);
+    assert_true(fabs(sq[i] - ss) <= 1e-12 * ss);
+  }
+  /* sq may be NULL; m = 0 is a no-op */
+  assert_int_equal(gw_sketch_bufs(&p, bufs, 1, z, NULL), 0);
+  assert_int_equal(gw_sketch_bufs(&p, NULL, 0, NULL, NULL), 0);
+  /* refused: unknown dtype, NULL data with n > 0, offset past 2^64, NULL z, bad p */
+  gw_sketch_buf_t bad = {f, 4, 0, 7};
+  assert_int_equal(gw_sketch_bufs(&p, &bad, 1, z, sq), GW_EINVAL);
+  bad = (gw_sketch_buf_t){NULL, 4, 0, GW_GRAD_F32};
+  assert_int_equal(gw_sketch_bufs(&p, &bad, 1, z, sq), GW_EINVAL);
+  bad = (gw_sketch_buf_t){f, 4, UINT64_MAX - 2, GW_GRAD_F32};
+  assert_int_equal(gw_sketch_bufs(&p, &bad, 1, z, sq), GW_EINVAL);
+  assert_int_equal(gw_sketch_bufs(&p, bufs, 1, NULL, sq), GW_EINVAL);
+  p.s = 9;
+  assert_int_equal(gw_sketch_bufs(&p, bufs, 1, z, sq), GW_EKIND);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(hash_matches_vectors),
@@ -589,6 +644,7 @@ int main(void) {
       cmocka_unit_test(norm_preserved_in_expectation),
       cmocka_unit_test(seed_determines_sketch),
       cmocka_unit_test(sketch_is_linear),
+      cmocka_unit_test(sketch_bufs_rows_equal_accum),
       cmocka_unit_test(shards_sum_to_whole),
       cmocka_unit_test(f32_result_is_rounded_accum),
       cmocka_unit_test(check_rejects_bad_params),

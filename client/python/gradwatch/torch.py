@@ -30,6 +30,24 @@ only on (seed, i) (proto/SKETCH.md), so:
   "all". To reproduce one with a Publisher: pub.sketch(g_p, offset=off).
   watch(...).offsets lists (name, offset, numel).
 
+Native CPU path. When every watched parameter is on the CPU (float32,
+float64, float16 or bfloat16), the kind is sjlt and libgradwatch loads
+(gradwatch._native: $GRADWATCH_LIB, next to the package, a checkout's
+build*/client/, or the installed library), log() hands the data_ptr() of
+every gradient to one C call, gw_publisher_publish_layers: each parameter is
+sketched straight from its buffer at its global offset (no copy, no float64
+staging, no per-parameter torch call), "all" is the sum of those rows
+(linearity: the per-layer sketches are taken at global offsets, so they add
+up to the sketch of the concatenation, and nothing is sketched twice), and
+the messages leave from a C socket (a second connection to the daemon, with
+the Publisher's run, sketch parameters and incarnation). Until the daemon's
+subscription has reached that socket, the Publisher's own socket carries
+the messages. Watch.path says which path runs. Without the library the torch
+path below runs, after one warning per process; native=False chooses it,
+native=True refuses to fall back. Options only the torch path has
+(cache_indices, chunk_coords, index_dtype, index_budget, max_pending) choose
+it too unless native=True.
+
 Implementation. The module is in three parts: _layout plans (pure Python:
 offsets, streams, shards, chunks and their segments), _kernels hashes and
 scatters (torch), and this module runs the plan on the device and publishes.
@@ -39,7 +57,10 @@ so it is computed once (the torch hash of _kernels, identical to the NumPy
 one and the C one) and cached on the gradient's device (int32, 4 s bytes per
 coordinate, on an accelerator; int64 on the CPU, where scatter_add_ with
 int64 indices is faster; cache_indices=False recomputes it every step
-instead). A step is then: copy the gradients into a float64 buffer
+instead). The cache is bounded by index_budget bytes (default 1 GiB, i.e.
+67M parameters at s = 4 in int32): chunks beyond it hash their indices on
+the fly each step, so a 1B-parameter model does not spend 16 GB on them
+(Watch.index_bytes says what is cached). A step is then: copy the gradients into a float64 buffer
 (chunk_coords coordinates at a time), s scatter/index adds into 2 k bins per
 stream, one dot product (or a fused _foreach_norm on an accelerator) per
 parameter for the norms, and a subtraction of the bin pairs. Accumulation is
@@ -75,7 +96,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-from . import _layout, _proto
+from . import _layout, _native, _proto
 # Re-exported: the kernels stay reachable as gradwatch.torch.torch_sketch etc.
 from ._kernels import (COORD_LIMIT, _fmix64, _signed, gaussian_block,  # noqa: F401
                        sjlt_bins, torch_sketch)
@@ -148,7 +169,7 @@ class Watch:
 
     def __init__(self, model, pub, per_layer=True, every=1, *, process_group=None,
                  layout=None, shards=None, cache_indices=True, chunk_coords=1 << 23,
-                 max_pending=64, index_dtype=None):
+                 max_pending=64, index_dtype=None, native=None, index_budget=1 << 30):
         if pub is not None and not isinstance(pub, Publisher):
             raise TypeError(f"pub must be a gradwatch.Publisher or None, got {type(pub).__name__}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -157,6 +178,10 @@ class Watch:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(chunk_coords, bool) or not isinstance(chunk_coords, int) or chunk_coords < 1:
             raise ValueError(f"chunk_coords must be a positive int, got {chunk_coords!r}")
+        if native not in (None, True, False):
+            raise ValueError(f"native must be None, True or False, got {native!r}")
+        if isinstance(index_budget, bool) or not isinstance(index_budget, int) or index_budget < 0:
+            raise ValueError(f"index_budget must be a non-negative int, got {index_budget!r}")
         self.pub = pub
         self.every = every
         self.process_group = process_group
@@ -167,6 +192,7 @@ class Watch:
         k = self.k
 
         # -- layout, streams, pieces and chunks: planned by _layout ----------
+        shards_given, layout_given = shards is not None, layout is not None
         if layout is None:
             if model is None:
                 raise ValueError("layout is required when model is None")
@@ -203,6 +229,24 @@ class Watch:
         self._pieces = pieces
         self._piece_layers = [_layout.layers_of(self.offsets, p.offset, p.length)
                               for p in pieces]
+        self._native = None
+        self.path = "torch"  # "native" (libgradwatch) or "torch"
+        self.index_bytes = 0  # bytes of cached indices (torch path)
+        # Options only the torch path has (index cache, chunks, index type,
+        # results in flight) choose it unless native=True says otherwise.
+        torch_opts = (index_dtype is not None or not cache_indices or chunk_coords != 1 << 23
+                      or index_budget != 1 << 30 or max_pending != 64)
+        if native or (native is None and not torch_opts):
+            why = _native_unsuitable(self, params, shards_given, layout_given)
+            if why is None:
+                self._start_native(params, native)
+            elif native:
+                raise ValueError(f"native=True, but {why}")
+        if self._native is not None:
+            self._groups = []
+            self._device = torch.device("cpu")
+            self._init_counters(process_group, max_pending)
+            return
 
         self._nbins = self._nstreams * (2 * k if self.kind == "sjlt" else k)
         total_bins = self._nbins + self._nstreams
@@ -229,8 +273,10 @@ class Watch:
             sids = []
             for ch in g.chunks:
                 sids += [self._nbins + sid for _, _, sid, _ in ch.segments]
-                if self._cache:
+                need = self._index_cost(ch)
+                if self._cache and self.index_bytes + need <= index_budget:
                     self._build_indices(ch, g.device)
+                    self.index_bytes += need
             g.seg_sid = torch.tensor(sids, dtype=torch.int64, device=g.device)
         if self._groups:
             self._device = self._groups[0].device
@@ -239,6 +285,9 @@ class Watch:
         else:
             self._device = torch.device("cpu")
 
+        self._init_counters(process_group, max_pending)
+
+    def _init_counters(self, process_group, max_pending):
         self._async = self._device.type == "cuda"
         self._max_pending = max_pending
         self._pending = deque()
@@ -256,6 +305,36 @@ class Watch:
         self._closed = False
 
     # -- setup helpers ---------------------------------------------------
+
+    def _start_native(self, params, native):
+        lib, why = _native.load()
+        if lib is None:
+            if native:
+                raise RuntimeError(f"native=True, but libgradwatch cannot be loaded: {why}")
+            _native.warn_fallback(why)
+            return
+        chosen = set(self.tags[1:])
+        self._native_params = [p for _, p in params]
+        self._native_ti = {}  # parameter index -> its index in self.tags
+        tags = []
+        for i, (name, _) in enumerate(params):
+            if name in chosen:
+                self._native_ti[i] = self.tags.index(name)
+                tags.append(name)
+            else:
+                tags.append(None)
+        # (row of the native result, index in self.tags) of every published stream
+        self._native_rows = [(0, 0)] + sorted((1 + i, ti) for i, ti in self._native_ti.items())
+        self._native = _native.Layers(lib, self.pub, self.k, self.seed, self.s,
+                                      [(p, off) for (_, p), (_, off, _) in
+                                       zip(params, self.offsets)], tags)
+        self.path = "native"
+
+    def _index_cost(self, ch):
+        """Bytes the cached indices of chunk ch take (sjlt: s per coordinate)."""
+        if self.kind == "sjlt":
+            return self.s * ch.n * torch.empty((), dtype=self._index_dtype).element_size()
+        return 8 * self.k * ch.n
 
     def _chunk_bins(self, ch, device):
         k, s = self.k, self.s
@@ -275,7 +354,15 @@ class Watch:
     # -- per step --------------------------------------------------------
 
     def _fill(self, ch, v, missing):
-        """Copy chunk ch's gradients into its views v; grads that are None read as 0."""
+        """Copy chunk ch's gradients into its views v; grads that are None read as 0.
+
+        All present: one torch.cat into the float64 buffer (one kernel on an
+        accelerator, instead of one copy per parameter)."""
+        grads = [self._pieces[pi].tensor.grad for pi, _, _ in ch.pieces]
+        if len(grads) > 1 and all(g is not None for g in grads):
+            torch.cat([g.reshape(-1) if ln == g.numel() else g.reshape(-1)[start:start + ln]
+                       for g, (_, start, ln) in zip(grads, ch.pieces)], out=v.buf)
+            return
         for (pi, start, ln), dst in zip(ch.pieces, v.dest):
             gr = self._pieces[pi].tensor.grad
             if gr is None:
@@ -361,6 +448,9 @@ class Watch:
             self._drain(block=False)
         if step % self.every:
             return
+        if self._native is not None:
+            self._log_native(step, loss, lr)
+            return
         loss_t, lr_t = _travels(loss), _travels(lr)
         lossv = None if loss is None or loss_t else _scalar(loss, "loss")
         lrv = None if lr is None or lr_t else _scalar(lr, "lr")
@@ -393,6 +483,48 @@ class Watch:
             host, ev = self._to_host(packed)
             self._pending.append(_Pending(step, lossv, lrv, loss_t, lr_t, frozenset(missing),
                                           host, ev))
+
+    def _log_native(self, step, loss, lr):
+        """One call into libgradwatch: sketch every layer from its buffer, sum
+        them into "all", publish (see _native)."""
+        grads = [p.grad for p in self._native_params]
+        if all(g is None for g in grads):
+            return  # no gradients at all (log() before backward()?)
+        lossv = None if loss is None else _scalar(loss, "loss")
+        lrv = None if lr is None else _scalar(lr, "lr")
+        nl, pub = self._native, self.pub
+        # The C socket is a second connection to the daemon, whose
+        # subscription reaches it a little after the Publisher's: until it
+        # has, while the Publisher's socket has one, the sketches computed in
+        # C are sent through the Publisher (no message is lost to the switch).
+        via_c = pub is None or nl.connected() or not pub._connected
+        nl.step(step, grads, lossv, lrv, send=via_c)
+        if pub is not None:
+            pub._poll_subscriptions()  # the Publisher's own hooks keep running
+        self.last_step = step
+        z, norms, status = nl.z, nl.norms, nl.status.tolist()
+        rows, tis = [], []
+        for row, ti in self._native_rows:
+            if row and grads[row - 1] is None:
+                continue
+            if status[row] == _native.NONFINITE:
+                self._nonfinite(ti)
+                continue
+            rows.append(row)
+            tis.append(ti)
+        self.last = {self.tags[ti]: (z[row], float(norms[row])) for row, ti in zip(rows, tis)}
+        if pub is None:
+            return
+        if via_c:
+            self.published += sum(1 for x in status if x <= _native.DROPPED)
+            return
+        bodies, ok = pub._encode(step, z[rows], norms[rows], lossv, lrv)
+        for i, ti in enumerate(tis):
+            if not ok[i]:
+                self._nonfinite(ti)
+                continue
+            pub._send(self._topics[ti], bodies[i], poll=False)
+            self.published += 1
 
     def _to_host(self, packed):
         """Start the copy of packed to pinned host memory; (host tensor, CUDA event)."""
@@ -500,12 +632,28 @@ class Watch:
             self.flush()
             self._closed = True
             self._groups = []
+            if self._native is not None:
+                self._native.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _native_unsuitable(w, params, shards_given, layout_given):
+    """Why watch w cannot take the native path (None if it can)."""
+    if w.process_group is not None or shards_given or layout_given:
+        return "sharded gradients (process_group/layout/shards) use the torch path"
+    if w.kind != "sjlt":
+        return "the gaussian kind uses the torch path (its blocks are cached there)"
+    for name, p in params:
+        if p.device.type != "cpu":
+            return f"parameter {name!r} is on {p.device} (the native path is for the CPU)"
+        if str(p.dtype) not in _native.GRAD_DTYPES:
+            return f"parameter {name!r} has dtype {p.dtype}"
+    return None
 
 
 def _travels(v):
@@ -535,8 +683,10 @@ def watch(model, pub, per_layer=True, every=1, **kw):
       collection of parameter names.
     every: sketch when step % every == 0.
     Keyword options: process_group, layout, shards (sharded gradients, see the
-    module docstring); cache_indices (default True); chunk_coords (float64
-    buffer size, default 2^23); max_pending (device steps in flight before
-    dropping, default 64).
+    module docstring); native (None: the native CPU path when it applies and
+    libgradwatch loads; False: never; True: required); cache_indices (default
+    True); index_budget (bytes of cached indices, default 2^30); chunk_coords
+    (float64 buffer size, default 2^23); max_pending (device steps in flight
+    before dropping, default 64).
     """
     return Watch(model, pub, per_layer=per_layer, every=every, **kw)
