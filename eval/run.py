@@ -231,6 +231,8 @@ def fetch_series(d, rec, path):
         for m in ms:
             arrays[f"{tag}|{m}"] = np.array([np.nan if v is None else v for v in js[m]],
                                             dtype=np.float64)
+    arrays["log|loss"] = np.array(rec["loss"], dtype=np.float64)
+    arrays["log|grad_norm"] = np.array(rec["grad_norm"], dtype=np.float64)
     np.savez_compressed(path, **arrays)
 
 
@@ -270,7 +272,7 @@ def parse_rules(text):
 def replay_rules(rules, series):
     """Firings [(rule, tag, step)] of the replayable rules on a run's stored series."""
     import fnmatch
-    tags = sorted({k.split("|")[0] for k in series})
+    tags = sorted({k.split("|")[0] for k in series if not k.startswith("log|")})
     out = []
     for name, r in rules.items():
         if r["kind"] not in ("threshold", "relative"):
@@ -290,13 +292,15 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="4 short runs (about a minute)")
     p.add_argument("--out", default=os.path.join(HERE, "out"))
     p.add_argument("--build", default=os.path.join(ROOT, "build"))
+    p.add_argument("--daemon", default=None, help="the gradwatchd binary (default "
+                   "BUILD/daemon/gradwatchd)")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (2)")
     p.add_argument("--rules", default=None,
                    help="an INI file of [alert NAME] sections added to the daemon's config "
                         "(a rule of a shipped name replaces it); for trying candidates live")
     p.add_argument("--only", default=None, help="regex: run only the planned runs it matches")
     a = p.parse_args(argv)
-    binary = os.path.join(a.build, "daemon", "gradwatchd")
+    binary = a.daemon or os.path.join(a.build, "daemon", "gradwatchd")
     if not os.access(binary, os.X_OK):
         p.error(f"{binary} not found: build it (cmake --build build --target gradwatchd) "
                 f"or pass --build")
