@@ -29,6 +29,7 @@ import math
 import multiprocessing
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -363,6 +364,9 @@ def main(argv=None):
     result = {
         "command": "nice /usr/bin/python3 eval/run.py" + (" --quick" if a.quick else ""),
         "quick": a.quick, "rules": shipped, "seconds": round(time.monotonic() - t0, 1),
+        "cpu_seconds": round(sum(getattr(resource.getrusage(w), f) for w in
+                                 (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                                 for f in ("ru_utime", "ru_stime")), 1),
         "daemon_exit": rc, "daemon_stats": {k: st[k] for k in ("received", "accepted", "points")},
         "dropped_messages": sum(r["dropped"] for r in records),
         "replay_mismatches": mismatches, "runs": per_run, "tables": tabs,
@@ -379,7 +383,8 @@ def main(argv=None):
         f.write("\n\n".join(md) + "\n")
     print("\n\n".join(md))
     print(f"\ntargets (both splits): {json.dumps(result['targets']['all'], indent=1)}")
-    print(f"{len(records)} runs in {result['seconds']} s; dropped messages "
+    print(f"{len(records)} runs in {result['seconds']} s ({result['cpu_seconds']} CPU s); "
+          f"dropped messages "
           f"{result['dropped_messages']}; replay mismatches {len(mismatches)}; out: {a.out}")
     return 0 if rc == 0 else 1
 

@@ -2,7 +2,8 @@
 """Tune alert rules on the stored series of an evaluation (run.py's OUT).
 
     /usr/bin/python3 eval/tune.py OUT margins [--split tune]
-    /usr/bin/python3 eval/tune.py OUT replay RULES.ini [--split tune]
+    /usr/bin/python3 eval/tune.py OUT replay RULES.ini [--split tune] [--exact]
+    /usr/bin/python3 eval/tune.py OUT first
 
 margins: for every metric of stream `all` (and grad_norm / kappa_onestep of
 the per-layer streams), the most extreme ratio to the trailing 128-point
@@ -16,7 +17,10 @@ replayed exactly (score.Rule, the daemon's state machine) over the stored
 series, scored like run.py does: detections, delays and false alarms per
 failure × family — the numbers with which candidates were compared. Only the
 split given is read (default: the tuning split), so the held-out runs stay
-out of the choice.
+out of the choice; --exact replays only RULES.ini (eval/previous_defaults.ini
+is the rule set shipped before this evaluation).
+
+first: which of the daemon's rules fired first in each failure run.
 """
 import argparse
 import json
@@ -127,15 +131,34 @@ def replay(runs, rules):
     print(json.dumps(score.targets(tab), indent=1))
 
 
+def first_rules(out):
+    """Which rule fired first (from the daemon's own firings) per failure × family."""
+    res = json.load(open(os.path.join(out, "results.json")))
+    tally = {}
+    for r in res["runs"]:
+        sp = r["spec"]
+        if sp["failure"] is None:
+            continue
+        fs = sorted((s, rule) for rule, _, s in r["gradwatch_firings"] if s >= sp["inject"])
+        key = (sp["failure"], sp["family"])
+        first = fs[0][1] if fs else "-"
+        tally.setdefault(key, {}).setdefault(first, 0)
+        tally[key][first] += 1
+    for (f, fam), t in sorted(tally.items()):
+        print(f"{f:9s} {fam:9s} " + ", ".join(f"{k} {v}" for k, v in sorted(t.items())))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out")
-    p.add_argument("what", choices=["margins", "replay"])
+    p.add_argument("what", choices=["margins", "replay", "first"])
     p.add_argument("rules", nargs="?")
     p.add_argument("--split", default="tune", choices=["tune", "heldout", "all"])
     p.add_argument("--exact", action="store_true",
                    help="replay only the rules of RULES.ini, not the shipped ones beside them")
     a = p.parse_args()
+    if a.what == "first":
+        return first_rules(a.out)
     runs = load(a.out, a.split)
     if a.what == "margins":
         margins(runs)

@@ -113,9 +113,10 @@ def test_lr_spike_caught(result):
     d = r["judged"]["detectors"]
     assert d["gradwatch"]["delay"] is not None and 0 <= d["gradwatch"]["delay"] <= 200
     assert all(step >= r["spec"]["inject"] for _, _, step in r["gradwatch_firings"])
-    # one huge gradient at the injection: the gradient-norm baseline fires on
-    # its 4th breaching point
-    assert d["grad_norm_spike"]["delay"] == 3
+    # the gradient of step S is taken before the first update at the raised
+    # lr, so the first huge one is at S + 1 and the gradient-norm baseline
+    # fires on its 4th breaching point, S + 4
+    assert d["grad_norm_spike"]["delay"] == 4
     assert r["final_loss"] is None or r["final_loss"] > 1.0  # the run is ruined
 
 
