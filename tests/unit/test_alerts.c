@@ -90,14 +90,14 @@ static void defaults_parse(void **state) {
   gw_alerts_t *a = NULL;
   char err[512] = "";
   assert_int_equal(gw_alerts_new(&a, NULL, NULL, err, sizeof err), 0);
-  assert_int_equal(counters(a).rules, 3);
+  assert_int_equal(counters(a).rules, 6);
   gw_alerts_free(a, 0);
   /* defaults = false drops them; a user rule of the same name replaces one */
   a = load("[alerts]\ndefaults = false\n", NULL);
   assert_int_equal(counters(a).rules, 0);
   gw_alerts_free(a, 0);
   a = load("[alert kappa_surge]\nmetric = loss\nthreshold = 3\n", NULL);
-  assert_int_equal(counters(a).rules, 3);
+  assert_int_equal(counters(a).rules, 6);
   gw_point_t p = point(1, GW_METRIC_LOSS, 4);
   assert_int_equal(gw_alerts_observe(a, "r", "all", &p, 0), 0);
   assert_int_equal(counters(a).fired, 1); /* the override is a threshold rule on loss */
@@ -152,7 +152,7 @@ static void smooth_stream_never_fires(void **state) {
   gw_alerts_t *a = load("[alert ref]\nkind = relative\nmetric = kappa_onestep\nthreshold = 1.5\n"
                         "window = 128\n",
                         NULL);
-  assert_int_equal(counters(a).rules, 4);
+  assert_int_equal(counters(a).rules, 7);
   enum { N = 10000, W = 128 };
   static double v[N];
   uint64_t seed = 7;
@@ -437,7 +437,7 @@ static void rule_errors_name_rule_and_key(void **state) {
   a = load("[http]\nwhatever = 1\n[alert hot]\nmetric = loss\nthreshold = 1\n"
            "summary = {metric} of {run}/{tag} is {value} {op} {threshold}\n  at {step} {nope}\n",
            &deps);
-  assert_int_equal(counters(a).rules, 4);
+  assert_int_equal(counters(a).rules, 7);
   gw_point_t p = point(7, GW_METRIC_LOSS, 2.5);
   gw_alerts_observe(a, "r", "all", &p, 0);
   assert_int_equal(gw_store_flush(st), 0);
