@@ -14,7 +14,7 @@
  * Checked promises (a broken one aborts):
  *   - decoding never grows a string, and a string holding "%00" is left as is;
  *   - the route's argument lies inside the URL and matches the route's form
- *     ("/api/v1/runs/" RUN "/streams", or the asset path);
+ *     ("/api/v1/runs/" RUN, RUN "/streams", RUN "/summary", or the asset path);
  *   - gw_http_series_query returns 0 or GW_EINVAL; on 0 every field obeys
  *     the contract (names valid per PROTOCOL.md, known and distinct metric
  *     ids, from/to/max_points equal to an independent decimal parse,
@@ -71,8 +71,19 @@ static void check_route(const char *url) {
   size_t len = 12345;
   gw_route_t r = gw_http_route(url, &arg, &len);
   size_t ul = strlen(url);
-  CHECK(r >= GW_ROUTE_NONE && r <= GW_ROUTE_RESTARTS);
-  if (r == GW_ROUTE_STREAMS) {
+  CHECK(r >= GW_ROUTE_NONE && r <= GW_ROUTE_SUMMARY);
+  if (r == GW_ROUTE_RUN) { /* "/api/v1/runs/" RUN, RUN without '/' */
+    static const char pre[] = "/api/v1/runs/";
+    CHECK(arg == url + sizeof pre - 1);
+    CHECK(len >= 1 && ul == sizeof pre - 1 + len);
+    CHECK(memcmp(url, pre, sizeof pre - 1) == 0 && !memchr(arg, '/', len));
+  } else if (r == GW_ROUTE_RUN_SUMMARY) {
+    static const char pre[] = "/api/v1/runs/", suf[] = "/summary";
+    CHECK(arg == url + sizeof pre - 1);
+    CHECK(len >= 1 && ul == sizeof pre - 1 + len + sizeof suf - 1);
+    CHECK(memcmp(url, pre, sizeof pre - 1) == 0);
+    CHECK(memcmp(url + ul - (sizeof suf - 1), suf, sizeof suf - 1) == 0);
+  } else if (r == GW_ROUTE_STREAMS) {
     static const char pre[] = "/api/v1/runs/", suf[] = "/streams";
     CHECK(arg == url + sizeof pre - 1);
     CHECK(len >= 1 && ul == sizeof pre - 1 + len + sizeof suf - 1);

@@ -13,6 +13,7 @@ case $target in
   proto) srcs=("$root/tests/fuzz/fuzz_proto.c" "$root/proto/proto.c" "$root/proto/error.c")
          incs=(-I"$root/proto") libs=(-lm) ;;
   config) srcs=("$root/tests/fuzz/fuzz_config.c" "$root/daemon/config.c" "$root/daemon/engine.c"
+                "$root/daemon/fdsketch.c"
                 "$root/proto/proto.c" "$root/proto/error.c")
           incs=(-I"$root/daemon" -I"$root/proto" $(pkg-config --cflags inih lapacke openblas))
           libs=($(pkg-config --libs inih lapacke openblas) -lm) ;;
