@@ -53,6 +53,16 @@
 #include <immintrin.h>
 #endif
 
+/* target_clones picks the AVX2 body at load time through an ifunc
+ * resolver, which the dynamic loader runs before ThreadSanitizer's runtime
+ * is up; an instrumented resolver crashes there, so a TSan build keeps the
+ * default body only. */
+#if defined(GW_SKETCH_X86) && !defined(__SANITIZE_THREAD__)
+#define GW_CLONES_AVX2 __attribute__((target_clones("avx2", "default")))
+#else
+#define GW_CLONES_AVX2
+#endif
+
 /* The constants of proto/SKETCH.md. */
 #define GOLDEN 0x9E3779B97F4A7C15ull  /* G: the seed's multiplier */
 #define FMIX_C1 0xFF51AFD7ED558CCDull /* MurmurHash3 fmix64 */
@@ -531,9 +541,7 @@ typedef double v4d __attribute__((vector_size(32)));
 
 typedef float v4f __attribute__((vector_size(16)));
 
-#ifdef GW_SKETCH_X86
-__attribute__((target_clones("avx2", "default")))
-#endif
+GW_CLONES_AVX2
 static double sq_f32(const float *g, size_t n) {
   v4d a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
   size_t i = 0;
@@ -550,9 +558,7 @@ static double sq_f32(const float *g, size_t n) {
   return s;
 }
 
-#ifdef GW_SKETCH_X86
-__attribute__((target_clones("avx2", "default")))
-#endif
+GW_CLONES_AVX2
 static double sq_f64(const double *g, size_t n) {
   v4d a = {0, 0, 0, 0}, b = {0, 0, 0, 0};
   size_t i = 0;
