@@ -139,6 +139,20 @@ static void *reload_main(void *arg) {
   return NULL;
 }
 
+/* SIGTERM, SIGINT and SIGHUP belong to the loop thread, where libuv's
+ * handler wakes the loop. Every other thread is created with them blocked
+ * (they inherit the creator's mask), so the kernel never hands one to a
+ * thread that would only pass it on, or, under a sanitizer's deferred
+ * delivery, sit on it. how: SIG_BLOCK, returning the previous mask in old. */
+static void loop_signals(int how, sigset_t *old) {
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGTERM);
+  sigaddset(&s, SIGINT);
+  sigaddset(&s, SIGHUP);
+  pthread_sigmask(how, &s, old);
+}
+
 static void reload_start(daemon_t *d) {
   reload_t *r = &d->reload;
   if (r->running) {
@@ -146,7 +160,10 @@ static void reload_start(daemon_t *d) {
     return;
   }
   r->again = 0;
+  sigset_t mask;
+  loop_signals(SIG_BLOCK, &mask);
   int rc = pthread_create(&r->thread, NULL, reload_main, r);
+  pthread_sigmask(SIG_SETMASK, &mask, NULL);
   if (rc) {
     gw_log(&d->log, GW_LOG_ERROR, "alerts_reload", "error=\"%s\"", strerror(rc));
     return;
@@ -450,7 +467,11 @@ int main(int argc, char **argv) {
     return 2;
   }
   uv_loop_init(&d.loop);
-  if ((rc = start(&d, err, sizeof(err)))) {
+  sigset_t mask; /* every thread start() creates has the loop's signals blocked */
+  loop_signals(SIG_BLOCK, &mask);
+  rc = start(&d, err, sizeof(err));
+  pthread_sigmask(SIG_SETMASK, &mask, NULL); /* a signal that came meanwhile is delivered now */
+  if (rc) {
     gw_log(&d.log, GW_LOG_ERROR, "start_failed", "error=\"%s\"", err);
     fprintf(stderr, "gradwatchd: %s\n", err);
     teardown(&d);

@@ -289,8 +289,12 @@ def test_sd_notify_ready_watchdog_stopping(daemon_bin, tmp_path):
             msgs |= set(srv.recv(4096).decode().split("\n"))
         assert "READY=1" in msgs and "WATCHDOG=1" in msgs, msgs
         p.send_signal(signal.SIGTERM)
-        while "STOPPING=1" not in msgs:
+        # WATCHDOG=1 keeps coming until the loop stops, so recv alone never
+        # times out: bound the wait, or a lost SIGTERM hangs the suite.
+        deadline = time.time() + scaled(30)
+        while "STOPPING=1" not in msgs and time.time() < deadline:
             msgs |= set(srv.recv(4096).decode().split("\n"))
+        assert "STOPPING=1" in msgs, "SIGTERM was not acted on"
         assert p.wait(scaled(60)) == 0
     finally:
         if p.poll() is None:
