@@ -178,6 +178,14 @@ static const char *const migrations[GW_STORE_SCHEMA_VERSION] = {
     "CREATE TABLE stream_state("
     "  run TEXT NOT NULL, tag TEXT NOT NULL, blob BLOB NOT NULL,"
     "  PRIMARY KEY(run, tag));",
+    /* v3: sealed points as compressed columnar chunks (store_chunks.c); the
+     * points table keeps each segment's newest, not yet sealed points. The
+     * rows of a v2 file are sealed after this step by the pass every open
+     * runs (one transaction per segment, so an interrupted pass resumes). */
+    "CREATE TABLE chunks("
+    "  stream INTEGER NOT NULL, first_step INTEGER NOT NULL,"
+    "  last_step INTEGER NOT NULL, n INTEGER NOT NULL, blob BLOB NOT NULL,"
+    "  PRIMARY KEY(stream, first_step));",
 };
 
 const char *const gws_alert_state_names[3] = {"pending", "firing", "resolved"};
@@ -297,6 +305,7 @@ void gw_store_config_default(gw_store_config_t *cfg) {
   cfg->retention_check_ms = 60000;
   cfg->close_timeout_ms = 10000;
   cfg->read_conns = 4;
+  cfg->chunk_points = GW_STORE_CHUNK_POINTS;
 }
 
 /* ------------------------------------------------------------ open/close */
@@ -390,6 +399,21 @@ static int db_open_writer(gw_store_t *st) {
     } else if (uv > 0) {
       gw_log(st->log, GW_LOG_INFO, "store", "msg=\"schema migrated\" path=%s from=%lld to=%d",
              q, (long long)uv, GW_STORE_SCHEMA_VERSION);
+    }
+  }
+  if (rc == SQLITE_OK && st->cfg.chunk_points) {
+    /* seal what a v2 file, an interrupted pass or a kill -9 left as rows:
+     * full chunks everywhere, the tails of segments no longer live */
+    int64_t sealed = 0;
+    int64_t t0 = gw_mono_ns();
+    int src = gws_chunk_seal_all(db, st->cfg.chunk_points, GWS_SEAL_TAILS_IDLE, &sealed);
+    if (src != SQLITE_OK) { /* every point is still readable: go on */
+      char m[200];
+      gw_log(st->log, GW_LOG_WARN, "store", "msg=\"sealing chunks failed\" path=%s error=%s",
+             q, gw_log_quote(m, sizeof m, sqlite3_errstr(src)));
+    } else if (sealed > 0) {
+      gw_log(st->log, GW_LOG_INFO, "store", "msg=\"rows sealed into chunks\" path=%s points=%lld ms=%lld",
+             q, (long long)sealed, (long long)((gw_mono_ns() - t0) / 1000000));
     }
   }
   if (rc == SQLITE_OK) rc = gws_prepare_writer(st);

@@ -58,7 +58,9 @@
 #include "sink.h"
 #include "stats.h"
 
-#define GW_STORE_SCHEMA_VERSION 2
+#define GW_STORE_SCHEMA_VERSION 3
+/* Points per sealed chunk (gw_store_config_t.chunk_points default). */
+#define GW_STORE_CHUNK_POINTS 256
 
 /* Points of the fault-injection seam (docs/CONTRACT.md §9, STYLE "fault injection"). */
 typedef enum {
@@ -89,6 +91,10 @@ typedef struct gw_store_config_s {
                                   disk before dropping what is left (10000) */
   uint32_t read_conns;    /* read-only connections kept pooled (default 4;
                              0 = open one per call) */
+  uint32_t chunk_points;  /* seal a segment's rows into a compressed chunk
+                             every this many points (default
+                             GW_STORE_CHUNK_POINTS; 0 = keep rows, the
+                             pre-chunk layout, readers still read chunks) */
   /* Fault injection: when set, called by the writer before each operation
    * `op` (gw_store_op_t); a nonzero SQLite result code makes the store act as
    * if SQLite had returned it. Called from the writer thread, the

@@ -379,30 +379,79 @@ typedef struct {
   uint64_t points, skipped, dups; /* committed rows, skipped records, duplicates */
 } wcount_t;
 
+/* Forget the writer's cache of every segment's chunk bookkeeping (after a
+ * rollback or a maintenance pass changed what it describes). */
+static void map_forget_chunks(gw_store_t *st) {
+  for (size_t i = 0; i < st->map_cap; i++) st->map[i].ck_known = 0;
+}
+
+/* The chunk bookkeeping of segment db: w, filled from the database if not
+ * known yet. */
+static int w_chunk_state(gw_store_t *st, int64_t db, wseg_t *w) {
+  static const char sql[] = "SELECT count(*) FROM points WHERE stream = ?1";
+  sqlite3_stmt *s = NULL;
+  int rc;
+  if (w->ck_known) return SQLITE_OK;
+  rc = gws_chunk_last_step(st->wdb, db, &w->ck_last);
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(st->wdb, sql, -1, &s, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, db);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+      w->ck_rows = sqlite3_column_int64(s, 0);
+      w->ck_known = 1;
+      rc = SQLITE_OK;
+    }
+  }
+  sqlite3_finalize(s);
+  return rc;
+}
+
 /* Insert the points rows[i..j) of one segment (sorted by step), then update
- * its row and minute index once. A (segment, step) already stored is left
- * as it is and counted in c->dups. */
+ * its row and minute index once, then seal its rows into chunks of
+ * chunk_points. A (segment, step) already stored is left as it is and
+ * counted in c->dups; a step inside the sealed range goes into its chunk
+ * (store_chunks.c). */
 static int w_points(gw_store_t *st, size_t i, size_t j, wcount_t *c) {
   const prow_t *rw = st->rows;
   sqlite3_stmt *ins = st->ws[S_PT_INS], *s;
   int64_t db = rw[i].db, added = 0, seen = INT64_MIN, minute = 0, min_max = 0;
   int64_t lo = 0, hi = 0;
   int have_min = 0, rc = SQLITE_OK;
+  uint32_t sid = rw[i].sid;
+  wseg_t tmp = {0}, *w = sid < st->map_cap && st->map[sid].seg == db ? &st->map[sid] : &tmp;
+  rc = w_chunk_state(st, db, w);
   for (size_t x = i; x < j && rc == SQLITE_OK; x++) {
     int64_t m;
-    sqlite3_bind_int64(ins, 1, db);
-    sqlite3_bind_int64(ins, 2, rw[x].step);
-    sqlite3_bind_blob(ins, 3, rw[x].v, BLOB_BYTES, SQLITE_STATIC);
-    rc = wrun(st, ins, NULL);
-    if (rc != SQLITE_OK && gws_record_error(rc)) {
-      c->skipped++;
-      rc = SQLITE_OK;
-      continue;
-    }
-    if (rc != SQLITE_OK) break;
-    if (sqlite3_changes(st->wdb) == 0) { /* (segment, step) already stored */
-      c->dups++;
-      continue;
+    if (rw[x].step <= w->ck_last) { /* late: inside the sealed range */
+      int in = 0;
+      rc = gws_chunk_add_late(st->wdb, db, rw[x].step, rw[x].v, BLOB_BYTES, &in);
+      if (rc == SQLITE_CORRUPT) { /* that chunk is damaged: skip the point */
+        c->skipped++;
+        rc = SQLITE_OK;
+        continue;
+      }
+      if (rc != SQLITE_OK) break;
+      if (!in) {
+        c->dups++;
+        continue;
+      }
+    } else {
+      sqlite3_bind_int64(ins, 1, db);
+      sqlite3_bind_int64(ins, 2, rw[x].step);
+      sqlite3_bind_blob(ins, 3, rw[x].v, BLOB_BYTES, SQLITE_STATIC);
+      rc = wrun(st, ins, NULL);
+      if (rc != SQLITE_OK && gws_record_error(rc)) {
+        c->skipped++;
+        rc = SQLITE_OK;
+        continue;
+      }
+      if (rc != SQLITE_OK) break;
+      if (sqlite3_changes(st->wdb) == 0) { /* (segment, step) already stored */
+        c->dups++;
+        continue;
+      }
+      w->ck_rows++;
     }
     added++;
     if (!have_min) lo = rw[x].step;
@@ -423,6 +472,12 @@ static int w_points(gw_store_t *st, size_t i, size_t j, wcount_t *c) {
     sqlite3_bind_int64(s, 4, seen);
     sqlite3_bind_int64(s, 5, added);
     rc = wrun(st, s, NULL);
+  }
+  if (rc == SQLITE_OK && st->cfg.chunk_points && w->ck_rows >= st->cfg.chunk_points) {
+    int64_t sealed = 0;
+    rc = gws_chunk_seal(st->wdb, db, st->cfg.chunk_points, st->cfg.chunk_points, &sealed);
+    w->ck_rows -= sealed;
+    if (rc == SQLITE_OK) rc = gws_chunk_last_step(st->wdb, db, &w->ck_last);
   }
   if (rc == SQLITE_OK) c->points += (uint64_t)added;
   return rc;
@@ -497,6 +552,7 @@ static int w_chunk(gw_store_t *st, size_t *consumed, wcount_t *cnt) {
         st->rows[np].step = r->step;
         st->rows[np].recv = r->recv_ns;
         st->rows[np].ord = (uint32_t)np;
+        st->rows[np].sid = r->sid;
         st->rows[np].v = r->u.v;
         np++;
         break;
@@ -532,6 +588,7 @@ static int w_chunk(gw_store_t *st, size_t *consumed, wcount_t *cnt) {
   if (rc != SQLITE_OK) {
     wrollback(st);
     map_undo(st);
+    map_forget_chunks(st);
     memset(cnt, 0, sizeof *cnt);
     return rc;
   }
@@ -653,6 +710,7 @@ static int m_delete_upto(gw_store_t *st, sqlite3_stmt *dp, sqlite3_stmt *ds,
   sqlite3_bind_int64(dp, 2, max_step);
   rc = wrun(st, dp, NULL);
   n = sqlite3_changes64(st->wdb);
+  if (rc == SQLITE_OK) rc = gws_chunk_delete_upto(st->wdb, db, max_step, &n);
   if (rc == SQLITE_OK) *points += n;
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(ds, 1, db);
@@ -708,7 +766,9 @@ static const char *const msql[M_COUNT] = {
     [M_DEL_PTS] = "DELETE FROM points WHERE stream = ?1 AND step <= ?2",
     [M_DEL_SK] = "DELETE FROM sketches WHERE stream = ?1 AND step <= ?2",
     [M_UPD_ST] = "UPDATE streams SET points = max(points - ?2, 0), "
-                 "first_step = (SELECT min(step) FROM points WHERE stream = ?1) "
+                 "first_step = (SELECT min(f) FROM ("
+                 "SELECT min(first_step) AS f FROM chunks WHERE stream = ?1 "
+                 "UNION ALL SELECT min(step) FROM points WHERE stream = ?1)) "
                  "WHERE id = ?1",
     [M_RET_SEL] = "SELECT stream, max(max_step) FROM point_minutes "
                   "WHERE minute < ?1 GROUP BY stream",
@@ -858,6 +918,7 @@ static int w_maintain(gw_store_t *st, int do_retention) {
       rc = gws_exec(st->wdb, "PRAGMA wal_checkpoint(PASSIVE)");
   }
   if (rc != SQLITE_OK) wrollback(st);
+  map_forget_chunks(st); /* chunks and rows may be gone */
   for (int i = 0; i < M_COUNT; i++) sqlite3_finalize(m[i]);
   free(cuts);
   return rc;
@@ -1000,7 +1061,18 @@ void *gws_writer_main(void *arg) {
       pthread_mutex_lock(&st->q_mu);
       empty = !st->q_head && !st->p_head;
       pthread_mutex_unlock(&st->q_mu);
-      if (empty) break;
+      if (empty) {
+        if (!failing && st->cfg.chunk_points) { /* seal every tail: the
+                                                   rows cost 4x a chunk */
+          int64_t sealed = 0;
+          gws_db_lock(st);
+          int rc = gws_chunk_seal_all(st->wdb, st->cfg.chunk_points, GWS_SEAL_TAILS_ALL,
+                                      &sealed);
+          gws_db_unlock(st);
+          if (rc != SQLITE_OK) w_error(st, rc, 0, 0);
+        }
+        break;
+      }
       if (failing && mono_ms() >= close_deadline) {
         pthread_mutex_lock(&st->q_mu); /* nothing new arrives after close */
         take_fifo(st);
