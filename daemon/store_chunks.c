@@ -1,0 +1,476 @@
+/* store_chunks.c — a segment's points as compressed columnar chunks
+ * (chunk.h) beside the points rows: sealing rows into chunks, the rare late
+ * point that falls inside a sealed range, deleting by step, counting, and
+ * the point cursor every series read goes through.
+ *
+ * Layout of one segment's points (schema v3):
+ *   chunks(stream, first_step, last_step, n, blob): sealed runs of points,
+ *       step ranges disjoint, each blob a gw_chunk of GW_METRIC_COUNT columns;
+ *   points(stream, step, v): the open, partial chunk — every row's step is
+ *       greater than the last chunk's last_step.
+ * A point is in exactly one of the two. Sealing (gws_chunk_seal) moves the
+ * oldest rows of a segment into one chunk, inserting the chunk and deleting
+ * the rows in the caller's transaction, so a kill -9 at any moment leaves
+ * every committed point either still a row or already in its chunk. A point
+ * arriving with a step at or below the last chunk's last_step (a late point)
+ * is merged into the chunk whose range it falls in or next to (decoded,
+ * re-encoded), so the invariant holds and readers read chunks, then rows.
+ *
+ * Readers (gws_pcur_*) walk the chunks overlapping [lo, hi] in step order,
+ * decoding one at a time, then the rows: one segment's points in step
+ * order, as the points table alone gave them before.
+ *
+ * Callers hold the connection (writer thread, or a reader's connection in
+ * a read transaction); nothing here is shared state.
+ */
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chunk.h"
+#include "store_int.h"
+
+#define CHUNK_LEVEL 3
+
+static int step_done(sqlite3_stmt *s) {
+  int rc = sqlite3_step(s);
+  return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Decode a chunk blob into points; SQLite-style code (SQLITE_CORRUPT for a
+ * blob that does not decode, SQLITE_NOMEM). */
+static int decode(const void *blob, int bytes, uint64_t **steps, double **vals, size_t *n,
+                  size_t *ncols) {
+  int rc = gw_chunk_decode(blob, bytes > 0 ? (size_t)bytes : 0, steps, vals, n, ncols);
+  if (rc == GW_ENOMEM) return SQLITE_NOMEM;
+  return rc ? SQLITE_CORRUPT : SQLITE_OK;
+}
+
+/* Insert one chunk of n points (values n x GW_METRIC_COUNT). */
+static int put_chunk(sqlite3 *db, int64_t seg, const uint64_t *steps, const double *vals,
+                     size_t n) {
+  static const char sql[] =
+      "INSERT INTO chunks(stream, first_step, last_step, n, blob) VALUES(?1, ?2, ?3, ?4, ?5)";
+  gw_buf_t b = {0};
+  sqlite3_stmt *s = NULL;
+  int rc;
+  if (n == 0) return SQLITE_OK;
+  rc = gw_chunk_encode(steps, vals, n, GW_METRIC_COUNT, CHUNK_LEVEL, &b);
+  if (rc) {
+    gw_buf_free(&b);
+    return rc == GW_ENOMEM ? SQLITE_NOMEM : SQLITE_ERROR;
+  }
+  rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, seg);
+    sqlite3_bind_int64(s, 2, (int64_t)steps[0]);
+    sqlite3_bind_int64(s, 3, (int64_t)steps[n - 1]);
+    sqlite3_bind_int64(s, 4, (int64_t)n);
+    sqlite3_bind_blob(s, 5, b.p, (int)b.len, SQLITE_STATIC);
+    rc = step_done(s);
+  }
+  sqlite3_finalize(s);
+  gw_buf_free(&b);
+  return rc;
+}
+
+/* One row's blob as GW_METRIC_COUNT doubles (missing metrics NAN, as the
+ * readers of rows give them). */
+static void unpack_row(const unsigned char *v, int bytes, double *out) {
+  for (int m = 0; m < GW_METRIC_COUNT; m++)
+    out[m] = (m + 1) * 8 <= bytes ? gws_get_f64le(v + 8 * m) : NAN;
+}
+
+int gws_chunk_seal(sqlite3 *db, int64_t seg, size_t chunk_n, size_t min_n, int64_t *sealed) {
+  static const char sql_sel[] =
+      "SELECT step, v FROM points WHERE stream = ?1 ORDER BY step LIMIT ?2";
+  static const char sql_del[] = "DELETE FROM points WHERE stream = ?1 AND step <= ?2";
+  sqlite3_stmt *sel = NULL, *del = NULL;
+  uint64_t *steps = malloc(chunk_n * sizeof *steps);
+  double *vals = malloc(chunk_n * GW_METRIC_COUNT * sizeof *vals);
+  int rc = steps && vals ? SQLITE_OK : SQLITE_NOMEM;
+  if (min_n == 0) min_n = 1;
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, sql_sel, -1, &sel, NULL);
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, sql_del, -1, &del, NULL);
+  while (rc == SQLITE_OK) {
+    size_t n = 0;
+    sqlite3_bind_int64(sel, 1, seg);
+    sqlite3_bind_int64(sel, 2, (int64_t)chunk_n);
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+      steps[n] = (uint64_t)sqlite3_column_int64(sel, 0);
+      unpack_row(sqlite3_column_blob(sel, 1), sqlite3_column_bytes(sel, 1),
+                 vals + n * GW_METRIC_COUNT);
+      n++;
+    }
+    sqlite3_reset(sel);
+    if (rc != SQLITE_DONE) break;
+    rc = SQLITE_OK;
+    if (n < min_n) break;
+    rc = put_chunk(db, seg, steps, vals, n);
+    if (rc == SQLITE_OK) {
+      sqlite3_bind_int64(del, 1, seg);
+      sqlite3_bind_int64(del, 2, (int64_t)steps[n - 1]);
+      rc = step_done(del);
+      sqlite3_reset(del);
+    }
+    if (rc == SQLITE_OK && sealed) *sealed += (int64_t)n;
+    if (n < chunk_n) break; /* that was the tail */
+  }
+  sqlite3_finalize(sel);
+  sqlite3_finalize(del);
+  free(steps);
+  free(vals);
+  return rc;
+}
+
+int gws_chunk_last_step(sqlite3 *db, int64_t seg, int64_t *last) {
+  static const char sql[] =
+      "SELECT last_step FROM chunks WHERE stream = ?1 ORDER BY first_step DESC LIMIT 1";
+  sqlite3_stmt *s = NULL;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+  *last = INT64_MIN;
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, seg);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) *last = sqlite3_column_int64(s, 0);
+    rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+  }
+  sqlite3_finalize(s);
+  return rc;
+}
+
+/* Replace chunk (seg, old_first) by the n points given. */
+static int replace_chunk(sqlite3 *db, int64_t seg, int64_t old_first, const uint64_t *steps,
+                         const double *vals, size_t n) {
+  static const char sql[] = "DELETE FROM chunks WHERE stream = ?1 AND first_step = ?2";
+  sqlite3_stmt *s = NULL;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, seg);
+    sqlite3_bind_int64(s, 2, old_first);
+    rc = step_done(s);
+  }
+  sqlite3_finalize(s);
+  if (rc == SQLITE_OK) rc = put_chunk(db, seg, steps, vals, n);
+  return rc;
+}
+
+int gws_chunk_add_late(sqlite3 *db, int64_t seg, int64_t step, const unsigned char *v,
+                       int bytes, int *added) {
+  /* the chunk the step falls in or follows; else the first one */
+  static const char sql[] =
+      "SELECT first_step, blob FROM chunks WHERE stream = ?1 "
+      "ORDER BY (first_step <= ?2) DESC, "
+      "CASE WHEN first_step <= ?2 THEN -first_step ELSE first_step END LIMIT 1";
+  sqlite3_stmt *s = NULL;
+  uint64_t *steps = NULL, *ns = NULL;
+  double *vals = NULL, *nv = NULL;
+  size_t n = 0, ncols = 0, pos;
+  int64_t first = 0;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+  *added = 0;
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, seg);
+    sqlite3_bind_int64(s, 2, step);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+      first = sqlite3_column_int64(s, 0);
+      rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1), &steps, &vals, &n,
+                  &ncols);
+    } else if (rc == SQLITE_DONE) {
+      rc = SQLITE_ERROR; /* the caller saw a chunk: cannot happen */
+    }
+  }
+  sqlite3_finalize(s);
+  if (rc == SQLITE_OK && ncols != GW_METRIC_COUNT) rc = SQLITE_CORRUPT;
+  if (rc != SQLITE_OK) goto done;
+  for (pos = 0; pos < n && (int64_t)steps[pos] < step; pos++) {
+  }
+  if (pos < n && (int64_t)steps[pos] == step) goto done; /* a duplicate */
+  ns = malloc((n + 1) * sizeof *ns);
+  nv = malloc((n + 1) * GW_METRIC_COUNT * sizeof *nv);
+  if (!ns || !nv) {
+    rc = SQLITE_NOMEM;
+    goto done;
+  }
+  memcpy(ns, steps, pos * sizeof *ns);
+  memcpy(nv, vals, pos * GW_METRIC_COUNT * sizeof *nv);
+  ns[pos] = (uint64_t)step;
+  unpack_row(v, bytes, nv + pos * GW_METRIC_COUNT);
+  memcpy(ns + pos + 1, steps + pos, (n - pos) * sizeof *ns);
+  memcpy(nv + (pos + 1) * GW_METRIC_COUNT, vals + pos * GW_METRIC_COUNT,
+         (n - pos) * GW_METRIC_COUNT * sizeof *nv);
+  rc = replace_chunk(db, seg, first, ns, nv, n + 1);
+  if (rc == SQLITE_OK) *added = 1;
+done:
+  free(steps);
+  free(vals);
+  free(ns);
+  free(nv);
+  return rc;
+}
+
+int gws_chunk_delete_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *deleted) {
+  static const char sql_cnt[] =
+      "SELECT coalesce(sum(n), 0) FROM chunks WHERE stream = ?1 AND last_step <= ?2";
+  static const char sql_del[] = "DELETE FROM chunks WHERE stream = ?1 AND last_step <= ?2";
+  static const char sql_cut[] =
+      "SELECT first_step, blob FROM chunks WHERE stream = ?1 AND first_step <= ?2 "
+      "AND last_step > ?2";
+  sqlite3_stmt *s = NULL;
+  uint64_t *steps = NULL;
+  double *vals = NULL;
+  size_t n = 0, ncols = 0, k = 0;
+  int64_t first = 0;
+  int have = 0;
+  int rc = sqlite3_prepare_v2(db, sql_cnt, -1, &s, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, seg);
+    sqlite3_bind_int64(s, 2, max_step);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+      *deleted += sqlite3_column_int64(s, 0);
+      rc = SQLITE_OK;
+    }
+  }
+  sqlite3_finalize(s);
+  s = NULL;
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, sql_del, -1, &s, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, seg);
+    sqlite3_bind_int64(s, 2, max_step);
+    rc = step_done(s);
+  }
+  sqlite3_finalize(s);
+  s = NULL;
+  /* at most one chunk straddles the cut: keep its points above it */
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, sql_cut, -1, &s, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, seg);
+    sqlite3_bind_int64(s, 2, max_step);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+      have = 1;
+      first = sqlite3_column_int64(s, 0);
+      rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1), &steps, &vals, &n,
+                  &ncols);
+    } else if (rc == SQLITE_DONE) {
+      rc = SQLITE_OK;
+    }
+  }
+  sqlite3_finalize(s);
+  if (rc == SQLITE_OK && have && ncols != GW_METRIC_COUNT) rc = SQLITE_CORRUPT;
+  if (rc == SQLITE_OK && have) {
+    while (k < n && (int64_t)steps[k] <= max_step) k++;
+    *deleted += (int64_t)k;
+    rc = replace_chunk(db, seg, first, steps + k, vals + k * GW_METRIC_COUNT, n - k);
+  }
+  free(steps);
+  free(vals);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- reads */
+
+/* Chunks of a segment that overlap [?2, ?3], in step order: those from the
+ * one holding ?2 (the last starting at or before it) up to ?3. */
+#define CHUNKS_IN_RANGE                                                              \
+  "FROM chunks WHERE stream = ?1 AND first_step <= ?3 AND last_step >= ?2 "          \
+  "AND first_step >= coalesce((SELECT max(first_step) FROM chunks "                   \
+  "WHERE stream = ?1 AND first_step <= ?2), -9223372036854775807 - 1) "
+
+int gws_chunk_count(sqlite3 *db, int64_t seg, int64_t lo, int64_t hi, int64_t *n,
+                    int64_t *min, int64_t *max) {
+  static const char sql_rows[] =
+      "SELECT count(*), min(step), max(step) FROM points WHERE stream = ?1 "
+      "AND step BETWEEN ?2 AND ?3";
+  static const char sql_in[] =
+      "SELECT coalesce(sum(n), 0), min(first_step), max(last_step) " CHUNKS_IN_RANGE
+      "AND first_step >= ?2 AND last_step <= ?3";
+  static const char sql_edge[] =
+      "SELECT blob " CHUNKS_IN_RANGE "AND (first_step < ?2 OR last_step > ?3)";
+  const char *const q3[2] = {sql_rows, sql_in};
+  sqlite3_stmt *s = NULL;
+  int rc = SQLITE_OK;
+  *n = 0;
+  *min = INT64_MAX;
+  *max = INT64_MIN;
+  if (lo > hi) return 0;
+  for (int q = 0; q < 2 && rc == SQLITE_OK; q++) {
+    rc = sqlite3_prepare_v2(db, q3[q], -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+      sqlite3_bind_int64(s, 1, seg);
+      sqlite3_bind_int64(s, 2, lo);
+      sqlite3_bind_int64(s, 3, hi);
+      rc = sqlite3_step(s);
+      if (rc == SQLITE_ROW) {
+        rc = SQLITE_OK;
+        *n += sqlite3_column_int64(s, 0);
+        if (sqlite3_column_type(s, 1) != SQLITE_NULL && sqlite3_column_int64(s, 1) < *min)
+          *min = sqlite3_column_int64(s, 1);
+        if (sqlite3_column_type(s, 2) != SQLITE_NULL && sqlite3_column_int64(s, 2) > *max)
+          *max = sqlite3_column_int64(s, 2);
+      }
+    }
+    sqlite3_finalize(s);
+    s = NULL;
+  }
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, sql_edge, -1, &s, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, seg);
+    sqlite3_bind_int64(s, 2, lo);
+    sqlite3_bind_int64(s, 3, hi);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+      uint64_t *steps = NULL;
+      double *vals = NULL;
+      size_t k = 0, nc = 0;
+      rc = decode(sqlite3_column_blob(s, 0), sqlite3_column_bytes(s, 0), &steps, &vals, &k,
+                  &nc);
+      for (size_t i = 0; rc == SQLITE_OK && i < k; i++) {
+        int64_t t = (int64_t)steps[i];
+        if (t < lo || t > hi) continue;
+        (*n)++;
+        if (t < *min) *min = t;
+        if (t > *max) *max = t;
+      }
+      free(steps);
+      free(vals);
+    }
+    if (rc == SQLITE_DONE) rc = SQLITE_OK;
+  }
+  sqlite3_finalize(s);
+  return gws_map_rc(rc);
+}
+
+void gws_pcur_close(gws_pcur_t *c) {
+  sqlite3_finalize(c->ck);
+  sqlite3_finalize(c->rw);
+  free(c->steps);
+  free(c->vals);
+  memset(c, 0, sizeof *c);
+}
+
+int gws_pcur_open(gws_pcur_t *c, sqlite3 *db, int64_t seg, int64_t lo, int64_t hi) {
+  static const char sql_ck[] = "SELECT blob " CHUNKS_IN_RANGE "ORDER BY first_step";
+  static const char sql_rw[] =
+      "SELECT step, v FROM points WHERE stream = ?1 AND step BETWEEN ?2 AND ?3 "
+      "ORDER BY step";
+  int rc;
+  memset(c, 0, sizeof *c);
+  c->lo = lo;
+  c->hi = hi;
+  rc = sqlite3_prepare_v2(db, sql_ck, -1, &c->ck, NULL);
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, sql_rw, -1, &c->rw, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_stmt *s[2] = {c->ck, c->rw};
+    for (int i = 0; i < 2; i++) {
+      sqlite3_bind_int64(s[i], 1, seg);
+      sqlite3_bind_int64(s[i], 2, lo);
+      sqlite3_bind_int64(s[i], 3, hi);
+    }
+  }
+  if (rc != SQLITE_OK) {
+    gws_pcur_close(c);
+    return gws_map_rc(rc);
+  }
+  return gws_pcur_next(c);
+}
+
+int gws_pcur_next(gws_pcur_t *c) {
+  int rc;
+  c->has = 0;
+  while (!c->rows) {
+    while (c->i < c->n) { /* the decoded chunk */
+      size_t i = c->i++;
+      int64_t t = (int64_t)c->steps[i];
+      if (t < c->lo) continue;
+      if (t > c->hi) break;
+      c->has = 1;
+      c->step = t;
+      c->cv = c->vals + i * c->ncols;
+      return 0;
+    }
+    free(c->steps);
+    free(c->vals);
+    c->steps = NULL;
+    c->vals = NULL;
+    c->n = c->i = 0;
+    rc = sqlite3_step(c->ck);
+    if (rc == SQLITE_ROW) {
+      rc = decode(sqlite3_column_blob(c->ck, 0), sqlite3_column_bytes(c->ck, 0), &c->steps,
+                  &c->vals, &c->n, &c->ncols);
+      if (rc != SQLITE_OK) return gws_map_rc(rc);
+      continue;
+    }
+    if (rc != SQLITE_DONE) return gws_map_rc(rc);
+    c->rows = 1;
+  }
+  c->cv = NULL;
+  rc = sqlite3_step(c->rw);
+  if (rc == SQLITE_ROW) {
+    c->has = 1;
+    c->step = sqlite3_column_int64(c->rw, 0);
+    c->blob = sqlite3_column_blob(c->rw, 1);
+    c->bytes = sqlite3_column_bytes(c->rw, 1);
+    return 0;
+  }
+  return rc == SQLITE_DONE ? 0 : gws_map_rc(rc);
+}
+
+double gws_pcur_metric(const gws_pcur_t *c, int m) {
+  if (c->cv) return (size_t)m < c->ncols ? c->cv[m] : NAN;
+  return (m + 1) * 8 <= c->bytes ? gws_get_f64le(c->blob + 8 * m) : NAN;
+}
+
+/* ---------------------------------------------------------- whole store */
+
+int gws_chunk_seal_all(sqlite3 *db, size_t chunk_n, int tails, int64_t *sealed) {
+  /* segments with a full chunk of rows, or (tails) any rows at all of a
+   * segment not live; one transaction per segment keeps memory and the
+   * WAL bounded, and a pass cut short is simply resumed by the next */
+  static const char sql[] =
+      "SELECT p.stream, count(*), s.live FROM points p JOIN streams s ON s.id = p.stream "
+      "GROUP BY p.stream";
+  sqlite3_stmt *s = NULL;
+  int64_t *segs = NULL;
+  size_t n = 0, cap = 0;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+  while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    int64_t cnt = sqlite3_column_int64(s, 1);
+    int live = sqlite3_column_int(s, 2);
+    int tail = tails == GWS_SEAL_TAILS_ALL || (tails == GWS_SEAL_TAILS_IDLE && !live);
+    rc = SQLITE_OK;
+    if (cnt < (int64_t)chunk_n && !tail) continue;
+    if (n == cap) {
+      size_t nc = cap ? 2 * cap : 64;
+      int64_t *g = realloc(segs, nc * sizeof *g);
+      if (!g) {
+        rc = SQLITE_NOMEM;
+        break;
+      }
+      segs = g;
+      cap = nc;
+    }
+    segs[n] = sqlite3_column_int64(s, 0) * 2 + tail;
+    n++;
+  }
+  if (rc == SQLITE_DONE) rc = SQLITE_OK;
+  sqlite3_finalize(s);
+  for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
+    int64_t seg = segs[i] / 2;
+    size_t min_n = (segs[i] & 1) ? 1 : chunk_n;
+    rc = gws_exec(db, "BEGIN IMMEDIATE");
+    if (rc == SQLITE_OK) rc = gws_chunk_seal(db, seg, chunk_n, min_n, sealed);
+    if (rc == SQLITE_OK) rc = gws_exec(db, "COMMIT");
+    if (rc != SQLITE_OK && !sqlite3_get_autocommit(db)) gws_exec(db, "ROLLBACK");
+    if (rc == SQLITE_OK && i % 16 == 15) /* keep the WAL of a long pass short */
+      sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+  }
+  if (rc == SQLITE_OK && n > 0) { /* give the rows' pages back */
+    rc = gws_exec(db, "PRAGMA incremental_vacuum");
+    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+  }
+  free(segs);
+  return rc;
+}
