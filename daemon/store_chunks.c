@@ -40,23 +40,149 @@ static int step_done(sqlite3_stmt *s) {
 
 /* Decode a chunk blob into points; SQLite-style code (SQLITE_CORRUPT for a
  * blob that does not decode, SQLITE_NOMEM). */
-static int decode(const void *blob, int bytes, uint64_t **steps, double **vals, size_t *n,
-                  size_t *ncols) {
+static void xf_decode(double *vals, size_t n, size_t ncols, int xf);
+
+static int decode(const void *blob, int bytes, int xf, uint64_t **steps, double **vals,
+                  size_t *n, size_t *ncols) {
   int rc = gw_chunk_decode(blob, bytes > 0 ? (size_t)bytes : 0, steps, vals, n, ncols);
   if (rc == GW_ENOMEM) return SQLITE_NOMEM;
-  return rc ? SQLITE_CORRUPT : SQLITE_OK;
+  if (rc) return SQLITE_CORRUPT;
+  xf_decode(*vals, *n, *ncols, xf);
+  return SQLITE_OK;
+}
+
+/* ---------------------------------------------------- derived columns
+ *
+ * Columns that are exact functions of others are not stored when, for
+ * every point of a chunk, the function gives them back bit for bit; the
+ * chunk's xf bits say which (0: all 49 stored). The engine computes
+ *   kappa_X     = path_X / zw        (one window energy zw, or NAN if 0)
+ *   kappa_X_cum = path_X_cum / cz    (one cumulative energy cz)
+ *   kappa_best  = the kappa_X named by best_predictor (NAN if that is)
+ * so a chunk stores d (a zw or cz that reproduces all three quotients) in
+ * the first kappa column and zeros in the other two, and zeros for
+ * kappa_best. Nothing is assumed: the encoder checks each reconstruction
+ * with the decoder's own arithmetic and keeps the columns otherwise. */
+enum { XF_WIN = 1, XF_CUM = 2, XF_BEST = 4 };
+
+static const int xf_win_p[3] = {GW_METRIC_PATH_ONESTEP, GW_METRIC_PATH_EMA,
+                                GW_METRIC_PATH_LINEAR};
+static const int xf_win_k[3] = {GW_METRIC_KAPPA_ONESTEP, GW_METRIC_KAPPA_EMA,
+                                GW_METRIC_KAPPA_LINEAR};
+static const int xf_cum_p[3] = {GW_METRIC_PATH_ONESTEP_CUM, GW_METRIC_PATH_EMA_CUM,
+                                GW_METRIC_PATH_LINEAR_CUM};
+static const int xf_cum_k[3] = {GW_METRIC_KAPPA_ONESTEP_CUM, GW_METRIC_KAPPA_EMA_CUM,
+                                GW_METRIC_KAPPA_LINEAR_CUM};
+
+static int same_bits(double a, double b) { return memcmp(&a, &b, sizeof a) == 0; }
+
+/* kappa = path / d, or NAN (the engine's) when d is NaN. */
+static double quot(double path, double d) { return isnan(d) ? (double)NAN : path / d; }
+
+static int quot_ok(const double *row, const int p[3], const int k[3], double d) {
+  for (int i = 0; i < 3; i++)
+    if (!same_bits(quot(row[p[i]], d), row[k[i]])) return 0;
+  return 1;
+}
+
+/* A d reproducing the three quotients of this point, or 0. */
+static int find_d(const double *row, const int p[3], const int k[3], double *d) {
+  if (quot_ok(row, p, k, (double)NAN)) {
+    *d = (double)NAN;
+    return 1;
+  }
+  if (quot_ok(row, p, k, 1.0)) {
+    *d = 1.0;
+    return 1;
+  }
+  for (int i = 0; i < 3; i++) {
+    double pi = row[p[i]], ki = row[k[i]];
+    if (!isfinite(pi) || !isfinite(ki) || ki == 0) continue;
+    double c = pi / ki, lo = c, hi = c;
+    if (!isfinite(c) || c == 0) continue;
+    if (quot_ok(row, p, k, c)) {
+      *d = c;
+      return 1;
+    }
+    for (int u = 0; u < 4; u++) {
+      lo = nextafter(lo, -INFINITY);
+      hi = nextafter(hi, INFINITY);
+      if (quot_ok(row, p, k, lo)) {
+        *d = lo;
+        return 1;
+      }
+      if (quot_ok(row, p, k, hi)) {
+        *d = hi;
+        return 1;
+      }
+    }
+  }
+  return 0;
+}
+
+static double best_of(const double *row) {
+  double b = row[GW_METRIC_BEST_PREDICTOR];
+  if (b == 0 || b == 1 || b == 2) return row[xf_win_k[(int)b]];
+  return (double)NAN;
+}
+
+/* Replace derivable columns of vals (n rows) in place; the xf bits. */
+static int xf_encode(double *vals, size_t n) {
+  int xf = XF_WIN | XF_CUM | XF_BEST;
+  const int *const ps[2] = {xf_win_p, xf_cum_p}, *const ks[2] = {xf_win_k, xf_cum_k};
+  double *d = malloc(2 * (n ? n : 1) * sizeof *d);
+  if (!d) return 0;
+  for (size_t r = 0; r < n && xf; r++) {
+    const double *row = vals + r * GW_METRIC_COUNT;
+    if ((xf & XF_BEST) && !same_bits(best_of(row), row[GW_METRIC_KAPPA_BEST])) xf &= ~XF_BEST;
+    for (int g = 0; g < 2; g++)
+      if ((xf & (1 << g)) && !find_d(row, ps[g], ks[g], &d[2 * r + g])) xf &= ~(1 << g);
+  }
+  for (size_t r = 0; r < n && xf; r++) {
+    double *row = vals + r * GW_METRIC_COUNT;
+    if (xf & XF_BEST) row[GW_METRIC_KAPPA_BEST] = 0;
+    for (int g = 0; g < 2; g++)
+      if (xf & (1 << g)) {
+        row[ks[g][0]] = d[2 * r + g];
+        row[ks[g][1]] = row[ks[g][2]] = 0;
+      }
+  }
+  free(d);
+  return xf;
+}
+
+/* Undo xf_encode. */
+static void xf_decode(double *vals, size_t n, size_t ncols, int xf) {
+  const int *const ps[2] = {xf_win_p, xf_cum_p}, *const ks[2] = {xf_win_k, xf_cum_k};
+  if (!xf || ncols != GW_METRIC_COUNT) return;
+  for (size_t r = 0; r < n; r++) {
+    double *row = vals + r * GW_METRIC_COUNT;
+    for (int g = 0; g < 2; g++)
+      if (xf & (1 << g)) {
+        double d = row[ks[g][0]];
+        for (int i = 0; i < 3; i++) row[ks[g][i]] = quot(row[ps[g][i]], d);
+      }
+    if (xf & XF_BEST) row[GW_METRIC_KAPPA_BEST] = best_of(row);
+  }
 }
 
 /* Insert one chunk of n points (values n x GW_METRIC_COUNT). */
 static int put_chunk(sqlite3 *db, int64_t seg, const uint64_t *steps, const double *vals,
                      size_t n) {
   static const char sql[] =
-      "INSERT INTO chunks(stream, first_step, last_step, n, blob) VALUES(?1, ?2, ?3, ?4, ?5)";
-  gw_buf_t b = {0};
+      "INSERT INTO chunks(stream, first_step, last_step, n, blob, xf) "
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6)";
+  gw_buf_t b;
   sqlite3_stmt *s = NULL;
-  int rc;
+  double *tv;
+  int rc, xf;
   if (n == 0) return SQLITE_OK;
-  rc = gw_chunk_encode(steps, vals, n, GW_METRIC_COUNT, CHUNK_LEVEL, &b);
+  gw_buf_init(&b);
+  if (!(tv = malloc(n * GW_METRIC_COUNT * sizeof *tv))) return SQLITE_NOMEM;
+  memcpy(tv, vals, n * GW_METRIC_COUNT * sizeof *tv);
+  xf = xf_encode(tv, n);
+  rc = gw_chunk_encode(steps, tv, n, GW_METRIC_COUNT, CHUNK_LEVEL, &b);
+  free(tv);
   if (rc) {
     gw_buf_free(&b);
     return rc == GW_ENOMEM ? SQLITE_NOMEM : SQLITE_ERROR;
@@ -68,6 +194,7 @@ static int put_chunk(sqlite3 *db, int64_t seg, const uint64_t *steps, const doub
     sqlite3_bind_int64(s, 3, (int64_t)steps[n - 1]);
     sqlite3_bind_int64(s, 4, (int64_t)n);
     sqlite3_bind_blob(s, 5, b.p, (int)b.len, SQLITE_STATIC);
+    sqlite3_bind_int(s, 6, xf);
     rc = step_done(s);
   }
   sqlite3_finalize(s);
@@ -160,7 +287,7 @@ int gws_chunk_add_late(sqlite3 *db, int64_t seg, int64_t step, const unsigned ch
                        int bytes, int *added) {
   /* the chunk the step falls in or follows; else the first one */
   static const char sql[] =
-      "SELECT first_step, blob FROM chunks WHERE stream = ?1 "
+      "SELECT first_step, blob, xf FROM chunks WHERE stream = ?1 "
       "ORDER BY (first_step <= ?2) DESC, "
       "CASE WHEN first_step <= ?2 THEN -first_step ELSE first_step END LIMIT 1";
   sqlite3_stmt *s = NULL;
@@ -176,8 +303,8 @@ int gws_chunk_add_late(sqlite3 *db, int64_t seg, int64_t step, const unsigned ch
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
       first = sqlite3_column_int64(s, 0);
-      rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1), &steps, &vals, &n,
-                  &ncols);
+      rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1),
+                  sqlite3_column_int(s, 2), &steps, &vals, &n, &ncols);
     } else if (rc == SQLITE_DONE) {
       rc = SQLITE_ERROR; /* the caller saw a chunk: cannot happen */
     }
@@ -216,7 +343,7 @@ int gws_chunk_delete_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *d
       "SELECT coalesce(sum(n), 0) FROM chunks WHERE stream = ?1 AND last_step <= ?2";
   static const char sql_del[] = "DELETE FROM chunks WHERE stream = ?1 AND last_step <= ?2";
   static const char sql_cut[] =
-      "SELECT first_step, blob FROM chunks WHERE stream = ?1 AND first_step <= ?2 "
+      "SELECT first_step, blob, xf FROM chunks WHERE stream = ?1 AND first_step <= ?2 "
       "AND last_step > ?2";
   sqlite3_stmt *s = NULL;
   uint64_t *steps = NULL;
@@ -253,8 +380,8 @@ int gws_chunk_delete_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *d
     if (rc == SQLITE_ROW) {
       have = 1;
       first = sqlite3_column_int64(s, 0);
-      rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1), &steps, &vals, &n,
-                  &ncols);
+      rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1),
+                  sqlite3_column_int(s, 2), &steps, &vals, &n, &ncols);
     } else if (rc == SQLITE_DONE) {
       rc = SQLITE_OK;
     }
@@ -325,8 +452,8 @@ int gws_chunk_count(sqlite3 *db, int64_t seg, int64_t lo, int64_t hi, int64_t *n
       uint64_t *steps = NULL;
       double *vals = NULL;
       size_t k = 0, nc = 0;
-      rc = decode(sqlite3_column_blob(s, 0), sqlite3_column_bytes(s, 0), &steps, &vals, &k,
-                  &nc);
+      rc = decode(sqlite3_column_blob(s, 0), sqlite3_column_bytes(s, 0), 0, &steps, &vals, &k,
+                  &nc); /* steps only: the columns stay as stored */
       for (size_t i = 0; rc == SQLITE_OK && i < k; i++) {
         int64_t t = (int64_t)steps[i];
         if (t < lo || t > hi) continue;
@@ -352,7 +479,7 @@ void gws_pcur_close(gws_pcur_t *c) {
 }
 
 int gws_pcur_open(gws_pcur_t *c, sqlite3 *db, int64_t seg, int64_t lo, int64_t hi) {
-  static const char sql_ck[] = "SELECT blob " CHUNKS_IN_RANGE "ORDER BY first_step";
+  static const char sql_ck[] = "SELECT blob, xf " CHUNKS_IN_RANGE "ORDER BY first_step";
   static const char sql_rw[] =
       "SELECT step, v FROM points WHERE stream = ?1 AND step BETWEEN ?2 AND ?3 "
       "ORDER BY step";
@@ -398,8 +525,8 @@ int gws_pcur_next(gws_pcur_t *c) {
     c->n = c->i = 0;
     rc = sqlite3_step(c->ck);
     if (rc == SQLITE_ROW) {
-      rc = decode(sqlite3_column_blob(c->ck, 0), sqlite3_column_bytes(c->ck, 0), &c->steps,
-                  &c->vals, &c->n, &c->ncols);
+      rc = decode(sqlite3_column_blob(c->ck, 0), sqlite3_column_bytes(c->ck, 0),
+                  sqlite3_column_int(c->ck, 1), &c->steps, &c->vals, &c->n, &c->ncols);
       if (rc != SQLITE_OK) return gws_map_rc(rc);
       continue;
     }

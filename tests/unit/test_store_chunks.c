@@ -117,7 +117,11 @@ static double bits_double(uint64_t u) {
 }
 
 /* A point whose every field comes from (tag, step, inc): smooth values,
- * NaNs in patterns, a NaN with a payload, -0.0, a subnormal. */
+ * NaNs in patterns, a NaN with a payload, -0.0, a subnormal. The quotient
+ * columns are computed as the engine does (kappa = path / energy, the best
+ * one copied), so chunks may leave them out, except in steps 200..230 where
+ * they are independent, so chunks there must keep them; every 13th step the
+ * window energy is 0 (the engine's NANs). */
 static gw_point_t mkpoint(uint32_t sid, uint64_t step, uint64_t inc, int64_t recv) {
   gw_point_t p;
   uint64_t x = (uint64_t)sid * 1000003u + step * 7919u + inc;
@@ -131,10 +135,34 @@ static gw_point_t mkpoint(uint32_t sid, uint64_t step, uint64_t inc, int64_t rec
   p.window_len = (uint32_t)(step < 64 ? step : 64);
   p.path_onestep = 100 + (double)step * 0.01 + unif(&x);
   p.path_ema = unif(&x) * 100;
-  p.kappa_onestep = step % 7 == 0 ? NAN : unif(&x) * 3;
-  p.kappa_ema = step % 7 == 0 ? bits_double(0x7ff8dead00000000ull + step) : unif(&x) * 2;
-  p.kappa_onestep_cum = step % 10 == 0 ? -0.0 : unif(&x) / 3;
-  p.kappa_ema_cum = step % 9 == 0 ? 4.9e-324 : -unif(&x);
+  p.path_linear = step % 10 == 0 ? -0.0 : unif(&x) * 90;
+  double zw = step % 13 == 0 ? 0 : 1 + unif(&x) * 1e3;
+  p.kappa_onestep = zw != 0 ? p.path_onestep / zw : NAN;
+  p.kappa_ema = zw != 0 ? p.path_ema / zw : NAN;
+  p.kappa_linear = zw != 0 ? p.path_linear / zw : NAN;
+  if (zw != 0) {
+    int b = 0;
+    double bp = p.path_onestep;
+    if (p.path_ema < bp) b = 1, bp = p.path_ema;
+    if (p.path_linear < bp) b = 2, bp = p.path_linear;
+    p.best_predictor = b;
+    p.kappa_best = bp / zw;
+  } else {
+    p.best_predictor = NAN;
+    p.kappa_best = NAN;
+  }
+  double cz = 1e4 + (double)step * 3.7 + unif(&x);
+  p.path_onestep_cum = (double)step * 101.3 + unif(&x);
+  p.path_ema_cum = (double)step * 55.1 + unif(&x);
+  p.path_linear_cum = step % 9 == 0 ? 4.9e-324 : (double)step * 45.5 + unif(&x);
+  p.kappa_onestep_cum = p.path_onestep_cum / cz;
+  p.kappa_ema_cum = p.path_ema_cum / cz;
+  p.kappa_linear_cum = p.path_linear_cum / cz;
+  if (step >= 200 && step <= 230) { /* independent columns */
+    p.kappa_ema = step % 7 == 0 ? bits_double(0x7ff8dead00000000ull + step) : unif(&x) * 2;
+    p.kappa_linear_cum = -unif(&x);
+    p.kappa_best = unif(&x);
+  }
   p.rank_90 = (uint32_t)(step / 8 % 13);
   p.rank_99 = (uint32_t)(step / 8 % 17);
   p.stable_rank = step % 11 == 0 ? NAN : 1 + unif(&x) * 10;
@@ -338,6 +366,10 @@ static void same_answers(void **state) {
   assert_true(raw_int(f->path[1], "SELECT count(*) FROM chunks") > 100);
   assert_true(raw_int(f->path[2], "SELECT count(*) FROM chunks") >= NTAG);
   assert_int_equal(raw_int(f->path[0], "SELECT count(*) FROM chunks"), 0);
+  /* derived columns left out where they reproduce, kept where they do not */
+  assert_true(raw_int(f->path[1], "SELECT count(*) FROM chunks WHERE xf = 7") > 50);
+  assert_true(raw_int(f->path[1], "SELECT count(*) FROM chunks WHERE xf = 0") > 0);
+  assert_true(raw_int(f->path[2], "SELECT count(*) FROM chunks WHERE xf = 0") > 0);
 
   /* tag b restarts as incarnation 1 from half its last step: a new
    * segment hides the old one's points from there on */
