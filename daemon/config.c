@@ -97,6 +97,8 @@ static const opt_t opts[] = {
     {"db", "store", T_STR, F(db), 0, 0, 0, "PATH", "SQLite database (./gradwatch.db; :memory: allowed)", NULL},
     {"retention-days", "store", T_U32, F(retention_days), 0, 0, 100000, "DAYS",
      "delete points older than DAYS (0 = keep)", NULL},
+    {"full-resolution-days", "store", T_U32, F(full_resolution_days), 0, 0, 100000, "N",
+     "keep points older than N days only downsampled (0 = keep every point)", NULL},
     {"chunk-points", "store", T_U32, F(chunk_points), 0, 0, 65536, "N",
      "store points as compressed chunks of N (256; 0 = one row per point)", NULL},
     {"max-db-mb", "store", T_U32, F(max_db_mb), 0, 0, 100000000, "MB", "cap the database size (0 = none)", NULL},

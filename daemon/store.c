@@ -182,11 +182,12 @@ static const char *const migrations[GW_STORE_SCHEMA_VERSION] = {
      * points table keeps each segment's newest, not yet sealed points. The
      * rows of a v2 file are sealed after this step by the pass every open
      * runs (one transaction per segment, so an interrupted pass resumes).
-     * xf: which derived columns the blob leaves out (store_chunks.c). */
+     * xf: which derived columns the blob leaves out; tier 1: the chunk was
+     * replaced by its 2-point min/max form (full_resolution_days). */
     "CREATE TABLE chunks("
     "  stream INTEGER NOT NULL, first_step INTEGER NOT NULL,"
     "  last_step INTEGER NOT NULL, n INTEGER NOT NULL, blob BLOB NOT NULL,"
-    "  xf INTEGER NOT NULL DEFAULT 0,"
+    "  xf INTEGER NOT NULL DEFAULT 0, tier INTEGER NOT NULL DEFAULT 0,"
     "  PRIMARY KEY(stream, first_step));",
 };
 

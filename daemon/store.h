@@ -91,6 +91,11 @@ typedef struct gw_store_config_s {
                                   disk before dropping what is left (10000) */
   uint32_t read_conns;    /* read-only connections kept pooled (default 4;
                              0 = open one per call) */
+  uint32_t full_resolution_days; /* 0 = keep every point; else each sealed
+                             chunk whose points were all received longer
+                             ago is replaced by 2 points: its first step with
+                             every metric's minimum, its last step with the
+                             maxima (checked with retention) */
   uint32_t chunk_points;  /* seal a segment's rows into a compressed chunk
                              every this many points (default
                              GW_STORE_CHUNK_POINTS; 0 = keep rows, the

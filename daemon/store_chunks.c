@@ -168,10 +168,10 @@ static void xf_decode(double *vals, size_t n, size_t ncols, int xf) {
 
 /* Insert one chunk of n points (values n x GW_METRIC_COUNT). */
 static int put_chunk(sqlite3 *db, int64_t seg, const uint64_t *steps, const double *vals,
-                     size_t n) {
+                     size_t n, int tier) {
   static const char sql[] =
-      "INSERT INTO chunks(stream, first_step, last_step, n, blob, xf) "
-      "VALUES(?1, ?2, ?3, ?4, ?5, ?6)";
+      "INSERT INTO chunks(stream, first_step, last_step, n, blob, xf, tier) "
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)";
   gw_buf_t b;
   sqlite3_stmt *s = NULL;
   double *tv;
@@ -195,6 +195,7 @@ static int put_chunk(sqlite3 *db, int64_t seg, const uint64_t *steps, const doub
     sqlite3_bind_int64(s, 4, (int64_t)n);
     sqlite3_bind_blob(s, 5, b.p, (int)b.len, SQLITE_STATIC);
     sqlite3_bind_int(s, 6, xf);
+    sqlite3_bind_int(s, 7, tier);
     rc = step_done(s);
   }
   sqlite3_finalize(s);
@@ -234,7 +235,7 @@ int gws_chunk_seal(sqlite3 *db, int64_t seg, size_t chunk_n, size_t min_n, int64
     if (rc != SQLITE_DONE) break;
     rc = SQLITE_OK;
     if (n < min_n) break;
-    rc = put_chunk(db, seg, steps, vals, n);
+    rc = put_chunk(db, seg, steps, vals, n, 0);
     if (rc == SQLITE_OK) {
       sqlite3_bind_int64(del, 1, seg);
       sqlite3_bind_int64(del, 2, (int64_t)steps[n - 1]);
@@ -269,7 +270,7 @@ int gws_chunk_last_step(sqlite3 *db, int64_t seg, int64_t *last) {
 
 /* Replace chunk (seg, old_first) by the n points given. */
 static int replace_chunk(sqlite3 *db, int64_t seg, int64_t old_first, const uint64_t *steps,
-                         const double *vals, size_t n) {
+                         const double *vals, size_t n, int tier) {
   static const char sql[] = "DELETE FROM chunks WHERE stream = ?1 AND first_step = ?2";
   sqlite3_stmt *s = NULL;
   int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
@@ -279,7 +280,7 @@ static int replace_chunk(sqlite3 *db, int64_t seg, int64_t old_first, const uint
     rc = step_done(s);
   }
   sqlite3_finalize(s);
-  if (rc == SQLITE_OK) rc = put_chunk(db, seg, steps, vals, n);
+  if (rc == SQLITE_OK) rc = put_chunk(db, seg, steps, vals, n, tier);
   return rc;
 }
 
@@ -287,7 +288,7 @@ int gws_chunk_add_late(sqlite3 *db, int64_t seg, int64_t step, const unsigned ch
                        int bytes, int *added) {
   /* the chunk the step falls in or follows; else the first one */
   static const char sql[] =
-      "SELECT first_step, blob, xf FROM chunks WHERE stream = ?1 "
+      "SELECT first_step, blob, xf, tier FROM chunks WHERE stream = ?1 "
       "ORDER BY (first_step <= ?2) DESC, "
       "CASE WHEN first_step <= ?2 THEN -first_step ELSE first_step END LIMIT 1";
   sqlite3_stmt *s = NULL;
@@ -295,6 +296,7 @@ int gws_chunk_add_late(sqlite3 *db, int64_t seg, int64_t step, const unsigned ch
   double *vals = NULL, *nv = NULL;
   size_t n = 0, ncols = 0, pos;
   int64_t first = 0;
+  int tier = 0;
   int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
   *added = 0;
   if (rc == SQLITE_OK) {
@@ -303,6 +305,7 @@ int gws_chunk_add_late(sqlite3 *db, int64_t seg, int64_t step, const unsigned ch
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
       first = sqlite3_column_int64(s, 0);
+      tier = sqlite3_column_int(s, 3);
       rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1),
                   sqlite3_column_int(s, 2), &steps, &vals, &n, &ncols);
     } else if (rc == SQLITE_DONE) {
@@ -328,7 +331,7 @@ int gws_chunk_add_late(sqlite3 *db, int64_t seg, int64_t step, const unsigned ch
   memcpy(ns + pos + 1, steps + pos, (n - pos) * sizeof *ns);
   memcpy(nv + (pos + 1) * GW_METRIC_COUNT, vals + pos * GW_METRIC_COUNT,
          (n - pos) * GW_METRIC_COUNT * sizeof *nv);
-  rc = replace_chunk(db, seg, first, ns, nv, n + 1);
+  rc = replace_chunk(db, seg, first, ns, nv, n + 1, tier);
   if (rc == SQLITE_OK) *added = 1;
 done:
   free(steps);
@@ -343,14 +346,14 @@ int gws_chunk_delete_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *d
       "SELECT coalesce(sum(n), 0) FROM chunks WHERE stream = ?1 AND last_step <= ?2";
   static const char sql_del[] = "DELETE FROM chunks WHERE stream = ?1 AND last_step <= ?2";
   static const char sql_cut[] =
-      "SELECT first_step, blob, xf FROM chunks WHERE stream = ?1 AND first_step <= ?2 "
+      "SELECT first_step, blob, xf, tier FROM chunks WHERE stream = ?1 AND first_step <= ?2 "
       "AND last_step > ?2";
   sqlite3_stmt *s = NULL;
   uint64_t *steps = NULL;
   double *vals = NULL;
   size_t n = 0, ncols = 0, k = 0;
   int64_t first = 0;
-  int have = 0;
+  int have = 0, tier = 0;
   int rc = sqlite3_prepare_v2(db, sql_cnt, -1, &s, NULL);
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(s, 1, seg);
@@ -380,6 +383,7 @@ int gws_chunk_delete_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *d
     if (rc == SQLITE_ROW) {
       have = 1;
       first = sqlite3_column_int64(s, 0);
+      tier = sqlite3_column_int(s, 3);
       rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1),
                   sqlite3_column_int(s, 2), &steps, &vals, &n, &ncols);
     } else if (rc == SQLITE_DONE) {
@@ -391,10 +395,70 @@ int gws_chunk_delete_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *d
   if (rc == SQLITE_OK && have) {
     while (k < n && (int64_t)steps[k] <= max_step) k++;
     *deleted += (int64_t)k;
-    rc = replace_chunk(db, seg, first, steps + k, vals + k * GW_METRIC_COUNT, n - k);
+    rc = replace_chunk(db, seg, first, steps + k, vals + k * GW_METRIC_COUNT, n - k, tier);
   }
   free(steps);
   free(vals);
+  return rc;
+}
+
+/* The downsampled form of n points: (first step, each column's minimum),
+ * (last step, each column's maximum), NaNs skipped (NaN when all are) —
+ * the envelope a series' max_points downsampling draws for one bucket. */
+static void envelope(const uint64_t *steps, const double *vals, size_t n, uint64_t out_steps[2],
+                     double *out) {
+  double *mn = out, *mx = out + GW_METRIC_COUNT;
+  out_steps[0] = steps[0];
+  out_steps[1] = steps[n - 1];
+  for (int m = 0; m < GW_METRIC_COUNT; m++) mn[m] = mx[m] = NAN;
+  for (size_t i = 0; i < n; i++)
+    for (int m = 0; m < GW_METRIC_COUNT; m++) {
+      double y = vals[i * GW_METRIC_COUNT + m];
+      if (isnan(y)) continue;
+      if (isnan(mn[m]) || y < mn[m]) mn[m] = y;
+      if (isnan(mx[m]) || y > mx[m]) mx[m] = y;
+    }
+}
+
+int gws_chunk_tier_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *budget,
+                        int64_t *removed) {
+  static const char sql[] =
+      "SELECT first_step, blob, xf FROM chunks WHERE stream = ?1 AND last_step <= ?2 "
+      "AND tier = 0 AND n > 2 ORDER BY first_step LIMIT 1";
+  int rc = SQLITE_OK;
+  while (rc == SQLITE_OK && *budget > 0) {
+    sqlite3_stmt *s = NULL;
+    uint64_t *steps = NULL, es[2];
+    double *vals = NULL, ev[2 * GW_METRIC_COUNT];
+    size_t n = 0, ncols = 0;
+    int64_t first = 0;
+    int have = 0;
+    rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+      sqlite3_bind_int64(s, 1, seg);
+      sqlite3_bind_int64(s, 2, max_step);
+      rc = sqlite3_step(s);
+      if (rc == SQLITE_ROW) {
+        have = 1;
+        first = sqlite3_column_int64(s, 0);
+        rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1),
+                    sqlite3_column_int(s, 2), &steps, &vals, &n, &ncols);
+      } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+      }
+    }
+    sqlite3_finalize(s);
+    if (rc == SQLITE_OK && have && (ncols != GW_METRIC_COUNT || n < 3)) rc = SQLITE_CORRUPT;
+    if (rc == SQLITE_OK && have) {
+      envelope(steps, vals, n, es, ev);
+      rc = replace_chunk(db, seg, first, es, ev, 2, 1);
+      if (rc == SQLITE_OK) *removed += (int64_t)n - 2;
+      (*budget)--;
+    }
+    free(steps);
+    free(vals);
+    if (!have) break;
+  }
   return rc;
 }
 

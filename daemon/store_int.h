@@ -31,6 +31,7 @@
 #define BACKOFF_MAX_MS 5000
 #define BUSY_TIMEOUT_MS 5000
 #define SIZE_CHECK_MAX_ROUNDS 256 /* minute buckets deleted per size pass */
+#define TIER_CHUNKS_PER_PASS 4096 /* chunks downsampled per full_resolution pass */
 #define NS_PER_MIN 60000000000LL
 /* A stored point's bytes on disk as the size floor counts them: the packed
  * metrics plus its key, row and point_minutes overhead. */
@@ -239,6 +240,13 @@ int gws_chunk_add_late(sqlite3 *db, int64_t seg, int64_t step, const unsigned ch
 /* Delete the chunked points with step <= max_step (a straddling chunk is
  * re-encoded with the rest); *deleted += points deleted. */
 int gws_chunk_delete_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *deleted);
+/* Replace each whole chunk of segment seg with last_step <= max_step by its
+ * downsampled form (2 points: first step with every column's minimum, last
+ * step with the maxima; chunks.tier = 1), at most *budget chunks (counted
+ * down); *removed += points no longer stored. Inside the caller's
+ * transaction. */
+int gws_chunk_tier_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *budget,
+                        int64_t *removed);
 /* Points (chunks and rows) of a segment with step in [lo, hi]: count, min
  * and max step (INT64_MAX / INT64_MIN when none). 0 or GW_E*. */
 int gws_chunk_count(sqlite3 *db, int64_t seg, int64_t lo, int64_t hi, int64_t *n,

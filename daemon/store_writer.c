@@ -826,7 +826,8 @@ static int w_maintain(gw_store_t *st, int do_retention) {
     used += wal;
   }
   shrink = limit && used > limit;
-  if (rc != SQLITE_OK || (!shrink && !(do_retention && st->cfg.retention_days)))
+  if (rc != SQLITE_OK ||
+      (!shrink && !(do_retention && (st->cfg.retention_days || st->cfg.full_resolution_days))))
     return rc;
   for (int i = 0; i < M_COUNT && rc == SQLITE_OK; i++)
     rc = sqlite3_prepare_v2(st->wdb, msql[i], -1, &m[i], NULL);
@@ -858,6 +859,36 @@ static int w_maintain(gw_store_t *st, int do_retention) {
       used += wal;
     }
     shrink = limit && used > limit;
+  }
+  if (rc == SQLITE_OK && do_retention && st->cfg.full_resolution_days) {
+    /* older than full_resolution_days: chunks become their min/max form,
+     * at most TIER_CHUNKS_PER_PASS chunks a pass (the next pass goes on) */
+    uint32_t days =
+        st->cfg.full_resolution_days > 100000 ? 100000 : st->cfg.full_resolution_days;
+    int64_t cutoff = gws_floor_div(gw_now_ns() - (int64_t)days * 86400 * 1000000000LL,
+                                   NS_PER_MIN);
+    int64_t budget = TIER_CHUNKS_PER_PASS, gone = 0;
+    rc = wbegin(st);
+    if (rc == SQLITE_OK) {
+      sqlite3_bind_int64(m[M_RET_SEL], 1, cutoff);
+      rc = m_collect(m[M_RET_SEL], &cuts, &ncut);
+    }
+    for (size_t i = 0; rc == SQLITE_OK && i < ncut && budget > 0; i++) {
+      int64_t g = 0;
+      rc = gws_chunk_tier_upto(st->wdb, cuts[i].db, cuts[i].max_step, &budget, &g);
+      if (rc == SQLITE_OK && g) {
+        sqlite3_bind_int64(m[M_UPD_ST], 1, cuts[i].db);
+        sqlite3_bind_int64(m[M_UPD_ST], 2, g);
+        rc = wrun(st, m[M_UPD_ST], NULL);
+      }
+      gone += g;
+    }
+    if (rc == SQLITE_OK) rc = wcommit(st);
+    if (rc == SQLITE_OK && gone) {
+      deleted = 1;
+      gw_log(st->log, GW_LOG_INFO, "full_resolution", "days=%u points_downsampled=%lld",
+             days, (long long)gone);
+    }
   }
   before = used;
 
@@ -1046,7 +1077,8 @@ void *gws_writer_main(void *arg) {
       }
     }
     if (!failing) {
-      int do_ret = st->cfg.retention_days && mono_ms() >= next_retention;
+      int do_ret = (st->cfg.retention_days || st->cfg.full_resolution_days) &&
+                   mono_ms() >= next_retention;
       /* size pass after each commit, and once more when closing */
       if (do_ret || ((committed || stop_seen) && st->cfg.max_db_mb)) {
         int rc;

@@ -152,3 +152,44 @@ def test_old_format_database_converts_with_identical_answers(daemon_bin, tmp_pat
         assert answers(d, "old", tags) == want
     finally:
         assert d.stop() == 0
+
+
+def test_full_resolution_days_keeps_the_envelope(daemon_bin, tmp_path):
+    """--full-resolution-days 1: chunks whose points were all received more
+    than a day ago answer as 2 points each (first step: every metric's
+    minimum; last step: the maxima), the newer points stay whole. The
+    receive minutes are moved 3 days back in the file while the daemon is
+    stopped (the daemon's clock decides what is old)."""
+    d = Daemon(daemon_bin, tmp_path)
+    d.start()
+    publish(d, "fr", ["a"], 600)  # 599 points: chunks 1..256, 257..512, rows 513..599
+    wait_written(d, 599)
+    metrics = "kappa_ema,loss,grad_norm,rank_90"
+    code, full = d.json(f"/api/v1/series?run=fr&tag=a&metrics={metrics}")
+    assert code == 200 and full["step"] == list(range(1, 600))
+    d.proc.kill()  # kill -9: the rows 513.. stay rows
+    d.proc.wait(10)
+    d.proc = None
+    d.logf.close()
+    con = sqlite3.connect(d.db)
+    con.execute("UPDATE point_minutes SET minute = minute - 3 * 1440")
+    con.commit()
+    con.close()
+    d.start("--full-resolution-days", "1")
+    try:
+        d.wait_for(lambda: "points_downsampled=" in d.log.read_text(), 30, "the downsampling")
+        code, got = d.json(f"/api/v1/series?run=fr&tag=a&metrics={metrics}")
+        assert code == 200
+        assert got["step"] == [1, 256, 257, 512] + list(range(513, 600))
+        for m in metrics.split(","):
+            col = full[m]
+            for i, (lo, hi) in enumerate(((0, 256), (256, 512))):
+                vals = [v for v in col[lo:hi] if v is not None]
+                assert got[m][2 * i] == (min(vals) if vals else None), m
+                assert got[m][2 * i + 1] == (max(vals) if vals else None), m
+            assert got[m][4:] == col[512:], m
+        code, ss = d.json("/api/v1/runs/fr/streams")
+        assert ss["streams"][0]["points"] == 4 + 87
+        assert d.stats()["db_rows"] == 4 + 87
+    finally:
+        assert d.stop() == 0

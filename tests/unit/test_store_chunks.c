@@ -480,10 +480,88 @@ static void migrate_v2(void **state) {
   compare(f, 12);
 }
 
+/* full_resolution_days: the chunks whose points were all received before
+ * the cut become 2 points each — first step with each metric's minimum,
+ * last step with the maxima (NaNs skipped) — and series answer those; the
+ * newer chunk and the rows stay whole. */
+static void full_resolution(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_stats_t stats;
+  gw_store_t *st = NULL;
+  int64_t now = now_ns(), old = now - 3 * 86400LL * 1000000000LL;
+  uint64_t rows = 0;
+  memset(&stats, 0, sizeof stats);
+  gw_store_config_default(&c);
+  c.path = f->path[1];
+  c.flush_ms = 20;
+  c.chunk_points = 100;
+  c.full_resolution_days = 1;
+  c.retention_check_ms = 30;
+  assert_int_equal(gw_store_open(&st, &c, &stats), 0);
+  gw_stream_ref_t ref = {0, "r", "a", 8, 1, 1, 5, 0};
+  gw_open_t o = {GW_OPEN_NEW, 1, 0};
+  assert_int_equal(gw_store_open_stream(st, 0, &ref, &o), 0);
+  for (uint64_t s = 1; s <= 730; s++) {
+    gw_point_t p = mkpoint(0, s, 0, s <= 600 ? old + (int64_t)s * 1000000 : now);
+    assert_int_equal(gw_store_put_point(st, &p), 0);
+  }
+  assert_int_equal(gw_store_flush(st), 0);
+  for (int i = 0; i < 500; i++) {
+    assert_int_equal(gw_store_row_count(st, &rows), 0);
+    if (rows == 6 * 2 + 130) break;
+    sleep_ms(20);
+  }
+  assert_int_equal(rows, 6 * 2 + 130);
+  gw_series_t s;
+  static int metrics[GW_METRIC_COUNT];
+  for (int m = 0; m < GW_METRIC_COUNT; m++) metrics[m] = m;
+  assert_int_equal(gw_store_series(st, "r", "a", metrics, GW_METRIC_COUNT, 0, UINT64_MAX, 0, &s, 0),
+                   0);
+  assert_int_equal(s.n, 6 * 2 + 130);
+  for (int k = 0; k < 6; k++) {
+    assert_int_equal(s.step[2 * k], 100 * (uint64_t)k + 1);
+    assert_int_equal(s.step[2 * k + 1], 100 * (uint64_t)k + 100);
+    for (int m = 0; m < GW_METRIC_COUNT; m++) {
+      double mn = NAN, mx = NAN;
+      for (uint64_t st_ = 100 * (uint64_t)k + 1; st_ <= 100 * (uint64_t)k + 100; st_++) {
+        gw_point_t p = mkpoint(0, st_, 0, old + (int64_t)st_ * 1000000);
+        double y = gw_point_get(&p, m);
+        if (isnan(y)) continue;
+        if (isnan(mn) || y < mn) mn = y;
+        if (isnan(mx) || y > mx) mx = y;
+      }
+      if (!same_bits(s.cols[m][2 * k], mn) || !same_bits(s.cols[m][2 * k + 1], mx))
+        fail_msg("chunk %d metric %d: %.17g..%.17g, want %.17g..%.17g", k, m,
+                 s.cols[m][2 * k], s.cols[m][2 * k + 1], mn, mx);
+    }
+  }
+  for (uint64_t r = 12; r < s.n; r++) { /* 601..730 whole */
+    gw_point_t p = mkpoint(0, 589 + r, 0, now);
+    assert_int_equal(s.step[r], 589 + r);
+    for (int m = 0; m < GW_METRIC_COUNT; m++)
+      assert_true(same_bits(s.cols[m][r], gw_point_get(&p, m)));
+  }
+  gw_store_series_free(&s);
+  gw_store_stream_t *ss;
+  size_t n;
+  assert_int_equal(gw_store_streams(st, "r", &ss, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(ss[0].points, 6 * 2 + 130);
+  assert_int_equal(ss[0].first_step, 1);
+  assert_int_equal(ss[0].last_step, 730);
+  gw_store_streams_free(ss, n);
+  assert_int_equal(gw_store_integrity_check(st), 0);
+  gw_store_close(st);
+  assert_int_equal(raw_int(f->path[1], "SELECT count(*) FROM chunks WHERE tier = 1 AND n = 2"), 6);
+  assert_int_equal(raw_int(f->path[1], "SELECT count(*) FROM chunks WHERE tier = 0"), 2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(same_answers, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(migrate_v2, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(full_resolution, fx_setup, fx_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
