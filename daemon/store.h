@@ -391,7 +391,9 @@ int gw_store_state_clear(gw_store_t *st);
  * exact, O(segments)). */
 int gw_store_row_count(gw_store_t *st, uint64_t *rows);
 
-/* Run `PRAGMA integrity_check`; 0 if "ok", GW_EDB otherwise. */
+/* Run `PRAGMA integrity_check`, then decode every chunk (its checksum, its
+ * n and step range, the chunks of a segment disjoint, its rows above them);
+ * 0 if all is well, GW_EDB otherwise. */
 int gw_store_integrity_check(gw_store_t *st);
 
 /* The store as a sink (sink.h): open → gw_store_open_stream, sketch →

@@ -614,6 +614,52 @@ double gws_pcur_metric(const gws_pcur_t *c, int m) {
   return (m + 1) * 8 <= c->bytes ? gws_get_f64le(c->blob + 8 * m) : NAN;
 }
 
+int gws_chunk_verify(sqlite3 *db) {
+  static const char sql[] =
+      "SELECT stream, first_step, last_step, n, blob, xf FROM chunks ORDER BY stream, first_step";
+  static const char sql_rows[] =
+      "SELECT count(*) FROM points p WHERE p.step <= "
+      "(SELECT max(last_step) FROM chunks c WHERE c.stream = p.stream)";
+  sqlite3_stmt *s = NULL;
+  int64_t prev_seg = INT64_MIN, prev_last = INT64_MIN;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL), bad = 0;
+  while (rc == SQLITE_OK && !bad && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    uint64_t *steps = NULL;
+    double *vals = NULL;
+    size_t n = 0, nc = 0;
+    int64_t seg = sqlite3_column_int64(s, 0), first = sqlite3_column_int64(s, 1),
+            last = sqlite3_column_int64(s, 2);
+    rc = decode(sqlite3_column_blob(s, 4), sqlite3_column_bytes(s, 4), sqlite3_column_int(s, 5),
+                &steps, &vals, &n, &nc);
+    if (rc == SQLITE_CORRUPT) {
+      bad = 1;
+      rc = SQLITE_OK;
+    } else if (rc == SQLITE_OK) {
+      bad = n == 0 || (int64_t)n != sqlite3_column_int64(s, 3) || nc != GW_METRIC_COUNT ||
+            (int64_t)steps[0] != first || (int64_t)steps[n - 1] != last ||
+            (seg == prev_seg && first <= prev_last);
+      for (size_t i = 1; i < n && !bad; i++) bad = steps[i] <= steps[i - 1];
+    }
+    prev_seg = seg;
+    prev_last = last;
+    free(steps);
+    free(vals);
+  }
+  if (rc == SQLITE_DONE) rc = SQLITE_OK;
+  sqlite3_finalize(s);
+  if (rc == SQLITE_OK && !bad) {
+    s = NULL;
+    rc = sqlite3_prepare_v2(db, sql_rows, -1, &s, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+      bad = sqlite3_column_int64(s, 0) != 0;
+      rc = SQLITE_OK;
+    }
+    sqlite3_finalize(s);
+  }
+  if (rc != SQLITE_OK) return gws_map_rc(rc) ? gws_map_rc(rc) : GW_EDB;
+  return bad ? GW_EDB : 0;
+}
+
 /* ---------------------------------------------------------- whole store */
 
 int gws_chunk_seal_all(sqlite3 *db, size_t chunk_n, int tails, int64_t *sealed) {

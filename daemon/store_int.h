@@ -252,6 +252,11 @@ int gws_chunk_tier_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *bud
 int gws_chunk_count(sqlite3 *db, int64_t seg, int64_t lo, int64_t hi, int64_t *n,
                     int64_t *min, int64_t *max);
 
+/* Every chunk decodes (checksum), with its row's n, first and last step,
+ * the chunks of a segment do not overlap and its rows lie above them. 0 or
+ * GW_EDB (GW_ENOMEM). */
+int gws_chunk_verify(sqlite3 *db);
+
 /* One segment's points in [lo, hi] in step order, chunks then rows. After
  * open and each next: has, step and the values (gws_pcur_metric), valid
  * until the next call. 0 or GW_E*. */

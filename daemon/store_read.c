@@ -887,6 +887,7 @@ int gw_store_integrity_check(gw_store_t *st) {
   rc = gws_rd_acquire(st, &db);
   if (rc) return rc;
   rc = query(db, "PRAGMA integrity_check", NULL, 0, row_integrity, NULL, 1);
+  if (rc == 0) rc = gws_chunk_verify(db);
   gws_rd_release(st, db);
   return rc == GW_ENOTFOUND ? GW_EDB : rc;
 }

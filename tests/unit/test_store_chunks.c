@@ -557,11 +557,43 @@ static void full_resolution(void **state) {
   assert_int_equal(raw_int(f->path[1], "SELECT count(*) FROM chunks WHERE tier = 0"), 2);
 }
 
+/* A damaged chunk is an error, never a misread: the integrity check names
+ * it, a series over it fails, a series beside it still answers. */
+static void corrupt_chunk(void **state) {
+  fx_t *f = *state;
+  uint64_t rng = 3;
+  int m = GW_METRIC_LOSS;
+  gw_series_t s;
+  open_all(f, 0);
+  for (int t = 0; t < NTAG; t++) open_tag(f, t, 0, 1);
+  feed(f, &rng, 100, now_ns());
+  assert_int_equal(gw_store_integrity_check(f->st[1]), 0);
+  close_all(f);
+  /* flip one byte in the middle of tag a's third chunk (chunks of 7) */
+  raw_exec(f->path[1],
+           "UPDATE chunks SET blob = substr(blob, 1, 20) || "
+           "CAST(char((unicode(substr(blob, 21, 1)) + 1) % 256) AS BLOB) || substr(blob, 22) "
+           "WHERE rowid = (SELECT c.rowid FROM chunks c JOIN streams s ON s.id = c.stream "
+           "WHERE s.tag = 'a' ORDER BY c.first_step LIMIT 1 OFFSET 2)");
+  int64_t lo = raw_int(f->path[1], "SELECT c.first_step FROM chunks c JOIN streams s ON "
+                                   "s.id = c.stream WHERE s.tag = 'a' ORDER BY c.first_step "
+                                   "LIMIT 1 OFFSET 2");
+  open_all(f, 0);
+  assert_int_equal(gw_store_integrity_check(f->st[1]), GW_EDB);
+  assert_int_not_equal(
+      gw_store_series(f->st[1], "r", "a", &m, 1, (uint64_t)lo, (uint64_t)lo, 0, &s, 0), 0);
+  assert_int_equal(s.n, 0);
+  assert_int_equal(gw_store_series(f->st[1], "r", "b", &m, 1, 0, UINT64_MAX, 0, &s, 0), 0);
+  assert_true(s.n >= 100);
+  gw_store_series_free(&s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(same_answers, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(migrate_v2, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(full_resolution, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(corrupt_chunk, fx_setup, fx_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
