@@ -31,11 +31,16 @@
  * are dropped and counted (store_dropped).
  *
  * On disk (schema version GW_STORE_SCHEMA_VERSION, kept in PRAGMA
- * user_version; version 1 databases are migrated in place at open): runs,
- * streams (one row per segment), points (segment, step, v BLOB) WITHOUT
- * ROWID where v is GW_METRIC_COUNT little-endian float64 in gw_metric_t
- * order (NAN = null; a shorter blob written by an older build reads as null
- * for the missing metrics), point_minutes (the per-segment index of receive
+ * user_version; version 1 and 2 databases are migrated in place at open):
+ * runs, streams (one row per segment), chunks (segment, first_step,
+ * last_step, n, blob, xf, tier: sealed runs of a segment's points, each
+ * blob a gw_chunk (chunk.h) of GW_METRIC_COUNT columns, xf the derived
+ * columns it leaves out, tier 1 its min/max form; store_chunks.c), points
+ * (segment, step, v BLOB) WITHOUT ROWID: each segment's newest points not
+ * yet sealed, all above its chunks, where v is GW_METRIC_COUNT
+ * little-endian float64 in gw_metric_t order (NAN = null; a shorter blob
+ * written by an older build reads as null for the missing metrics),
+ * point_minutes (the per-segment index of receive
  * minutes retention and max_db_mb delete by), sketches (k little-endian
  * float32), restarts (events), stream_state (saved engine state), alerts.
  * Steps, seeds and incarnations are stored as SQLite's signed 64-bit
