@@ -181,7 +181,7 @@ static const char *const migrations[GW_STORE_SCHEMA_VERSION] = {
     /* v3: sealed points as compressed columnar chunks (store_chunks.c); the
      * points table keeps each segment's newest, not yet sealed points. The
      * rows of a v2 file are sealed after this step by the pass every open
-     * runs (one transaction per segment, so an interrupted pass resumes).
+     * runs (transactions of 64 chunks, so an interrupted pass resumes).
      * xf: which derived columns the blob leaves out; tier 1: the chunk was
      * replaced by its 2-point min/max form (full_resolution_days). */
     "CREATE TABLE chunks("

@@ -32,6 +32,7 @@
 #include "store_int.h"
 
 #define CHUNK_LEVEL 3
+#define SEAL_TXN_CHUNKS 64 /* chunks sealed per transaction by a whole-store pass */
 
 static int step_done(sqlite3_stmt *s) {
   int rc = sqlite3_step(s);
@@ -210,7 +211,8 @@ static void unpack_row(const unsigned char *v, int bytes, double *out) {
     out[m] = (m + 1) * 8 <= bytes ? gws_get_f64le(v + 8 * m) : NAN;
 }
 
-int gws_chunk_seal(sqlite3 *db, int64_t seg, size_t chunk_n, size_t min_n, int64_t *sealed) {
+int gws_chunk_seal(sqlite3 *db, int64_t seg, size_t chunk_n, size_t min_n, size_t max_chunks,
+                   int64_t *sealed) {
   static const char sql_sel[] =
       "SELECT step, v FROM points WHERE stream = ?1 ORDER BY step LIMIT ?2";
   static const char sql_del[] = "DELETE FROM points WHERE stream = ?1 AND step <= ?2";
@@ -218,6 +220,7 @@ int gws_chunk_seal(sqlite3 *db, int64_t seg, size_t chunk_n, size_t min_n, int64
   uint64_t *steps = malloc(chunk_n * sizeof *steps);
   double *vals = malloc(chunk_n * GW_METRIC_COUNT * sizeof *vals);
   int rc = steps && vals ? SQLITE_OK : SQLITE_NOMEM;
+  size_t made = 0;
   if (min_n == 0) min_n = 1;
   if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, sql_sel, -1, &sel, NULL);
   if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, sql_del, -1, &del, NULL);
@@ -244,6 +247,7 @@ int gws_chunk_seal(sqlite3 *db, int64_t seg, size_t chunk_n, size_t min_n, int64
     }
     if (rc == SQLITE_OK && sealed) *sealed += (int64_t)n;
     if (n < chunk_n) break; /* that was the tail */
+    if (max_chunks && ++made == max_chunks) break;
   }
   sqlite3_finalize(sel);
   sqlite3_finalize(del);
@@ -664,8 +668,9 @@ int gws_chunk_verify(sqlite3 *db) {
 
 int gws_chunk_seal_all(sqlite3 *db, size_t chunk_n, int tails, int64_t *sealed) {
   /* segments with a full chunk of rows, or (tails) any rows at all of a
-   * segment not live; one transaction per segment keeps memory and the
-   * WAL bounded, and a pass cut short is simply resumed by the next */
+   * segment not live; transactions of at most SEAL_TXN_CHUNKS chunks keep
+   * memory and the WAL bounded, and a pass cut short is simply resumed by
+   * the next */
   static const char sql[] =
       "SELECT p.stream, count(*), s.live FROM points p JOIN streams s ON s.id = p.stream "
       "GROUP BY p.stream";
@@ -694,15 +699,19 @@ int gws_chunk_seal_all(sqlite3 *db, size_t chunk_n, int tails, int64_t *sealed) 
   }
   if (rc == SQLITE_DONE) rc = SQLITE_OK;
   sqlite3_finalize(s);
-  for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
-    int64_t seg = segs[i] / 2;
+  for (size_t i = 0, txn = 0; rc == SQLITE_OK && i < n; i++) {
+    int64_t seg = segs[i] / 2, before;
     size_t min_n = (segs[i] & 1) ? 1 : chunk_n;
-    rc = gws_exec(db, "BEGIN IMMEDIATE");
-    if (rc == SQLITE_OK) rc = gws_chunk_seal(db, seg, chunk_n, min_n, sealed);
-    if (rc == SQLITE_OK) rc = gws_exec(db, "COMMIT");
-    if (rc != SQLITE_OK && !sqlite3_get_autocommit(db)) gws_exec(db, "ROLLBACK");
-    if (rc == SQLITE_OK && i % 16 == 15) /* keep the WAL of a long pass short */
-      sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    do { /* SEAL_TXN_CHUNKS chunks a transaction: a big segment's pass
+            keeps the WAL short (checkpoints between transactions) */
+      before = *sealed;
+      rc = gws_exec(db, "BEGIN IMMEDIATE");
+      if (rc == SQLITE_OK) rc = gws_chunk_seal(db, seg, chunk_n, min_n, SEAL_TXN_CHUNKS, sealed);
+      if (rc == SQLITE_OK) rc = gws_exec(db, "COMMIT");
+      if (rc != SQLITE_OK && !sqlite3_get_autocommit(db)) gws_exec(db, "ROLLBACK");
+      if (rc == SQLITE_OK && ++txn % 16 == 0)
+        sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    } while (rc == SQLITE_OK && *sealed - before == (int64_t)(SEAL_TXN_CHUNKS * chunk_n));
   }
   if (rc == SQLITE_OK && n > 0) { /* give the rows' pages back */
     rc = gws_exec(db, "PRAGMA incremental_vacuum");

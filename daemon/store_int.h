@@ -222,9 +222,11 @@ void gws_finalize_writer(gw_store_t *st);
  * codes unless said otherwise ---- */
 
 /* Move the oldest rows of segment seg into chunks of chunk_n points while at
- * least min_n rows remain (min_n 1: every row, the tail as a short chunk).
- * Inside the caller's transaction. *sealed += points moved. */
-int gws_chunk_seal(sqlite3 *db, int64_t seg, size_t chunk_n, size_t min_n, int64_t *sealed);
+ * least min_n rows remain (min_n 1: every row, the tail as a short chunk),
+ * at most max_chunks chunks (0: no limit). Inside the caller's transaction.
+ * *sealed += points moved. */
+int gws_chunk_seal(sqlite3 *db, int64_t seg, size_t chunk_n, size_t min_n, size_t max_chunks,
+                   int64_t *sealed);
 /* The whole store, one transaction per segment: full chunks of every
  * segment, and the rows left as a short chunk: of no segment
  * (GWS_SEAL_FULL), of segments not live (GWS_SEAL_TAILS_IDLE, at open) or

@@ -475,7 +475,7 @@ static int w_points(gw_store_t *st, size_t i, size_t j, wcount_t *c) {
   }
   if (rc == SQLITE_OK && st->cfg.chunk_points && w->ck_rows >= st->cfg.chunk_points) {
     int64_t sealed = 0;
-    rc = gws_chunk_seal(st->wdb, db, st->cfg.chunk_points, st->cfg.chunk_points, &sealed);
+    rc = gws_chunk_seal(st->wdb, db, st->cfg.chunk_points, st->cfg.chunk_points, 0, &sealed);
     w->ck_rows -= sealed;
     if (rc == SQLITE_OK) rc = gws_chunk_last_step(st->wdb, db, &w->ck_last);
   }
