@@ -466,6 +466,8 @@ static void store_free(gw_store_t *st) {
   free(st->map);
   free(st->undo);
   free(st->rows);
+  free(st->dsteps);
+  free(st->dvals);
   free(st->skrows);
   free(st->skbuf);
   free(st->path);
@@ -505,7 +507,12 @@ int gw_store_open(gw_store_t **out, const gw_store_config_t *cfg,
   st->rows = malloc(BATCH_MAX * sizeof *st->rows);
   st->skrows = malloc(BATCH_MAX * sizeof *st->skrows);
   if (cfg->read_conns) st->pool = calloc(cfg->read_conns, sizeof *st->pool);
-  if (!st->path || !st->rows || !st->skrows || (cfg->read_conns && !st->pool)) {
+  if (cfg->chunk_points) {
+    st->dsteps = malloc(cfg->chunk_points * sizeof *st->dsteps);
+    st->dvals = malloc(cfg->chunk_points * sizeof *st->dvals);
+  }
+  if (!st->path || !st->rows || !st->skrows || (cfg->read_conns && !st->pool) ||
+      (cfg->chunk_points && (!st->dsteps || !st->dvals))) {
     rc = GW_ENOMEM;
     goto fail;
   }

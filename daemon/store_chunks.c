@@ -256,6 +256,21 @@ int gws_chunk_seal(sqlite3 *db, int64_t seg, size_t chunk_n, size_t min_n, size_
   return rc;
 }
 
+int gws_chunk_put_blobs(sqlite3 *db, int64_t seg, const int64_t *steps,
+                        const unsigned char *const *v, int bytes, size_t n) {
+  uint64_t *st = malloc((n ? n : 1) * sizeof *st);
+  double *vals = malloc((n ? n : 1) * GW_METRIC_COUNT * sizeof *vals);
+  int rc = st && vals ? SQLITE_OK : SQLITE_NOMEM;
+  for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
+    st[i] = (uint64_t)steps[i];
+    unpack_row(v[i], bytes, vals + i * GW_METRIC_COUNT);
+  }
+  if (rc == SQLITE_OK) rc = put_chunk(db, seg, st, vals, n, 0);
+  free(st);
+  free(vals);
+  return rc;
+}
+
 int gws_chunk_last_step(sqlite3 *db, int64_t seg, int64_t *last) {
   static const char sql[] =
       "SELECT last_step FROM chunks WHERE stream = ?1 ORDER BY first_step DESC LIMIT 1";

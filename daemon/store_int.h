@@ -156,6 +156,8 @@ struct gw_store_s {
   undo_t *undo;
   size_t undo_n, undo_cap;
   prow_t *rows;
+  int64_t *dsteps;              /* a chunk sealed straight from a batch */
+  const unsigned char **dvals;
   skrow_t *skrows;
   unsigned char *skbuf; /* float32 encoding buffer of the chunk's sketches */
   size_t skbuf_cap;
@@ -233,6 +235,10 @@ int gws_chunk_seal(sqlite3 *db, int64_t seg, size_t chunk_n, size_t min_n, size_
  * of every segment (GWS_SEAL_TAILS_ALL, at close). */
 int gws_chunk_seal_all(sqlite3 *db, size_t chunk_n, int tails, int64_t *sealed);
 enum { GWS_SEAL_FULL, GWS_SEAL_TAILS_IDLE, GWS_SEAL_TAILS_ALL }; /* tails */
+/* Insert n points (ascending steps, all above the segment's chunks, the
+ * segment without rows) as one chunk, straight from their packed blobs. */
+int gws_chunk_put_blobs(sqlite3 *db, int64_t seg, const int64_t *steps,
+                        const unsigned char *const *v, int bytes, size_t n);
 /* The last chunk's last_step, INT64_MIN when the segment has none. */
 int gws_chunk_last_step(sqlite3 *db, int64_t seg, int64_t *last);
 /* A point at or below the last chunk's last_step: merged into its chunk

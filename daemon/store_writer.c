@@ -420,7 +420,20 @@ static int w_points(gw_store_t *st, size_t i, size_t j, wcount_t *c) {
   int have_min = 0, rc = SQLITE_OK;
   uint32_t sid = rw[i].sid;
   wseg_t tmp = {0}, *w = sid < st->map_cap && st->map[sid].seg == db ? &st->map[sid] : &tmp;
+  size_t direct_end = i, nd = 0; /* rw[i..direct_end): straight into chunks */
+  uint32_t cp = st->cfg.chunk_points;
   rc = w_chunk_state(st, db, w);
+  if (rc == SQLITE_OK && cp && w->ck_rows == 0) {
+    /* no rows waiting: whole chunks of this batch skip the rows table (the
+     * last of each chunk's steps ends it; duplicates of it stay inside) */
+    size_t distinct = 0;
+    for (size_t x = i; x < j; x++) {
+      if (rw[x].step <= w->ck_last || (x > i && rw[x].step == rw[x - 1].step)) continue;
+      if (++distinct % cp == 0) direct_end = x + 1;
+    }
+    while (direct_end > i && direct_end < j && rw[direct_end].step == rw[direct_end - 1].step)
+      direct_end++;
+  }
   for (size_t x = i; x < j && rc == SQLITE_OK; x++) {
     int64_t m;
     if (rw[x].step <= w->ck_last) { /* late: inside the sealed range */
@@ -435,6 +448,19 @@ static int w_points(gw_store_t *st, size_t i, size_t j, wcount_t *c) {
       if (!in) {
         c->dups++;
         continue;
+      }
+    } else if (x < direct_end) {
+      if (nd > 0 && st->dsteps[nd - 1] == rw[x].step) { /* a second point at a step */
+        c->dups++;
+        continue;
+      }
+      st->dsteps[nd] = rw[x].step;
+      st->dvals[nd++] = rw[x].v;
+      if (nd == cp) {
+        rc = gws_chunk_put_blobs(st->wdb, db, st->dsteps, st->dvals, BLOB_BYTES, nd);
+        if (rc != SQLITE_OK) break;
+        w->ck_last = st->dsteps[nd - 1];
+        nd = 0;
       }
     } else {
       sqlite3_bind_int64(ins, 1, db);
