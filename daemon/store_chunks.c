@@ -4,7 +4,7 @@
  * the point cursor every series read goes through.
  *
  * Layout of one segment's points (schema v3):
- *   chunks(stream, first_step, last_step, n, blob): sealed runs of points,
+ *   chunks(stream, first_step, last_step, n, blob, xf, tier): sealed runs of points,
  *       step ranges disjoint, each blob a gw_chunk of GW_METRIC_COUNT columns;
  *   points(stream, step, v): the open, partial chunk — every row's step is
  *       greater than the last chunk's last_step.
@@ -19,6 +19,11 @@
  * Readers (gws_pcur_*) walk the chunks overlapping [lo, hi] in step order,
  * decoding one at a time, then the rows: one segment's points in step
  * order, as the points table alone gave them before.
+ *
+ * A chunk leaves out the columns that are exact quotients of others when
+ * that reproduces them bit for bit (xf, "derived columns" below); past
+ * full_resolution_days a chunk is replaced by its 2-point min/max envelope
+ * (tier 1), which readers read like any chunk.
  *
  * Callers hold the connection (writer thread, or a reader's connection in
  * a read transaction); nothing here is shared state.
