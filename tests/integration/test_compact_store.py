@@ -15,9 +15,28 @@ import struct
 import time
 
 import numpy as np
+import pytest
+import zmq
 
 from conftest import Daemon, encode, scaled
-import zmq
+
+
+@pytest.fixture
+def make(daemon_bin, tmp_path):
+    """Daemons on tmp_path's database; any still running at the end (a
+    failed assertion) is killed."""
+    made = []
+
+    def new(extra=()):
+        d = Daemon(daemon_bin, tmp_path, extra=list(extra))
+        made.append(d)
+        return d
+    yield new
+    for d in made:
+        if d.proc:
+            d.proc.kill()
+            d.proc.wait(10)
+            d.logf.close()
 
 
 def encode2(run, tag, step, z, incarnation, **kw):
@@ -77,8 +96,8 @@ def wait_written(d, n):
     d.wait_for(lambda: d.stats()["store"]["written"] >= n, 60, f"{n} points written")
 
 
-def test_kill9_mid_chunk_loses_nothing(daemon_bin, tmp_path):
-    d = Daemon(daemon_bin, tmp_path)
+def test_kill9_mid_chunk_loses_nothing(make):
+    d = make()
     d.start()
     tags = ["a", "b", "c"]
     publish(d, "k9", tags, 700)  # 699 points a tag: 2 chunks of 256 + 187 rows
@@ -106,8 +125,8 @@ def test_kill9_mid_chunk_loses_nothing(daemon_bin, tmp_path):
     assert (rows, chunked) == (0, 3 * 699)
 
 
-def test_old_format_database_converts_with_identical_answers(daemon_bin, tmp_path):
-    d = Daemon(daemon_bin, tmp_path, extra=["--chunk-points", "0"])
+def test_old_format_database_converts_with_identical_answers(make):
+    d = make(["--chunk-points", "0"])
     d.start()
     tags = ["x", "y"]
     publish(d, "old", tags, 600)
@@ -154,13 +173,13 @@ def test_old_format_database_converts_with_identical_answers(daemon_bin, tmp_pat
         assert d.stop() == 0
 
 
-def test_full_resolution_days_keeps_the_envelope(daemon_bin, tmp_path):
+def test_full_resolution_days_keeps_the_envelope(make):
     """--full-resolution-days 1: chunks whose points were all received more
     than a day ago answer as 2 points each (first step: every metric's
     minimum; last step: the maxima), the newer points stay whole. The
     receive minutes are moved 3 days back in the file while the daemon is
     stopped (the daemon's clock decides what is old)."""
-    d = Daemon(daemon_bin, tmp_path)
+    d = make()
     d.start()
     publish(d, "fr", ["a"], 600)  # 599 points: chunks 1..256, 257..512, rows 513..599
     wait_written(d, 599)
