@@ -2,8 +2,9 @@
  * cost of a put on the ingest side, and reader latency with a pool of
  * read-only connections vs one connection per call.
  *
- * usage: bench_store [DB_PATH [POINTS [STREAMS]]]
- *   defaults: /tmp/gw_bench_store.db, 2,000,000 points, 100 streams.
+ * usage: bench_store [DB_PATH [POINTS [STREAMS [CHUNK_POINTS]]]]
+ *   defaults: /tmp/gw_bench_store.db, 2,000,000 points, 100 streams, chunks
+ *   of GW_STORE_CHUNK_POINTS (0: one row per point, the layout before chunks).
  * Points are k=256-shaped (the stored blob is GW_METRIC_COUNT float64 whatever
  * k is). The producer round-robins over the streams like interleaved
  * training jobs; when the queue is full it waits 100 µs and retries, so the
@@ -76,6 +77,7 @@ int main(int argc, char **argv) {
   const char *path = argc > 1 ? argv[1] : "/tmp/gw_bench_store.db";
   uint64_t total = argc > 2 ? strtoull(argv[2], NULL, 10) : 2000000;
   uint32_t streams = argc > 3 ? (uint32_t)strtoul(argv[3], NULL, 10) : 100;
+  uint32_t chunk = argc > 4 ? (uint32_t)strtoul(argv[4], NULL, 10) : GW_STORE_CHUNK_POINTS;
   gw_store_config_t cfg;
   gw_stats_t stats;
   gw_store_t *st = NULL;
@@ -88,6 +90,7 @@ int main(int argc, char **argv) {
   rm_db(path);
   memset(&stats, 0, sizeof stats);
   gw_store_config_default(&cfg);
+  cfg.chunk_points = chunk;
   cfg.path = path;
   cfg.queue_max = 200000;
   rc = gw_store_open(&st, &cfg, &stats);

@@ -257,7 +257,7 @@ def main():
     rc = d.stop()
     import sqlite3
     con = sqlite3.connect(d.db)
-    rows_db = con.execute("SELECT count(*) FROM points").fetchone()[0]
+    rows_db = con.execute("SELECT (SELECT count(*) FROM points) + (SELECT coalesce(sum(n), 0) FROM chunks)").fetchone()[0]
     ok_integrity = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
 

@@ -97,6 +97,10 @@ static const opt_t opts[] = {
     {"db", "store", T_STR, F(db), 0, 0, 0, "PATH", "SQLite database (./gradwatch.db; :memory: allowed)", NULL},
     {"retention-days", "store", T_U32, F(retention_days), 0, 0, 100000, "DAYS",
      "delete points older than DAYS (0 = keep)", NULL},
+    {"full-resolution-days", "store", T_U32, F(full_resolution_days), 0, 0, 100000, "N",
+     "keep points older than N days only downsampled (0 = keep every point)", NULL},
+    {"chunk-points", "store", T_U32, F(chunk_points), 0, 0, 65536, "N",
+     "store points as compressed chunks of N (256; 0 = one row per point)", NULL},
     {"max-db-mb", "store", T_U32, F(max_db_mb), 0, 0, 100000000, "MB", "cap the database size (0 = none)", NULL},
     {"store-every", "store", T_U32, F(store_every), 0, 1, 1000000, "N", "store every Nth point per stream (1)", NULL},
     {"flush-ms", "store", T_U32, F(flush_ms), 0, 10, 1000, "MS", "max delay before points are committed (200)", NULL},
@@ -145,6 +149,7 @@ void gw_config_init(gw_config_t *c) {
   gw_engine_config_default(&c->engine);
   c->zmq_rcvhwm = 100000;
   c->store_every = 1;
+  c->chunk_points = 256;
   c->flush_ms = 200;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   c->engine_threads = cpus < 1 ? 1 : cpus > 8 ? 8 : (uint32_t)cpus;

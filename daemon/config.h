@@ -51,6 +51,8 @@ typedef struct gw_config_s {
   /* [store] */
   char *db;
   uint32_t retention_days;
+  uint32_t chunk_points; /* points per compressed chunk (256; 0 = a row each) */
+  uint32_t full_resolution_days; /* older chunks kept only downsampled (0 = forever) */
   uint32_t max_db_mb;
   uint32_t store_every;
   uint32_t flush_ms;

@@ -322,6 +322,8 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   sc.flush_ms = c->flush_ms;
   sc.retention_days = c->retention_days;
   sc.max_db_mb = c->max_db_mb;
+  sc.chunk_points = c->chunk_points;
+  sc.full_resolution_days = c->full_resolution_days;
   sc.store_every = c->store_every;
   sc.store_sketches = c->store_sketches;
   sc.log = &d->log;

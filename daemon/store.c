@@ -178,6 +178,17 @@ static const char *const migrations[GW_STORE_SCHEMA_VERSION] = {
     "CREATE TABLE stream_state("
     "  run TEXT NOT NULL, tag TEXT NOT NULL, blob BLOB NOT NULL,"
     "  PRIMARY KEY(run, tag));",
+    /* v3: sealed points as compressed columnar chunks (store_chunks.c); the
+     * points table keeps each segment's newest, not yet sealed points. The
+     * rows of a v2 file are sealed after this step by the pass every open
+     * runs (transactions of 64 chunks, so an interrupted pass resumes).
+     * xf: which derived columns the blob leaves out; tier 1: the chunk was
+     * replaced by its 2-point min/max form (full_resolution_days). */
+    "CREATE TABLE chunks("
+    "  stream INTEGER NOT NULL, first_step INTEGER NOT NULL,"
+    "  last_step INTEGER NOT NULL, n INTEGER NOT NULL, blob BLOB NOT NULL,"
+    "  xf INTEGER NOT NULL DEFAULT 0, tier INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY(stream, first_step));",
 };
 
 const char *const gws_alert_state_names[3] = {"pending", "firing", "resolved"};
@@ -297,6 +308,7 @@ void gw_store_config_default(gw_store_config_t *cfg) {
   cfg->retention_check_ms = 60000;
   cfg->close_timeout_ms = 10000;
   cfg->read_conns = 4;
+  cfg->chunk_points = GW_STORE_CHUNK_POINTS;
 }
 
 /* ------------------------------------------------------------ open/close */
@@ -392,6 +404,21 @@ static int db_open_writer(gw_store_t *st) {
              q, (long long)uv, GW_STORE_SCHEMA_VERSION);
     }
   }
+  if (rc == SQLITE_OK && st->cfg.chunk_points) {
+    /* seal what a v2 file, an interrupted pass or a kill -9 left as rows:
+     * full chunks everywhere, the tails of segments no longer live */
+    int64_t sealed = 0;
+    int64_t t0 = gw_mono_ns();
+    int src = gws_chunk_seal_all(db, st->cfg.chunk_points, GWS_SEAL_TAILS_IDLE, &sealed);
+    if (src != SQLITE_OK) { /* every point is still readable: go on */
+      char m[200];
+      gw_log(st->log, GW_LOG_WARN, "store", "msg=\"sealing chunks failed\" path=%s error=%s",
+             q, gw_log_quote(m, sizeof m, sqlite3_errstr(src)));
+    } else if (sealed > 0) {
+      gw_log(st->log, GW_LOG_INFO, "store", "msg=\"rows sealed into chunks\" path=%s points=%lld ms=%lld",
+             q, (long long)sealed, (long long)((gw_mono_ns() - t0) / 1000000));
+    }
+  }
   if (rc == SQLITE_OK) rc = gws_prepare_writer(st);
   if (rc == SQLITE_OK) {
     int64_t next = 1;
@@ -439,6 +466,8 @@ static void store_free(gw_store_t *st) {
   free(st->map);
   free(st->undo);
   free(st->rows);
+  free(st->dsteps);
+  free(st->dvals);
   free(st->skrows);
   free(st->skbuf);
   free(st->path);
@@ -478,7 +507,12 @@ int gw_store_open(gw_store_t **out, const gw_store_config_t *cfg,
   st->rows = malloc(BATCH_MAX * sizeof *st->rows);
   st->skrows = malloc(BATCH_MAX * sizeof *st->skrows);
   if (cfg->read_conns) st->pool = calloc(cfg->read_conns, sizeof *st->pool);
-  if (!st->path || !st->rows || !st->skrows || (cfg->read_conns && !st->pool)) {
+  if (cfg->chunk_points) {
+    st->dsteps = malloc(cfg->chunk_points * sizeof *st->dsteps);
+    st->dvals = malloc(cfg->chunk_points * sizeof *st->dvals);
+  }
+  if (!st->path || !st->rows || !st->skrows || (cfg->read_conns && !st->pool) ||
+      (cfg->chunk_points && (!st->dsteps || !st->dvals))) {
     rc = GW_ENOMEM;
     goto fail;
   }

@@ -31,11 +31,16 @@
  * are dropped and counted (store_dropped).
  *
  * On disk (schema version GW_STORE_SCHEMA_VERSION, kept in PRAGMA
- * user_version; version 1 databases are migrated in place at open): runs,
- * streams (one row per segment), points (segment, step, v BLOB) WITHOUT
- * ROWID where v is GW_METRIC_COUNT little-endian float64 in gw_metric_t
- * order (NAN = null; a shorter blob written by an older build reads as null
- * for the missing metrics), point_minutes (the per-segment index of receive
+ * user_version; version 1 and 2 databases are migrated in place at open):
+ * runs, streams (one row per segment), chunks (segment, first_step,
+ * last_step, n, blob, xf, tier: sealed runs of a segment's points, each
+ * blob a gw_chunk (chunk.h) of GW_METRIC_COUNT columns, xf the derived
+ * columns it leaves out, tier 1 its min/max form; store_chunks.c), points
+ * (segment, step, v BLOB) WITHOUT ROWID: each segment's newest points not
+ * yet sealed, all above its chunks, where v is GW_METRIC_COUNT
+ * little-endian float64 in gw_metric_t order (NAN = null; a shorter blob
+ * written by an older build reads as null for the missing metrics),
+ * point_minutes (the per-segment index of receive
  * minutes retention and max_db_mb delete by), sketches (k little-endian
  * float32), restarts (events), stream_state (saved engine state), alerts.
  * Steps, seeds and incarnations are stored as SQLite's signed 64-bit
@@ -58,7 +63,9 @@
 #include "sink.h"
 #include "stats.h"
 
-#define GW_STORE_SCHEMA_VERSION 2
+#define GW_STORE_SCHEMA_VERSION 3
+/* Points per sealed chunk (gw_store_config_t.chunk_points default). */
+#define GW_STORE_CHUNK_POINTS 256
 
 /* Points of the fault-injection seam (docs/CONTRACT.md §9, STYLE "fault injection"). */
 typedef enum {
@@ -89,6 +96,15 @@ typedef struct gw_store_config_s {
                                   disk before dropping what is left (10000) */
   uint32_t read_conns;    /* read-only connections kept pooled (default 4;
                              0 = open one per call) */
+  uint32_t full_resolution_days; /* 0 = keep every point; else each sealed
+                             chunk whose points were all received longer
+                             ago is replaced by 2 points: its first step with
+                             every metric's minimum, its last step with the
+                             maxima (checked with retention) */
+  uint32_t chunk_points;  /* seal a segment's rows into a compressed chunk
+                             every this many points (default
+                             GW_STORE_CHUNK_POINTS; 0 = keep rows, the
+                             pre-chunk layout, readers still read chunks) */
   /* Fault injection: when set, called by the writer before each operation
    * `op` (gw_store_op_t); a nonzero SQLite result code makes the store act as
    * if SQLite had returned it. Called from the writer thread, the
@@ -380,7 +396,9 @@ int gw_store_state_clear(gw_store_t *st);
  * exact, O(segments)). */
 int gw_store_row_count(gw_store_t *st, uint64_t *rows);
 
-/* Run `PRAGMA integrity_check`; 0 if "ok", GW_EDB otherwise. */
+/* Run `PRAGMA integrity_check`, then decode every chunk (its checksum, its
+ * n and step range, the chunks of a segment disjoint, its rows above them);
+ * 0 if all is well, GW_EDB otherwise. */
 int gw_store_integrity_check(gw_store_t *st);
 
 /* The store as a sink (sink.h): open → gw_store_open_stream, sketch →

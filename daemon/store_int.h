@@ -6,6 +6,8 @@
  *                  queue the ingest thread appends to
  *   store_writer.c the writer thread (batches, segments, restart events),
  *                  maintenance (retention, max_db_mb) and the checkpointer
+ *   store_chunks.c a segment's points as compressed chunks beside the rows:
+ *                  sealing, late points, deletes, counts, the point cursor
  *   store_read.c   readers (runs, streams, series, sketches, restarts,
  *                  resume list, replay), the synchronous state save, alerts
  * Nothing outside these files includes this header.
@@ -29,6 +31,7 @@
 #define BACKOFF_MAX_MS 5000
 #define BUSY_TIMEOUT_MS 5000
 #define SIZE_CHECK_MAX_ROUNDS 256 /* minute buckets deleted per size pass */
+#define TIER_CHUNKS_PER_PASS 4096 /* chunks downsampled per full_resolution pass */
 #define NS_PER_MIN 60000000000LL
 /* A stored point's bytes on disk as the size floor counts them: the packed
  * metrics plus its key, row and point_minutes overhead. */
@@ -86,11 +89,15 @@ typedef struct {
 typedef struct wseg_s {
   int64_t seg, run_id, seq;
   segkey_t key;
+  /* chunk bookkeeping, a cache of the database (ck_known 0: ask it):
+   * the segment's rows in points and its last chunk's last_step */
+  int64_t ck_rows, ck_last;
+  int ck_known;
 } wseg_t;
 
 typedef struct { /* one point of the chunk being written */
   int64_t db, step, recv;
-  uint32_t ord;
+  uint32_t ord, sid;
   const unsigned char *v;
 } prow_t;
 
@@ -149,6 +156,8 @@ struct gw_store_s {
   undo_t *undo;
   size_t undo_n, undo_cap;
   prow_t *rows;
+  int64_t *dsteps;              /* a chunk sealed straight from a batch */
+  const unsigned char **dvals;
   skrow_t *skrows;
   unsigned char *skbuf; /* float32 encoding buffer of the chunk's sketches */
   size_t skbuf_cap;
@@ -210,6 +219,72 @@ void *gws_ckpt_main(void *arg);
 int gws_wal_hook(void *arg, sqlite3 *db, const char *name, int frames);
 int gws_prepare_writer(gw_store_t *st); /* SQLite result code */
 void gws_finalize_writer(gw_store_t *st);
+
+/* ---- chunks (store_chunks.c): a segment's sealed points; SQLite result
+ * codes unless said otherwise ---- */
+
+/* Move the oldest rows of segment seg into chunks of chunk_n points while at
+ * least min_n rows remain (min_n 1: every row, the tail as a short chunk),
+ * at most max_chunks chunks (0: no limit). Inside the caller's transaction.
+ * *sealed += points moved. */
+int gws_chunk_seal(sqlite3 *db, int64_t seg, size_t chunk_n, size_t min_n, size_t max_chunks,
+                   int64_t *sealed);
+/* The whole store, one transaction per segment: full chunks of every
+ * segment, and the rows left as a short chunk: of no segment
+ * (GWS_SEAL_FULL), of segments not live (GWS_SEAL_TAILS_IDLE, at open) or
+ * of every segment (GWS_SEAL_TAILS_ALL, at close). */
+int gws_chunk_seal_all(sqlite3 *db, size_t chunk_n, int tails, int64_t *sealed);
+enum { GWS_SEAL_FULL, GWS_SEAL_TAILS_IDLE, GWS_SEAL_TAILS_ALL }; /* tails */
+/* Insert n points (ascending steps, all above the segment's chunks, the
+ * segment without rows) as one chunk, straight from their packed blobs. */
+int gws_chunk_put_blobs(sqlite3 *db, int64_t seg, const int64_t *steps,
+                        const unsigned char *const *v, int bytes, size_t n);
+/* The last chunk's last_step, INT64_MIN when the segment has none. */
+int gws_chunk_last_step(sqlite3 *db, int64_t seg, int64_t *last);
+/* A point at or below the last chunk's last_step: merged into its chunk
+ * (*added 1) unless that step is stored (*added 0). */
+int gws_chunk_add_late(sqlite3 *db, int64_t seg, int64_t step, const unsigned char *v,
+                       int bytes, int *added);
+/* Delete the chunked points with step <= max_step (a straddling chunk is
+ * re-encoded with the rest); *deleted += points deleted. */
+int gws_chunk_delete_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *deleted);
+/* Replace each whole chunk of segment seg with last_step <= max_step by its
+ * downsampled form (2 points: first step with every column's minimum, last
+ * step with the maxima; chunks.tier = 1), at most *budget chunks (counted
+ * down); *removed += points no longer stored. Inside the caller's
+ * transaction. */
+int gws_chunk_tier_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *budget,
+                        int64_t *removed);
+/* Points (chunks and rows) of a segment with step in [lo, hi]: count, min
+ * and max step (INT64_MAX / INT64_MIN when none). 0 or GW_E*. */
+int gws_chunk_count(sqlite3 *db, int64_t seg, int64_t lo, int64_t hi, int64_t *n,
+                    int64_t *min, int64_t *max);
+
+/* Every chunk decodes (checksum), with its row's n, first and last step,
+ * the chunks of a segment do not overlap and its rows lie above them. 0 or
+ * GW_EDB (GW_ENOMEM). */
+int gws_chunk_verify(sqlite3 *db);
+
+/* One segment's points in [lo, hi] in step order, chunks then rows. After
+ * open and each next: has, step and the values (gws_pcur_metric), valid
+ * until the next call. 0 or GW_E*. */
+typedef struct {
+  sqlite3_stmt *ck, *rw;
+  int64_t lo, hi;
+  uint64_t *steps; /* the decoded chunk */
+  double *vals;
+  size_t n, i, ncols;
+  int rows; /* chunks done: reading rows */
+  int has;
+  int64_t step;
+  const double *cv;          /* values of a chunked point, or NULL */
+  const unsigned char *blob; /* a row's packed values */
+  int bytes;
+} gws_pcur_t;
+int gws_pcur_open(gws_pcur_t *c, sqlite3 *db, int64_t seg, int64_t lo, int64_t hi);
+int gws_pcur_next(gws_pcur_t *c);
+double gws_pcur_metric(const gws_pcur_t *c, int m);
+void gws_pcur_close(gws_pcur_t *c);
 
 /* ---- readers (store_read.c) ---- */
 

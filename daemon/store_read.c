@@ -293,6 +293,63 @@ static int merge_next(merge_t *m, cur_t **out) {
   return 1;
 }
 
+/* The same merge over the point cursors of segments (store_chunks.c):
+ * chunks and rows of each segment in step order, ties to the lower seq. */
+typedef struct {
+  gws_pcur_t *c;
+  size_t *seg;
+  size_t n;
+  size_t last;
+} pmerge_t;
+
+static void pmerge_close(pmerge_t *m) {
+  for (size_t i = 0; i < m->n; i++) gws_pcur_close(&m->c[i]);
+  free(m->c);
+  free(m->seg);
+  memset(m, 0, sizeof *m);
+}
+
+static int pmerge_open(pmerge_t *m, sqlite3 *db, const seg_t *g, size_t ng, uint64_t from,
+                       uint64_t to, int all) {
+  int rc = 0;
+  memset(m, 0, sizeof *m);
+  m->last = SIZE_MAX;
+  m->c = calloc(ng ? ng : 1, sizeof *m->c);
+  m->seg = calloc(ng ? ng : 1, sizeof *m->seg);
+  if (!m->c || !m->seg) {
+    pmerge_close(m);
+    return GW_ENOMEM;
+  }
+  for (size_t i = 0; i < ng && rc == 0; i++) {
+    int64_t lo, hi;
+    if (!seg_range(&g[i], from, to, all, &lo, &hi)) continue;
+    rc = gws_pcur_open(&m->c[m->n], db, g[i].id, lo, hi);
+    if (rc) {
+      gws_pcur_close(&m->c[m->n]);
+      break;
+    }
+    m->seg[m->n++] = i;
+  }
+  if (rc) pmerge_close(m);
+  return rc;
+}
+
+static int pmerge_next(pmerge_t *m, gws_pcur_t **out, size_t *seg) {
+  size_t best = SIZE_MAX;
+  if (m->last != SIZE_MAX) {
+    int rc = gws_pcur_next(&m->c[m->last]);
+    m->last = SIZE_MAX;
+    if (rc) return rc;
+  }
+  for (size_t i = 0; i < m->n; i++)
+    if (m->c[i].has && (best == SIZE_MAX || m->c[i].step < m->c[best].step)) best = i;
+  if (best == SIZE_MAX) return 0;
+  m->last = best;
+  *out = &m->c[best];
+  *seg = m->seg[best];
+  return 1;
+}
+
 /* ----------------------------------------------------------------- runs */
 
 typedef struct {
@@ -377,12 +434,15 @@ static int row_segrow(void *arg, sqlite3_stmt *s) {
   return col_dup(s, 0, &g->tag);
 }
 
-/* count, min and max step of the visible rows of a superseded segment. */
-static int row_vis(void *arg, sqlite3_stmt *s) {
-  segrow_t *g = arg;
-  g->points = sqlite3_column_int64(s, 0);
-  g->first = sqlite3_column_type(s, 1) == SQLITE_NULL ? -1 : sqlite3_column_int64(s, 1);
-  g->last = sqlite3_column_type(s, 2) == SQLITE_NULL ? -1 : sqlite3_column_int64(s, 2);
+/* count, min and max step of the visible points (step < cut) of a
+ * superseded segment. */
+static int row_vis(sqlite3 *db, segrow_t *g, int64_t cut) {
+  int64_t n = 0, mn = 0, mx = 0;
+  int rc = gws_chunk_count(db, g->id, INT64_MIN, cut - 1, &n, &mn, &mx);
+  if (rc) return rc;
+  g->points = n;
+  g->first = n ? mn : -1;
+  g->last = n ? mx : -1;
   return 0;
 }
 
@@ -395,8 +455,6 @@ int gw_store_streams(gw_store_t *st, const char *run, gw_store_stream_t **out,
       "SELECT tag, id, incarnation, k, kind, s, seed, start_step, first_step, "
       "last_step, coalesce(last_seen, 0), points FROM streams WHERE run = ?1 "
       "ORDER BY tag, seq DESC";
-  static const char sql_vis[] =
-      "SELECT count(*), min(step), max(step) FROM points WHERE stream = ?1 AND step < ?2";
   vec_t segs = {.elem = sizeof(segrow_t)}, res = {.elem = sizeof(gw_store_stream_t)};
   sqlite3 *db = NULL;
   int64_t run_id = 0, cut = INT64_MAX;
@@ -426,7 +484,7 @@ int gw_store_streams(gw_store_t *st, const char *run, gw_store_stream_t **out,
       cur->incarnation = g->inc;
       cut = INT64_MAX;
     } else if (cut > 0) { /* superseded from cut on */
-      rc = query(db, sql_vis, (arg_t[]){A_INT(g->id), A_INT(cut)}, 2, row_vis, g, 0);
+      rc = row_vis(db, g, cut);
     } else {
       g->points = 0;
       g->first = g->last = -1;
@@ -461,10 +519,6 @@ void gw_store_streams_free(gw_store_stream_t *s, size_t n) {
 
 /* --------------------------------------------------------------- series */
 
-static double blob_metric(const unsigned char *v, int bytes, int m) {
-  return (m + 1) * 8 <= bytes ? gws_get_f64le(v + 8 * m) : NAN;
-}
-
 /* First index of bucket b when n points are split into nb buckets. */
 static size_t bucket_start(size_t b, size_t n, size_t nb) {
   return (size_t)((unsigned __int128)b * n / nb);
@@ -489,13 +543,12 @@ typedef struct {
   uint64_t first_step, first_inc;
 } ser_t;
 
-static void ser_row(ser_t *x, uint64_t step, uint64_t inc, const unsigned char *v,
-                    int bytes) {
+static void ser_row(ser_t *x, uint64_t step, uint64_t inc, const gws_pcur_t *v) {
   gw_series_t *o = x->out;
   if (!x->nb) {
     o->step[x->i] = step;
     o->inc[x->i] = inc;
-    for (size_t m = 0; m < x->nm; m++) o->cols[m][x->i] = blob_metric(v, bytes, x->metrics[m]);
+    for (size_t m = 0; m < x->nm; m++) o->cols[m][x->i] = gws_pcur_metric(v, x->metrics[m]);
     x->i++;
     return;
   }
@@ -505,7 +558,7 @@ static void ser_row(ser_t *x, uint64_t step, uint64_t inc, const unsigned char *
     for (size_t m = 0; m < x->nm; m++) x->mn[m] = x->mx[m] = NAN;
   }
   for (size_t m = 0; m < x->nm; m++) {
-    double y = blob_metric(v, bytes, x->metrics[m]);
+    double y = gws_pcur_metric(v, x->metrics[m]);
     if (isnan(y)) continue;
     if (isnan(x->mn[m]) || y < x->mn[m]) x->mn[m] = y;
     if (isnan(x->mx[m]) || y > x->mx[m]) x->mx[m] = y;
@@ -529,16 +582,13 @@ static void ser_row(ser_t *x, uint64_t step, uint64_t inc, const unsigned char *
 /* Rows a series of these segments would select (before downsampling). */
 static int count_rows(sqlite3 *db, const vec_t *segs, uint64_t from, uint64_t to, int all,
                       int64_t *total) {
-  static const char sql_count[] =
-      "SELECT count(*) FROM points WHERE stream = ?1 AND step BETWEEN ?2 AND ?3";
   int rc = 0;
   *total = 0;
   for (size_t i = 0; rc == 0 && i < segs->n && from <= to; i++) {
     const seg_t *g = &((const seg_t *)segs->a)[i];
-    int64_t lo, hi, c = 0;
+    int64_t lo, hi, c = 0, mn, mx;
     if (!seg_range(g, from, to, all, &lo, &hi)) continue;
-    rc = query(db, sql_count, (arg_t[]){A_INT(g->id), A_INT(lo), A_INT(hi)}, 3, row_int,
-               &c, 0);
+    rc = gws_chunk_count(db, g->id, lo, hi, &c, &mn, &mx);
     *total += c;
   }
   return rc;
@@ -566,11 +616,8 @@ int gw_store_series(gw_store_t *st, const char *run, const char *tag,
                     const int *metrics, size_t n_metrics, uint64_t from,
                     uint64_t to, size_t max_points, gw_series_t *out,
                     int all_incarnations) {
-  static const char sql_rows[] =
-      "SELECT step, v FROM points WHERE stream = ?1 AND step BETWEEN ?2 AND ?3 "
-      "ORDER BY step";
   vec_t segs = {0};
-  merge_t mg = {0};
+  pmerge_t mg = {0};
   ser_t x = {0};
   sqlite3 *db = NULL;
   int64_t total = 0;
@@ -612,22 +659,22 @@ int gw_store_series(gw_store_t *st, const char *run, const char *tag,
     }
   }
   if (total == 0) goto done;
-  rc = merge_open(&mg, db, sql_rows, segs.a, segs.n, from, to, all_incarnations, 0);
+  rc = pmerge_open(&mg, db, segs.a, segs.n, from, to, all_incarnations);
   if (x.nb) x.end = bucket_start(1, x.total, x.nb);
   while (rc == 0 && x.i < x.total) {
-    cur_t *c = NULL;
-    int r = merge_next(&mg, &c);
+    gws_pcur_t *c = NULL;
+    size_t seg = 0;
+    int r = pmerge_next(&mg, &c, &seg);
     if (r <= 0) {
       rc = r;
       break;
     }
-    ser_row(&x, (uint64_t)c->step, ((seg_t *)segs.a)[c->seg].inc,
-            sqlite3_column_blob(c->s, 1), sqlite3_column_bytes(c->s, 1));
+    ser_row(&x, (uint64_t)c->step, ((seg_t *)segs.a)[seg].inc, c);
   }
   if (rc == 0 && (x.nb ? x.b != x.nb : x.i != x.total)) rc = GW_EDB; /* snapshot broke */
   out->n = x.nb ? 2 * x.nb : x.i;
 done:
-  merge_close(&mg);
+  pmerge_close(&mg);
   rd_end(st, db);
   free(segs.a);
   free(x.mn);
@@ -840,6 +887,7 @@ int gw_store_integrity_check(gw_store_t *st) {
   rc = gws_rd_acquire(st, &db);
   if (rc) return rc;
   rc = query(db, "PRAGMA integrity_check", NULL, 0, row_integrity, NULL, 1);
+  if (rc == 0) rc = gws_chunk_verify(db);
   gws_rd_release(st, db);
   return rc == GW_ENOTFOUND ? GW_EDB : rc;
 }

@@ -379,30 +379,105 @@ typedef struct {
   uint64_t points, skipped, dups; /* committed rows, skipped records, duplicates */
 } wcount_t;
 
+/* Forget the writer's cache of every segment's chunk bookkeeping (after a
+ * rollback or a maintenance pass changed what it describes). */
+static void map_forget_chunks(gw_store_t *st) {
+  for (size_t i = 0; i < st->map_cap; i++) st->map[i].ck_known = 0;
+}
+
+/* The chunk bookkeeping of segment db: w, filled from the database if not
+ * known yet. */
+static int w_chunk_state(gw_store_t *st, int64_t db, wseg_t *w) {
+  static const char sql[] = "SELECT count(*) FROM points WHERE stream = ?1";
+  sqlite3_stmt *s = NULL;
+  int rc;
+  if (w->ck_known) return SQLITE_OK;
+  rc = gws_chunk_last_step(st->wdb, db, &w->ck_last);
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(st->wdb, sql, -1, &s, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, db);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+      w->ck_rows = sqlite3_column_int64(s, 0);
+      w->ck_known = 1;
+      rc = SQLITE_OK;
+    }
+  }
+  sqlite3_finalize(s);
+  return rc;
+}
+
 /* Insert the points rows[i..j) of one segment (sorted by step), then update
- * its row and minute index once. A (segment, step) already stored is left
- * as it is and counted in c->dups. */
+ * its row and minute index once, then seal its rows into chunks of
+ * chunk_points. A (segment, step) already stored is left as it is and
+ * counted in c->dups; a step inside the sealed range goes into its chunk
+ * (store_chunks.c). */
 static int w_points(gw_store_t *st, size_t i, size_t j, wcount_t *c) {
   const prow_t *rw = st->rows;
   sqlite3_stmt *ins = st->ws[S_PT_INS], *s;
   int64_t db = rw[i].db, added = 0, seen = INT64_MIN, minute = 0, min_max = 0;
   int64_t lo = 0, hi = 0;
   int have_min = 0, rc = SQLITE_OK;
+  uint32_t sid = rw[i].sid;
+  wseg_t tmp = {0}, *w = sid < st->map_cap && st->map[sid].seg == db ? &st->map[sid] : &tmp;
+  size_t direct_end = i, nd = 0; /* rw[i..direct_end): straight into chunks */
+  uint32_t cp = st->cfg.chunk_points;
+  rc = w_chunk_state(st, db, w);
+  if (rc == SQLITE_OK && cp && w->ck_rows == 0) {
+    /* no rows waiting: whole chunks of this batch skip the rows table (the
+     * last of each chunk's steps ends it; duplicates of it stay inside) */
+    size_t distinct = 0;
+    for (size_t x = i; x < j; x++) {
+      if (rw[x].step <= w->ck_last || (x > i && rw[x].step == rw[x - 1].step)) continue;
+      if (++distinct % cp == 0) direct_end = x + 1;
+    }
+    while (direct_end > i && direct_end < j && rw[direct_end].step == rw[direct_end - 1].step)
+      direct_end++;
+  }
   for (size_t x = i; x < j && rc == SQLITE_OK; x++) {
     int64_t m;
-    sqlite3_bind_int64(ins, 1, db);
-    sqlite3_bind_int64(ins, 2, rw[x].step);
-    sqlite3_bind_blob(ins, 3, rw[x].v, BLOB_BYTES, SQLITE_STATIC);
-    rc = wrun(st, ins, NULL);
-    if (rc != SQLITE_OK && gws_record_error(rc)) {
-      c->skipped++;
-      rc = SQLITE_OK;
-      continue;
-    }
-    if (rc != SQLITE_OK) break;
-    if (sqlite3_changes(st->wdb) == 0) { /* (segment, step) already stored */
-      c->dups++;
-      continue;
+    if (rw[x].step <= w->ck_last) { /* late: inside the sealed range */
+      int in = 0;
+      rc = gws_chunk_add_late(st->wdb, db, rw[x].step, rw[x].v, BLOB_BYTES, &in);
+      if (rc == SQLITE_CORRUPT) { /* that chunk is damaged: skip the point */
+        c->skipped++;
+        rc = SQLITE_OK;
+        continue;
+      }
+      if (rc != SQLITE_OK) break;
+      if (!in) {
+        c->dups++;
+        continue;
+      }
+    } else if (x < direct_end) {
+      if (nd > 0 && st->dsteps[nd - 1] == rw[x].step) { /* a second point at a step */
+        c->dups++;
+        continue;
+      }
+      st->dsteps[nd] = rw[x].step;
+      st->dvals[nd++] = rw[x].v;
+      if (nd == cp) {
+        rc = gws_chunk_put_blobs(st->wdb, db, st->dsteps, st->dvals, BLOB_BYTES, nd);
+        if (rc != SQLITE_OK) break;
+        w->ck_last = st->dsteps[nd - 1];
+        nd = 0;
+      }
+    } else {
+      sqlite3_bind_int64(ins, 1, db);
+      sqlite3_bind_int64(ins, 2, rw[x].step);
+      sqlite3_bind_blob(ins, 3, rw[x].v, BLOB_BYTES, SQLITE_STATIC);
+      rc = wrun(st, ins, NULL);
+      if (rc != SQLITE_OK && gws_record_error(rc)) {
+        c->skipped++;
+        rc = SQLITE_OK;
+        continue;
+      }
+      if (rc != SQLITE_OK) break;
+      if (sqlite3_changes(st->wdb) == 0) { /* (segment, step) already stored */
+        c->dups++;
+        continue;
+      }
+      w->ck_rows++;
     }
     added++;
     if (!have_min) lo = rw[x].step;
@@ -423,6 +498,12 @@ static int w_points(gw_store_t *st, size_t i, size_t j, wcount_t *c) {
     sqlite3_bind_int64(s, 4, seen);
     sqlite3_bind_int64(s, 5, added);
     rc = wrun(st, s, NULL);
+  }
+  if (rc == SQLITE_OK && st->cfg.chunk_points && w->ck_rows >= st->cfg.chunk_points) {
+    int64_t sealed = 0;
+    rc = gws_chunk_seal(st->wdb, db, st->cfg.chunk_points, st->cfg.chunk_points, 0, &sealed);
+    w->ck_rows -= sealed;
+    if (rc == SQLITE_OK) rc = gws_chunk_last_step(st->wdb, db, &w->ck_last);
   }
   if (rc == SQLITE_OK) c->points += (uint64_t)added;
   return rc;
@@ -497,6 +578,7 @@ static int w_chunk(gw_store_t *st, size_t *consumed, wcount_t *cnt) {
         st->rows[np].step = r->step;
         st->rows[np].recv = r->recv_ns;
         st->rows[np].ord = (uint32_t)np;
+        st->rows[np].sid = r->sid;
         st->rows[np].v = r->u.v;
         np++;
         break;
@@ -532,6 +614,7 @@ static int w_chunk(gw_store_t *st, size_t *consumed, wcount_t *cnt) {
   if (rc != SQLITE_OK) {
     wrollback(st);
     map_undo(st);
+    map_forget_chunks(st);
     memset(cnt, 0, sizeof *cnt);
     return rc;
   }
@@ -653,6 +736,7 @@ static int m_delete_upto(gw_store_t *st, sqlite3_stmt *dp, sqlite3_stmt *ds,
   sqlite3_bind_int64(dp, 2, max_step);
   rc = wrun(st, dp, NULL);
   n = sqlite3_changes64(st->wdb);
+  if (rc == SQLITE_OK) rc = gws_chunk_delete_upto(st->wdb, db, max_step, &n);
   if (rc == SQLITE_OK) *points += n;
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(ds, 1, db);
@@ -708,7 +792,9 @@ static const char *const msql[M_COUNT] = {
     [M_DEL_PTS] = "DELETE FROM points WHERE stream = ?1 AND step <= ?2",
     [M_DEL_SK] = "DELETE FROM sketches WHERE stream = ?1 AND step <= ?2",
     [M_UPD_ST] = "UPDATE streams SET points = max(points - ?2, 0), "
-                 "first_step = (SELECT min(step) FROM points WHERE stream = ?1) "
+                 "first_step = (SELECT min(f) FROM ("
+                 "SELECT min(first_step) AS f FROM chunks WHERE stream = ?1 "
+                 "UNION ALL SELECT min(step) FROM points WHERE stream = ?1)) "
                  "WHERE id = ?1",
     [M_RET_SEL] = "SELECT stream, max(max_step) FROM point_minutes "
                   "WHERE minute < ?1 GROUP BY stream",
@@ -766,7 +852,8 @@ static int w_maintain(gw_store_t *st, int do_retention) {
     used += wal;
   }
   shrink = limit && used > limit;
-  if (rc != SQLITE_OK || (!shrink && !(do_retention && st->cfg.retention_days)))
+  if (rc != SQLITE_OK ||
+      (!shrink && !(do_retention && (st->cfg.retention_days || st->cfg.full_resolution_days))))
     return rc;
   for (int i = 0; i < M_COUNT && rc == SQLITE_OK; i++)
     rc = sqlite3_prepare_v2(st->wdb, msql[i], -1, &m[i], NULL);
@@ -798,6 +885,36 @@ static int w_maintain(gw_store_t *st, int do_retention) {
       used += wal;
     }
     shrink = limit && used > limit;
+  }
+  if (rc == SQLITE_OK && do_retention && st->cfg.full_resolution_days) {
+    /* older than full_resolution_days: chunks become their min/max form,
+     * at most TIER_CHUNKS_PER_PASS chunks a pass (the next pass goes on) */
+    uint32_t days =
+        st->cfg.full_resolution_days > 100000 ? 100000 : st->cfg.full_resolution_days;
+    int64_t cutoff = gws_floor_div(gw_now_ns() - (int64_t)days * 86400 * 1000000000LL,
+                                   NS_PER_MIN);
+    int64_t budget = TIER_CHUNKS_PER_PASS, gone = 0;
+    rc = wbegin(st);
+    if (rc == SQLITE_OK) {
+      sqlite3_bind_int64(m[M_RET_SEL], 1, cutoff);
+      rc = m_collect(m[M_RET_SEL], &cuts, &ncut);
+    }
+    for (size_t i = 0; rc == SQLITE_OK && i < ncut && budget > 0; i++) {
+      int64_t g = 0;
+      rc = gws_chunk_tier_upto(st->wdb, cuts[i].db, cuts[i].max_step, &budget, &g);
+      if (rc == SQLITE_OK && g) {
+        sqlite3_bind_int64(m[M_UPD_ST], 1, cuts[i].db);
+        sqlite3_bind_int64(m[M_UPD_ST], 2, g);
+        rc = wrun(st, m[M_UPD_ST], NULL);
+      }
+      gone += g;
+    }
+    if (rc == SQLITE_OK) rc = wcommit(st);
+    if (rc == SQLITE_OK && gone) {
+      deleted = 1;
+      gw_log(st->log, GW_LOG_INFO, "full_resolution", "days=%u points_downsampled=%lld",
+             days, (long long)gone);
+    }
   }
   before = used;
 
@@ -858,6 +975,7 @@ static int w_maintain(gw_store_t *st, int do_retention) {
       rc = gws_exec(st->wdb, "PRAGMA wal_checkpoint(PASSIVE)");
   }
   if (rc != SQLITE_OK) wrollback(st);
+  map_forget_chunks(st); /* chunks and rows may be gone */
   for (int i = 0; i < M_COUNT; i++) sqlite3_finalize(m[i]);
   free(cuts);
   return rc;
@@ -985,7 +1103,8 @@ void *gws_writer_main(void *arg) {
       }
     }
     if (!failing) {
-      int do_ret = st->cfg.retention_days && mono_ms() >= next_retention;
+      int do_ret = (st->cfg.retention_days || st->cfg.full_resolution_days) &&
+                   mono_ms() >= next_retention;
       /* size pass after each commit, and once more when closing */
       if (do_ret || ((committed || stop_seen) && st->cfg.max_db_mb)) {
         int rc;
@@ -1000,7 +1119,18 @@ void *gws_writer_main(void *arg) {
       pthread_mutex_lock(&st->q_mu);
       empty = !st->q_head && !st->p_head;
       pthread_mutex_unlock(&st->q_mu);
-      if (empty) break;
+      if (empty) {
+        if (!failing && st->cfg.chunk_points) { /* seal every tail: the
+                                                   rows cost 4x a chunk */
+          int64_t sealed = 0;
+          gws_db_lock(st);
+          int rc = gws_chunk_seal_all(st->wdb, st->cfg.chunk_points, GWS_SEAL_TAILS_ALL,
+                                      &sealed);
+          gws_db_unlock(st);
+          if (rc != SQLITE_OK) w_error(st, rc, 0, 0);
+        }
+        break;
+      }
       if (failing && mono_ms() >= close_deadline) {
         pthread_mutex_lock(&st->q_mu); /* nothing new arrives after close */
         take_fifo(st);

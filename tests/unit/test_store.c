@@ -31,6 +31,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "chunk.h"
 #include "log.h"
 #include "store.h"
 
@@ -186,13 +187,51 @@ static double blob_le(const unsigned char *v, int m) {
   return d;
 }
 
-/* Every stored stream's `points` equals its real row count. */
+/* Every stored point: the rows of the points table and the sealed chunks. */
+#define RAW_ALL_POINTS                                                   \
+  "SELECT (SELECT count(*) FROM points) + (SELECT coalesce(sum(n), 0) FROM chunks)"
+
+/* Every stored stream's `points` equals its real point count (rows plus
+ * chunked points), every chunk decodes to n points within its step range,
+ * chunks do not overlap, and every row lies above its segment's chunks. */
 static void raw_check_counts(const char *path) {
   sqlite3 *db = raw_open(path);
+  sqlite3_stmt *q;
   char ok[64];
+  int64_t prev_seg = -1, prev_last = INT64_MIN;
   assert_int_equal(raw_int(db, "SELECT count(*) FROM streams s WHERE s.points != "
-                               "(SELECT count(*) FROM points p WHERE p.stream = s.id)"),
+                               "(SELECT count(*) FROM points p WHERE p.stream = s.id) + "
+                               "(SELECT coalesce(sum(n), 0) FROM chunks c WHERE c.stream = s.id)"),
                    0);
+  assert_int_equal(raw_int(db, "SELECT count(*) FROM points p WHERE p.step <= "
+                               "(SELECT max(last_step) FROM chunks c WHERE c.stream = p.stream)"),
+                   0);
+  assert_int_equal(sqlite3_prepare_v2(db, "SELECT stream, first_step, last_step, n, blob "
+                                          "FROM chunks ORDER BY stream, first_step",
+                                      -1, &q, NULL),
+                   SQLITE_OK);
+  while (sqlite3_step(q) == SQLITE_ROW) {
+    uint64_t *steps;
+    double *vals;
+    size_t n, nc;
+    int64_t seg = sqlite3_column_int64(q, 0), first = sqlite3_column_int64(q, 1),
+            last = sqlite3_column_int64(q, 2);
+    assert_int_equal(gw_chunk_decode(sqlite3_column_blob(q, 4),
+                                     (size_t)sqlite3_column_bytes(q, 4), &steps, &vals, &n, &nc),
+                     0);
+    assert_int_equal(n, sqlite3_column_int64(q, 3));
+    assert_int_equal(nc, GW_METRIC_COUNT);
+    assert_true(n > 0);
+    assert_int_equal((int64_t)steps[0], first);
+    assert_int_equal((int64_t)steps[n - 1], last);
+    for (size_t i = 1; i < n; i++) assert_true(steps[i] > steps[i - 1]);
+    if (seg == prev_seg) assert_true(first > prev_last);
+    prev_seg = seg;
+    prev_last = last;
+    free(steps);
+    free(vals);
+  }
+  sqlite3_finalize(q);
   raw_text(db, "PRAGMA integrity_check", ok, sizeof ok);
   assert_string_equal(ok, "ok");
   sqlite3_close(db);
@@ -287,26 +326,65 @@ static void roundtrip_points(void **state) {
     gw_store_series_free(&s);
   }
 
-  /* The file, read with plain SQLite and decoded as documented. */
+  /* The file, read with plain SQLite and decoded as documented: the
+   * sealed chunks (chunk.h) in step order, then the rows. */
   db = raw_open(f->path);
-  assert_int_equal(sqlite3_prepare_v2(db,
-                                      "SELECT p.step, p.v FROM points p JOIN streams s "
-                                      "ON s.id = p.stream WHERE s.tag = 'all' ORDER BY p.step",
-                                      -1, &q, NULL),
-                   SQLITE_OK);
-  for (int r = 0; r < 300; r++) {
-    const unsigned char *v;
-    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int64(q, 0), (int64_t)pts[2 * r].step);
-    assert_int_equal(sqlite3_column_bytes(q, 1), GW_METRIC_COUNT * 8);
-    v = sqlite3_column_blob(q, 1);
-    assert_true(same_double(blob_le(v, GW_METRIC_KAPPA_EMA), pts[2 * r].kappa_ema));
-    assert_true(same_double(blob_le(v, GW_METRIC_SIGMA_8), pts[2 * r].sigma[7]));
-    assert_true(same_double(blob_le(v, GW_METRIC_LOSS), pts[2 * r].loss));
-    assert_true(same_double(blob_le(v, GW_METRIC_RANK_90), (double)pts[2 * r].rank_90));
+  {
+    uint64_t *rs = calloc(300, sizeof *rs);
+    double *rv = calloc(300 * GW_METRIC_COUNT, sizeof *rv);
+    size_t got = 0;
+    assert_non_null(rs);
+    assert_non_null(rv);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT c.blob FROM chunks c JOIN streams s "
+                                        "ON s.id = c.stream WHERE s.tag = 'all' ORDER BY c.first_step",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
+    while (sqlite3_step(q) == SQLITE_ROW) {
+      uint64_t *cs;
+      double *cv;
+      size_t cn, nc;
+      assert_int_equal(gw_chunk_decode(sqlite3_column_blob(q, 0),
+                                       (size_t)sqlite3_column_bytes(q, 0), &cs, &cv, &cn, &nc),
+                       0);
+      assert_int_equal(nc, GW_METRIC_COUNT);
+      assert_true(got + cn <= 300);
+      memcpy(rs + got, cs, cn * sizeof *cs);
+      memcpy(rv + got * GW_METRIC_COUNT, cv, cn * GW_METRIC_COUNT * sizeof *cv);
+      got += cn;
+      free(cs);
+      free(cv);
+    }
+    sqlite3_finalize(q);
+    assert_int_equal(got, 256); /* one full chunk sealed, the rest rows */
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT p.step, p.v FROM points p JOIN streams s "
+                                        "ON s.id = p.stream WHERE s.tag = 'all' ORDER BY p.step",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
+    while (sqlite3_step(q) == SQLITE_ROW) {
+      const unsigned char *v = sqlite3_column_blob(q, 1);
+      assert_true(got < 300);
+      assert_int_equal(sqlite3_column_bytes(q, 1), GW_METRIC_COUNT * 8);
+      rs[got] = (uint64_t)sqlite3_column_int64(q, 0);
+      for (int m = 0; m < GW_METRIC_COUNT; m++) rv[got * GW_METRIC_COUNT + m] = blob_le(v, m);
+      got++;
+    }
+    sqlite3_finalize(q);
+    assert_int_equal(got, 300);
+    for (int r = 0; r < 300; r++) {
+      const double *v = rv + (size_t)r * GW_METRIC_COUNT;
+      assert_int_equal(rs[r], pts[2 * r].step);
+      assert_true(same_double(v[GW_METRIC_KAPPA_EMA], pts[2 * r].kappa_ema));
+      assert_true(same_double(v[GW_METRIC_SIGMA_8], pts[2 * r].sigma[7]));
+      assert_true(same_double(v[GW_METRIC_LOSS], pts[2 * r].loss));
+      assert_true(same_double(v[GW_METRIC_RANK_90], (double)pts[2 * r].rank_90));
+      for (int m = 0; m < GW_METRIC_COUNT; m++)
+        assert_true(same_double(v[m], gw_point_get(&pts[2 * r], m)));
+    }
+    free(rs);
+    free(rv);
   }
-  assert_int_equal(sqlite3_step(q), SQLITE_DONE);
-  sqlite3_finalize(q);
   /* seed >= 2^63 survives the signed column */
   assert_int_equal((uint64_t)raw_int(db, "SELECT seed FROM streams WHERE tag = 'all'"),
                    0xdeadbeefcafebabeull);
@@ -388,7 +466,7 @@ static void listings(void **state) {
   assert_int_equal(gw_store_row_count(f->st, &rows), 0);
   assert_int_equal(rows, 23);
   db = raw_open(f->path);
-  assert_int_equal(raw_int(db, "SELECT count(*) FROM points"), 23);
+  assert_int_equal(raw_int(db, RAW_ALL_POINTS), 23);
   assert_int_equal(raw_int(db, "SELECT count(*) FROM runs"), 3);
   sqlite3_close(db);
   assert_int_equal(gw_store_integrity_check(f->st), 0);
@@ -591,7 +669,7 @@ static void durability_reopen(void **state) {
   assert_int_equal(raw_int(db, "PRAGMA auto_vacuum"), 2); /* incremental */
   raw_text(db, "PRAGMA journal_mode", mode, sizeof mode);
   assert_string_equal(mode, "wal");
-  assert_int_equal(raw_int(db, "SELECT count(*) FROM points"), 999);
+  assert_int_equal(raw_int(db, RAW_ALL_POINTS), 999);
   sqlite3_close(db);
 
   c.flush_ms = 20;
@@ -1009,7 +1087,7 @@ static void retention(void **state) {
   free(steps);
   free(z);
   db = raw_open(f->path);
-  assert_int_equal(raw_int(db, "SELECT count(*) FROM points"), 300);
+  assert_int_equal(raw_int(db, RAW_ALL_POINTS), 300);
   sqlite3_close(db);
   assert_int_equal(gw_store_integrity_check(f->st), 0);
   raw_check_counts(f->path);
@@ -1475,7 +1553,7 @@ static void migration_v1(void **state) {
   open_ok(f, &c);
   db = raw_open(f->path);
   assert_int_equal(raw_int(db, "PRAGMA user_version"), GW_STORE_SCHEMA_VERSION);
-  assert_int_equal(raw_int(db, "SELECT count(*) FROM points"), 301);
+  assert_int_equal(raw_int(db, RAW_ALL_POINTS), 301);
   assert_int_equal(raw_int(db, "SELECT count(*) FROM streams WHERE seq = 0 AND incarnation = 0"), 2);
   assert_int_equal(raw_int(db, "SELECT seed FROM streams WHERE id = 2"), -1);
   sqlite3_close(db);
