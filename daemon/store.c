@@ -178,6 +178,13 @@ static const char *const migrations[GW_STORE_SCHEMA_VERSION] = {
     "CREATE TABLE stream_state("
     "  run TEXT NOT NULL, tag TEXT NOT NULL, blob BLOB NOT NULL,"
     "  PRIMARY KEY(run, tag));",
+    /* v3: run metadata (PROTOCOL.md §11), the latest document per run. */
+    "CREATE TABLE run_meta("
+    "  run INTEGER PRIMARY KEY REFERENCES runs(id),"
+    "  incarnation INTEGER NOT NULL,"
+    "  wall_ns INTEGER NOT NULL,"
+    "  recv_ns INTEGER NOT NULL,"
+    "  doc TEXT NOT NULL);",
 };
 
 const char *const gws_alert_state_names[3] = {"pending", "firing", "resolved"};
