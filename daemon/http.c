@@ -693,6 +693,7 @@ static enum MHD_Result h_stats(gw_http_t *h, struct MHD_Connection *c) {
   /* Every add is checked: a stats answer is whole or an error. */
   if (!o || !gw_json_add_u64(o, "received", gw_stats_get(&st->received)) ||
       !gw_json_add_u64(o, "accepted", gw_stats_get(&st->accepted)) ||
+      !gw_json_add_u64(o, "meta_accepted", gw_stats_get(&st->meta_accepted)) ||
       !gw_json_add_u64(o, "points", gw_stats_get(&st->points)) ||
       !(rej = cJSON_AddObjectToObject(o, "rejected")))
     goto nomem;

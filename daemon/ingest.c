@@ -316,7 +316,7 @@ static void handle_meta(gw_ingest_t *in, const void *topic, size_t tlen, const v
   run[mm.run_len] = '\0';
   gw_run_meta_t m = {.run = run, .incarnation = mm.incarnation, .wall_ns = mm.wall_ns,
                      .recv_ns = gw_now_ns(), .doc = doc};
-  gw_stats_add(&in->stats->accepted, 1);
+  gw_stats_add(&in->stats->meta_accepted, 1);
   pthread_mutex_lock(&in->sink_mu);
   EACH_SINK(in, sk) if (sk->meta) sk->meta(sk->arg, &m);
   pthread_mutex_unlock(&in->sink_mu);

@@ -249,6 +249,9 @@ def test_bad_metadata_rejected_with_reason(daemon):
         s.send_multipart(raw_meta("b", {"tags": ["good"], "labels": {"k": "v"}}))
         daemon.wait_for(lambda: run_meta(daemon, "b"), what="the good metadata after the bad")
         m = run_meta(daemon, "b")
+        st = daemon.stats()
+        assert st["meta_accepted"] == 1 and st["accepted"] == 0  # metadata has its own count
+        assert st["rejected"]["meta_too_large"] == 3 and st["rejected"]["bad_meta"] == 4
         assert m["tags"] == ["good"] and m["labels"] == {"k": "v"} and m["config"] == {}
         want = {}
         for _, r in bad:
