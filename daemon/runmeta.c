@@ -151,13 +151,11 @@ int gw_runmeta_parse(const char *doc, size_t len, cJSON **out) {
     if (i == N_MEMBERS || found[i]) goto done; /* unknown or repeated */
     found[i] = m;
   }
-  if (found[0] && (!cJSON_IsObject(found[0]) || depth(found[0], GW_META_DEPTH_MAX) > GW_META_DEPTH_MAX))
-    goto done;
+  for (size_t i = 0; i < N_MEMBERS; i += 3) /* config and client: objects, bounded depth */
+    if (found[i] && (!cJSON_IsObject(found[i]) || depth(found[i], GW_META_DEPTH_MAX) > GW_META_DEPTH_MAX))
+      goto done;
   if (found[1] && (rc = check_tags(found[1])) != 0) goto done;
   if (found[2] && (rc = check_labels(found[2])) != 0) goto done;
-  rc = GW_EMETA;
-  if (found[3] && (!cJSON_IsObject(found[3]) || depth(found[3], GW_META_DEPTH_MAX) > GW_META_DEPTH_MAX))
-    goto done;
   rc = GW_ENOMEM;
   if (!(norm = cJSON_CreateObject())) goto done;
   for (size_t i = 0; i < N_MEMBERS; i++) {
