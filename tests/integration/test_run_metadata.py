@@ -8,18 +8,17 @@ CLI's --tag-run/--label/--config-json, and bad metadata rejected with its
 reason while good messages after it are still accepted."""
 import json
 import os
-import re
 import shutil
+import signal
 import struct
 import subprocess
 import time
 
 import numpy as np
 import pytest
-import zmq
 
 import gradwatch
-from conftest import Daemon, scaled, subscribed_pub
+from conftest import Daemon, free_port, scaled, subscribed_pub
 
 CONFIG = {"lr": 0.001, "batch": 32, "model": {"layers": 4, "act": "gelu"}, "amp": True}
 
@@ -294,3 +293,68 @@ def test_cli_publish_sends_metadata(daemon):
                         "--endpoint", daemon.endpoint, "--config-json", "[1]"],
                        capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode != 0 and "config-json" in r.stderr
+
+
+def fnv1a64(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def test_routed_proxy_and_subscription_prefix_carry_metadata(daemon_bin, tmp_path):
+    """`gradwatch proxy --shards 2` routes a run's metadata to the run's owner
+    only (shard = FNV-1a 64 of the run mod 2, as docs/SCALE.md says), and a
+    daemon subscribed to gw1/<run>/ gets that run's metadata and no other's."""
+    cli = os.environ.get("GW_CLI")
+    if not cli or not os.path.exists(cli):
+        pytest.fail("GW_CLI must name the built gradwatch binary (ctest sets it)")
+    runs, i = {}, 0
+    while len(runs) < 2:
+        r = f"m-{i}"
+        runs.setdefault(fnv1a64(r.encode()) % 2, r)
+        i += 1
+    ds = []
+    only = proxy = None
+    pubs = []
+    try:
+        for shard in (0, 1):
+            (tmp_path / f"d{shard}").mkdir()
+            ds.append(Daemon(daemon_bin, tmp_path / f"d{shard}",
+                             extra=["--shard", f"{shard}/2"]).start())
+        (tmp_path / "dsub").mkdir()
+        only = Daemon(daemon_bin, tmp_path / "dsub",
+                      extra=["--zmq-subscribe", f"gw1/{runs[1]}/"]).start()
+        front = f"tcp://127.0.0.1:{free_port()}"
+        proxy = subprocess.Popen([cli, "proxy", "--shards", "2", "--frontend", front,
+                                  "--backend", f"0={ds[0].endpoint}",
+                                  "--backend", f"1={ds[1].endpoint}"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for shard, run in runs.items():
+            p = gradwatch.Publisher(front, run=run, k=16, tags=[f"shard{shard}"])
+            q = gradwatch.Publisher(only.endpoint, run=run, k=16, tags=[f"direct{shard}"])
+            pubs += [p, q]
+            publish_until(ds[shard], p, run, lambda: run_meta(ds[shard], run))
+            assert run_meta(ds[shard], run)["tags"] == [f"shard{shard}"]
+            # the prefix daemon: only runs[1] is subscribed
+            if shard == 1:
+                m = publish_until(only, q, run, lambda: run_meta(only, run))
+                assert m["tags"] == ["direct1"]
+            else:
+                for step in range(20):
+                    q.publish_sketch("all", step, np.ones(16, np.float32))
+        for shard, run in runs.items():
+            other = ds[1 - shard]
+            assert other.json(f"/api/v1/runs/{run}")[0] == 404  # routed, not broadcast
+        time.sleep(scaled(0.5))
+        assert only.json(f"/api/v1/runs/{runs[0]}")[0] == 404
+        assert only.stats()["meta_accepted"] >= 1
+    finally:
+        for p in pubs:
+            p.close()
+        if proxy:
+            proxy.send_signal(signal.SIGTERM)
+            proxy.wait(scaled(30))
+        for d in ds + ([only] if only else []):
+            if d.proc:
+                assert d.stop() == 0
