@@ -34,7 +34,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
 #include <zmq.h>
+
+#include "gw_meta.h"
 
 #define CMD "publish"
 #define AMP_A 10.0
@@ -305,7 +310,11 @@ static const char help_text[] =
     "  --collapse-at STEP    from this step on, pure noise of the same norm\n"
     "  --loss                send a synthetic loss 0.1 + 2.2 exp(-t/1000)\n"
     "  --lr LR               send this learning rate with every message\n"
-    "  (--seed also seeds the generator)\n";
+    "  (--seed also seeds the generator)\n"
+    "Run metadata (sent to the daemon with each run, PROTOCOL.md section 11):\n"
+    "  --tag-run T           tag the run(s) with T (repeatable; [A-Za-z0-9._:/+=@-], 1..64)\n"
+    "  --label K=V           label the run(s) (repeatable)\n"
+    "  --config-json JSON    the run's config, a JSON object\n";
 
 enum {
   O_SYNTHETIC = 1,
@@ -322,6 +331,9 @@ enum {
   O_COLLAPSE,
   O_LOSS,
   O_LR,
+  O_TAG_RUN,
+  O_LABEL,
+  O_CONFIG_JSON,
   O_HELP
 };
 
@@ -340,6 +352,9 @@ static const struct option long_opts[] = {
     {"collapse-at", required_argument, NULL, O_COLLAPSE},
     {"loss", no_argument, NULL, O_LOSS},
     {"lr", required_argument, NULL, O_LR},
+    {"tag-run", required_argument, NULL, O_TAG_RUN},
+    {"label", required_argument, NULL, O_LABEL},
+    {"config-json", required_argument, NULL, O_CONFIG_JSON},
     {"help", no_argument, NULL, O_HELP},
     CLI_PUB_LONG_OPTIONS,
     {NULL, 0, NULL, 0},
@@ -352,7 +367,84 @@ typedef struct args_s {
   uint64_t runs, steps, start, rank, collapse_at;
   int has_collapse;
   double rate, noise, lr;
+  cJSON *meta; /* the run metadata document, NULL when none was asked for */
 } args_t;
+
+static int tag_ok(const char *t) {
+  size_t n = strlen(t);
+  if (n == 0 || n > GW_META_NAME_MAX) return 0;
+  for (; *t; t++)
+    if (!((*t >= 'A' && *t <= 'Z') || (*t >= 'a' && *t <= 'z') || (*t >= '0' && *t <= '9') ||
+          strchr("._:/+=@-", *t)))
+      return 0;
+  return 1;
+}
+
+static int key_ok(const char *k, size_t n) {
+  if (n == 0 || n > GW_META_NAME_MAX) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!((k[i] >= 'A' && k[i] <= 'Z') || (k[i] >= 'a' && k[i] <= 'z') ||
+          (k[i] >= '0' && k[i] <= '9') || strchr("._-", k[i])))
+      return 0;
+  return 1;
+}
+
+/* One --tag-run, --label or --config-json into a->meta. */
+static int meta_opt(args_t *a, int c, const char *v) {
+  cJSON *m, *x;
+  if (!a->meta && !(a->meta = cJSON_CreateObject())) return cli_fail(CMD, "out of memory");
+  m = a->meta;
+  if (c == O_TAG_RUN) {
+    if (!tag_ok(v)) return cli_usage(CMD, "--tag-run '%s': 1..64 characters of [A-Za-z0-9._:/+=@-]", v);
+    x = cJSON_GetObjectItemCaseSensitive(m, "tags");
+    if (!x) x = cJSON_AddArrayToObject(m, "tags");
+    if (!x || !cJSON_AddItemToArray(x, cJSON_CreateString(v))) return CLI_FAIL;
+  } else if (c == O_LABEL) {
+    const char *eq = strchr(v, '=');
+    if (!eq || !key_ok(v, (size_t)(eq - v)) || strlen(eq + 1) > GW_META_VALUE_MAX)
+      return cli_usage(CMD, "--label '%s': want KEY=VALUE, KEY of [A-Za-z0-9._-] (1..64), "
+                            "VALUE up to 256 bytes", v);
+    x = cJSON_GetObjectItemCaseSensitive(m, "labels");
+    if (!x) x = cJSON_AddObjectToObject(m, "labels");
+    char key[GW_META_NAME_MAX + 1];
+    memcpy(key, v, (size_t)(eq - v));
+    key[eq - v] = '\0';
+    cJSON_DeleteItemFromObjectCaseSensitive(x, key); /* the last one wins */
+    if (!x || !cJSON_AddStringToObject(x, key, eq + 1)) return CLI_FAIL;
+  } else {
+    cJSON *cfg = cJSON_Parse(v);
+    if (!cJSON_IsObject(cfg)) {
+      cJSON_Delete(cfg);
+      return cli_usage(CMD, "--config-json: not a JSON object: %.80s", v);
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(m, "config");
+    cJSON_AddItemToObject(m, "config", cfg);
+  }
+  return 0;
+}
+
+/* The metadata text for gw_publisher_set_meta: the members in protocol
+ * order, with "client" saying who sent it. The caller frees it. */
+static char *meta_text(cJSON *m) {
+  char host[256] = "";
+  static const char *const order[] = {"config", "tags", "labels"};
+  cJSON *out = cJSON_CreateObject(), *client;
+  char *text = NULL;
+  if (!out) return NULL;
+  for (size_t i = 0; i < 3; i++) {
+    cJSON *x = cJSON_GetObjectItemCaseSensitive(m, order[i]);
+    if (x) cJSON_AddItemToObject(out, order[i], cJSON_Duplicate(x, 1));
+  }
+  gethostname(host, sizeof host - 1);
+  if ((client = cJSON_AddObjectToObject(out, "client")) &&
+      cJSON_AddStringToObject(client, "program", "gradwatch " CMD) &&
+      cJSON_AddStringToObject(client, "gradwatch", GW_VERSION) &&
+      cJSON_AddStringToObject(client, "host", host) &&
+      cJSON_AddNumberToObject(client, "pid", (double)getpid()))
+    text = cJSON_PrintUnformatted(out);
+  cJSON_Delete(out);
+  return text;
+}
 
 static int parse_args(args_t *a, int argc, char **argv) {
   int c, rc;
@@ -397,6 +489,9 @@ static int parse_args(args_t *a, int argc, char **argv) {
       rc = cli_opt_double(CMD, "--lr", optarg, -1e300, 1e300, &a->lr);
       a->has_lr = 1;
       break;
+    case O_TAG_RUN:
+    case O_LABEL:
+    case O_CONFIG_JSON: rc = meta_opt(a, c, optarg); break;
     case '?':
     case ':':
       return cli_bad_option(CMD, c, argv);
@@ -435,7 +530,15 @@ int cli_publish(int argc, char **argv) {
   cli_progress_t prog;
   int rc, status = CLI_FAIL, have_syn = 0;
 
-  if ((rc = parse_args(&a, argc, argv)) != 0) return rc < 0 ? CLI_OK : rc;
+  char *meta = NULL;
+  if ((rc = parse_args(&a, argc, argv)) != 0) {
+    cJSON_Delete(a.meta);
+    return rc < 0 ? CLI_OK : rc;
+  }
+  if (a.meta && !(meta = meta_text(a.meta))) {
+    cli_fail(CMD, "out of memory");
+    goto done;
+  }
   if ((rc = make_runs(&runs, a.run, a.runs)) != 0 || (rc = make_tags(&tags, a.tags, a.tag_prefix)) != 0) {
     status = rc;
     goto done;
@@ -467,6 +570,10 @@ int cli_publish(int argc, char **argv) {
     cfg.zmq_context = ctx;
     if ((rc = gw_publisher_new(&pubs[i], &cfg)) != 0) {
       cli_fail(CMD, "cannot publish to %s: %s", cfg.endpoint, gw_strerror(rc));
+      goto done;
+    }
+    if (meta && (rc = gw_publisher_set_meta(pubs[i], meta)) != 0) {
+      cli_fail(CMD, "run metadata: %s", gw_strerror(rc));
       goto done;
     }
   }
@@ -516,5 +623,7 @@ done:
   if (have_syn) synth_free(&syn);
   names_free(&runs);
   names_free(&tags);
+  cJSON_Delete(a.meta);
+  free(meta);
   return status;
 }

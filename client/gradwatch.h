@@ -187,6 +187,20 @@ uint64_t gw_publisher_dropped(const gw_publisher_t *pub);
  * queue or no subscriber (as -errno), or 0 if there was none. */
 int gw_publisher_last_error(const gw_publisher_t *pub);
 
+/* Run metadata (proto/PROTOCOL.md §11). doc is the metadata document, a
+ * JSON object with any of "config" (object), "tags" (array of strings),
+ * "labels" (object of strings) and "client" (object), copied. It is sent at
+ * once when a daemon is there, again before the next publish after a daemon
+ * subscribes to the run (a daemon started or restarted later still gets
+ * it), and every 30 s while publishing; gw_publisher_meta_sent counts the
+ * messages (they are not in sent/dropped). Only its length is checked here
+ * (1..65536 bytes); the daemon validates the rest and rejects a bad
+ * document as bad_meta or meta_too_large. NULL stops sending any. Returns
+ * 0, GW_EMETA (empty), GW_EMETASIZE, GW_EVERSION (a wire version 1
+ * publisher has no incarnation to send with it), GW_EINVAL or GW_ENOMEM. */
+int gw_publisher_set_meta(gw_publisher_t *pub, const char *doc);
+uint64_t gw_publisher_meta_sent(const gw_publisher_t *pub);
+
 /* The run and sketch parameters the publisher was created with (borrowed). */
 const char *gw_publisher_run(const gw_publisher_t *pub);
 const gw_sketch_params_t *gw_publisher_sketch_params(const gw_publisher_t *pub);

@@ -51,7 +51,11 @@
  * connection) and `ever_connected`, and it returns 1 when a daemon newly
  * arrived: the hook for anything to be sent to a daemon when it arrives.
  * It runs on every publish and in gw_publisher_connected; nothing runs in
- * the background. The no-daemon warning is checked at those same two
+ * the background. The run's metadata (gw_publisher_set_meta, PROTOCOL.md
+ * §11) rides on it: it is sent when set, before the next publish after a
+ * daemon subscribes to the run (XPUB: ZMQ_XPUB_VERBOSE, so a second daemon
+ * subscribing to a prefix the first already has is seen too; PUSH: each
+ * completed handshake), and every META_EVERY_NS while publishing. The no-daemon warning is checked at those same two
  * places: the first check at least warn_after_ns after the first publish
  * that finds ever_connected still 0 calls the warning callback, once.
  *
@@ -60,6 +64,7 @@
  *                                 └──5 s pass, then a check──► warned (once)
  */
 #include "gradwatch.h"
+#include "gw_meta.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -76,6 +81,7 @@
 #define STEP_MAX 0x7FFFFFFFFFFFFFFFull
 #define WARN_AFTER_MS_DEFAULT 5000
 #define WARN_ENV "GW_PUBLISHER_WARN_MS" /* overrides the 5 s, e.g. for tests */
+#define META_EVERY_NS (30 * 1000000000LL) /* periodic metadata resend */
 
 typedef struct sub_s {
   size_t len;
@@ -116,6 +122,13 @@ struct gw_publisher_s {
   int warned; /* the warning has been given */
   uint64_t sent, dropped;
   int last_error;
+  unsigned char *meta_body; /* the metadata message's body, NULL: none set */
+  size_t meta_len;
+  char meta_topic[GW_PROTO_TOPIC_MAX + 1];
+  int meta_topic_len;
+  int meta_due;            /* send it before the next publish */
+  int64_t meta_sent_ns;    /* CLOCK_MONOTONIC of the last attempt */
+  uint64_t meta_sent;      /* metadata messages sent */
 };
 
 void gw_publisher_config_init(gw_publisher_config_t *cfg) {
@@ -281,7 +294,8 @@ int gw_publisher_new(gw_publisher_t **out, const gw_publisher_config_t *cfg) {
       zmq_setsockopt(p->sock, ZMQ_LINGER, &cfg->linger_ms, sizeof(int)) ||
       zmq_setsockopt(p->sock, ZMQ_IMMEDIATE, &one, sizeof one) ||
       (p->socket == GW_PUBLISHER_PUB &&
-       zmq_setsockopt(p->sock, ZMQ_XPUB_NODROP, &one, sizeof one))) {
+       (zmq_setsockopt(p->sock, ZMQ_XPUB_NODROP, &one, sizeof one) ||
+        zmq_setsockopt(p->sock, ZMQ_XPUB_VERBOSE, &one, sizeof one)))) {
     rc = -errno;
     goto fail;
   }
@@ -320,6 +334,7 @@ void gw_publisher_free(gw_publisher_t *pub) {
   free(pub->body);
   free(pub->acc);
   free(pub->z);
+  free(pub->meta_body);
   free(pub);
 }
 
@@ -399,7 +414,11 @@ static int read_subs(gw_publisher_t *p) {
      * unsubscription) rather than keep a truncated copy. */
     if ((size_t)n > sizeof buf) continue;
     if (buf[0] == 1) {
-      add_sub(p, buf + 1, (size_t)n - 1);
+      size_t l = (size_t)n - 1;
+      if ((l <= p->run_prefix_len && memcmp(buf + 1, p->run_prefix, l) == 0) ||
+          (l > p->run_prefix_len && memcmp(buf + 1, p->run_prefix, p->run_prefix_len) == 0))
+        p->meta_due = 1; /* a daemon (re)subscribed to this run */
+      add_sub(p, buf + 1, l);
       changed = 1;
     } else if (buf[0] == 0) {
       del_sub(p, buf + 1, (size_t)n - 1);
@@ -426,8 +445,10 @@ static void read_monitor(gw_publisher_t *p) {
     }
     if (n < 2) continue;
     memcpy(&id, ev, sizeof id);
-    if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+    if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
       p->peers++;
+      p->meta_due = 1;
+    }
     else if (id == ZMQ_EVENT_DISCONNECTED && p->peers > 0)
       p->peers--;
   }
@@ -558,6 +579,59 @@ static int drop(gw_publisher_t *p, int err) {
   return GW_PUBLISH_DROPPED;
 }
 
+/* Send the metadata message if one is set and it is due (set, a daemon
+ * arrived, or META_EVERY_NS passed). Counted in meta_sent only. */
+static void meta_tick(gw_publisher_t *p) {
+  if (!p->meta_body) return;
+  int64_t now = mono_ns();
+  if (!p->meta_due && now - p->meta_sent_ns < META_EVERY_NS) return;
+  p->meta_due = 0;
+  p->meta_sent_ns = now;
+  if (p->socket == GW_PUBLISHER_PUB && !matches(p, p->meta_topic, (size_t)p->meta_topic_len)) {
+    p->meta_due = 1; /* nobody to tell yet */
+    return;
+  }
+  if (zmq_send(p->sock, p->meta_topic, (size_t)p->meta_topic_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+    p->meta_due = 1;
+    return;
+  }
+  if (zmq_send(p->sock, p->meta_body, p->meta_len, ZMQ_DONTWAIT) >= 0) p->meta_sent++;
+}
+
+int gw_publisher_set_meta(gw_publisher_t *pub, const char *doc) {
+  unsigned char *b;
+  size_t n;
+  int rc;
+  if (pub == NULL) return GW_EINVAL;
+  if (doc == NULL) {
+    free(pub->meta_body);
+    pub->meta_body = NULL;
+    return 0;
+  }
+  if (pub->incarnation == 0) return GW_EVERSION; /* wire version 1: no incarnation to name */
+  n = strlen(doc);
+  if (n == 0) return GW_EMETA;
+  if (n > GW_META_DOC_MAX) return GW_EMETASIZE;
+  if ((rc = gw_meta_encode_topic(pub->run, pub->run_len, pub->meta_topic,
+                                 sizeof pub->meta_topic)) < 0)
+    return rc;
+  pub->meta_topic_len = rc;
+  if (!(b = malloc(GW_META_HEADER_SIZE + n))) return GW_ENOMEM;
+  if ((rc = gw_meta_encode_body(pub->incarnation, wall_ns(), doc, n, b, GW_META_HEADER_SIZE + n)) < 0) {
+    free(b);
+    return rc;
+  }
+  free(pub->meta_body);
+  pub->meta_body = b;
+  pub->meta_len = (size_t)rc;
+  pub->meta_due = 1;
+  poll_peers(pub);
+  meta_tick(pub);
+  return 0;
+}
+
+uint64_t gw_publisher_meta_sent(const gw_publisher_t *pub) { return pub ? pub->meta_sent : 0; }
+
 /* Arguments already checked. Encode z into the body buffer and send. */
 static int send_z(gw_publisher_t *p, const char *tag, uint64_t step, const float *z,
                   const gw_extras_t *x) {
@@ -597,6 +671,7 @@ static int send_z(gw_publisher_t *p, const char *tag, uint64_t step, const float
   }
   poll_peers(p);
   check_warn(p);
+  meta_tick(p);
   if (p->socket == GW_PUBLISHER_PUB && !matches(p, p->topic, (size_t)tlen))
     return drop(p, EAGAIN);
   if (zmq_send(p->sock, p->topic, (size_t)tlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)

@@ -82,6 +82,8 @@ static const opt_t opts[] = {
     {"http-key", "http", T_STR, F(http_key), 0, 0, 0, "FILE", "PEM private key file for --http-cert", NULL},
     {"metrics-tags", "http", T_STR, F(metrics_tags), 0, 0, 0, "GLOB",
      "tags exported per stream on /metrics (*)", NULL},
+    {"metrics-labels", "http", T_STR, F(metrics_labels), 0, 0, 0, "KEYS",
+     "run metadata keys (labels, or config.NAME) exported on gradwatch_run_info (none)", NULL},
     {"sse-max-clients", "http", T_U32, F(sse_max_clients), 0, 1, 100000, "N",
      "live (SSE) clients at once (256)", NULL},
     {"sse-max-per-address", "http", T_U32, F(sse_max_per_address), 0, 1, 100000, "N",

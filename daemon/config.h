@@ -42,6 +42,7 @@ typedef struct gw_config_s {
   char *http_cert;       /* HTTPS certificate (PEM), NULL = plain HTTP */
   char *http_key;        /* HTTPS private key (PEM); both or neither */
   char *metrics_tags;    /* glob of tags with per-stream series */
+  char *metrics_labels;  /* comma list of run metadata keys on gradwatch_run_info; NULL = none */
   uint32_t sse_max_clients;     /* SSE subscribers at once (256) */
   uint32_t sse_max_per_address; /* SSE subscribers from one address (32) */
   uint32_t sse_client_kb;       /* KiB an SSE client may fall behind before it is dropped (4096) */

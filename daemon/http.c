@@ -220,12 +220,25 @@ static int authorized(const gw_http_t *h, struct MHD_Connection *c) {
 static enum MHD_Result h_runs(gw_http_t *h, struct MHD_Connection *c) {
   gw_store_run_t *runs = NULL;
   size_t n = 0;
+  gw_run_filter_t f;
+  gw_http_run_filter(c, &f);
+  if (f.too_many) return send_error(c, MHD_HTTP_BAD_REQUEST, "too many tag/label filters");
   int rc = gw_store_runs(h->deps.store, gw_now_ns(), GW_HTTP_STALL_NS, &runs, &n);
   if (rc != 0) return send_failure(c, rc);
   cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "runs");
   for (size_t i = 0; arr && i < n; i++) {
-    cJSON *r = cJSON_CreateObject();
+    cJSON *r = cJSON_CreateObject(), *meta = NULL;
     if (!r) goto nomem;
+    if (gw_http_add_run_meta(r, &runs[i], 0, &meta) != 0) {
+      cJSON_Delete(r);
+      goto nomem;
+    }
+    int keep = gw_http_run_filter_match(&f, meta);
+    cJSON_Delete(meta);
+    if (!keep) {
+      cJSON_Delete(r);
+      continue;
+    }
     cJSON_AddItemToArray(arr, r);
     if (!cJSON_AddStringToObject(r, "run", runs[i].run) ||
         !gw_json_add_u64(r, "streams", runs[i].streams) ||
@@ -680,6 +693,7 @@ static enum MHD_Result h_stats(gw_http_t *h, struct MHD_Connection *c) {
   /* Every add is checked: a stats answer is whole or an error. */
   if (!o || !gw_json_add_u64(o, "received", gw_stats_get(&st->received)) ||
       !gw_json_add_u64(o, "accepted", gw_stats_get(&st->accepted)) ||
+      !gw_json_add_u64(o, "meta_accepted", gw_stats_get(&st->meta_accepted)) ||
       !gw_json_add_u64(o, "points", gw_stats_get(&st->points)) ||
       !(rej = cJSON_AddObjectToObject(o, "rejected")))
     goto nomem;

@@ -18,8 +18,11 @@
 #include <cjson/cJSON.h>
 
 #include "gw_error.h"
+#include "gw_meta.h"
 #include "gw_proto.h"
+#include "jsonnum.h"
 #include "numfmt.h"
+#include "runmeta.h"
 #include "store_summary.h"
 #include "util.h"
 
@@ -63,19 +66,6 @@ static enum MHD_Result queue_failure(struct MHD_Connection *c, int rc) {
   return queue_error(c, rc == GW_ENOMEM ? MHD_HTTP_SERVICE_UNAVAILABLE
                                         : MHD_HTTP_INTERNAL_SERVER_ERROR,
                      gw_strerror(rc));
-}
-
-static cJSON *gw_json_add_u64(cJSON *o, const char *key, uint64_t v) {
-  char b[24];
-  snprintf(b, sizeof b, "%" PRIu64, v);
-  return cJSON_AddRawToObject(o, key, b);
-}
-
-static cJSON *gw_json_add_num(cJSON *o, const char *key, double v) {
-  char b[GW_NUMFMT_MAX];
-  if (!isfinite(v)) return cJSON_AddNullToObject(o, key);
-  gw_fmt_double(b, v);
-  return cJSON_AddRawToObject(o, key, b);
 }
 
 /* ---- the runs= list ---- */
@@ -189,6 +179,86 @@ static enum MHD_Result serve_summary(struct MHD_Connection *c, gw_store_t *st,
   return queue_json(c, MHD_HTTP_OK, o);
 }
 
+/* ---- run metadata in run rows ---- */
+
+static cJSON *dup_or_new(const cJSON *meta, const char *key, int array) {
+  const cJSON *v = meta ? cJSON_GetObjectItemCaseSensitive(meta, key) : NULL;
+  if (v) return cJSON_Duplicate(v, 1);
+  return array ? cJSON_CreateArray() : cJSON_CreateObject();
+}
+
+static int add_dup(cJSON *o, const char *key, cJSON *v) {
+  if (!v) return 0;
+  if (!cJSON_AddItemToObject(o, key, v)) {
+    cJSON_Delete(v);
+    return 0;
+  }
+  return 1;
+}
+
+int gw_http_add_run_meta(cJSON *o, const gw_store_run_t *r, int full, cJSON **parsed) {
+  cJSON *meta = r->meta ? cJSON_Parse(r->meta) : NULL;
+  int ok = add_dup(o, "tags", dup_or_new(meta, "tags", 1)) &&
+           add_dup(o, "labels", dup_or_new(meta, "labels", 0));
+  if (ok && full) {
+    if (!meta) {
+      ok = cJSON_AddNullToObject(o, "meta") != NULL;
+    } else {
+      cJSON *m = cJSON_CreateObject();
+      ok = add_dup(o, "meta", m) && add_dup(m, "config", dup_or_new(meta, "config", 0)) &&
+           add_dup(m, "tags", dup_or_new(meta, "tags", 1)) &&
+           add_dup(m, "labels", dup_or_new(meta, "labels", 0)) &&
+           add_dup(m, "client", dup_or_new(meta, "client", 0)) &&
+           gw_json_add_u64(m, "incarnation", r->meta_incarnation) &&
+           gw_json_add_num(m, "wall_time", (double)r->meta_wall_ns * 1e-9) &&
+           gw_json_add_num(m, "received", (double)r->meta_recv_ns * 1e-9);
+    }
+  }
+  if (parsed) *parsed = meta;
+  else cJSON_Delete(meta);
+  if (!ok && parsed) {
+    cJSON_Delete(*parsed);
+    *parsed = NULL;
+  }
+  return ok ? 0 : GW_ENOMEM;
+}
+
+static enum MHD_Result filter_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value) {
+  gw_run_filter_t *f = cls;
+  (void)kind;
+  if (!key || !value) return MHD_YES;
+  if (strcmp(key, "tag") == 0) {
+    if (f->n_tags == GW_HTTP_RUN_FILTERS_MAX) f->too_many = 1;
+    else f->tag[f->n_tags++] = value;
+  } else if (strcmp(key, "label") == 0) {
+    if (f->n_labels == GW_HTTP_RUN_FILTERS_MAX) f->too_many = 1;
+    else f->label[f->n_labels++] = value;
+  }
+  return MHD_YES;
+}
+
+void gw_http_run_filter(struct MHD_Connection *c, gw_run_filter_t *f) {
+  memset(f, 0, sizeof *f);
+  MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, filter_arg, f);
+}
+
+int gw_http_run_filter_match(const gw_run_filter_t *f, const cJSON *meta) {
+  for (size_t i = 0; i < f->n_tags; i++)
+    if (!gw_runmeta_has_tag(meta, f->tag[i])) return 0;
+  for (size_t i = 0; i < f->n_labels; i++) {
+    const char *eq = strchr(f->label[i], '=');
+    char key[GW_META_NAME_MAX + 1];
+    size_t kl = eq ? (size_t)(eq - f->label[i]) : strlen(f->label[i]);
+    if (kl == 0 || kl > GW_META_NAME_MAX) return 0;
+    memcpy(key, f->label[i], kl);
+    key[kl] = '\0';
+    const char *v = gw_runmeta_label(meta, key);
+    if (!v || (eq && strcmp(v, eq + 1) != 0)) return 0; /* "label=K" alone: has the key */
+  }
+  return 1;
+}
+
 static enum MHD_Result serve_run(struct MHD_Connection *c, gw_store_t *st, int64_t stall_ns,
                                  const char *run) {
   gw_store_run_t *runs = NULL;
@@ -204,7 +274,8 @@ static enum MHD_Result serve_run(struct MHD_Connection *c, gw_store_t *st, int64
              gw_json_add_u64(o, "first_step", r->first_step) && gw_json_add_u64(o, "last_step", r->last_step) &&
              (r->last_seen_ns ? gw_json_add_num(o, "last_seen", (double)r->last_seen_ns * 1e-9)
                               : cJSON_AddNullToObject(o, "last_seen")) &&
-             cJSON_AddStringToObject(o, "state", gw_store_run_state_name(r->state));
+             cJSON_AddStringToObject(o, "state", gw_store_run_state_name(r->state)) &&
+             gw_http_add_run_meta(o, r, 1, NULL) == 0;
     gw_store_runs_free(runs, n);
     if (!ok) {
       cJSON_Delete(o);

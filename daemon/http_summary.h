@@ -14,12 +14,34 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cjson/cJSON.h>
 #include <microhttpd.h>
 
 #include "http_query.h"
 #include "store.h"
 
 #define GW_HTTP_SUMMARY_RUNS_MAX 64 /* runs one /api/v1/summary may name */
+#define GW_HTTP_RUN_FILTERS_MAX 16 /* tag= and label= parameters of /api/v1/runs */
+
+/* Add r's "tags" (array) and "labels" (object) to o — empty when the run has
+ * no metadata — and, with full, "meta": {"config", "tags", "labels",
+ * "client", "incarnation", "wall_time", "received"} or null. Returns 0 or
+ * GW_ENOMEM. *parsed (may be NULL) receives the parsed document for the
+ * caller's filters (the caller's to cJSON_Delete; NULL when none). */
+int gw_http_add_run_meta(cJSON *o, const gw_store_run_t *r, int full, cJSON **parsed);
+
+/* The run filters of /api/v1/runs: every tag=T and label=K=V parameter of
+ * the request (at most GW_HTTP_RUN_FILTERS_MAX of them). */
+typedef struct gw_run_filter_s {
+  const char *tag[GW_HTTP_RUN_FILTERS_MAX];
+  size_t n_tags;
+  const char *label[GW_HTTP_RUN_FILTERS_MAX]; /* "K=V", borrowed from the request */
+  size_t n_labels;
+  int too_many;
+} gw_run_filter_t;
+void gw_http_run_filter(struct MHD_Connection *c, gw_run_filter_t *f);
+/* 1 if the parsed metadata (NULL: none) passes every filter. */
+int gw_http_run_filter_match(const gw_run_filter_t *f, const cJSON *meta);
 
 /* Answer route (GW_ROUTE_RUN, GW_ROUTE_RUN_SUMMARY or GW_ROUTE_SUMMARY) on
  * c; arg/arg_len: the run named in the path (gw_http_route). stall_ns: a

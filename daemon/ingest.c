@@ -30,8 +30,10 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "gw_meta.h"
 #include "gw_proto.h"
 #include "ring.h"
+#include "runmeta.h"
 #include "util.h"
 
 #define DRAIN_BUDGET 2048 /* messages per socket per loop turn */
@@ -287,6 +289,42 @@ static worker_t *route(gw_ingest_t *in, const gw_msg_t *m) {
   return route_name(in, m->run, m->run_len, m->tag, m->tag_len);
 }
 
+/* Loop thread: a run-metadata message (PROTOCOL.md §11). Rare and small
+ * (at most 64 KiB), so it is validated and handed to the sinks here, under
+ * sink_mu, without going through a worker: it belongs to no stream. */
+static void handle_meta(gw_ingest_t *in, const void *topic, size_t tlen, const void *body,
+                        size_t blen) {
+  gw_meta_msg_t mm;
+  cJSON *meta = NULL;
+  char *doc = NULL, run[GW_PROTO_NAME_MAX + 1];
+  int rc = gw_meta_decode(topic, tlen, body, blen, &mm);
+  if (rc == 0) rc = gw_runmeta_parse(mm.doc, mm.doc_len, &meta);
+  if (rc == 0 && !(doc = cJSON_PrintUnformatted(meta))) rc = GW_ENOMEM;
+  cJSON_Delete(meta);
+  if (rc != 0) {
+    if (rc == GW_ENOMEM) gw_stats_reject(in->stats, rc);
+    else reject(in, rc, NULL);
+    free(doc);
+    return;
+  }
+  if (in->cfg->shard_count > 1 &&
+      gw_ingest_shard_of(mm.run, mm.run_len, in->cfg->shard_count) != in->cfg->shard_index) {
+    free(doc); /* another daemon's run */
+    return;
+  }
+  memcpy(run, mm.run, mm.run_len);
+  run[mm.run_len] = '\0';
+  gw_run_meta_t m = {.run = run, .incarnation = mm.incarnation, .wall_ns = mm.wall_ns,
+                     .recv_ns = gw_now_ns(), .doc = doc};
+  gw_stats_add(&in->stats->meta_accepted, 1);
+  pthread_mutex_lock(&in->sink_mu);
+  EACH_SINK(in, sk) if (sk->meta) sk->meta(sk->arg, &m);
+  pthread_mutex_unlock(&in->sink_mu);
+  gw_log(in->log, GW_LOG_INFO, "run_meta", "run=%s incarnation=%llu bytes=%zu", run,
+         (unsigned long long)mm.incarnation, strlen(doc));
+  free(doc);
+}
+
 /* Loop thread: validate, then queue for the stream's worker. Returns 0 if
  * the worker's ring was full (the message is kept in the stash). */
 static int handle(gw_ingest_t *in, const zmq_msg_t *parts, int n_parts) {
@@ -299,6 +337,10 @@ static int handle(gw_ingest_t *in, const zmq_msg_t *parts, int n_parts) {
   const void *topic = zmq_msg_data((zmq_msg_t *)&parts[0]);
   const void *body = zmq_msg_data((zmq_msg_t *)&parts[1]);
   size_t tlen = zmq_msg_size((zmq_msg_t *)&parts[0]), blen = zmq_msg_size((zmq_msg_t *)&parts[1]);
+  if (gw_meta_is_topic(topic, tlen)) {
+    handle_meta(in, topic, tlen, body, blen);
+    return 1;
+  }
   int rc = gw_proto_decode(topic, tlen, body, blen, in->cfg->engine.max_k, &m);
   if (rc) {
     reject(in, rc, NULL);

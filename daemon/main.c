@@ -37,6 +37,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "remote_write.h"
+#include "runinfo.h"
 #include "stats.h"
 #include "store.h"
 #include "util.h"
@@ -66,6 +67,7 @@ typedef struct daemon_s {
   gw_store_t *store;
   gw_live_t *live;
   gw_metrics_t *metrics;
+  gw_runinfo_t *runinfo; /* NULL without --metrics-labels */
   gw_alerts_t *alerts;
   gw_http_t *http;
   gw_ingest_t *ingest;
@@ -266,8 +268,24 @@ static int start_ingest(daemon_t *d, char *err, size_t errlen) {
 static int metrics_extra(void *arg, gw_metrics_writer_t *w) {
   daemon_t *d = arg;
   int rc = gw_alerts_metrics(d->alerts, w);
+  if (rc == 0 && d->runinfo) rc = gw_runinfo_render(d->runinfo, w);
   if (rc == 0 && d->remote_write) rc = gw_remote_write_metrics(d->remote_write, w);
   return rc;
+}
+
+/* --metrics-labels: gradwatch_run_info, seeded with the metadata the store
+ * kept, then fed by the meta sink call. */
+static int start_runinfo(daemon_t *d, char *err, size_t errlen) {
+  gw_store_run_t *runs = NULL;
+  size_t n = 0;
+  int rc = gw_runinfo_new(&d->runinfo, d->cfg.metrics_labels, err, errlen);
+  if (rc) return rc;
+  if (gw_store_runs(d->store, gw_now_ns(), 0, &runs, &n) == 0) {
+    for (size_t i = 0; i < n; i++)
+      if (runs[i].meta) gw_runinfo_observe(d->runinfo, runs[i].run, runs[i].meta);
+    gw_store_runs_free(runs, n);
+  }
+  return 0;
 }
 
 /* --remote-write: a sink of its own, after the others. */
@@ -343,6 +361,7 @@ static int start(daemon_t *d, char *err, size_t errlen) {
     snprintf(err, errlen, "metrics: %s", gw_strerror(rc));
     return rc;
   }
+  if (c->metrics_labels && (rc = start_runinfo(d, err, errlen))) return rc;
   gw_alertmanager_config_t am;
   gw_alertmanager_config_default(&am);
   am.urls = (const char *const *)c->alertmanager_url;
@@ -373,6 +392,7 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   gw_metrics_sink(d->metrics, &d->sinks[2]);
   gw_alerts_sink(d->alerts, &d->sinks[3]);
   d->n_sinks = 4;
+  if (d->runinfo) gw_runinfo_sink(d->runinfo, &d->sinks[d->n_sinks++]);
   if (d->remote_write) gw_remote_write_sink(d->remote_write, &d->sinks[d->n_sinks++]);
   if ((rc = start_ingest(d, err, errlen))) return rc;
   d->reload.alerts = d->alerts;
@@ -420,6 +440,7 @@ static void teardown(daemon_t *d) {
   gw_store_close(d->store);        /* flushes */
   gw_live_free(d->live);
   gw_metrics_free(d->metrics);
+  gw_runinfo_free(d->runinfo);
   free(d->token);
   uv_loop_close(&d->loop);
 }

@@ -501,6 +501,8 @@ int gw_metrics_render(gw_metrics_t *m, gw_stats_t *stats,
       sample_u64(&w, "gradwatch_messages_rejected_total", labels,
                  gw_stats_get(&stats->rejected[i]));
     }
+    counter(&w, "gradwatch_run_meta_received_total",
+            "Run-metadata messages accepted (PROTOCOL.md section 11).", &stats->meta_accepted);
     counter(&w, "gradwatch_points_total", "Points computed by the engine.",
             &stats->points);
     gauge(&w, "gradwatch_streams", "Live streams.", gw_stats_get(&stats->streams));

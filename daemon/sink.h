@@ -25,6 +25,13 @@
  *   forget   the stream was retired (silent for --stream-idle): drop whatever
  *            is held for it in memory; history stays in the store.
  *
+ * Runs have one more call, outside any stream's lifecycle:
+ *
+ *   meta     an accepted run-metadata message (PROTOCOL.md §11): the run's
+ *            metadata document, validated and normalised (runmeta.h). The
+ *            latest one received for a run replaces the earlier ones; it may
+ *            come before, between or after the run's points.
+ *
  * Threads: ingest serialises all calls (one at a time, under its mutex), so a
  * sink sees one ordered sequence of calls, as if from one thread, though not
  * always the same thread. Calls must not block on I/O: the store only queues.
@@ -90,6 +97,15 @@ typedef struct gw_open_s {
   int64_t recv_ns; /* daemon clock */
 } gw_open_t;
 
+/* A run's metadata, as the meta call sees it. */
+typedef struct gw_run_meta_s {
+  const char *run;      /* NUL-terminated */
+  uint64_t incarnation; /* of the publisher that sent it (never 0) */
+  int64_t wall_ns;      /* publisher clock when it made the document */
+  int64_t recv_ns;      /* daemon clock */
+  const char *doc;      /* compact JSON text of the normalised document */
+} gw_run_meta_t;
+
 typedef struct gw_sink_s {
   const char *name; /* for logs: "store", "live", … */
   void *arg;        /* the sink's own object */
@@ -99,6 +115,7 @@ typedef struct gw_sink_s {
   void (*point)(void *arg, const gw_stream_ref_t *s, const gw_point_t *p);
   void (*restart)(void *arg, const gw_stream_ref_t *s, const gw_restart_t *r);
   void (*forget)(void *arg, const gw_stream_ref_t *s);
+  void (*meta)(void *arg, const gw_run_meta_t *m);
 } gw_sink_t;
 
 #define GW_SINKS_MAX 8

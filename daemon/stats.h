@@ -61,6 +61,7 @@ static inline const char *gw_http_refuse_name(int i) {
 typedef struct gw_stats_s {
   atomic_uint_fast64_t received;             /* messages read from ZeroMQ */
   atomic_uint_fast64_t accepted;             /* accepted by the engine */
+  atomic_uint_fast64_t meta_accepted;        /* run-metadata messages accepted */
   atomic_uint_fast64_t points;               /* points produced */
   atomic_uint_fast64_t rejected[GW_E_COUNT]; /* by reason (gw_err_index) */
   atomic_uint_fast64_t store_dropped;        /* points lost: store queue full */

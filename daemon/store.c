@@ -189,6 +189,13 @@ static const char *const migrations[GW_STORE_SCHEMA_VERSION] = {
     "  last_step INTEGER NOT NULL, n INTEGER NOT NULL, blob BLOB NOT NULL,"
     "  xf INTEGER NOT NULL DEFAULT 0, tier INTEGER NOT NULL DEFAULT 0,"
     "  PRIMARY KEY(stream, first_step));",
+    /* v4: run metadata (PROTOCOL.md §11), the latest document per run. */
+    "CREATE TABLE run_meta("
+    "  run INTEGER PRIMARY KEY REFERENCES runs(id),"
+    "  incarnation INTEGER NOT NULL,"
+    "  wall_ns INTEGER NOT NULL,"
+    "  recv_ns INTEGER NOT NULL,"
+    "  doc TEXT NOT NULL);",
 };
 
 const char *const gws_alert_state_names[3] = {"pending", "firing", "resolved"};

@@ -31,7 +31,7 @@
  * are dropped and counted (store_dropped).
  *
  * On disk (schema version GW_STORE_SCHEMA_VERSION, kept in PRAGMA
- * user_version; version 1 and 2 databases are migrated in place at open):
+ * user_version; version 1, 2 and 3 databases are migrated in place at open):
  * runs, streams (one row per segment), chunks (segment, first_step,
  * last_step, n, blob, xf, tier: sealed runs of a segment's points, each
  * blob a gw_chunk (chunk.h) of GW_METRIC_COUNT columns, xf the derived
@@ -42,7 +42,8 @@
  * written by an older build reads as null for the missing metrics),
  * point_minutes (the per-segment index of receive
  * minutes retention and max_db_mb delete by), sketches (k little-endian
- * float32), restarts (events), stream_state (saved engine state), alerts.
+ * float32), restarts (events), stream_state (saved engine state), alerts,
+ * run_meta (v4: each run's latest metadata document, keyed by run name).
  * Steps, seeds and incarnations are stored as SQLite's signed 64-bit
  * integers (steps are < 2^63 by the protocol; a seed or incarnation >= 2^63
  * reads back unchanged through the cast). All times are the daemon's receive
@@ -63,7 +64,7 @@
 #include "sink.h"
 #include "stats.h"
 
-#define GW_STORE_SCHEMA_VERSION 3
+#define GW_STORE_SCHEMA_VERSION 4
 /* Points per sealed chunk (gw_store_config_t.chunk_points default). */
 #define GW_STORE_CHUNK_POINTS 256
 
@@ -186,6 +187,12 @@ int gw_store_put_sketch(gw_store_t *st, uint32_t stream_id, uint64_t step,
  * cuts short the writer's backoff so it retries immediately. */
 int gw_store_flush(gw_store_t *st);
 
+/* Queue run m->run's metadata document m->doc (copied), replacing the
+ * stored one: latest wins. Creates the run if it has no row yet (a run with
+ * metadata and no point is listed with 0 streams). Never refused for a full
+ * queue (metadata is rare). GW_EINVAL for a NULL/empty run or doc. */
+int gw_store_put_meta(gw_store_t *st, const gw_run_meta_t *m);
+
 /* ---- alerts (the alerts module's persistence) ---- */
 
 typedef enum {
@@ -254,6 +261,11 @@ typedef struct gw_store_run_s {
   uint64_t first_step, last_step; /* 0 while the run has no point */
   int64_t last_seen_ns;           /* latest receive time (daemon clock), 0: none */
   int state;                      /* gw_run_state_t */
+  char *meta;                     /* the latest metadata document (JSON text),
+                                     NULL when the run has none */
+  uint64_t meta_incarnation;      /* its publisher's incarnation */
+  int64_t meta_wall_ns;           /* publisher clock when it was made */
+  int64_t meta_recv_ns;           /* daemon clock when it arrived */
 } gw_store_run_t;
 
 /* One entry per tag: the latest segment's k/kind/s/seed, the visible points
@@ -284,7 +296,7 @@ typedef struct gw_series_s {
 } gw_series_t;
 
 /* Runs by name, with their state at now_ns (daemon clock) for a stall
- * threshold of stall_ns. */
+ * threshold of stall_ns, and their metadata. */
 int gw_store_runs(gw_store_t *st, int64_t now_ns, int64_t stall_ns,
                   gw_store_run_t **out, size_t *n);
 void gw_store_runs_free(gw_store_run_t *runs, size_t n);
@@ -403,7 +415,8 @@ int gw_store_integrity_check(gw_store_t *st);
 
 /* The store as a sink (sink.h): open → gw_store_open_stream, sketch →
  * gw_store_put_sketch, point → gw_store_put_point, restart →
- * gw_store_restart_stream, forget → gw_store_forget_stream (store_sink.c). */
+ * gw_store_restart_stream, forget → gw_store_forget_stream, meta →
+ * gw_store_put_meta (store_sink.c). */
 void gw_store_sink(gw_store_t *st, gw_sink_t *out);
 
 /* The smallest max_db_mb that holds one flush: 1 MiB of schema, a full

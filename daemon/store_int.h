@@ -43,7 +43,7 @@
 #define BLOB_BYTES (GW_METRIC_COUNT * 8)
 
 /* Queued record types. */
-enum { REC_OPEN = 1, REC_RESTART, REC_FORGET, REC_POINT, REC_SKETCH, REC_ALERT };
+enum { REC_OPEN = 1, REC_RESTART, REC_FORGET, REC_POINT, REC_SKETCH, REC_ALERT, REC_META };
 
 /* The sketch parameters and incarnation a segment is defined by. */
 typedef struct segkey_s {
@@ -70,6 +70,11 @@ typedef struct rec_s {
       uint32_t k;
     } sk;
     gw_store_alert_t *al; /* deep copy, one allocation */
+    struct {              /* run metadata */
+      char *run, *doc;    /* one allocation: doc follows run */
+      uint64_t incarnation;
+      int64_t wall_ns;
+    } meta;
   } u;
 } rec_t;
 
@@ -115,7 +120,7 @@ typedef struct {
  * gws_prepare_writer). */
 enum { S_RUN_INS, S_RUN_GET, S_SEG_LAST, S_SEG_INS, S_SEG_RETIRE_OLDER,
        S_SEG_LIVE, S_EVENT_INS, S_PT_INS, S_ST_UPD, S_MIN_UP,
-       S_SK_INS, S_AL_UP, S_COUNT };
+       S_SK_INS, S_AL_UP, S_META_UP, S_COUNT };
 
 struct gw_store_s {
   gw_store_config_t cfg;

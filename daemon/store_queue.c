@@ -29,6 +29,9 @@ void gws_rec_release(rec_t *r) {
     case REC_ALERT:
       free(r->u.al);
       break;
+    case REC_META:
+      free(r->u.meta.run); /* the doc shares its allocation */
+      break;
     default:
       break;
   }
@@ -292,6 +295,36 @@ int gw_store_put_alert(gw_store_t *st, const gw_store_alert_t *a,
     slot->step = 0;
     slot->recv_ns = 0;
     slot->u.al = c;
+    c = NULL;
+    enqueued(st);
+  }
+  pthread_mutex_unlock(&st->q_mu);
+  free(c);
+  return rc;
+}
+
+int gw_store_put_meta(gw_store_t *st, const gw_run_meta_t *m) {
+  rec_t *slot;
+  char *c;
+  int rc = 0;
+  if (!st || !m || !m->run || !*m->run || !m->doc || !*m->doc) return GW_EINVAL;
+  size_t rl = strlen(m->run) + 1, dl = strlen(m->doc) + 1;
+  if (!(c = malloc(rl + dl))) return GW_ENOMEM;
+  memcpy(c, m->run, rl);
+  memcpy(c + rl, m->doc, dl);
+  pthread_mutex_lock(&st->q_mu);
+  slot = q_slot(st);
+  if (!slot) {
+    rc = GW_ENOMEM;
+  } else {
+    slot->type = REC_META;
+    slot->sid = 0;
+    slot->step = 0;
+    slot->recv_ns = m->recv_ns;
+    slot->u.meta.run = c;
+    slot->u.meta.doc = c + rl;
+    slot->u.meta.incarnation = m->incarnation;
+    slot->u.meta.wall_ns = m->wall_ns;
     c = NULL;
     enqueued(st);
   }

@@ -370,7 +370,11 @@ static int row_run(void *arg, sqlite3_stmt *s) {
   r->state = !live ? GW_RUN_FINISHED
              : r->last_seen_ns >= x->live_after ? GW_RUN_LIVE
                                                 : GW_RUN_STALLED;
-  return col_dup(s, 0, &r->run);
+  r->meta_incarnation = (uint64_t)sqlite3_column_int64(s, 7);
+  r->meta_wall_ns = sqlite3_column_int64(s, 8);
+  r->meta_recv_ns = sqlite3_column_int64(s, 9);
+  int rc = col_dup(s, 6, &r->meta);
+  return rc ? rc : col_dup(s, 0, &r->run);
 }
 
 int gw_store_runs(gw_store_t *st, int64_t now_ns, int64_t stall_ns,
@@ -378,8 +382,9 @@ int gw_store_runs(gw_store_t *st, int64_t now_ns, int64_t stall_ns,
   static const char sql[] =
       "SELECT r.name, count(DISTINCT s.tag), coalesce(min(s.first_step), 0), "
       "coalesce(max(s.last_step), 0), coalesce(max(s.last_seen), 0), "
-      "coalesce(max(s.live), 0) "
-      "FROM runs r LEFT JOIN streams s ON s.run = r.id GROUP BY r.id "
+      "coalesce(max(s.live), 0), m.doc, m.incarnation, m.wall_ns, m.recv_ns "
+      "FROM runs r LEFT JOIN streams s ON s.run = r.id "
+      "LEFT JOIN run_meta m ON m.run = r.id GROUP BY r.id "
       "ORDER BY r.name";
   runs_ctx_t x = {.v = {.elem = sizeof(gw_store_run_t)}};
   sqlite3 *db = NULL;
@@ -403,7 +408,10 @@ int gw_store_runs(gw_store_t *st, int64_t now_ns, int64_t stall_ns,
 
 void gw_store_runs_free(gw_store_run_t *runs, size_t n) {
   if (!runs) return;
-  for (size_t i = 0; i < n; i++) free(runs[i].run);
+  for (size_t i = 0; i < n; i++) {
+    free(runs[i].run);
+    free(runs[i].meta);
+  }
   free(runs);
 }
 

@@ -26,6 +26,10 @@ static void s_forget(void *arg, const gw_stream_ref_t *s) {
   gw_store_forget_stream(arg, s->stream_id);
 }
 
+static void s_meta(void *arg, const gw_run_meta_t *m) {
+  gw_store_put_meta(arg, m);
+}
+
 void gw_store_sink(gw_store_t *st, gw_sink_t *out) {
   memset(out, 0, sizeof *out);
   out->name = "store";
@@ -35,4 +39,5 @@ void gw_store_sink(gw_store_t *st, gw_sink_t *out) {
   out->point = s_point;
   out->restart = s_restart;
   out->forget = s_forget;
+  out->meta = s_meta;
 }

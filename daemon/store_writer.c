@@ -54,6 +54,8 @@ static const char *const wsql[S_COUNT] = {
                 "state, value, threshold, started_step, started_ns, fired_ns, "
                 "resolved_ns, labels, annotations) VALUES(?1, ?2, ?3, ?4, ?5, "
                 "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    [S_META_UP] = "INSERT OR REPLACE INTO run_meta(run, incarnation, wall_ns, recv_ns, doc) "
+                  "VALUES(?1, ?2, ?3, ?4, ?5)",
 };
 
 int gws_prepare_writer(gw_store_t *st) {
@@ -358,6 +360,20 @@ static int w_alert(gw_store_t *st, const gw_store_alert_t *a) {
   return wrun(st, s, NULL);
 }
 
+/* The run's metadata replaces what was stored (latest wins). */
+static int w_meta(gw_store_t *st, const rec_t *r) {
+  int64_t run_id;
+  int rc = w_run(st, r->u.meta.run, &run_id);
+  if (rc != SQLITE_OK) return rc;
+  sqlite3_stmt *s = st->ws[S_META_UP];
+  sqlite3_bind_int64(s, 1, run_id);
+  sqlite3_bind_int64(s, 2, (sqlite3_int64)r->u.meta.incarnation);
+  sqlite3_bind_int64(s, 3, r->u.meta.wall_ns);
+  sqlite3_bind_int64(s, 4, r->recv_ns);
+  sqlite3_bind_text(s, 5, r->u.meta.doc, -1, SQLITE_STATIC);
+  return wrun(st, s, NULL);
+}
+
 /* --------------------------------------------------------------- points */
 
 static int prow_cmp(const void *a, const void *b) {
@@ -555,9 +571,11 @@ static int w_chunk(gw_store_t *st, size_t *consumed, wcount_t *cnt) {
       case REC_RESTART:
       case REC_FORGET:
       case REC_ALERT:
+      case REC_META:
         rc = r->type == REC_OPEN      ? w_open(st, r)
              : r->type == REC_RESTART ? w_restart(st, r, &cnt->skipped)
              : r->type == REC_FORGET  ? w_forget(st, r)
+             : r->type == REC_META    ? w_meta(st, r)
                                       : w_alert(st, r->u.al);
         if (rc != SQLITE_OK && gws_record_error(rc)) {
           cnt->skipped++;

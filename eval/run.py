@@ -196,7 +196,9 @@ class Daemon:
         while time.time() < deadline:
             st = self.json("/api/v1/stats")
             state = (st["received"], st["points"], st["queue_depth"])
-            if st["received"] >= sent and st["queue_depth"] == 0 and state == last:
+            # run-metadata messages are received too, but are not sketches
+            taken = st["received"] - st.get("meta_accepted", 0)
+            if taken >= sent and st["queue_depth"] == 0 and state == last:
                 return st
             last = state
             time.sleep(0.5)

@@ -36,7 +36,9 @@
   XX(EFULL, "queue_full", "queue full")                                       \
   XX(EDENIED, "denied", "access denied")                                      \
   XX(EINCARNATION, "bad_incarnation", "version 2 message with incarnation 0")     \
-  XX(EBUDGET, "memory_budget", "stream memory budget exhausted")
+  XX(EBUDGET, "memory_budget", "stream memory budget exhausted")             \
+  XX(EMETA, "bad_meta", "run metadata is not a valid metadata document")     \
+  XX(EMETASIZE, "meta_too_large", "run metadata over a size or count limit")
 
 #define GW_E_BASE (-1000)
 

@@ -143,7 +143,10 @@ before(async () => {
   fs.mkdirSync(OUT, { recursive: true });
   daemon = await startDaemon("main");
   // Steps 0..STEPS-1 of every tag, pure noise from COLLAPSE on (κ jumps).
-  await publish(daemon, ["--steps", String(STEPS), "--rate", "0", "--loss", "--noise", "0.003", "--collapse-at", String(COLLAPSE)]);
+  // with run metadata: two tags, two labels and a config (the Run info panel)
+  await publish(daemon, ["--steps", String(STEPS), "--rate", "0", "--loss", "--noise", "0.003", "--collapse-at", String(COLLAPSE),
+    "--tag-run", "baseline", "--tag-run", "sgd", "--label", "team=vision", "--label", "dataset=cifar10",
+    "--config-json", JSON.stringify({ lr: 0.001, batch: 64, model: { layers: 12 } })]);
   await until("the store to hold every point", async () => {
     const s = await getJSON(daemon, `/api/v1/runs/${RUN}/streams`);
     return s.streams.length === TAGS.length && s.streams.every((x) => x.last_step === STEPS - 1);
@@ -167,7 +170,10 @@ test("runs list shows the published run, and opens it", async () => {
   await row.waitFor({ timeout: 30000 });
   const cells = await row.locator("td").allTextContents();
   assert.match(cells[0], /live|stalled/);
-  assert.equal(cells[1], RUN);
+  assert.equal(await row.locator("td.name a").textContent(), RUN);
+  // the run's tags and labels as chips beside its name
+  assert.deepEqual(await row.locator("td.name .chip.tag").allTextContents(), ["baseline", "sgd"]);
+  assert.deepEqual((await row.locator("td.name .chip.label").allTextContents()).sort(), ["dataset=cifar10", "team=vision"]);
   assert.equal(cells[2].replace(/\s/g, ""), String(STEPS - 1));
   assert.equal(cells[5], String(TAGS.length));
   await row.click();
@@ -193,6 +199,21 @@ test("run page renders synchronized charts with a legend of the selected tags", 
   // Loss was sent, gradient norm was not: one chart has lines, the other says so.
   assert.equal(await page.locator('.chart[data-metric="loss"].empty').count(), 0);
   assert.equal(await page.locator('.chart[data-metric="grad_norm"].empty').count(), 1);
+});
+
+test("run page shows the run's metadata: tags, labels, config, client", async () => {
+  const body = page.locator("#run-meta .meta-body[data-loaded='1']");
+  await body.waitFor({ timeout: 30000 });
+  assert.deepEqual(await page.locator("#meta-tags .chip.tag").allTextContents(), ["baseline", "sgd"]);
+  const kv = async (id) =>
+    Object.fromEntries(
+      await page.locator(`#${id} tr`).evaluateAll((rows) => rows.map((r) => [r.querySelector("th").textContent, r.querySelector("td").textContent])),
+    );
+  assert.deepEqual(await kv("meta-labels"), { team: "vision", dataset: "cifar10" });
+  assert.deepEqual(await kv("meta-config"), { lr: "0.001", batch: "64", "model.layers": "12" });
+  const client = await kv("meta-client");
+  assert.equal(client.program, "gradwatch publish");
+  assert.ok(client.host && client.pid, JSON.stringify(client));
 });
 
 test("κ charts shade the three κ bands with a key; rank charts carry the whole-run rank; κ linear is drawn", async () => {
@@ -277,6 +298,39 @@ test("a point published after load reaches the chart within 2 s", async () => {
   await pub;
   await until("the last published step on the chart", async () =>
     Number(await page.locator("#charts").getAttribute("data-last-step")) === STEPS + 29, 5000);
+});
+
+test("runs list filters by tag and label (filter words, #/?tag= links)", async () => {
+  const p = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+  p.on("pageerror", (e) => pageErrors.push("pageerror (filter): " + e.message));
+  try {
+    await publish(daemon, ["--run", "other-run", "--steps", "3", "--rate", "0", "--tag-run", "adam", "--label", "team=nlp"]);
+    await p.goto(daemon.base + "/#/?tag=baseline");
+    await p.locator(`tr.run[data-run="${RUN}"]`).waitFor({ timeout: 30000 });
+    const shown = async () => (await p.locator("tr.run").evaluateAll((rows) => rows.map((r) => r.dataset.run))).sort();
+    assert.deepEqual(await shown(), [RUN]);
+    assert.equal(await p.locator("input.filter").inputValue(), "tag:baseline");
+    for (const [words, want] of [
+      ["team=nlp", ["other-run"]],
+      ["tag:adam team=nlp", ["other-run"]],
+      ["tag:adam team=vision", []],
+      ["cifar", [RUN]],
+      ["", ["other-run", RUN]],
+    ]) {
+      await p.fill("input.filter", words);
+      await until(`filter "${words}"`, async () => {
+        const got = (await shown()).filter((r) => r !== "late-run" && !r.startsWith("resumed"));
+        return JSON.stringify(got) === JSON.stringify([...want].sort());
+      });
+    }
+    // a tag chip on the run page links to the filtered list
+    await p.goto(daemon.base + "/#/run/" + RUN);
+    await p.locator("#meta-tags .chip.tag", { hasText: "sgd" }).click();
+    await p.waitForURL((u) => u.hash === "#/?tag=sgd");
+    await until("the sgd runs", async () => JSON.stringify(await shown()) === JSON.stringify([RUN]));
+  } finally {
+    await p.close();
+  }
 });
 
 test("a page opened before its run starts picks the run up from the feed", async () => {

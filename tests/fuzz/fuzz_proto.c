@@ -13,9 +13,16 @@
  * gives back the input exactly (with absent scalar slots zeroed, the one
  * liberty PROTOCOL.md §3.1 allows). Any broken promise aborts.
  *
- * Build (by hand, not part of the CMake build):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Iproto \
- *     tests/fuzz/fuzz_proto.c proto/proto.c proto/error.c -lm -o /tmp/fuzz_proto
+ * A run-metadata topic ("gw1/<run>/@meta", PROTOCOL.md §11) goes to the
+ * metadata frame codec and the daemon's document validator instead: only
+ * their documented reasons may come back, an accepted document lies inside
+ * the body, re-encodes to the same body, and normalises to a document that
+ * is itself accepted and prints the same.
+ *
+ * Build (by hand, or tests/fuzz/run.sh proto):
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Iproto -Idaemon \
+ *     tests/fuzz/fuzz_proto.c proto/proto.c proto/meta.c proto/error.c \
+ *     daemon/runmeta.c -lcjson -lm -o /tmp/fuzz_proto
  *   /tmp/fuzz_proto -max_total_time=30 tests/fuzz/corpus/proto
  */
 #include <math.h>
@@ -23,7 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gw_meta.h"
 #include "gw_proto.h"
+#include "runmeta.h"
 
 #define CHECK(cond)                                                            \
   do {                                                                         \
@@ -89,6 +98,40 @@ static void check_accepted(const gw_msg_t *m, const unsigned char *topic,
   free(want);
 }
 
+static void check_meta(const unsigned char *topic, size_t tlen, const unsigned char *body,
+                       size_t blen) {
+  gw_meta_msg_t mm;
+  cJSON *meta = NULL, *again = NULL;
+  int rc = gw_meta_decode(topic, tlen, body, blen, &mm);
+  CHECK(rc == 0 || rc == GW_ETOPIC || rc == GW_ENAME || rc == GW_ETRUNC || rc == GW_EMAGIC ||
+        rc == GW_EVERSION || rc == GW_EFLAGS || rc == GW_EINCARNATION || rc == GW_EMETA ||
+        rc == GW_EMETASIZE);
+  if (rc != 0) return;
+  CHECK(inside(mm.run, mm.run_len, topic, tlen));
+  CHECK(mm.doc == (const char *)body + GW_META_HEADER_SIZE && mm.doc_len == blen - GW_META_HEADER_SIZE);
+  unsigned char *re = malloc(blen);
+  CHECK(re != NULL);
+  CHECK(gw_meta_encode_body(mm.incarnation, mm.wall_ns, mm.doc, mm.doc_len, re, blen) == (int)blen);
+  CHECK(memcmp(re, body, blen) == 0);
+  free(re);
+  rc = gw_runmeta_parse(mm.doc, mm.doc_len, &meta);
+  CHECK(rc == 0 || rc == GW_EMETA || rc == GW_EMETASIZE || rc == GW_ENOMEM);
+  if (rc != 0) {
+    CHECK(meta == NULL);
+    return;
+  }
+  char *text = cJSON_PrintUnformatted(meta), *text2 = NULL;
+  if (text && strlen(text) <= GW_META_DOC_MAX) {
+    CHECK(gw_runmeta_parse(text, strlen(text), &again) == 0);
+    text2 = cJSON_PrintUnformatted(again);
+    CHECK(text2 != NULL && strcmp(text, text2) == 0);
+  }
+  free(text);
+  free(text2);
+  cJSON_Delete(again);
+  cJSON_Delete(meta);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -107,6 +150,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   memcpy(topic, data + 2, tlen);
   memcpy(body, data + 2 + tlen, blen);
 
+  if (gw_meta_is_topic(topic, tlen)) {
+    check_meta(topic, tlen, body, blen);
+    free(topic);
+    free(body);
+    return 0;
+  }
   rc = gw_proto_decode(topic, tlen, body, blen, 0, &m);
   /* only the reasons gw_proto.h documents for the decoder */
   CHECK(rc == 0 || rc == GW_ETOPIC || rc == GW_ENAME || rc == GW_ETRUNC ||

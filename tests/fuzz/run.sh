@@ -10,8 +10,10 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${GW_FUZZ_OUT:-$(mktemp -d /tmp/gwfuzz-XXXXXX)}
 bin="$out/fuzz_$target"
 case $target in
-  proto) srcs=("$root/tests/fuzz/fuzz_proto.c" "$root/proto/proto.c" "$root/proto/error.c")
-         incs=(-I"$root/proto") libs=(-lm) ;;
+  proto) srcs=("$root/tests/fuzz/fuzz_proto.c" "$root/proto/proto.c" "$root/proto/meta.c"
+               "$root/proto/error.c" "$root/daemon/runmeta.c")
+         incs=(-I"$root/proto" -I"$root/daemon" $(pkg-config --cflags libcjson))
+         libs=($(pkg-config --libs libcjson) -lm) ;;
   config) srcs=("$root/tests/fuzz/fuzz_config.c" "$root/daemon/config.c" "$root/daemon/engine.c"
                 "$root/daemon/fdsketch.c"
                 "$root/proto/proto.c" "$root/proto/error.c")

@@ -149,7 +149,7 @@ def test_old_format_database_converts_with_identical_answers(make):
     rows, chunked = all_points(d.db)
     assert chunked == 0 and rows > 2 * 599
     con = sqlite3.connect(d.db)
-    con.executescript("DROP TABLE chunks; PRAGMA user_version = 2;")
+    con.executescript("DROP TABLE chunks; DROP TABLE run_meta; PRAGMA user_version = 2;")
     con.close()
 
     d.extra = []  # default: chunks of 256
@@ -161,7 +161,7 @@ def test_old_format_database_converts_with_identical_answers(make):
     finally:
         assert d.stop() == 0
     con = sqlite3.connect(d.db)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 4
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
     rows2, chunked2 = all_points(d.db)

@@ -204,7 +204,9 @@ def pump_until(sub, cond, timeout=30.0):
 def drain(sub, timeout=1.0):
     out = []
     while sub.poll(timeout * 1000):
-        out.append(gradwatch.decode(*sub.recv_multipart()))
+        f = sub.recv_multipart()
+        if not f[0].endswith(b"/@meta"):  # run metadata: not a sketch message
+            out.append(gradwatch.decode(*f))
     return out
 
 

@@ -174,3 +174,73 @@ def test_publisher_encoder_reproduces_golden_frames():
                                      None if gns is None else np.repeat(gns, 3), a["loss"],
                                      a["lr"], wall_ns=a["wall_ns"])
             assert ok3.all() and all(r.tobytes() == rows[0].tobytes() for r in rows3)
+
+
+# ---- run metadata (PROTOCOL.md section 11) ----------------------------------
+
+META_JSON = os.path.join(os.path.dirname(FRAMES_JSON), "meta_frames.json")
+
+
+def meta_frames():
+    with open(META_JSON) as f:
+        return json.load(f)
+
+
+def test_meta_golden_frames_encode_and_decode():
+    from gradwatch import _meta
+    gold = meta_frames()["golden"]
+    assert len(gold) >= 3
+    for g in gold:
+        f = g["fields"]
+        topic, body = _meta.encode(f["run"], g["doc"], int(f["incarnation"]), int(f["wall_ns"]))
+        assert topic.hex() == g["topic_hex"], g["name"]
+        assert body.hex() == g["body"], g["name"]
+        run, inc, wall, doc = _meta.decode(bytes.fromhex(g["topic_hex"]), bytes.fromhex(g["body"]))
+        assert (run, inc, wall) == (f["run"], int(f["incarnation"]), int(f["wall_ns"]))
+        assert doc == g["doc"]
+        assert _meta.is_topic(topic)
+        # what the daemon's old decoder sees: a bad tag, not a crash
+        with pytest.raises(_proto.DecodeError) as e:
+            _proto.decode(topic, body)
+        assert e.value.reason == "bad_name"
+
+
+def test_meta_malformed_frames_rejected_with_reason():
+    from gradwatch import _meta
+    bad = meta_frames()["malformed"]
+    reasons = set()
+    for m in bad:
+        with pytest.raises(_proto.DecodeError) as e:
+            _meta.decode(bytes.fromhex(m["topic_hex"]), bytes.fromhex(m["body"]))
+        assert e.value.reason == m["reason"], m["name"]
+        reasons.add(m["reason"])
+    assert {"bad_meta", "meta_too_large", "truncated", "bad_magic", "bad_version",
+            "bad_flags", "bad_incarnation", "bad_name"} <= reasons
+    big = struct.pack("<IB3xQq", _meta.MAGIC, 1, 1, 0) + b" " * (_meta.DOC_MAX + 1)
+    with pytest.raises(_proto.DecodeError) as e:
+        _meta.decode(b"gw1/r/@meta", big)
+    assert e.value.reason == "meta_too_large"
+
+
+def test_make_document_checks_like_the_receiver():
+    from gradwatch import _meta
+    doc = _meta.make_document(config={"lr": np.float32(0.5), "n": np.int64(3), "bad": float("nan")},
+                              tags=["a", "b", "a"], labels={"k": 1}, client={"pid": 1})
+    assert list(doc) == ["config", "tags", "labels", "client"]
+    assert doc["config"] == {"lr": 0.5, "n": 3, "bad": None}
+    assert doc["tags"] == ["a", "b"] and doc["labels"] == {"k": "1"}
+    for kw, exc in [({"tags": "ab"}, TypeError), ({"tags": ["a b"]}, ValueError),
+                    ({"tags": ["t%d" % i for i in range(65)]}, ValueError),
+                    ({"labels": {"a/b": "x"}}, ValueError), ({"labels": {"k": "\n"}}, ValueError),
+                    ({"labels": {"k%d" % i: "v" for i in range(65)}}, ValueError),
+                    ({"config": [1]}, TypeError),
+                    ({"config": {"x": "y" * 70000}}, ValueError)]:
+        with pytest.raises(exc):
+            _meta.make_document(**kw)
+    deep = {}
+    cur = deep
+    for _ in range(16):
+        cur["a"] = {}
+        cur = cur["a"]
+    with pytest.raises(ValueError):
+        _meta.make_document(config=deep)

@@ -84,7 +84,9 @@ def drain(sub, timeout=1.0):
     gap must outlast a descheduled sender on a loaded machine)."""
     out = []
     while sub.poll(timeout * 1000):
-        out.append(gradwatch.decode(*sub.recv_multipart()))
+        f = sub.recv_multipart()
+        if not f[0].endswith(b"/@meta"):  # run metadata: not a sketch message
+            out.append(gradwatch.decode(*f))
     return out
 
 
@@ -384,7 +386,9 @@ def test_sharded_gradients_sum_to_full_sketch(tmp_path, sub):
     while not ctx.join(timeout=0.05):
         assert time.monotonic() < deadline, "sharded workers did not finish"
         while sub.poll(0):
-            msgs.append(gradwatch.decode(*sub.recv_multipart()))
+            f = sub.recv_multipart()
+            if not f[0].endswith(b"/@meta"):
+                msgs.append(gradwatch.decode(*f))
     msgs += drain(sub)
     net, loss, layout, flat = _full_grads()
     ref = reference(net, SHARD_K, 21, "sjlt", 4)

@@ -12,9 +12,11 @@ static void codes_are_distinct_and_indexed(void **state) {
   (void)state;
   assert_int_equal(GW_EINVAL, -1000);
   assert_int_equal(gw_err_index(GW_EINVAL), GW_EINVAL_INDEX);
-  assert_int_equal(gw_err_index(GW_EBUDGET), GW_E_COUNT - 1);
+  assert_int_equal(gw_err_index(GW_EMETASIZE), GW_E_COUNT - 1);
   assert_int_equal(GW_EINCARNATION, GW_EDENIED - 1); /* appended, codes kept */
   assert_int_equal(GW_EBUDGET, GW_EINCARNATION - 1);
+  assert_int_equal(GW_EMETA, GW_EBUDGET - 1);
+  assert_int_equal(GW_EMETASIZE, GW_EMETA - 1);
   assert_int_equal(gw_err_index(0), -1);
   assert_int_equal(gw_err_index(-ENOENT), -1);
   assert_int_equal(gw_err_index(GW_E_BASE - GW_E_COUNT), -1);
@@ -28,6 +30,8 @@ static void reasons_match_spec_names(void **state) {
   assert_string_equal(gw_err_reason(GW_ENONFINITE), "non_finite");
   assert_string_equal(gw_err_reason(GW_EINCARNATION), "bad_incarnation");
   assert_string_equal(gw_err_reason(GW_EBUDGET), "memory_budget");
+  assert_string_equal(gw_err_reason(GW_EMETA), "bad_meta");
+  assert_string_equal(gw_err_reason(GW_EMETASIZE), "meta_too_large");
   assert_string_equal(gw_err_reason(0), "ok");
   assert_string_equal(gw_err_reason(-EIO), "errno");
 }

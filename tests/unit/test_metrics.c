@@ -193,6 +193,7 @@ static void renders_daemon_counters(void **state) {
   gw_stats_add(&st.store_errors, 13);
   gw_stats_add(&st.store_queue_depth, 14);
   gw_stats_add(&st.live_dropped, 15);
+  gw_stats_add(&st.meta_accepted, 16);
   assert_int_equal(gw_metrics_new(&m, NULL), 0);
   char *out = render(m, &st);
   const char *lines[] = {
@@ -201,6 +202,7 @@ static void renders_daemon_counters(void **state) {
       "gradwatch_messages_rejected_total{reason=\"invalid_argument\"} 1\n",
       "gradwatch_messages_rejected_total{reason=\"denied\"} 0\n",
       "# TYPE gradwatch_points_total counter\ngradwatch_points_total 4\n",
+      "# TYPE gradwatch_run_meta_received_total counter\ngradwatch_run_meta_received_total 16\n",
       "# TYPE gradwatch_streams gauge\ngradwatch_streams 9\n",
       "# TYPE gradwatch_store_dropped_total counter\ngradwatch_store_dropped_total 11\n",
       "# TYPE gradwatch_store_written_total counter\ngradwatch_store_written_total 12\n",

@@ -31,6 +31,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "gw_meta.h"
 #include "gw_proto.h"
 
 /* ---- fixtures: files, hex, frames ---------------------------------------- */
@@ -1086,8 +1087,123 @@ static void protocol_md_matches_vectors(void **state) {
   free(doc);
 }
 
+/* ---- run metadata frames (PROTOCOL.md section 11) ----
+ * proto/vectors/meta_frames.json comes from gen_meta.py, an encoder written
+ * from the spec with struct and json. The frame codec checks the topic, the
+ * header and the document's length; the document's own rules are the
+ * daemon's (test_runmeta.c), so a malformed frame whose reason concerns the
+ * document must pass the frame codec here. */
+static int frame_reason(const char *r) {
+  static const char *const doc_reasons[] = {"bad_meta", "meta_too_large"};
+  for (size_t i = 0; i < 2; i++)
+    if (strcmp(r, doc_reasons[i]) == 0) return 0;
+  return 1;
+}
+
+static void meta_golden_frames(void **state) {
+  (void)state;
+  char *text = slurp("proto/vectors/meta_frames.json", NULL);
+  cJSON *root = cJSON_Parse(text), *e;
+  free(text);
+  assert_non_null(root);
+  int n = 0;
+  cJSON_ArrayForEach(e, get(root, "golden")) {
+    size_t tl, bl;
+    unsigned char *t = unhex(str(e, "topic_hex"), &tl), *b = unhex(str(e, "body"), &bl);
+    const cJSON *fl = get(e, "fields");
+    gw_meta_msg_t m;
+    assert_true(gw_meta_is_topic(t, tl));
+    assert_int_equal(gw_meta_decode(t, tl, b, bl, &m), 0);
+    assert_int_equal(m.run_len, strlen(str(fl, "run")));
+    assert_memory_equal(m.run, str(fl, "run"), m.run_len);
+    assert_int_equal(m.version, 1);
+    assert_true(m.incarnation == strtoull(str(fl, "incarnation"), NULL, 10));
+    assert_true(m.wall_ns == strtoll(str(fl, "wall_ns"), NULL, 10));
+    assert_ptr_equal(m.doc, (const char *)b + GW_META_HEADER_SIZE);
+    cJSON *doc = cJSON_ParseWithLength(m.doc, m.doc_len);
+    assert_non_null(doc);
+    assert_true(cJSON_Compare(doc, get(e, "doc"), 1));
+    cJSON_Delete(doc);
+    /* the encoder writes the same bytes from the fields */
+    char topic[GW_PROTO_TOPIC_MAX + 1];
+    unsigned char *out = malloc(bl);
+    assert_int_equal(gw_meta_encode_topic(m.run, m.run_len, topic, sizeof topic), (int)tl);
+    assert_memory_equal(topic, t, tl);
+    assert_int_equal(gw_meta_encode_body(m.incarnation, m.wall_ns, m.doc, m.doc_len, out, bl),
+                     (int)bl);
+    assert_memory_equal(out, b, bl);
+    assert_int_equal(gw_meta_encode_body(m.incarnation, m.wall_ns, m.doc, m.doc_len, out, bl - 1),
+                     -ENOBUFS);
+    /* every shorter body is refused, never read past (exact-size copies) */
+    for (size_t cut = 0; cut < GW_META_HEADER_SIZE + 1; cut++) {
+      unsigned char *c = dup_exact(b, cut);
+      int rc = gw_meta_decode(t, tl, c, cut, &m);
+      assert_int_equal(rc, cut < GW_META_HEADER_SIZE ? GW_ETRUNC : GW_EMETA);
+      free(c);
+    }
+    free(out);
+    free(t);
+    free(b);
+    n++;
+  }
+  assert_true(n >= 3);
+  n = 0;
+  cJSON_ArrayForEach(e, get(root, "malformed")) {
+    size_t tl, bl;
+    unsigned char *t = unhex(str(e, "topic_hex"), &tl), *b = unhex(str(e, "body"), &bl);
+    gw_meta_msg_t m;
+    const char *want = str(e, "reason");
+    int rc = gw_meta_decode(t, tl, b, bl, &m);
+    if (frame_reason(want)) {
+      if (strcmp(gw_err_reason(rc), want) != 0)
+        fail_msg("%s: got %s, want %s", str(e, "name"), gw_err_reason(rc), want);
+      n++;
+    } else if (strcmp(str(e, "name"), "empty_doc") != 0) {
+      if (rc != 0) fail_msg("%s: frame codec said %s", str(e, "name"), gw_err_reason(rc));
+    }
+    free(t);
+    free(b);
+  }
+  assert_true(n >= 7);
+  cJSON_Delete(root);
+}
+
+/* Limits the vectors leave out (a 64 KiB document), and the encoder's refusals. */
+static void meta_limits(void **state) {
+  (void)state;
+  size_t big = GW_META_HEADER_SIZE + GW_META_DOC_MAX + 1;
+  unsigned char *b = calloc(1, big);
+  char topic[GW_PROTO_TOPIC_MAX + 1];
+  gw_meta_msg_t m;
+  assert_non_null(b);
+  memset(b + GW_META_HEADER_SIZE, ' ', GW_META_DOC_MAX + 1);
+  assert_int_equal(gw_meta_encode_body(1, 0, (char *)b + GW_META_HEADER_SIZE, GW_META_DOC_MAX, b,
+                                       big), (int)(big - 1));
+  assert_int_equal(gw_meta_encode_topic("r", 1, topic, sizeof topic), 11);
+  assert_int_equal(gw_meta_decode(topic, 11, b, big - 1, &m), 0);
+  assert_int_equal(m.doc_len, GW_META_DOC_MAX);
+  assert_int_equal(gw_meta_decode(topic, 11, b, big, &m), GW_EMETASIZE);
+  assert_int_equal(gw_meta_encode_body(1, 0, "x", GW_META_DOC_MAX + 1, b, big), GW_EMETASIZE);
+  assert_int_equal(gw_meta_encode_body(0, 0, "{}", 2, b, big), GW_EINCARNATION);
+  assert_int_equal(gw_meta_encode_body(1, 0, "", 0, b, big), GW_EMETA);
+  assert_int_equal(gw_meta_encode_topic("a/b", 3, topic, sizeof topic), GW_ENAME);
+  assert_int_equal(gw_meta_encode_topic("r", 1, topic, 11), -ENOBUFS);
+  /* the topic test: exactly gw1/<run>/@meta */
+  assert_true(gw_meta_is_topic("gw1/r/@meta", 11));
+  assert_false(gw_meta_is_topic("gw1/r/@meta/x", 13));
+  assert_false(gw_meta_is_topic("gw1/r/x/@meta", 13));
+  assert_false(gw_meta_is_topic("gw1/r/@metax", 12));
+  assert_false(gw_meta_is_topic("gw2/r/@meta", 11));
+  /* an old-style decoder sees a bad tag, so old daemons reject it cleanly */
+  gw_msg_t pm;
+  assert_int_equal(gw_proto_decode("gw1/r/@meta", 11, b, 100, 0, &pm), GW_ENAME);
+  free(b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(meta_golden_frames),
+      cmocka_unit_test(meta_limits),
       cmocka_unit_test(golden_frames_decode),
       cmocka_unit_test(golden_frames_reencode_byte_for_byte),
       cmocka_unit_test(golden_frames_unaligned),

@@ -35,6 +35,7 @@
 #include <zmq.h>
 
 #include "gradwatch.h"
+#include "gw_meta.h"
 
 #define RECV_TIMEOUT_MS 5000
 
@@ -773,6 +774,65 @@ static void incarnation_per_publisher(void **state) {
   peer_close(&sub);
 }
 
+static void sleep_ms(int ms);
+
+/* Run metadata: sent when set (a daemon is there), before the next publish
+ * after a daemon subscribes again, decoded by gw_meta_decode to the same
+ * document and incarnation; not counted in sent; the refusals. */
+static void run_metadata(void **state) {
+  (void)state;
+  peer_t sub;
+  gw_publisher_t *p;
+  float z[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  const char *doc = "{\"config\":{\"lr\":0.5},\"tags\":[\"a\"],\"labels\":{\"k\":\"v\"}}";
+  frames_t f;
+  gw_meta_msg_t m;
+
+  peer_open(&sub, ZMQ_SUB, "gw1/metarun/", NULL);
+  p = pub_open(sub.endpoint, "metarun", GW_DTYPE_F32);
+  assert_int_equal(wait_sub(&sub, p, NULL, RECV_TIMEOUT_MS), 0);
+  assert_int_equal(gw_publisher_set_meta(p, doc), 0);
+  assert_int_equal(gw_publisher_meta_sent(p), 1);
+  recv_msg(sub.sock, &f);
+  assert_int_equal(gw_meta_decode(f.topic, f.topic_len, f.body, f.body_len, &m), 0);
+  assert_int_equal(f.topic_len, strlen("gw1/metarun/@meta"));
+  assert_memory_equal(f.topic, "gw1/metarun/@meta", f.topic_len);
+  assert_true(m.incarnation == gw_publisher_incarnation(p));
+  assert_int_equal(m.doc_len, strlen(doc));
+  assert_memory_equal(m.doc, doc, m.doc_len);
+  assert_true(llabs(m.wall_ns - now_ns()) < 60 * INT64_C(1000000000));
+  frames_free(&f);
+  /* the next publish is the sketch alone: the metadata is not due again */
+  assert_int_equal(gw_publisher_publish_sketch(p, "all", 1, z, NULL), 0);
+  recv_msg(sub.sock, &f);
+  assert_memory_equal(f.topic, "gw1/metarun/all", f.topic_len);
+  frames_free(&f);
+  assert_int_equal(gw_publisher_sent(p), 1);
+  /* a second subscriber (another daemon) makes it due before the next publish */
+  assert_int_equal(zmq_setsockopt(sub.sock, ZMQ_SUBSCRIBE, "gw1/", 4), 0);
+  for (int i = 0; i < 200 && gw_publisher_meta_sent(p) == 1; i++) {
+    int events;
+    size_t len = sizeof events;
+    zmq_getsockopt(sub.sock, ZMQ_EVENTS, &events, &len);
+    gw_publisher_connected(p);
+    assert_int_equal(gw_publisher_publish_sketch(p, "all", 2 + (uint64_t)i, z, NULL), 0);
+    sleep_ms(10);
+  }
+  assert_int_equal(gw_publisher_meta_sent(p), 2);
+  /* refusals: empty, too long; NULL stops it */
+  char *big = malloc(GW_META_DOC_MAX + 2);
+  assert_non_null(big);
+  memset(big, ' ', GW_META_DOC_MAX + 1);
+  big[GW_META_DOC_MAX + 1] = '\0';
+  assert_int_equal(gw_publisher_set_meta(p, big), GW_EMETASIZE);
+  free(big);
+  assert_int_equal(gw_publisher_set_meta(p, ""), GW_EMETA);
+  assert_int_equal(gw_publisher_set_meta(NULL, doc), GW_EINVAL);
+  assert_int_equal(gw_publisher_set_meta(p, NULL), 0);
+  gw_publisher_free(p);
+  peer_close(&sub);
+}
+
 /* Many draws: all nonzero and distinct, and every bit of the 64 takes both
  * values (a constant or a 32-bit id would fail). No peer needed. */
 static void incarnations_are_random(void **state) {
@@ -1152,6 +1212,7 @@ int main(void) {
       cmocka_unit_test(push_to_pull),
       cmocka_unit_test(curve),
       cmocka_unit_test(incarnation_per_publisher),
+      cmocka_unit_test(run_metadata),
       cmocka_unit_test(incarnations_are_random),
       cmocka_unit_test(connected_follows_subscriptions),
       cmocka_unit_test(connected_push),

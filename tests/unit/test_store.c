@@ -640,6 +640,65 @@ static void store_every(void **state) {
   assert_int_equal(gw_store_integrity_check(f->st), 0);
 }
 
+/* Run metadata: latest wins per run, a run with metadata and no point is
+ * listed, it survives a reopen, and a version 2 database gains the table. */
+static void run_metadata(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  gw_store_run_t *runs;
+  size_t n;
+  sqlite3 *db;
+  char text[256];
+  cfg_init(&c, f->path);
+  open_ok(f, &c);
+  gw_run_meta_t m = {.run = "mr", .incarnation = UINT64_MAX, .wall_ns = -5, .recv_ns = 77,
+                     .doc = "{\"tags\":[\"a\"]}"};
+  assert_int_equal(gw_store_put_meta(f->st, &m), 0);
+  m.doc = "{\"tags\":[\"b\"]}";
+  m.recv_ns = 78;
+  assert_int_equal(gw_store_put_meta(f->st, &m), 0);
+  gw_run_meta_t bad = {.run = "", .doc = "{}"};
+  assert_int_equal(gw_store_put_meta(f->st, &bad), GW_EINVAL);
+  bad.run = "x";
+  bad.doc = NULL;
+  assert_int_equal(gw_store_put_meta(f->st, &bad), GW_EINVAL);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  for (int round = 0; round < 2; round++) {
+    assert_int_equal(gw_store_runs(f->st, 100, 10, &runs, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(runs[0].run, "mr");
+    assert_int_equal(runs[0].streams, 0);
+    assert_string_equal(runs[0].meta, "{\"tags\":[\"b\"]}");
+    assert_true(runs[0].meta_incarnation == UINT64_MAX);
+    assert_int_equal(runs[0].meta_wall_ns, -5);
+    assert_int_equal(runs[0].meta_recv_ns, 78);
+    gw_store_runs_free(runs, n);
+    gw_store_close(f->st);
+    f->st = NULL;
+    open_ok(f, &c);
+  }
+  gw_store_close(f->st);
+  f->st = NULL;
+  /* make it a version 3 database (no run_meta), then open: migrated */
+  db = raw_open(f->path);
+  assert_int_equal(sqlite3_exec(db, "DROP TABLE run_meta; PRAGMA user_version = 3;", NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(db);
+  open_ok(f, &c);
+  assert_int_equal(gw_store_runs(f->st, 100, 10, &runs, &n), 0);
+  assert_int_equal(n, 1);
+  assert_null(runs[0].meta);
+  gw_store_runs_free(runs, n);
+  assert_int_equal(gw_store_put_meta(f->st, &m), 0);
+  assert_int_equal(gw_store_flush(f->st), 0);
+  db = raw_open(f->path);
+  assert_int_equal(raw_int(db, "PRAGMA user_version"), GW_STORE_SCHEMA_VERSION);
+  raw_text(db, "SELECT doc FROM run_meta", text, sizeof text);
+  assert_string_equal(text, "{\"tags\":[\"b\"]}");
+  sqlite3_close(db);
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
 static void durability_reopen(void **state) {
   fx_t *f = *state;
   gw_store_config_t c;
@@ -2209,6 +2268,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(roundtrip_points, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(listings, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(run_metadata, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(series_range, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(downsampling, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(store_every, fx_setup, fx_teardown),

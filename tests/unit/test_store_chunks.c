@@ -456,7 +456,7 @@ static void migrate_v2(void **state) {
     rm_db(f->path[i]);
     snprintf(sql, sizeof sql, "VACUUM INTO '%s';", f->path[i]);
     raw_exec(f->path[0], sql);
-    raw_exec(f->path[i], "DROP TABLE chunks; PRAGMA user_version = 2;");
+    raw_exec(f->path[i], "DROP TABLE chunks; DROP TABLE run_meta; PRAGMA user_version = 2;");
     assert_int_equal(raw_int(f->path[i], "SELECT count(*) FROM points"), rows);
   }
   killed_open(f->path[1], chunk_of[1], 3);

@@ -90,7 +90,9 @@ function route() {
     document.title = run + " — gradwatch";
   } else {
     crumbs.append(el("span.cur", null, "runs"));
-    current = new RunsView(view);
+    // #/?tag=T or #/?q=WORDS: the runs list, filtered
+    const q = new URLSearchParams((/^#\/\?(.*)$/.exec(h) || [])[1] || "");
+    current = new RunsView(view, q.get("tag") ? "tag:" + q.get("tag") : q.get("q") || "");
     document.title = "gradwatch";
   }
 }

@@ -131,6 +131,8 @@ export class RunView {
     );
     this.alertList = el("div.alerts", { id: "alerts" });
     const tagBox = el("section.panel.tags", null, el("h2", null, "Tags"));
+    this.metaBody = el("div.meta-body", null, el("span.muted", null, "loading…"));
+    const metaBox = el("section.panel.meta", { id: "run-meta" }, el("h2", null, "Run info"), this.metaBody);
     const chartBox = el("div.chartbox");
     const heatBox = el(
       "section.panel.heatbox",
@@ -144,7 +146,7 @@ export class RunView {
       el(
         "div.run-grid",
         null,
-        el("aside.side", null, tagBox, el("section.panel", null, el("h2", null, "Alerts"), this.alertList)),
+        el("aside.side", null, metaBox, tagBox, el("section.panel", null, el("h2", null, "Alerts"), this.alertList)),
         el("div.mainc", null, chartBox, heatBox),
       ),
     );
@@ -185,7 +187,7 @@ export class RunView {
     this.spectrumTag = this.selected[0];
     this.tagList.setTags(this.tags, this.selected, this.colors);
     this.buildCharts();
-    await Promise.all([this.loadSeries(), this.loadHeat(), this.loadAlerts(), this.loadRestarts(), this.loadSpectrum(null)]);
+    await Promise.all([this.loadSeries(), this.loadHeat(), this.loadAlerts(), this.loadRestarts(), this.loadSpectrum(null), this.loadMeta()]);
     if (this.alive) this.rootEl.dataset.ready = "1";
   }
 
@@ -297,6 +299,45 @@ export class RunView {
     });
     this.heat = next;
     this.redrawHeat(true);
+  }
+
+  // The run's metadata (GET /api/v1/runs/{run} "meta"): tags, labels, the
+  // config flattened to dotted keys, and what the client said about itself.
+  async loadMeta() {
+    let d;
+    try {
+      d = await getJSON(`/api/v1/runs/${encodeURIComponent(this.run)}`);
+    } catch (e) {
+      return;
+    }
+    if (!this.alive) return;
+    const m = d.meta;
+    this.metaBody.textContent = "";
+    if (!m) {
+      this.metaBody.append(el("span.muted", null, "no metadata sent for this run"));
+      this.metaBody.dataset.loaded = "1";
+      return;
+    }
+    const flat = (o, pre = "", out = []) => {
+      for (const [k, v] of Object.entries(o || {})) {
+        if (v && typeof v === "object" && !Array.isArray(v)) flat(v, pre + k + ".", out);
+        else out.push([pre + k, Array.isArray(v) ? JSON.stringify(v) : String(v)]);
+      }
+      return out;
+    };
+    const table = (id, title, rows) =>
+      rows.length
+        ? el("div", null, el("h3", null, title), el("table.kv", { id }, el("tbody", null, rows.map(([k, v]) => el("tr", null, el("th", null, k), el("td", null, v))))))
+        : null;
+    const parts = [
+      (m.tags || []).length ? el("div.meta-tags", { id: "meta-tags" }, m.tags.map((t) => el("a.chip.tag", { href: "#/?tag=" + encodeURIComponent(t), title: "runs tagged " + t }, t))) : null,
+      table("meta-labels", "Labels", Object.entries(m.labels || {})),
+      table("meta-config", "Config", flat(m.config)),
+      table("meta-client", "Client", flat(m.client)),
+    ].filter(Boolean);
+    if (!parts.length) parts.push(el("span.muted", null, "empty metadata"));
+    this.metaBody.append(...parts);
+    this.metaBody.dataset.loaded = "1";
   }
 
   async loadAlerts() {

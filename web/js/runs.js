@@ -10,6 +10,10 @@
 //               advanced stream (steps / wall seconds); live runs only
 //   alerts      /api/v1/alerts?state=firing, counted per run
 //   streams     /api/v1/runs streams
+//   tags        /api/v1/runs tags (the run's metadata), as chips by the name
+// The filter box takes words: "tag:T" keeps runs tagged T, "K=V" runs whose
+// label K is V, any other word runs whose name, a tag or a "K=V" label
+// contains it; every word must hold. #/?tag=T (a tag chip's link) fills it.
 // A click (or Enter) opens the run page; the tick boxes pick runs for the
 // compare page (#/compare?runs=…).
 
@@ -21,7 +25,7 @@ const RATE_POINTS = 200;
 const RATE_RUNS_MAX = 50; // live runs whose rate is measured per refresh
 
 export class RunsView {
-  constructor(root) {
+  constructor(root, filter = "") {
     this.root = root;
     this.alive = true;
     this.rates = new Map(); // run → {rate, at_step}
@@ -34,13 +38,15 @@ export class RunsView {
 
     this.filterInput = el("input.filter", {
       type: "search",
-      placeholder: "filter runs",
+      placeholder: "filter: name, tag:T, key=value",
       "aria-label": "filter runs",
       oninput: () => {
         this.filter = this.filterInput.value.trim().toLowerCase();
         this.render();
       },
     });
+    this.filterInput.value = filter;
+    this.filter = filter.trim().toLowerCase();
     this.status = el("span.muted", { id: "runs-status" }, "loading…");
     this.body = el("tbody", { id: "runs-body" });
     this.stats = el("p.muted.stats", { id: "stats" });
@@ -163,10 +169,22 @@ export class RunsView {
     if (runs.length) window.location.hash = "#/compare?runs=" + runs.map(encodeURIComponent).join(",");
   }
 
+  matches(r) {
+    const tags = r.tags || [];
+    const labels = Object.entries(r.labels || {});
+    return this.filter.split(/\s+/).filter(Boolean).every((w) => {
+      if (w.startsWith("tag:")) return tags.some((t) => t.toLowerCase() === w.slice(4));
+      const eq = w.indexOf("=");
+      if (eq > 0) return labels.some(([k, v]) => k.toLowerCase() === w.slice(0, eq) && v.toLowerCase() === w.slice(eq + 1));
+      return r.run.toLowerCase().includes(w) || tags.some((t) => t.toLowerCase().includes(w)) ||
+        labels.some(([k, v]) => `${k}=${v}`.toLowerCase().includes(w));
+    });
+  }
+
   render() {
     const now = serverNow();
     this.body.textContent = "";
-    const shown = this.runs.filter((r) => !this.filter || r.run.toLowerCase().includes(this.filter));
+    const shown = this.runs.filter((r) => !this.filter || this.matches(r));
     if (this.runs.length === 0) {
       this.body.append(
         el(
@@ -196,7 +214,13 @@ export class RunsView {
         "tr.run",
         { tabIndex: 0, dataset: { run: r.run, state }, onclick: open, onkeydown: (e) => e.key === "Enter" && open() },
         el("td", null, el(`span.state.${state}`, null, state)),
-        el("td.name", null, el("a", { href: "#/run/" + encodeURIComponent(r.run) }, r.run)),
+        el(
+          "td.name",
+          null,
+          el("a", { href: "#/run/" + encodeURIComponent(r.run) }, r.run),
+          (r.tags || []).map((t) => el("span.chip.tag", { title: "tag" }, t)),
+          Object.entries(r.labels || {}).slice(0, 4).map(([k, v]) => el("span.chip.label", { title: "label" }, `${k}=${v}`)),
+        ),
         el("td.num", null, fmtInt(r.last_step)),
         el("td.num", null, state === "live" && rate ? fmt(rate.rate, 3) + " /s" : "—"),
         el("td.num", null, firing ? el("span.chip.bad", null, String(firing)) : "0"),

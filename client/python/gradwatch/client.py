@@ -264,13 +264,27 @@ class Client:
 
     # -- runs and streams ----------------------------------------------------
 
-    def runs(self):
+    def runs(self, tag=None, labels=None):
         """Every run the daemon has stored: a list of dicts (run, streams,
-        first_step, last_step, last_seen in Unix seconds, state ...)."""
-        return self._get("/api/v1/runs")["runs"]
+        first_step, last_step, last_seen in Unix seconds, state, tags,
+        labels). tag: a string or list of strings, labels: a dict; only runs
+        with every such tag and label are returned (a label value of None
+        asks only that the key exists)."""
+        q = []
+        for t in ([tag] if isinstance(tag, str) else (tag or [])):
+            q.append(("tag", t))
+        for k, v in (labels or {}).items():
+            q.append(("label", k if v is None else f"{k}={v}"))
+        path = "/api/v1/runs"
+        if q:
+            path += "?" + urllib.parse.urlencode(q)
+        return self._get(path)["runs"]
 
     def run(self, name):
-        """One run's entry (as in runs()); UnknownRun if the daemon has none."""
+        """One run's entry (as in runs()) with its metadata under "meta":
+        {"config", "tags", "labels", "client", "incarnation", "wall_time",
+        "received"}, or None when the run never sent any; UnknownRun if the
+        daemon has none."""
         return self._get(f"/api/v1/runs/{self._run_path(name)}", not_found=UnknownRun)
 
     def streams(self, run):

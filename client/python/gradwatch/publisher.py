@@ -41,6 +41,8 @@ A Publisher is not thread-safe (neither is its socket): use one per thread.
 
 import math
 import os
+import platform
+import socket
 import sys
 import time
 import warnings
@@ -48,8 +50,13 @@ import warnings
 import numpy as np
 import zmq
 
-from . import _proto
+from . import _meta, _proto
 from ._sketch import Sketcher, check_params
+
+
+def _version():
+    from . import __version__
+    return __version__
 
 
 def _curve_key(value, what, want):
@@ -149,10 +156,21 @@ class Publisher:
     Publisher(endpoint=None, run=None, k=256, seed=0, kind="sjlt", s=4 (0 for gaussian),
     dtype="f32"|"f16"|"bf16", sndhwm=10000, linger_ms=1000,
     curve_serverkey=, curve_publickey=, curve_secretkey=, context=None,
-    incarnation=None (draw one), wire_version=2)
+    incarnation=None (draw one), wire_version=2,
+    config=None, tags=None, labels=None, meta_every=30.0)
 
     endpoint None: $GRADWATCH_ENDPOINT, else tcp://127.0.0.1:5557; run None:
     $GRADWATCH_RUN, else ValueError. Explicit arguments win.
+
+    Run metadata (PROTOCOL.md section 11): config (a dict, e.g. the
+    hyper-parameters), tags (a list of strings) and labels (str -> str) are
+    sent as one metadata message with "client" facts filled in here (host,
+    pid, gradwatch and Python versions; gradwatch.torch.watch adds torch's
+    version, the optimizer and the parameter count). It is sent with the
+    first publish, again before the next publish after a daemon subscribes
+    (so a daemon started after the publisher, or restarted, gets it), and
+    every meta_every seconds while publishing (None: never periodically).
+    set_meta() replaces it and sends it at once.
 
     Attributes: sent, dropped (messages), last_error, incarnation (the id
     sent with every message; 0 with wire_version=1, which sends the old
@@ -162,7 +180,8 @@ class Publisher:
     def __init__(self, endpoint=None, run=None, k=256, seed=0, kind="sjlt", s=None, *,
                  dtype="f32", sndhwm=10000, linger_ms=1000, curve_serverkey=None,
                  curve_publickey=None, curve_secretkey=None, context=None,
-                 cache_bytes=256 << 20, incarnation=None, wire_version=_proto.VERSION):
+                 cache_bytes=256 << 20, incarnation=None, wire_version=_proto.VERSION,
+                 config=None, tags=None, labels=None, meta_every=30.0):
         endpoint, ep_src = _env_default(endpoint, "endpoint", ENV_ENDPOINT, DEFAULT_ENDPOINT)
         run, run_src = _env_default(run, "run", ENV_RUN, None)
         if run is None:
@@ -196,6 +215,19 @@ class Publisher:
             raise ValueError("wire_version 1 carries no incarnation")
         else:
             self.incarnation = 0
+        if meta_every is not None and (isinstance(meta_every, bool) or
+                                       not isinstance(meta_every, (int, float)) or
+                                       not meta_every > 0):
+            raise ValueError(f"meta_every must be a positive number of seconds or None, "
+                             f"got {meta_every!r}")
+        self.meta_every = meta_every
+        self._meta_user = _meta.make_document(config=config, tags=tags, labels=labels)
+        self._meta_client = {"host": socket.gethostname(), "pid": os.getpid(),
+                             "gradwatch": _version(), "python": platform.python_version()}
+        self._meta_frames = None  # (topic, body) of the current document
+        self._meta_due = True  # send it before the next publish
+        self._meta_sent_at = None  # time.monotonic() of the last metadata send
+        self.meta_sent = 0
         self.endpoint = endpoint
         self.sent = 0
         self.dropped = 0
@@ -220,6 +252,9 @@ class Publisher:
             sock.setsockopt(zmq.SNDHWM, sndhwm)
             sock.setsockopt(zmq.LINGER, int(linger_ms))
             sock.setsockopt(zmq.XPUB_NODROP, 1)
+            # Every subscription is reported, also one a prefix already has
+            # from another daemon: each new daemon is then sent the metadata.
+            sock.setsockopt(zmq.XPUB_VERBOSE, 1)
             # Pipes exist only while connected: while the daemon is away nothing
             # queues up (it is dropped and counted), and a lost connection
             # removes its subscriptions.
@@ -372,12 +407,15 @@ class Publisher:
         """
         sock = self._sock
         changed = False
+        pre = self._run_prefix
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
                 m = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
             if m[:1] == b"\x01":
+                if pre.startswith(m[1:]) or m[1:].startswith(pre):
+                    self._meta_due = True  # a daemon (re)subscribed to this run
                 self._subs.add(m[1:])
             elif m[:1] == b"\x00":
                 self._subs.discard(m[1:])
@@ -386,7 +424,6 @@ class Publisher:
             return False
         self._match.clear()
         was = self._connected
-        pre = self._run_prefix
         self._connected = any(pre.startswith(p) or p.startswith(pre) for p in self._subs)
         if self._connected:
             self._ever_connected = True
@@ -411,11 +448,70 @@ class Publisher:
             self._match[topic] = m
         return m
 
+    # -- run metadata -------------------------------------------------------
+
+    def set_meta(self, config=None, tags=None, labels=None):
+        """Replace the run's config, tags and labels (None: an absent member)
+        and send the metadata now; returns True if it was sent."""
+        self._meta_user = _meta.make_document(config=config, tags=tags, labels=labels)
+        self._meta_frames = None
+        return self.send_meta()
+
+    def update_client_meta(self, **facts):
+        """Add facts to the "client" member (libraries use this: the torch
+        watcher adds the optimizer); sent with the next publish."""
+        self._meta_client.update(_meta._jsonable(facts, "client"))
+        self._meta_frames = None
+        self._meta_due = True
+
+    @property
+    def meta(self):
+        """The metadata document as sent (a dict)."""
+        return _meta.make_document(client=self._meta_client, **self._meta_user)
+
+    def send_meta(self):
+        """Send the metadata message now; True if sent (counted in meta_sent,
+        not in sent/dropped)."""
+        if self._closed:
+            raise RuntimeError("publisher is closed")
+        self._poll_subscriptions()
+        return self._send_meta()
+
+    def _send_meta(self):
+        if self.wire_version < 2:
+            return False  # metadata names the incarnation: version 2 publishers only
+        if self._meta_frames is None:
+            self._meta_frames = _meta.encode(self.run, self.meta, self.incarnation,
+                                             time.time_ns())
+        topic, body = self._meta_frames
+        self._meta_due = False
+        self._meta_sent_at = time.monotonic()
+        if not self._matches(topic):
+            self._meta_due = True  # nobody to tell yet: on the next publish
+            return False
+        try:
+            self._sock.send(topic, zmq.SNDMORE | zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self._meta_due = True
+            return False
+        self._sock.send(body, zmq.NOBLOCK)
+        self.meta_sent += 1
+        return True
+
+    def _meta_tick(self):
+        """Send the metadata if it is due (new document, a daemon newly
+        subscribed) or meta_every seconds have passed. Called before every
+        publish; the torch watcher calls it on its native path too."""
+        if self._meta_due or (self.meta_every is not None and self._meta_sent_at is not None and
+                              time.monotonic() - self._meta_sent_at >= self.meta_every):
+            self._send_meta()
+
     def _send(self, topic, body, poll=True):
         if self._closed:
             raise RuntimeError("publisher is closed")
         if poll:
             self._poll_subscriptions()
+        self._meta_tick()
         if not self._ever_connected:
             if self._first_publish is None:
                 self._first_publish = time.monotonic()

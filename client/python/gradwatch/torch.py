@@ -169,7 +169,8 @@ class Watch:
 
     def __init__(self, model, pub, per_layer=True, every=1, *, process_group=None,
                  layout=None, shards=None, cache_indices=True, chunk_coords=1 << 23,
-                 max_pending=64, index_dtype=None, native=None, index_budget=1 << 30):
+                 max_pending=64, index_dtype=None, native=None, index_budget=1 << 30,
+                 optimizer=None):
         if pub is not None and not isinstance(pub, Publisher):
             raise TypeError(f"pub must be a gradwatch.Publisher or None, got {type(pub).__name__}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -185,6 +186,8 @@ class Watch:
         self.pub = pub
         self.every = every
         self.process_group = process_group
+        if pub is not None:
+            pub.update_client_meta(**_client_meta(model, optimizer))
         if pub is not None:
             self.k, self.seed, self.kind, self.s = pub.k, pub.seed, pub.kind, pub.s
         else:
@@ -501,6 +504,7 @@ class Watch:
         nl.step(step, grads, lossv, lrv, send=via_c)
         if pub is not None:
             pub._poll_subscriptions()  # the Publisher's own hooks keep running
+            pub._meta_tick()
         self.last_step = step
         z, norms, status = nl.z, nl.norms, nl.status.tolist()
         rows, tis = [], []
@@ -672,6 +676,31 @@ def _scalar(v, what):
     return v if math.isfinite(v) else None
 
 
+_HYPER = ("lr", "momentum", "betas", "weight_decay", "eps", "nesterov", "dampening", "alpha")
+
+
+def _client_meta(model, optimizer):
+    """What the run's metadata says about torch, the model and the optimizer."""
+    facts = {"torch": torch.__version__}
+    if model is not None:
+        facts["parameters"] = int(sum(p.numel() for p in model.parameters()))
+        facts["trainable_parameters"] = int(sum(p.numel() for p in model.parameters()
+                                                if p.requires_grad))
+        facts["model"] = type(model).__name__
+    if optimizer is not None:
+        groups = getattr(optimizer, "param_groups", None) or [{}]
+        hyper = {}
+        for key in _HYPER:
+            if key in groups[0]:
+                v = groups[0][key]
+                if isinstance(v, torch.Tensor):
+                    v = v.tolist()
+                hyper[key] = list(v) if isinstance(v, tuple) else v
+        facts["optimizer"] = {"class": type(optimizer).__name__, **hyper,
+                              "param_groups": len(groups)}
+    return facts
+
+
 def watch(model, pub, per_layer=True, every=1, **kw):
     """Watch model's gradients; returns a Watch. Call .log(step, loss, lr) after backward().
 
@@ -687,6 +716,9 @@ def watch(model, pub, per_layer=True, every=1, **kw):
     libgradwatch loads; False: never; True: required); cache_indices (default
     True); index_budget (bytes of cached indices, default 2^30); chunk_coords
     (float64 buffer size, default 2^23); max_pending (device steps in flight
-    before dropping, default 64).
+    before dropping, default 64); optimizer (a torch.optim.Optimizer: its
+    class and hyper-parameters lr, momentum or betas, weight_decay, eps of
+    its first param group go into the run's metadata, with torch's version
+    and the parameter count).
     """
     return Watch(model, pub, per_layer=per_layer, every=every, **kw)
