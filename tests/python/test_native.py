@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -260,6 +261,55 @@ def test_before_the_c_socket_is_subscribed_the_publisher_sends(sub):
     ref = numpy_ref(net, 8, 0, 4)
     for m in msgs:
         assert np.array_equal(m.z(), ref[m.tag][0].astype(np.float32)), m.tag
+    w.close()
+    pub.close()
+
+
+@need_lib
+def test_first_step_waits_for_the_c_socket_so_steps_stay_in_order(sub):
+    """The daemon reads the Publisher's and the C socket's connections in no
+    fixed order: a first step sent by the Publisher could arrive after the
+    second, sent by C (and be refused as out of order). The first log()
+    waits for the C socket's subscription instead; every step arrives, in
+    order, on every stream."""
+    net = Net([torch.float32] * len(SHAPES))
+    pub = gradwatch.Publisher(sub.getsockopt_string(zmq.LAST_ENDPOINT), run="order", k=8)
+    pump_until(sub, lambda: pub.subscribed())
+    w = gt.watch(net, pub)
+    assert not w._native.connected()  # the SUB has not attached the C socket yet
+    stop = threading.Event()
+
+    def pump():  # the daemon's side attaches the C socket a little later
+        time.sleep(0.2)
+        while not stop.is_set():
+            sub.getsockopt(zmq.EVENTS)
+            time.sleep(0.001)
+
+    sends = []  # which socket sent each step: True = the C socket
+    nl_step = w._native.step
+
+    def step_spy(*a, send=True, **kw):
+        sends.append(send)
+        return nl_step(*a, send=send, **kw)
+
+    w._native.step = step_spy
+    t = threading.Thread(target=pump)
+    t.start()
+    try:
+        for step in range(6):
+            dyadic(net, step + 1)
+            w.log(step)
+        assert sends == [True] * 6  # all from C: no switch between sockets
+    finally:
+        stop.set()
+        t.join()
+    by_tag = {}
+    for m in drain(sub):
+        by_tag.setdefault(m.tag, []).append(m.step)
+    assert len(by_tag) == 1 + len(SHAPES)
+    for tag, steps in by_tag.items():
+        assert steps == list(range(6)), tag
+    assert w.published == 6 * (1 + len(SHAPES)) and pub.dropped == 0
     w.close()
     pub.close()
 

@@ -89,6 +89,7 @@ as absent. Training is never interrupted.
 """
 
 import math
+import time
 import warnings
 from collections import deque
 from typing import NamedTuple, Optional
@@ -103,6 +104,10 @@ from ._kernels import (COORD_LIMIT, _fmix64, _signed, gaussian_block,  # noqa: F
 from ._kernels import fused_norms as _fused_norms  # a module global: tests swap it
 from ._sketch import check_params
 from .publisher import Publisher
+
+# How long the first native log() waits for the C socket's subscription when
+# the Publisher already has one (see _log_native).
+_C_CONNECT_WAIT_S = 2.0
 
 __all__ = ["watch", "Watch", "Shard", "torch_sketch", "sjlt_bins", "gaussian_block"]
 
@@ -233,6 +238,7 @@ class Watch:
         self._piece_layers = [_layout.layers_of(self.offsets, p.offset, p.length)
                               for p in pieces]
         self._native = None
+        self._c_waited = False  # the first native log waited for the C socket
         self.path = "torch"  # "native" (libgradwatch) or "torch"
         self.index_bytes = 0  # bytes of cached indices (torch path)
         # Options only the torch path has (index cache, chunks, index type,
@@ -500,6 +506,18 @@ class Watch:
         # subscription reaches it a little after the Publisher's: until it
         # has, while the Publisher's socket has one, the sketches computed in
         # C are sent through the Publisher (no message is lost to the switch).
+        # Two sockets reach the daemon by two connections, and it reads them
+        # in no fixed order: a step sent by C could overtake an earlier one
+        # still queued on the Publisher's socket (the earlier one is then
+        # refused as out_of_order). So the first step waits (at most
+        # _C_CONNECT_WAIT_S, once) for the C socket's subscription when the
+        # Publisher already has one, and nothing is sent before the switch.
+        if pub is not None and not self._c_waited:
+            self._c_waited = True
+            if pub._connected and not nl.connected():
+                deadline = time.monotonic() + _C_CONNECT_WAIT_S
+                while not nl.connected() and time.monotonic() < deadline:
+                    time.sleep(0.002)
         via_c = pub is None or nl.connected() or not pub._connected
         nl.step(step, grads, lossv, lrv, send=via_c)
         if pub is not None:
