@@ -69,7 +69,9 @@ static int decode(const void *blob, int bytes, int xf, uint64_t **steps, double 
  * the first kappa column and zeros in the other two, and zeros for
  * kappa_best. Nothing is assumed: the encoder checks each reconstruction
  * with the decoder's own arithmetic and keeps the columns otherwise. */
-enum { XF_WIN = 1, XF_CUM = 2, XF_BEST = 4 };
+enum { XF_WIN = 1, XF_CUM = 2, XF_BEST = 4, XF_PCUM = 8, XF_PWIN = 16, XF_PZW = 32 };
+#define XF_LAG_SHIFT 16
+#define XF_LAG_MAX 4096
 
 static const int xf_win_p[3] = {GW_METRIC_PATH_ONESTEP, GW_METRIC_PATH_EMA,
                                 GW_METRIC_PATH_LINEAR};
@@ -132,6 +134,117 @@ static double best_of(const double *row) {
   return (double)NAN;
 }
 
+/* ---------------------------------------------------- predicted columns
+ *
+ * What the quotients leave is mostly sums the engine keeps two ways: over
+ * the window (path_X, and zw in the first kappa column) and over the whole
+ * stream (path_X_cum, and cz in kappa_onestep_cum), where cz grows by
+ * sketch_norm^2 each message and a window of L messages holds, to rounding,
+ * the cumulative sum's growth over the last L rows. Such a column is stored
+ * as bits(value) XOR bits(prediction), the prediction computed from the
+ * chunk's rows decoded before it; when it is off by a few ulps the high
+ * bytes of the XOR are zero and zstd stores them in almost nothing.
+ * Lossless whatever the data: a bad prediction only costs bytes. The lag L
+ * is the one that predicts the windowed paths best (the daemon's --window;
+ * 0 = none); xf keeps it in bits 16 and up:
+ *   XF_PCUM  kappa_onestep_cum (cz, needs XF_CUM): cz[r-1] + sketch_norm[r]^2
+ *   XF_PWIN  path_X for r >= L: path_X_cum[r] - path_X_cum[r-L]
+ *   XF_PZW   kappa_onestep (zw, needs XF_WIN, XF_CUM): cz[r] - cz[r-L]
+ * The predictions are IEEE basic operations on stored doubles, each rounded
+ * on its own (volatile: no fused multiply-add in any build), so every build
+ * of the decoder computes the encoder's bits. */
+static uint64_t xbits(double d) {
+  uint64_t u;
+  memcpy(&u, &d, sizeof u);
+  return u;
+}
+
+static double xor_pred(double v, double pred) {
+  uint64_t u = xbits(v) ^ xbits(pred);
+  double d;
+  memcpy(&d, &u, sizeof d);
+  return d;
+}
+
+static double pred_cz(const double *vals, size_t r) {
+  if (r == 0) return 0.0;
+  const double *row = vals + r * GW_METRIC_COUNT;
+  volatile double sq = row[GW_METRIC_SKETCH_NORM] * row[GW_METRIC_SKETCH_NORM];
+  return vals[(r - 1) * GW_METRIC_COUNT + GW_METRIC_KAPPA_ONESTEP_CUM] + sq;
+}
+
+static double pred_lag(const double *vals, size_t r, size_t lag, int col) {
+  if (lag == 0 || r < lag) return 0.0;
+  return vals[r * GW_METRIC_COUNT + col] - vals[(r - lag) * GW_METRIC_COUNT + col];
+}
+
+/* Whether lag predicts row r's path_onestep to a relative 2^-30. */
+static int lag_hit(const double *vals, size_t r, size_t lag) {
+  double v = vals[r * GW_METRIC_COUNT + GW_METRIC_PATH_ONESTEP];
+  double e = v - pred_lag(vals, r, lag, GW_METRIC_PATH_ONESTEP_CUM);
+  return isfinite(v) && v != 0 && fabs(e) <= fabs(v) * 0x1p-30;
+}
+
+/* The lag (1..XF_LAG_MAX) that predicts path_onestep (to a relative 2^-30)
+ * for the most rows; 0 when none beats a quarter of them. A lag is first
+ * tried on the chunk's last row (the one every lag can predict): the
+ * daemon's window passes, nearly every other lag is out after one test. */
+static size_t best_lag(const double *vals, size_t n) {
+  size_t best = 0, best_hits = n / 4, lmax = n > XF_LAG_MAX ? XF_LAG_MAX : n - 1;
+  for (size_t lag = 1; n > 1 && lag <= lmax; lag++) {
+    size_t hits = 0;
+    if (n - lag <= best_hits) break; /* cannot beat it any more */
+    if (!lag_hit(vals, n - 1, lag) && !lag_hit(vals, n - 2, lag)) continue;
+    for (size_t r = lag; r < n; r++) hits += (size_t)lag_hit(vals, r, lag);
+    if (hits > best_hits) {
+      best = lag;
+      best_hits = hits;
+    }
+  }
+  return best;
+}
+
+static const int xf_pwin_c[3] = {GW_METRIC_PATH_ONESTEP_CUM, GW_METRIC_PATH_EMA_CUM,
+                                 GW_METRIC_PATH_LINEAR_CUM};
+
+/* Replace the predicted columns by their XOR with the prediction; the bits
+ * to add to xf. orig: the values before (predictions read originals). */
+static int pred_encode(double *vals, const double *orig, size_t n, int xf) {
+  int px = 0;
+  size_t lag = best_lag(orig, n);
+  if (xf & XF_CUM) px |= XF_PCUM;
+  if (lag) px |= XF_PWIN | ((xf & XF_WIN) && (xf & XF_CUM) ? XF_PZW : 0);
+  for (size_t r = 0; r < n; r++) {
+    double *row = vals + r * GW_METRIC_COUNT;
+    if (px & XF_PCUM)
+      row[GW_METRIC_KAPPA_ONESTEP_CUM] = xor_pred(row[GW_METRIC_KAPPA_ONESTEP_CUM], pred_cz(orig, r));
+    if (px & XF_PZW)
+      row[GW_METRIC_KAPPA_ONESTEP] = xor_pred(
+          row[GW_METRIC_KAPPA_ONESTEP], pred_lag(orig, r, lag, GW_METRIC_KAPPA_ONESTEP_CUM));
+    if (px & XF_PWIN)
+      for (int i = 0; i < 3; i++)
+        row[xf_win_p[i]] = xor_pred(row[xf_win_p[i]], pred_lag(orig, r, lag, xf_pwin_c[i]));
+  }
+  return px ? px | (int)(lag << XF_LAG_SHIFT) : 0;
+}
+
+/* Undo pred_encode, row by row (each prediction reads rows already done). */
+static void pred_decode(double *vals, size_t n, int xf) {
+  size_t lag = (size_t)((unsigned)xf >> XF_LAG_SHIFT);
+  if (!(xf & (XF_PCUM | XF_PWIN | XF_PZW))) return;
+  for (size_t r = 0; r < n; r++) {
+    double *row = vals + r * GW_METRIC_COUNT;
+    if (xf & XF_PCUM)
+      row[GW_METRIC_KAPPA_ONESTEP_CUM] = xor_pred(row[GW_METRIC_KAPPA_ONESTEP_CUM], pred_cz(vals, r));
+    if (xf & XF_PZW)
+      row[GW_METRIC_KAPPA_ONESTEP] = xor_pred(
+          row[GW_METRIC_KAPPA_ONESTEP], pred_lag(vals, r, lag, GW_METRIC_KAPPA_ONESTEP_CUM));
+    if (xf & XF_PWIN)
+      for (int i = 0; i < 3; i++)
+        row[xf_win_p[i]] = xor_pred(row[xf_win_p[i]], pred_lag(vals, r, lag, xf_pwin_c[i]));
+  }
+}
+
 /* Replace derivable columns of vals (n rows) in place; the xf bits. */
 static int xf_encode(double *vals, size_t n) {
   int xf = XF_WIN | XF_CUM | XF_BEST;
@@ -154,6 +267,12 @@ static int xf_encode(double *vals, size_t n) {
       }
   }
   free(d);
+  double *orig = malloc(n * GW_METRIC_COUNT * sizeof *orig);
+  if (orig && n) {
+    memcpy(orig, vals, n * GW_METRIC_COUNT * sizeof *orig);
+    xf |= pred_encode(vals, orig, n, xf);
+  }
+  free(orig);
   return xf;
 }
 
@@ -161,6 +280,7 @@ static int xf_encode(double *vals, size_t n) {
 static void xf_decode(double *vals, size_t n, size_t ncols, int xf) {
   const int *const ps[2] = {xf_win_p, xf_cum_p}, *const ks[2] = {xf_win_k, xf_cum_k};
   if (!xf || ncols != GW_METRIC_COUNT) return;
+  pred_decode(vals, n, xf);
   for (size_t r = 0; r < n; r++) {
     double *row = vals + r * GW_METRIC_COUNT;
     for (int g = 0; g < 2; g++)
