@@ -35,7 +35,8 @@
  * runs, streams (one row per segment), chunks (segment, first_step,
  * last_step, n, blob, xf, tier: sealed runs of a segment's points, each
  * blob a gw_chunk (chunk.h) of GW_METRIC_COUNT columns, xf the derived
- * columns it leaves out, tier 1 its min/max form; store_chunks.c), points
+ * columns it leaves out and those it stores as the XOR with a prediction
+ * (with the prediction's lag), tier 1 its min/max form; store_chunks.c), points
  * (segment, step, v BLOB) WITHOUT ROWID: each segment's newest points not
  * yet sealed, all above its chunks, where v is GW_METRIC_COUNT
  * little-endian float64 in gw_metric_t order (NAN = null; a shorter blob

@@ -21,7 +21,9 @@
  * order, as the points table alone gave them before.
  *
  * A chunk leaves out the columns that are exact quotients of others when
- * that reproduces them bit for bit (xf, "derived columns" below); past
+ * that reproduces them bit for bit, and stores the windowed sums as their
+ * XOR with a prediction from the cumulative ones (xf, "derived columns" and
+ * "predicted columns" below); past
  * full_resolution_days a chunk is replaced by its 2-point min/max envelope
  * (tier 1), which readers read like any chunk.
  *
