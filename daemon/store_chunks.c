@@ -49,12 +49,21 @@ static int step_done(sqlite3_stmt *s) {
 /* Decode a chunk blob into points; SQLite-style code (SQLITE_CORRUPT for a
  * blob that does not decode, SQLITE_NOMEM). */
 static void xf_decode(double *vals, size_t n, size_t ncols, int xf);
+static int xf_valid(int xf);
 
 static int decode(const void *blob, int bytes, int xf, uint64_t **steps, double **vals,
                   size_t *n, size_t *ncols) {
   int rc = gw_chunk_decode(blob, bytes > 0 ? (size_t)bytes : 0, steps, vals, n, ncols);
   if (rc == GW_ENOMEM) return SQLITE_NOMEM;
   if (rc) return SQLITE_CORRUPT;
+  if (!xf_valid(xf)) {
+    free(*steps);
+    free(*vals);
+    *steps = NULL;
+    *vals = NULL;
+    *n = *ncols = 0;
+    return SQLITE_CORRUPT;
+  }
   xf_decode(*vals, *n, *ncols, xf);
   return SQLITE_OK;
 }
@@ -74,6 +83,9 @@ static int decode(const void *blob, int bytes, int xf, uint64_t **steps, double 
 enum { XF_WIN = 1, XF_CUM = 2, XF_BEST = 4, XF_PCUM = 8, XF_PWIN = 16, XF_PZW = 32 };
 #define XF_LAG_SHIFT 16
 #define XF_LAG_MAX 4096
+/* Every xf a chunk may carry; any other bit is a damaged (or future) chunk,
+ * refused rather than misread. */
+#define XF_KNOWN (63u | (0x1fffu << XF_LAG_SHIFT))
 
 static const int xf_win_p[3] = {GW_METRIC_PATH_ONESTEP, GW_METRIC_PATH_EMA,
                                 GW_METRIC_PATH_LINEAR};
@@ -229,6 +241,8 @@ static int pred_encode(double *vals, const double *orig, size_t n, int xf) {
   }
   return px ? px | (int)(lag << XF_LAG_SHIFT) : 0;
 }
+
+static int xf_valid(int xf) { return ((unsigned)xf & ~XF_KNOWN) == 0; }
 
 /* Undo pred_encode, row by row (each prediction reads rows already done). */
 static void pred_decode(double *vals, size_t n, int xf) {
