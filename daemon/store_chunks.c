@@ -222,22 +222,23 @@ static const int xf_pwin_c[3] = {GW_METRIC_PATH_ONESTEP_CUM, GW_METRIC_PATH_EMA_
                                  GW_METRIC_PATH_LINEAR_CUM};
 
 /* Replace the predicted columns by their XOR with the prediction; the bits
- * to add to xf. orig: the values before (predictions read originals). */
-static int pred_encode(double *vals, const double *orig, size_t n, int xf) {
+ * to add to xf. Rows go last to first, and within a row zw before cz, so
+ * every prediction still reads original values (pred_decode's mirror). */
+static int pred_encode(double *vals, size_t n, int xf) {
   int px = 0;
-  size_t lag = best_lag(orig, n);
+  size_t lag = best_lag(vals, n);
   if (xf & XF_CUM) px |= XF_PCUM;
   if (lag) px |= XF_PWIN | ((xf & XF_WIN) && (xf & XF_CUM) ? XF_PZW : 0);
-  for (size_t r = 0; r < n; r++) {
+  for (size_t r = n; r-- > 0;) {
     double *row = vals + r * GW_METRIC_COUNT;
-    if (px & XF_PCUM)
-      row[GW_METRIC_KAPPA_ONESTEP_CUM] = xor_pred(row[GW_METRIC_KAPPA_ONESTEP_CUM], pred_cz(orig, r));
-    if (px & XF_PZW)
-      row[GW_METRIC_KAPPA_ONESTEP] = xor_pred(
-          row[GW_METRIC_KAPPA_ONESTEP], pred_lag(orig, r, lag, GW_METRIC_KAPPA_ONESTEP_CUM));
     if (px & XF_PWIN)
       for (int i = 0; i < 3; i++)
-        row[xf_win_p[i]] = xor_pred(row[xf_win_p[i]], pred_lag(orig, r, lag, xf_pwin_c[i]));
+        row[xf_win_p[i]] = xor_pred(row[xf_win_p[i]], pred_lag(vals, r, lag, xf_pwin_c[i]));
+    if (px & XF_PZW)
+      row[GW_METRIC_KAPPA_ONESTEP] = xor_pred(
+          row[GW_METRIC_KAPPA_ONESTEP], pred_lag(vals, r, lag, GW_METRIC_KAPPA_ONESTEP_CUM));
+    if (px & XF_PCUM)
+      row[GW_METRIC_KAPPA_ONESTEP_CUM] = xor_pred(row[GW_METRIC_KAPPA_ONESTEP_CUM], pred_cz(vals, r));
   }
   return px ? px | (int)(lag << XF_LAG_SHIFT) : 0;
 }
@@ -283,13 +284,7 @@ static int xf_encode(double *vals, size_t n) {
       }
   }
   free(d);
-  double *orig = malloc(n * GW_METRIC_COUNT * sizeof *orig);
-  if (orig && n) {
-    memcpy(orig, vals, n * GW_METRIC_COUNT * sizeof *orig);
-    xf |= pred_encode(vals, orig, n, xf);
-  }
-  free(orig);
-  return xf;
+  return xf | pred_encode(vals, n, xf);
 }
 
 /* Undo xf_encode. */
@@ -444,6 +439,35 @@ static int replace_chunk(sqlite3 *db, int64_t seg, int64_t old_first, const uint
   return rc;
 }
 
+/* The chunk sql finds (binding ?1 = seg, ?2 = x; selecting first_step,
+ * blob, xf, tier), decoded into the caller's *steps, *vals (n points of
+ * GW_METRIC_COUNT columns); *have = 0 when there is none. SQLITE_CORRUPT
+ * for a chunk that does not decode to GW_METRIC_COUNT columns. */
+static int load_chunk(sqlite3 *db, const char *sql, int64_t seg, int64_t x, int *have,
+                      int64_t *first, int *tier, uint64_t **steps, double **vals, size_t *n) {
+  sqlite3_stmt *s = NULL;
+  size_t ncols = 0;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+  *have = 0;
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(s, 1, seg);
+    sqlite3_bind_int64(s, 2, x);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+      *have = 1;
+      *first = sqlite3_column_int64(s, 0);
+      *tier = sqlite3_column_int(s, 3);
+      rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1),
+                  sqlite3_column_int(s, 2), steps, vals, n, &ncols);
+    } else if (rc == SQLITE_DONE) {
+      rc = SQLITE_OK;
+    }
+  }
+  sqlite3_finalize(s);
+  if (rc == SQLITE_OK && *have && ncols != GW_METRIC_COUNT) rc = SQLITE_CORRUPT;
+  return rc;
+}
+
 int gws_chunk_add_late(sqlite3 *db, int64_t seg, int64_t step, const unsigned char *v,
                        int bytes, int *added) {
   /* the chunk the step falls in or follows; else the first one */
@@ -451,29 +475,14 @@ int gws_chunk_add_late(sqlite3 *db, int64_t seg, int64_t step, const unsigned ch
       "SELECT first_step, blob, xf, tier FROM chunks WHERE stream = ?1 "
       "ORDER BY (first_step <= ?2) DESC, "
       "CASE WHEN first_step <= ?2 THEN -first_step ELSE first_step END LIMIT 1";
-  sqlite3_stmt *s = NULL;
   uint64_t *steps = NULL, *ns = NULL;
   double *vals = NULL, *nv = NULL;
-  size_t n = 0, ncols = 0, pos;
+  size_t n = 0, pos;
   int64_t first = 0;
-  int tier = 0;
-  int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+  int have = 0, tier = 0;
+  int rc = load_chunk(db, sql, seg, step, &have, &first, &tier, &steps, &vals, &n);
   *added = 0;
-  if (rc == SQLITE_OK) {
-    sqlite3_bind_int64(s, 1, seg);
-    sqlite3_bind_int64(s, 2, step);
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-      first = sqlite3_column_int64(s, 0);
-      tier = sqlite3_column_int(s, 3);
-      rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1),
-                  sqlite3_column_int(s, 2), &steps, &vals, &n, &ncols);
-    } else if (rc == SQLITE_DONE) {
-      rc = SQLITE_ERROR; /* the caller saw a chunk: cannot happen */
-    }
-  }
-  sqlite3_finalize(s);
-  if (rc == SQLITE_OK && ncols != GW_METRIC_COUNT) rc = SQLITE_CORRUPT;
+  if (rc == SQLITE_OK && !have) rc = SQLITE_ERROR; /* the caller saw a chunk: cannot happen */
   if (rc != SQLITE_OK) goto done;
   for (pos = 0; pos < n && (int64_t)steps[pos] < step; pos++) {
   }
@@ -511,7 +520,7 @@ int gws_chunk_delete_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *d
   sqlite3_stmt *s = NULL;
   uint64_t *steps = NULL;
   double *vals = NULL;
-  size_t n = 0, ncols = 0, k = 0;
+  size_t n = 0, k = 0;
   int64_t first = 0;
   int have = 0, tier = 0;
   int rc = sqlite3_prepare_v2(db, sql_cnt, -1, &s, NULL);
@@ -535,23 +544,8 @@ int gws_chunk_delete_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *d
   sqlite3_finalize(s);
   s = NULL;
   /* at most one chunk straddles the cut: keep its points above it */
-  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, sql_cut, -1, &s, NULL);
-  if (rc == SQLITE_OK) {
-    sqlite3_bind_int64(s, 1, seg);
-    sqlite3_bind_int64(s, 2, max_step);
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-      have = 1;
-      first = sqlite3_column_int64(s, 0);
-      tier = sqlite3_column_int(s, 3);
-      rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1),
-                  sqlite3_column_int(s, 2), &steps, &vals, &n, &ncols);
-    } else if (rc == SQLITE_DONE) {
-      rc = SQLITE_OK;
-    }
-  }
-  sqlite3_finalize(s);
-  if (rc == SQLITE_OK && have && ncols != GW_METRIC_COUNT) rc = SQLITE_CORRUPT;
+  if (rc == SQLITE_OK)
+    rc = load_chunk(db, sql_cut, seg, max_step, &have, &first, &tier, &steps, &vals, &n);
   if (rc == SQLITE_OK && have) {
     while (k < n && (int64_t)steps[k] <= max_step) k++;
     *deleted += (int64_t)k;
@@ -583,32 +577,17 @@ static void envelope(const uint64_t *steps, const double *vals, size_t n, uint64
 int gws_chunk_tier_upto(sqlite3 *db, int64_t seg, int64_t max_step, int64_t *budget,
                         int64_t *removed) {
   static const char sql[] =
-      "SELECT first_step, blob, xf FROM chunks WHERE stream = ?1 AND last_step <= ?2 "
+      "SELECT first_step, blob, xf, tier FROM chunks WHERE stream = ?1 AND last_step <= ?2 "
       "AND tier = 0 AND n > 2 ORDER BY first_step LIMIT 1";
   int rc = SQLITE_OK;
   while (rc == SQLITE_OK && *budget > 0) {
-    sqlite3_stmt *s = NULL;
     uint64_t *steps = NULL, es[2];
     double *vals = NULL, ev[2 * GW_METRIC_COUNT];
-    size_t n = 0, ncols = 0;
+    size_t n = 0;
     int64_t first = 0;
-    int have = 0;
-    rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
-    if (rc == SQLITE_OK) {
-      sqlite3_bind_int64(s, 1, seg);
-      sqlite3_bind_int64(s, 2, max_step);
-      rc = sqlite3_step(s);
-      if (rc == SQLITE_ROW) {
-        have = 1;
-        first = sqlite3_column_int64(s, 0);
-        rc = decode(sqlite3_column_blob(s, 1), sqlite3_column_bytes(s, 1),
-                    sqlite3_column_int(s, 2), &steps, &vals, &n, &ncols);
-      } else if (rc == SQLITE_DONE) {
-        rc = SQLITE_OK;
-      }
-    }
-    sqlite3_finalize(s);
-    if (rc == SQLITE_OK && have && (ncols != GW_METRIC_COUNT || n < 3)) rc = SQLITE_CORRUPT;
+    int have = 0, tier = 0;
+    rc = load_chunk(db, sql, seg, max_step, &have, &first, &tier, &steps, &vals, &n);
+    if (rc == SQLITE_OK && have && n < 3) rc = SQLITE_CORRUPT;
     if (rc == SQLITE_OK && have) {
       envelope(steps, vals, n, es, ev);
       rc = replace_chunk(db, seg, first, es, ev, 2, 1);
