@@ -39,8 +39,14 @@ import subprocess
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+# torch.set_num_threads(T) does not reach the BLAS library Debian's torch
+# calls (OpenBLAS, whose own pool would otherwise spin on every CPU after
+# each matrix product): give it the same T, before torch loads it.
+_T = next((sys.argv[i + 1] for i, x in enumerate(sys.argv[:-1]) if x == "--threads"), "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", _T)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -185,14 +191,15 @@ def sync(device):
 
 
 def bench_model(name, blocks, block, endpoint, wait=True, per_layer=True, every=1,
-                native=None, device="cpu", s=4):
+                native=None, device="cpu", s=4, background=None):
     """Median over blocks of the mean step time, watched blocks vs plain blocks (ABBA).
     On a GPU the device is synchronised at block boundaries only."""
     model, opt, next_loss = make_task(name, device)
     pub = gradwatch.Publisher(endpoint, run=f"bench-{name}", k=256, seed=0, s=s)
     if wait:
         assert pub.wait_subscribed(10.0), "drain process did not subscribe"
-    w = gt.watch(model, pub, per_layer=per_layer, every=every, native=native)
+    w = gt.watch(model, pub, per_layer=per_layer, every=every, native=native,
+                 background=background if native is not False else None)
     if wait and w.path == "native":  # the C socket's own subscription
         t_end = time.monotonic() + 10
         while not w._native.connected() and time.monotonic() < t_end:
@@ -230,7 +237,8 @@ def bench_model(name, blocks, block, endpoint, wait=True, per_layer=True, every=
                 log_t.append(in_log / block)
     w.close()
     nparams = sum(p.numel() for p in model.parameters())
-    res = dict(model=name, params=nparams, streams=len(w.tags), path=w.path,
+    res = dict(model=name, params=nparams, streams=len(w.tags),
+               path=w.path + (", background" if w.background else ""),
                plain_ms=1e3 * statistics.median(off_t), watched_ms=1e3 * statistics.median(on_t),
                sent=pub.sent, dropped=pub.dropped + w.dropped)
     res["ratio"] = res["watched_ms"] / res["plain_ms"]
@@ -347,11 +355,15 @@ def main():
     ap.add_argument("--transformer-block", type=int, default=5)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--s", type=int, default=4, help="sjlt nonzeros per coordinate")
+    ap.add_argument("--background", choices=("auto", "on", "off", "both"), default="auto",
+                    help="native path: publish from libgradwatch's worker thread (on), in "
+                         "log() (off), watch()'s default (auto), or both in turn")
     ap.add_argument("--log-cost", type=int, default=0, metavar="REPS",
                     help="only the median cost of log() vs a plain step, REPS of each")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) "
+          f"(OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}), "
           f"{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}; "
           f"{a.blocks} x {a.block} steps per mode; k = 256, s = {a.s}")
     proc, endpoint = start_drain()
@@ -377,9 +389,12 @@ def main():
                    ("every=10 per_layer, subscriber", endpoint, True, 10)]
         if a.configs == "main":
             configs = configs[:1]
-        paths = {"native": [True], "torch": [False], "both": [True, False]}[a.path]
+        bgs = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}[a.background]
+        paths = [(nat, bg) for nat in {"native": [True], "torch": [False],
+                                       "both": [True, False]}[a.path]
+                 for bg in (bgs if nat else [None])]
         table = []
-        for name, native, (label, ep, pl, every) in (
+        for name, (native, bg), (label, ep, pl, every) in (
                 (n, nat, c) for n in a.models.split(",") for c in configs for nat in paths):
             blocks, block = a.blocks, a.block
             if name in ("transformer", "resnet") and a.device == "cpu":
@@ -387,7 +402,7 @@ def main():
             if a.device != "cpu":
                 native = None  # the device path
             r = bench_model(name, blocks, block, ep, ep is endpoint, pl, every, native, a.device,
-                            a.s)
+                            a.s, bg)
             table.append((r, label))
             print(f"{r['model']} [{label}, {r['path']}]: {r['params']} params, "
                   f"{r['streams']} streams: "

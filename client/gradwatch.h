@@ -247,6 +247,61 @@ int gw_publisher_publish_layers(gw_publisher_t *pub, uint64_t step, const char *
                                 const gw_extras_t *extras, double *z, double *norms,
                                 uint8_t *status);
 
+/* The argument checks of gw_publisher_publish_layers alone (sends and counts
+ * nothing): 0, or the code that call would return for these arguments before
+ * sketching — GW_EINVAL (also for an unknown dtype or an offset + n − 1
+ * beyond 2^64 in a layer that has a gradient), GW_ENAME or GW_ENONFINITE. */
+int gw_publisher_check_layers(const gw_publisher_t *pub, uint64_t step, const char *all_tag,
+                              const gw_layer_t *layers, size_t m, const gw_extras_t *extras);
+
+/* ---- the same, on a background thread (client/worker.c) ----------------- */
+
+/* A worker publishes whole-model steps for one publisher on a thread of its
+ * own, so the training loop pays only for a copy of the gradients:
+ *
+ *   gw_worker_t *w;
+ *   gw_worker_new(&w, pub);                      // pub now belongs to w
+ *   for each step:
+ *     loss.backward() ...
+ *     gw_worker_wait(w, &prev, z, norms, status); // the previous step's outcome
+ *     gw_worker_submit(w, step, "all", layers, m, &x);  // copies, returns
+ *   gw_worker_wait(w, ...); gw_worker_free(w); gw_publisher_free(pub);
+ *
+ * gw_worker_submit copies every layer's gradient (and the tags) into memory
+ * the worker owns, at most one copy of the model's gradient, kept for reuse;
+ * its thread then runs gw_publisher_publish_layers on the copy, so the
+ * caller may overwrite or free the gradients as soon as submit returns. One
+ * step is in flight at a time: submit refuses a second one until
+ * gw_worker_wait has collected the first. While a step is in flight the
+ * publisher is the worker thread's: the caller must not call any
+ * gw_publisher_* function on it until gw_worker_wait returns. A worker is
+ * driven from one thread. */
+typedef struct gw_worker_s gw_worker_t;
+
+/* Start the thread. GW_EINVAL (NULL pub or out), GW_ENOMEM, or -errno from
+ * pthread_create; *out is NULL on failure. */
+int gw_worker_new(gw_worker_t **out, gw_publisher_t *pub);
+/* Wait for the step in flight (its outcome is discarded), stop the thread
+ * and free the worker (not the publisher). Accepts NULL. */
+void gw_worker_free(gw_worker_t *w);
+/* Check the arguments as gw_publisher_check_layers does, copy the gradients
+ * and hand the step to the thread. Returns 0, that check's code, GW_EINVAL
+ * when a step is still in flight (not yet collected by gw_worker_wait), or
+ * GW_ENOMEM (the copy could not grow); on failure nothing is queued. */
+int gw_worker_submit(gw_worker_t *w, uint64_t step, const char *all_tag,
+                     const gw_layer_t *layers, size_t m, const gw_extras_t *extras);
+/* 1 while a submitted step has not been collected by gw_worker_wait, else 0
+ * (also for NULL). Never blocks. */
+int gw_worker_pending(const gw_worker_t *w);
+/* Block until the step in flight has been published and collect its
+ * outcome: *step (may be NULL) its step, and — each may be NULL — z, norms
+ * and status filled as gw_publisher_publish_layers fills them for that
+ * step's m layers ((m + 1) × k doubles, m + 1 doubles, m + 1 bytes). Returns
+ * what gw_publisher_publish_layers returned for it (0, or GW_ENOMEM /
+ * GW_EINVAL from the sketch, with nothing sent), or GW_ENOTFOUND when no
+ * step is in flight (outputs untouched). */
+int gw_worker_wait(gw_worker_t *w, uint64_t *step, double *z, double *norms, uint8_t *status);
+
 #ifdef __cplusplus
 }
 #endif

@@ -807,6 +807,23 @@ static int send_row(gw_publisher_t *p, const char *tag, uint64_t step, const dou
   return rc == 0 ? GW_LAYER_SENT : GW_LAYER_DROPPED;
 }
 
+int gw_publisher_check_layers(const gw_publisher_t *pub, uint64_t step, const char *all_tag,
+                              const gw_layer_t *layers, size_t m, const gw_extras_t *extras) {
+  int rc;
+  if (pub == NULL || (layers == NULL && m > 0) || step > STEP_MAX) return GW_EINVAL;
+  if ((rc = check_extras(extras)) != 0) return rc;
+  if (all_tag != NULL && (rc = check_tag(all_tag)) != 0) return rc;
+  if (m >= SIZE_MAX / sizeof(double) / pub->sk.k - 1) return GW_EINVAL;
+  for (size_t i = 0; i < m; i++) {
+    const gw_sketch_buf_t *b = &layers[i].grad;
+    if (layers[i].tag != NULL && (rc = check_tag(layers[i].tag)) != 0) return rc;
+    if (b->data == NULL) continue; /* no gradient: n and dtype are not read */
+    if (b->dtype < GW_GRAD_F32 || b->dtype > GW_GRAD_BF16) return GW_EINVAL;
+    if (b->n > 0 && b->offset > UINT64_MAX - (b->n - 1)) return GW_EINVAL;
+  }
+  return 0;
+}
+
 int gw_publisher_publish_layers(gw_publisher_t *pub, uint64_t step, const char *all_tag,
                                 const gw_layer_t *layers, size_t m,
                                 const gw_extras_t *extras, double *z, double *norms,
@@ -816,15 +833,10 @@ int gw_publisher_publish_layers(gw_publisher_t *pub, uint64_t step, const char *
   size_t k;
   int rc = 0;
 
-  if (pub == NULL || (layers == NULL && m > 0) || step > STEP_MAX) return GW_EINVAL;
-  if ((rc = check_extras(extras)) != 0) return rc;
-  if (all_tag != NULL && (rc = check_tag(all_tag)) != 0) return rc;
-  for (size_t i = 0; i < m; i++)
-    if (layers[i].tag != NULL && (rc = check_tag(layers[i].tag)) != 0) return rc;
+  if ((rc = gw_publisher_check_layers(pub, step, all_tag, layers, m, extras)) != 0) return rc;
   if (extras != NULL) x = *extras;
   x.flags &= ~GW_HAS_GRAD_NORM;
   k = pub->sk.k;
-  if (m >= SIZE_MAX / sizeof(double) / k - 1) return GW_EINVAL;
   if (z == NULL) z = own_z = malloc((m + 1) * k * sizeof *z);
   if (norms == NULL) norms = own_n = malloc((m + 1) * sizeof *norms);
   if (z == NULL || norms == NULL) {

@@ -98,6 +98,7 @@ def test_native_equals_torch_and_numpy_bit_for_bit(dt, k, s):
         wt = gt.watch(net, pub, native=False)
         assert (wn.path, wt.path) == ("native", "torch")
         wn.log(1)
+        wn.flush()  # the worker's step (when it publishes in the background) is counted
         dropped = pub.dropped
         wt.log(1)
         ref = numpy_ref(net, k, k + 5, s)
@@ -226,6 +227,7 @@ def test_published_from_c_to_a_real_subscriber(sub, dtype):
     assert w.path == "native"
     pump_until(sub, w._native.connected)  # from now on the C socket sends
     w.log(5, loss=torch.tensor(0.75), lr=0.125)
+    w.flush()
     msgs = {m.tag: m for m in drain(sub)}
     want = {"all"} | {f"p{i}" for i in (0, 2, 3, 4, 5)}  # p1: no grad; p6 not chosen
     assert set(msgs) == want and w.published == len(want)
@@ -275,7 +277,7 @@ def test_first_step_waits_for_the_c_socket_so_steps_stay_in_order(sub):
     net = Net([torch.float32] * len(SHAPES))
     pub = gradwatch.Publisher(sub.getsockopt_string(zmq.LAST_ENDPOINT), run="order", k=8)
     pump_until(sub, lambda: pub.subscribed())
-    w = gt.watch(net, pub)
+    w = gt.watch(net, pub, background=False)  # spied on below: Layers.step
     assert not w._native.connected()  # the SUB has not attached the C socket yet
     stop = threading.Event()
 
@@ -323,9 +325,102 @@ def test_nonfinite_layer_is_skipped_and_counted():
         w = gt.watch(net, pub, native=True)
         with pytest.warns(RuntimeWarning, match="NaN"):
             w.log(1)
+            w.flush()
         assert w.nonfinite == 2  # p2 and "all"
         assert set(w.last) == {f"p{i}" for i in range(len(SHAPES)) if i != 2}
         assert pub.dropped == w.published == len(SHAPES) - 1
+
+
+# -- publishing from libgradwatch's worker thread (background) ----------------
+
+
+@need_lib
+def test_background_equals_synchronous_from_a_copy_taken_at_log():
+    """background=True publishes from a copy of the gradients taken in log():
+    overwriting them in place right after log() (an optimizer, zero_grad with
+    set_to_none=False) changes nothing, and every row equals the synchronous
+    path's bit for bit."""
+    net = Net([torch.float32, torch.float64, torch.bfloat16, torch.float32, torch.float16,
+               torch.float32, torch.float32])
+    for step in range(1, 4):
+        dyadic(net, 40 + step)
+        with gradwatch.Publisher("tcp://127.0.0.1:9", run="bg", k=32, seed=9) as pub:
+            ws = gt.watch(net, pub, background=False)
+            wb = gt.watch(net, pub, background=True)
+            assert (ws.background, wb.background) == (False, True)
+            ws.log(step)
+            wb.log(step)
+            ref = numpy_ref(net, 32, 9, 4)
+            for p in net.parameters():
+                p.grad.fill_(7.0)  # in place, while the worker may still be sketching
+            assert wb._native.pending or wb.published == 0
+            assert set(wb.last) == set(ws.last) == set(ref)  # .last waits for the worker
+            for tag, (z, gn) in ws.last.items():
+                assert np.array_equal(wb.last[tag][0], z), tag
+                assert wb.last[tag][1] == gn, tag
+                assert np.array_equal(z, ref[tag][0]), tag
+            wb.flush()
+            assert wb.published == ws.published == 1 + len(SHAPES)  # dropped: port 9
+            wb.close()
+            ws.close()
+
+
+@need_lib
+def test_background_sends_every_step_in_order_and_close_sends_the_last(sub):
+    net = Net([torch.float32] * len(SHAPES))
+    pub = gradwatch.Publisher(sub.getsockopt_string(zmq.LAST_ENDPOINT), run="bgorder", k=16,
+                              seed=2)
+    pump_until(sub, lambda: pub.subscribed())
+    w = gt.watch(net, pub, background=True)
+    assert w.background and w.path == "native"
+    pump_until(sub, w._native.connected)
+    steps = 30
+    for step in range(steps):
+        dyadic(net, 100 + step)
+        w.log(step, loss=float(step))
+    ref = numpy_ref(net, 16, 2, 4)  # the last step's gradients
+    w.close()  # no flush(): close() collects the step in flight
+    assert w.published == steps * (1 + len(SHAPES)) and pub.sent == w.published
+    by_tag = {}
+    for m in drain(sub):
+        by_tag.setdefault(m.tag, []).append(m)
+    assert set(by_tag) == set(ref)
+    for tag, ms in by_tag.items():
+        assert [m.step for m in ms] == list(range(steps)), tag
+        assert [m.loss for m in ms] == [float(i) for i in range(steps)], tag
+        assert np.array_equal(ms[-1].z(), ref[tag][0].astype(np.float32)), tag
+    pub.close()
+
+
+@need_lib
+def test_background_choice(monkeypatch):
+    """background=None: the worker only where a CPU is left beside torch's
+    threads and a copy of the gradients fits the budget; True/False as told."""
+    net = Net([torch.float32] * len(SHAPES))
+    with gradwatch.Publisher("tcp://127.0.0.1:9", run="choice", k=8) as pub:
+        for cpus, threads, want in [(2, 1, True), (2, 2, False), (8, 8, False), (1, 1, False)]:
+            monkeypatch.setattr(gt, "_cpus", lambda c=cpus: c)
+            monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+            w = gt.watch(net, pub)
+            assert w.background is want, (cpus, threads)
+            w.close()
+            w = gt.watch(net, pub, background=not want)
+            assert w.background is (not want)
+            w.close()
+        monkeypatch.setattr(gt, "_cpus", lambda: 4)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+        nbytes = 4 * sum(int(np.prod(sh)) for sh in SHAPES)
+        monkeypatch.setattr(gt, "_BACKGROUND_MAX_BYTES", nbytes - 1)
+        assert gt.watch(net, pub).background is False  # one copy would not fit
+        monkeypatch.setattr(gt, "_BACKGROUND_MAX_BYTES", nbytes)
+        assert gt.watch(net, pub).background is True
+        with pytest.raises(ValueError, match="background"):
+            gt.watch(net, pub, background="yes")
+        with pytest.raises(ValueError, match="native CPU path"):
+            gt.watch(net, pub, native=False, background=True)
+    with pytest.raises(ValueError, match="Publisher"):
+        gt.watch(net, None, background=True)
+    assert gt.watch(net, None).background is False  # computing only: nothing to publish
 
 
 @need_lib

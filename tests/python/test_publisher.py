@@ -474,14 +474,18 @@ def test_warns_once_without_daemon(monkeypatch):
         assert no_subscriber_warnings(caught) == []
 
 
-def test_warning_from_torch_watch_points_at_the_caller(monkeypatch):
+@pytest.mark.parametrize("background", [False, True])
+def test_warning_from_torch_watch_points_at_the_caller(monkeypatch, background):
+    """Also when the C publisher's warning comes from the worker's thread
+    (background=True): it is issued on the caller's, pointing at the caller."""
     monkeypatch.setenv("GW_PUBLISHER_WARN_MS", "0")
     model = torch.nn.Linear(3, 2)
     model(torch.ones(4, 3)).sum().backward()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with gradwatch.Publisher("tcp://127.0.0.1:1", run="w", k=8) as p:
-            w = gradwatch.torch.watch(model, p)
+            w = gradwatch.torch.watch(model, p, background=background)
+            assert w.background is background or w.path != "native"
             w.log(1)
             w.log(2)
             w.close()

@@ -1196,6 +1196,117 @@ static void publish_layers_sends_layers_and_sum(void **state) {
   peer_close(&sub);
 }
 
+/* gw_worker: the step published from the worker's thread is the step
+ * gw_publisher_publish_layers publishes (rows bit for bit the layers'
+ * gw_sketch_accum sketches), computed from the copy taken at submit (the
+ * caller's buffers are overwritten right after); one step in flight; bad
+ * arguments queue nothing; steps arrive in order; free sends the step in
+ * flight. */
+static void worker_publishes_copies_in_order(void **state) {
+  (void)state;
+  enum { K = 16, N0 = 900, N1 = 130, STEPS = 40 };
+  peer_t sub;
+  gw_publisher_config_t c;
+  gw_publisher_t *p = NULL;
+  gw_worker_t *w = NULL;
+  frames_t f;
+  gw_msg_t msg;
+  static float g0[N0], keep0[N0];
+  static double g1[N1];
+  double z[3 * K], norms[3], want[K], got[K];
+  uint8_t status[3];
+  uint64_t x = 99, step = 0;
+
+  for (int i = 0; i < N0; i++) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    g0[i] = keep0[i] = (float)((double)(x >> 11) * 0x1p-53 - 0.5);
+    if (i < N1) g1[i] = 3.0 * g0[i];
+  }
+  gw_layer_t layers[2] = {{"w", {g0, N0, 0, GW_GRAD_F32}}, {"b", {g1, N1, N0, GW_GRAD_F64}}};
+  peer_open(&sub, ZMQ_SUB, "", NULL);
+  gw_publisher_config_init(&c);
+  c.endpoint = sub.endpoint;
+  c.run = "bg";
+  c.sketch.k = K;
+  c.sketch.seed = 11;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(wait_sub(&sub, p, "all", RECV_TIMEOUT_MS), 0);
+  assert_int_equal(gw_worker_new(NULL, p), GW_EINVAL);
+  assert_int_equal(gw_worker_new(&w, NULL), GW_EINVAL);
+  assert_null(w);
+  assert_int_equal(gw_worker_new(&w, p), 0);
+  assert_int_equal(gw_worker_wait(w, &step, z, norms, status), GW_ENOTFOUND);
+  assert_int_equal(gw_worker_pending(w), 0);
+
+  gw_extras_t ex = {.flags = GW_HAS_LR, .lr = 0.125};
+  assert_int_equal(gw_worker_submit(w, 3, "all", layers, 2, &ex), 0);
+  for (int i = 0; i < N0; i++) g0[i] = 1e30f; /* the caller's buffer, reused at once */
+  assert_int_equal(gw_worker_pending(w), 1);
+  assert_int_equal(gw_worker_submit(w, 4, "all", layers, 2, &ex), GW_EINVAL);
+  assert_int_equal(gw_worker_wait(w, &step, z, norms, status), 0);
+  assert_int_equal(step, 3);
+  assert_int_equal(gw_worker_pending(w), 0);
+  memset(want, 0, sizeof want);
+  assert_int_equal(gw_sketch_accum_f32(&c.sketch, keep0, N0, 0, want), 0);
+  assert_memory_equal(z + K, want, sizeof want);
+  memset(want, 0, sizeof want);
+  assert_int_equal(gw_sketch_accum_f64(&c.sketch, g1, N1, N0, want), 0);
+  assert_memory_equal(z + 2 * K, want, sizeof want);
+  for (int r = 0; r < K; r++) assert_true(z[r] == z[K + r] + z[2 * K + r]);
+  assert_int_equal(status[0], GW_LAYER_SENT);
+  assert_int_equal(status[1], GW_LAYER_SENT);
+  assert_int_equal(status[2], GW_LAYER_SENT);
+  double s0 = 0;
+  for (int i = 0; i < N0; i++) s0 += (double)keep0[i] * keep0[i];
+  assert_true(fabs(norms[1] - sqrt(s0)) <= 1e-12 * sqrt(s0));
+  for (int i = 0; i < 3; i++) {
+    recv_msg(sub.sock, &f);
+    assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &msg), 0);
+    assert_int_equal(msg.step, 3);
+    assert_true(msg.lr == 0.125 && msg.grad_norm == norms[i]);
+    assert_int_equal(gw_proto_read_payload(&msg, got), 0);
+    for (int r = 0; r < K; r++) assert_true(got[r] == (double)(float)z[i * K + r]);
+    frames_free(&f);
+  }
+  memcpy(g0, keep0, sizeof g0);
+
+  /* refused: nothing queued */
+  gw_layer_t badtag[1] = {{"no spaces", {g0, N0, 0, GW_GRAD_F32}}};
+  gw_layer_t baddt[1] = {{"x", {g0, N0, 0, 7}}};
+  gw_extras_t nan_lr = {.flags = GW_HAS_LR, .lr = NAN};
+  assert_int_equal(gw_worker_submit(w, 5, "all", badtag, 1, NULL), GW_ENAME);
+  assert_int_equal(gw_worker_submit(w, 5, "all", baddt, 1, NULL), GW_EINVAL);
+  assert_int_equal(gw_worker_submit(w, 5, "all", layers, 2, &nan_lr), GW_ENONFINITE);
+  assert_int_equal(gw_worker_submit(w, 1ull << 63, "all", layers, 2, NULL), GW_EINVAL);
+  assert_int_equal(gw_worker_submit(NULL, 5, "all", layers, 2, NULL), GW_EINVAL);
+  assert_int_equal(gw_worker_pending(w), 0);
+
+  /* a training loop: collect the previous step, submit this one; then free
+   * with the last step in flight */
+  for (uint64_t st = 10; st < 10 + STEPS; st++) {
+    if (st > 10) {
+      assert_int_equal(gw_worker_wait(w, &step, NULL, NULL, status), 0);
+      assert_int_equal(step, st - 1);
+      assert_int_equal(status[0], GW_LAYER_SENT);
+    }
+    g0[st % N0] += 1.0f;
+    assert_int_equal(gw_worker_submit(w, st, "all", layers, 2, NULL), 0);
+  }
+  gw_worker_free(w);
+  gw_worker_free(NULL);
+  for (uint64_t st = 10; st < 10 + STEPS; st++)
+    for (int i = 0; i < 3; i++) {
+      recv_msg(sub.sock, &f);
+      assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &msg), 0);
+      assert_int_equal(msg.step, st);
+      assert_int_equal(msg.tag_len, i == 0 ? 3 : 1);
+      frames_free(&f);
+    }
+  assert_int_equal(gw_publisher_sent(p), 3 + 3 * STEPS);
+  gw_publisher_free(p);
+  peer_close(&sub);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(frames_f32),
@@ -1203,6 +1314,7 @@ int main(void) {
       cmocka_unit_test(frames_bf16),
       cmocka_unit_test(publish_gradient_sketches_and_norms),
       cmocka_unit_test(publish_layers_sends_layers_and_sum),
+      cmocka_unit_test(worker_publishes_copies_in_order),
       cmocka_unit_test(bad_config),
       cmocka_unit_test(bad_publish_arguments),
       cmocka_unit_test(never_blocks_without_peer_pub),

@@ -137,6 +137,20 @@ def _bind(lib):
     for name, (res, args) in sig.items():
         fn = getattr(lib, name)  # AttributeError: an older library without the native path
         fn.restype, fn.argtypes = res, args
+    # The background worker: optional (a library without it publishes in log()).
+    worker = {
+        "gw_worker_new": (I, [ctypes.POINTER(P), P]),
+        "gw_worker_free": (None, [P]),
+        "gw_worker_submit": (I, [P, U64, ctypes.c_char_p, ctypes.POINTER(_Layer), SZ,
+                                 ctypes.POINTER(_Extras)]),
+        "gw_worker_pending": (I, [P]),
+        "gw_worker_wait": (I, [P, ctypes.POINTER(U64), P, P, P]),
+    }
+    lib.gw_has_worker = all(hasattr(lib, n) for n in worker)
+    if lib.gw_has_worker:
+        for name, (res, args) in worker.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
     return lib
 
 
@@ -218,7 +232,13 @@ class Layers:
         self._extras = _Extras()
         self._keep = None  # contiguous copies made for the current step
         self._warn_cb = None
+        self._warn_box = []  # messages the warn callback received, not yet issued
         self._c_connected = False
+        self._plist, self._dlist = [0] * m, [0] * m  # reused by _point
+        self._codes = {}  # torch dtype -> gw_grad_dtype_t
+        self.present = np.zeros(m, bool)
+        self._worker = None  # the gw_worker_t *, once start_background() ran
+        self.pending = False  # a submitted step not yet collected
         self._empty_buf = np.zeros(1)
         self._empty = self._empty_buf.ctypes.data  # non-NULL: "a gradient of 0 elements"
         if pub is not None:
@@ -252,15 +272,13 @@ class Layers:
             raise _err(self._lib, rc, "gw_publisher_new")
         self._pub = out
         self._sent = self._dropped = 0
-        pypub = pub
+        box = self._warn_box = []
 
-        def warn(_arg, msg):  # the C publisher's no-daemon warning, as the Python one's
-            import warnings
-            from .publisher import NoSubscriberWarning, _user_stacklevel
-            if not pypub._warned and not pypub._ever_connected:
-                pypub._warned = True
-                warnings.warn(msg.decode(errors="replace"), NoSubscriberWarning,
-                              stacklevel=_user_stacklevel())
+        def warn(_arg, msg):
+            # The C publisher's no-daemon warning. It may come from the worker's
+            # thread, where no Python frame leads to the caller: keep it, and
+            # _warn() issues it on the caller's thread when the call returns.
+            box.append(msg.decode(errors="replace"))
         self._warn_cb = _WARN_FN(warn)
         self._lib.gw_publisher_set_warn(self._pub, self._warn_cb, None)
 
@@ -268,7 +286,108 @@ class Layers:
         """True once the C socket has seen a daemon's subscription (sticky)."""
         if not self._c_connected and self._pub is not None:
             self._c_connected = bool(self._lib.gw_publisher_connected(self._pub))
+            self._warn()
         return self._c_connected
+
+    def _point(self, grads):
+        """Write every gradient's data pointer and dtype into the layer array
+        (self.present: which rows have a gradient); returns the contiguous
+        copies made (keep them alive during the call)."""
+        keep = None
+        ptrs, dts, codes = self._plist, self._dlist, self._codes
+        for i, g in enumerate(grads):
+            if g is None:
+                ptrs[i] = dts[i] = 0
+                continue
+            if not g.is_cpu:
+                raise ValueError(f"gradient on {g.device}: the native path reads CPU memory")
+            if not g.is_contiguous():
+                g = g.contiguous()
+                keep = [] if keep is None else keep
+                keep.append(g)
+            ptrs[i] = g.data_ptr() or self._empty  # an empty tensor's may be NULL
+            code = codes.get(g.dtype)
+            if code is None:  # -1: the library says EINVAL
+                code = codes[g.dtype] = GRAD_DTYPES.get(str(g.dtype), -1)
+            dts[i] = code
+        self._ptrs[:] = ptrs
+        self._dtypes[:] = dts
+        self.present = self._ptrs != 0
+        return keep
+
+    def _set_extras(self, loss, lr):
+        x = self._extras
+        x.flags = (_HAS_LOSS if loss is not None else 0) | (_HAS_LR if lr is not None else 0)
+        x.loss = 0.0 if loss is None else loss
+        x.lr = 0.0 if lr is None else lr
+        return x
+
+    def _warn(self):
+        """Issue the C publisher's no-daemon warning, as the Python one's."""
+        if not self._warn_box:
+            return
+        msg = self._warn_box.pop()
+        self._warn_box.clear()
+        import warnings
+        from .publisher import NoSubscriberWarning, _user_stacklevel
+        pypub = self._pypub
+        if not pypub._warned and not pypub._ever_connected:
+            pypub._warned = True
+            warnings.warn(msg, NoSubscriberWarning, stacklevel=_user_stacklevel())
+
+    def _count(self):
+        """Carry the C publisher's sent/dropped counts over to the Publisher."""
+        sent = self._lib.gw_publisher_sent(self._pub)
+        dropped = self._lib.gw_publisher_dropped(self._pub)
+        self._pypub.sent += sent - self._sent
+        self._pypub.dropped += dropped - self._dropped
+        self._sent, self._dropped = sent, dropped
+
+    # -- background publishing (gw_worker: client/worker.c) ---------------
+
+    def start_background(self):
+        """Publish from libgradwatch's worker thread from now on: submit()
+        copies the gradients and returns, collect() takes the outcome. False
+        (nothing changes) without a C publisher or a library with the worker."""
+        if self._pub is None or not getattr(self._lib, "gw_has_worker", False):
+            return False
+        out = ctypes.c_void_p()
+        rc = self._lib.gw_worker_new(ctypes.byref(out), self._pub)
+        if rc != 0:
+            raise _err(self._lib, rc, "gw_worker_new")
+        self._worker = out
+        self._wstep = ctypes.c_uint64()
+        return True
+
+    @property
+    def background(self):
+        return self._worker is not None
+
+    def submit(self, step, grads, loss=None, lr=None):
+        """Copy the gradients into the worker and return; its thread sketches
+        and publishes them. The previous step must have been collected."""
+        keep = self._point(grads)
+        rc = self._lib.gw_worker_submit(self._worker, step, b"all", self._layers, self.m,
+                                        ctypes.byref(self._set_extras(loss, lr)))
+        del keep
+        if rc != 0:
+            raise _err(self._lib, rc, "gw_worker_submit")
+        self.pending = True
+
+    def collect(self):
+        """Wait for the submitted step; fill z, norms and status as step()
+        does and return its step number (None if nothing was pending)."""
+        if not self.pending:
+            return None
+        self.pending = False
+        self.z = np.empty((self.m + 1, self.k))
+        rc = self._lib.gw_worker_wait(self._worker, ctypes.byref(self._wstep), self.z.ctypes.data,
+                                      self.norms.ctypes.data, self.status.ctypes.data)
+        self._count()
+        self._warn()
+        if rc != 0:
+            raise _err(self._lib, rc, "gw_worker_wait")
+        return self._wstep.value
 
     def step(self, step, grads, loss=None, lr=None, send=True):
         """Sketch (and, with send, publish from C) one step; grads per
@@ -279,43 +398,21 @@ class Layers:
         send: SKIPPED, or NONFINITE). Raises NativeError for what the library
         refuses, ValueError for a gradient it cannot read.
         """
-        ptrs, keep = [], None
-        dts = []
-        for g in grads:
-            if g is None:
-                ptrs.append(0)
-                dts.append(0)
-                continue
-            if not g.is_cpu:
-                raise ValueError(f"gradient on {g.device}: the native path reads CPU memory")
-            if not g.is_contiguous():
-                g = g.contiguous()
-                keep = [] if keep is None else keep
-                keep.append(g)
-            ptrs.append(g.data_ptr() or self._empty)  # an empty tensor's may be NULL
-            dts.append(GRAD_DTYPES.get(str(g.dtype), -1))  # -1: the library says EINVAL
-        self._ptrs[:] = ptrs
-        self._dtypes[:] = dts
+        keep = self._point(grads)
         self.z = np.empty((self.m + 1, self.k))
         if self._pub is None or not send:
             self._compute(grads)
             del keep
             return 0
-        x = self._extras
-        x.flags = (_HAS_LOSS if loss is not None else 0) | (_HAS_LR if lr is not None else 0)
-        x.loss = 0.0 if loss is None else loss
-        x.lr = 0.0 if lr is None else lr
+        x = self._set_extras(loss, lr)
         rc = self._lib.gw_publisher_publish_layers(
             self._pub, step, b"all", self._layers, self.m, ctypes.byref(x),
             self.z.ctypes.data, self.norms.ctypes.data, self.status.ctypes.data)
         del keep
         if rc != 0:
             raise _err(self._lib, rc, "gw_publisher_publish_layers")
-        sent = self._lib.gw_publisher_sent(self._pub)
-        dropped = self._lib.gw_publisher_dropped(self._pub)
-        self._pypub.sent += sent - self._sent
-        self._pypub.dropped += dropped - self._dropped
-        self._sent, self._dropped = sent, dropped
+        self._count()
+        self._warn()
         return 0
 
     def _compute(self, grads):
@@ -342,6 +439,12 @@ class Layers:
         return 0
 
     def close(self):
+        """Stop the worker (the step in flight is still sent; collect() it
+        first to see its outcome), then free the C publisher."""
+        if self._worker is not None:
+            self._lib.gw_worker_free(self._worker)
+            self._worker = None
+            self.pending = False
         if self._pub is not None:
             self._lib.gw_publisher_free(self._pub)
             self._pub = None

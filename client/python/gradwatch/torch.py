@@ -89,6 +89,7 @@ as absent. Training is never interrupted.
 """
 
 import math
+import os
 import time
 import warnings
 from collections import deque
@@ -108,6 +109,14 @@ from .publisher import Publisher
 # How long the first native log() waits for the C socket's subscription when
 # the Publisher already has one (see _log_native).
 _C_CONNECT_WAIT_S = 2.0
+
+# While the C socket sends, the native path reads the Publisher's own socket
+# (daemons subscribing, metadata due) at most this often.
+_POLL_S = 0.01
+
+# background=None hands publishing to the worker thread only when one copy of
+# the gradients (what submit copies each step) is at most this many bytes.
+_BACKGROUND_MAX_BYTES = 1 << 30
 
 __all__ = ["watch", "Watch", "Shard", "torch_sketch", "sjlt_bins", "gaussian_block"]
 
@@ -175,7 +184,7 @@ class Watch:
     def __init__(self, model, pub, per_layer=True, every=1, *, process_group=None,
                  layout=None, shards=None, cache_indices=True, chunk_coords=1 << 23,
                  max_pending=64, index_dtype=None, native=None, index_budget=1 << 30,
-                 optimizer=None):
+                 optimizer=None, background=None):
         if pub is not None and not isinstance(pub, Publisher):
             raise TypeError(f"pub must be a gradwatch.Publisher or None, got {type(pub).__name__}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -186,6 +195,8 @@ class Watch:
             raise ValueError(f"chunk_coords must be a positive int, got {chunk_coords!r}")
         if native not in (None, True, False):
             raise ValueError(f"native must be None, True or False, got {native!r}")
+        if background not in (None, True, False):
+            raise ValueError(f"background must be None, True or False, got {background!r}")
         if isinstance(index_budget, bool) or not isinstance(index_budget, int) or index_budget < 0:
             raise ValueError(f"index_budget must be a non-negative int, got {index_budget!r}")
         self.pub = pub
@@ -251,11 +262,16 @@ class Watch:
                 self._start_native(params, native)
             elif native:
                 raise ValueError(f"native=True, but {why}")
+        self.background = False  # the native path publishes from libgradwatch's worker
         if self._native is not None:
             self._groups = []
             self._device = torch.device("cpu")
             self._init_counters(process_group, max_pending)
+            self._start_background(background)
             return
+        if background:
+            raise ValueError(f"background=True is for the native CPU path, which this watch "
+                             f"does not take (path: {self.path})")
 
         self._nbins = self._nstreams * (2 * k if self.kind == "sjlt" else k)
         total_bins = self._nbins + self._nstreams
@@ -309,7 +325,7 @@ class Watch:
         self.nonfinite = 0  # stream-steps skipped because of NaN/Inf
         self.dropped = 0  # steps dropped because max_pending results were in flight
         self.last_step = None
-        self.last = {}  # tag -> (z float64 ndarray, grad_norm) of the last sketched step
+        self._last = {}  # tag -> (z float64 ndarray, grad_norm) of the last sketched step
         self._warned = False
         self._closed = False
 
@@ -337,7 +353,27 @@ class Watch:
         self._native = _native.Layers(lib, self.pub, self.k, self.seed, self.s,
                                       [(p, off) for (_, p), (_, off, _) in
                                        zip(params, self.offsets)], tags)
+        self._native_rows_np = (np.array([r for r, _ in self._native_rows], np.intp),
+                                np.array([t for _, t in self._native_rows], np.intp))
+        self._poll_at = 0.0  # when _log_native next polls the Publisher's socket
         self.path = "native"
+
+    def _start_background(self, background):
+        """Hand publishing to libgradwatch's worker thread when asked, or, by
+        default, when a CPU is left over beside torch's threads and one copy
+        of the gradients fits in _BACKGROUND_MAX_BYTES."""
+        if background is False or self.pub is None:
+            if background and self.pub is None:
+                raise ValueError("background=True needs a Publisher (pub is None)")
+            return
+        if background is None:
+            nbytes = sum(p.numel() * p.element_size() for p in self._native_params)
+            if nbytes > _BACKGROUND_MAX_BYTES or _cpus() <= torch.get_num_threads():
+                return
+        self.background = self._native.start_background()
+        if background and not self.background:
+            raise RuntimeError("background=True, but the loaded libgradwatch has no worker "
+                               "(an older build: rebuild it)")
 
     def _index_cost(self, ch):
         """Bytes the cached indices of chunk ch take (sjlt: s per coordinate)."""
@@ -496,12 +532,14 @@ class Watch:
     def _log_native(self, step, loss, lr):
         """One call into libgradwatch: sketch every layer from its buffer, sum
         them into "all", publish (see _native)."""
+        nl, pub = self._native, self.pub
+        if nl.pending:
+            self._collect_native()  # the previous step, published by the worker meanwhile
         grads = [p.grad for p in self._native_params]
         if all(g is None for g in grads):
             return  # no gradients at all (log() before backward()?)
         lossv = None if loss is None else _scalar(loss, "loss")
         lrv = None if lr is None else _scalar(lr, "lr")
-        nl, pub = self._native, self.pub
         # The C socket is a second connection to the daemon, whose
         # subscription reaches it a little after the Publisher's: until it
         # has, while the Publisher's socket has one, the sketches computed in
@@ -519,29 +557,51 @@ class Watch:
                 while not nl.connected() and time.monotonic() < deadline:
                     time.sleep(0.002)
         via_c = pub is None or nl.connected() or not pub._connected
-        nl.step(step, grads, lossv, lrv, send=via_c)
+        if nl.background and via_c:
+            nl.submit(step, grads, lossv, lrv)  # copies; the worker sketches and sends
+            self._bg_present = nl.present
+        else:
+            nl.step(step, grads, lossv, lrv, send=via_c)
         if pub is not None:
-            pub._poll_subscriptions()  # the Publisher's own hooks keep running
-            pub._meta_tick()
+            # The Publisher's own hooks (daemons coming and going, the run's
+            # metadata) keep running, every _POLL_S while C sends.
+            now = time.monotonic()
+            if not via_c or now >= self._poll_at:
+                self._poll_at = now + _POLL_S
+                pub._poll_subscriptions()
+                pub._meta_tick()
         self.last_step = step
-        z, norms, status = nl.z, nl.norms, nl.status.tolist()
-        rows, tis = [], []
-        for row, ti in self._native_rows:
-            if row and grads[row - 1] is None:
-                continue
-            if status[row] == _native.NONFINITE:
-                self._nonfinite(ti)
-                continue
-            rows.append(row)
-            tis.append(ti)
-        self.last = {self.tags[ti]: (z[row], float(norms[row])) for row, ti in zip(rows, tis)}
+        if not nl.pending:
+            self._native_results(step, nl.present, via_c, lossv, lrv)
+
+    def _collect_native(self):
+        """The outcome of the step the worker published: last, counters."""
+        step = self._native.collect()
+        self._native_results(step, self._bg_present, True, None, None)
+
+    def _native_results(self, step, present, via_c, lossv, lrv):
+        """Counters, and Watch.last (built when read), from the native result
+        of step; while the C socket has no subscription yet, the Publisher
+        sends. present: per parameter, whether it had a gradient."""
+        nl, pub = self._native, self.pub
+        z, norms, status = nl.z, nl.norms, nl.status
+        rows, tis = self._native_rows_np
+        keep = np.ones(len(rows), bool)
+        keep[1:] = present[rows[1:] - 1]
+        bad = keep & (status[rows] == _native.NONFINITE)
+        if bad.any():
+            for ti in tis[bad]:
+                self._nonfinite(int(ti))
+            keep &= ~bad
+        rows, tis = rows[keep], tis[keep]
+        self._last, self._last_native = None, (z, norms, rows, tis)
         if pub is None:
             return
         if via_c:
-            self.published += sum(1 for x in status if x <= _native.DROPPED)
+            self.published += int(np.count_nonzero(status <= _native.DROPPED))
             return
         bodies, ok = pub._encode(step, z[rows], norms[rows], lossv, lrv)
-        for i, ti in enumerate(tis):
+        for i, ti in enumerate(tis.tolist()):
             if not ok[i]:
                 self._nonfinite(ti)
                 continue
@@ -635,6 +695,22 @@ class Watch:
                 self.published += 1
         self.last = last
 
+    @property
+    def last(self):
+        """{tag: (z float64 ndarray, grad_norm)} of the last sketched step
+        (waits for the worker when it is still publishing that step)."""
+        if self._native is not None and self._native.pending:
+            self._collect_native()
+        if self._last is None:  # the native path builds it on first read
+            z, norms, rows, tis = self._last_native
+            self._last = {self.tags[ti]: (z[row], float(norms[row]))
+                          for row, ti in zip(rows.tolist(), tis.tolist())}
+        return self._last
+
+    @last.setter
+    def last(self, value):
+        self._last = value
+
     def _nonfinite(self, ti):
         self.nonfinite += 1
         if not self._warned:
@@ -647,6 +723,8 @@ class Watch:
         """Publish every step still in flight (waits for device copies / the worker)."""
         if self._async:
             self._drain(block=True)
+        if self._native is not None and self._native.pending:
+            self._collect_native()
 
     def close(self):
         """flush(), then stop; the Publisher stays open (close it yourself)."""
@@ -662,6 +740,14 @@ class Watch:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _cpus():
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _native_unsuitable(w, params, shards_given, layout_given):
