@@ -168,8 +168,9 @@ typedef void (*gw_publisher_warn_fn)(void *arg, const char *msg);
  * first gw_publisher_publish*, or gw_publisher_connected call made 5 s or
  * more after the first publish, if no daemon has been connected (in the
  * sense of gw_publisher_connected) at any time since the publisher was
- * created. It runs on the caller's thread inside that call; nothing runs in
- * the background, so a program that stops publishing is not warned. The
+ * created. It runs on the caller's thread inside that call (for a publisher
+ * driven by a gw_worker_t, the worker's thread); nothing runs on a timer, so
+ * a program that stops publishing is not warned. The
  * environment variable GW_PUBLISHER_WARN_MS, read by gw_publisher_new,
  * replaces the 5 s (e.g. for tests). fn NULL turns the warning off.
  * Returns 0, or GW_EINVAL for a NULL pub. */

@@ -14,7 +14,8 @@ the packed result is copied to pinned host memory with non_blocking=True,
 a CUDA event is recorded, and the step is published at a later log() (or at
 flush()/close()) once that event has completed; at most max_pending steps
 wait, further ones are dropped and counted in Watch.dropped. On the CPU,
-log() sketches and publishes synchronously.
+log() sketches and publishes in the call, or (native path, background)
+copies the gradients and leaves the rest to libgradwatch's worker thread.
 
 Flattening order (normative for this client). The model's gradient is the
 vector g obtained by walking model.named_parameters() in order, keeping the
@@ -42,7 +43,22 @@ up to the sketch of the concatenation, and nothing is sketched twice), and
 the messages leave from a C socket (a second connection to the daemon, with
 the Publisher's run, sketch parameters and incarnation). Until the daemon's
 subscription has reached that socket, the Publisher's own socket carries
-the messages. Watch.path says which path runs. Without the library the torch
+the messages. Watch.path says which path runs.
+
+Background publishing (native path). With background=True, or by default
+(background=None) when this process may run on more CPUs than torch's
+threads and one copy of the gradients is at most 1 GiB, log() only copies
+the gradients into libgradwatch's worker (gw_worker_submit: one memcpy per
+parameter) and returns; the worker's thread, at the lowest scheduling
+priority (SCHED_IDLE: it runs on a CPU nothing else wants and never
+preempts the training), sketches and sends that step while the next one
+trains. The next log() first collects it (waiting if the worker is still
+busy: one step in flight at most), so Watch.published, Watch.nonfinite,
+pub.sent/pub.dropped and the warnings of a step are counted one log()
+later, or at flush()/close(); Watch.last waits for the worker. Because the
+copy is taken inside log(), the gradients may be changed or zeroed as soon
+as it returns. Watch.background says whether it is on; background=False
+sketches in log() as before. Without the library the torch
 path below runs, after one warning per process; native=False chooses it,
 native=True refuses to fall back. Options only the torch path has
 (cache_indices, chunk_coords, index_dtype, index_budget, max_pending) choose
@@ -823,6 +839,8 @@ def watch(model, pub, per_layer=True, every=1, **kw):
     before dropping, default 64); optimizer (a torch.optim.Optimizer: its
     class and hyper-parameters lr, momentum or betas, weight_decay, eps of
     its first param group go into the run's metadata, with torch's version
-    and the parameter count).
+    and the parameter count); background (native path: None publishes from
+    libgradwatch's worker thread when a CPU is spare, True always, False
+    never; see the module docstring).
     """
     return Watch(model, pub, per_layer=per_layer, every=every, **kw)
