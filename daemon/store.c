@@ -54,8 +54,9 @@
  *
  * Maintenance (writer thread, only while commits succeed): retention deletes
  * points whose receive minute (recv_ns / 60 s, from point_minutes) is older
- * than retention_days, every retention_check_ms; max_db_mb deletes the
- * oldest minute buckets of all segments, one transaction per bucket, until
+ * than retention_days, every retention_check_ms; past max_db_mb the -wal
+ * file is first truncated by a checkpoint that does not wait on readers,
+ * then max_db_mb deletes the oldest minute buckets of all segments, one transaction per bucket, until
  * the used pages plus the -wal file are under 90% of the limit, never the
  * newest bucket of a live segment, logs a warning (db_trimmed: bytes
  * before and after, points deleted), then runs incremental vacuum (the

@@ -870,6 +870,18 @@ static int w_maintain(gw_store_t *st, int do_retention) {
     used += wal;
   }
   shrink = limit && used > limit;
+  if (rc == SQLITE_OK && shrink && wal > 0) {
+    /* WAL a burst left behind is space a checkpoint gives back without
+     * deleting a point: truncate it first, not waiting on readers (one
+     * that holds it leaves the WAL as it is, counted as before) */
+    sqlite3_busy_timeout(st->wdb, 0);
+    (void)sqlite3_wal_checkpoint_v2(st->wdb, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    sqlite3_busy_timeout(st->wdb, BUSY_TIMEOUT_MS);
+    wal = m_wal_bytes(st);
+    rc = m_used_bytes(st, &used);
+    used += wal;
+    shrink = used > limit;
+  }
   if (rc != SQLITE_OK ||
       (!shrink && !(do_retention && (st->cfg.retention_days || st->cfg.full_resolution_days))))
     return rc;

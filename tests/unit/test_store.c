@@ -1205,6 +1205,44 @@ static void max_db_size(void **state) {
   raw_check_counts(f->path);
 }
 
+/* Past the cap, a long -wal file is truncated before any point is deleted:
+ * with the checkpointer failing (injected), ~13 MB of points leave the WAL
+ * at the same size again, file + WAL over a 20 MB cap, though the points
+ * alone are well under it. Every point is kept and the WAL is given back. */
+static void max_db_truncates_wal_first(void **state) {
+  fx_t *f = *state;
+  gw_store_config_t c;
+  uint64_t rows;
+  struct stat sb;
+  char wal[300];
+  fault_t ft = {0};
+  int64_t t0 = now_ns() - 3600LL * 1000000000LL; /* received an hour ago */
+  enum { PER = 28000 };
+  cfg_init(&c, f->path);
+  c.max_db_mb = gw_store_min_db_mb();
+  c.chunk_points = 0; /* rows: ~470 bytes a point in the file and in the WAL */
+  c.fault = fault_cb;
+  c.fault_arg = &ft;
+  atomic_store(&ft.op, GW_STORE_OP_CHECKPOINT);
+  atomic_store(&ft.code, SQLITE_IOERR_WRITE);
+  open_ok(f, &c);
+  assert_int_equal(declare(f->st, 0, "w", "t", 8, 1, 1, 1), 0);
+  for (uint64_t n = 1; n <= PER; n++) {
+    gw_point_t p = mkpoint(0, n, n, t0 + (int64_t)n * 100000000LL); /* 10 a second */
+    assert_int_equal(gw_store_put_point(f->st, &p), 0);
+    if (n % 2000 == 0) assert_int_equal(gw_store_flush(f->st), 0);
+  }
+  assert_int_equal(gw_store_flush(f->st), 0);
+  assert_int_equal(gw_store_flush(f->st), 0); /* a second pass after the last write */
+  assert_true(atomic_load(&ft.calls) > 0);    /* the checkpointer did fail */
+  assert_int_equal(gw_store_row_count(f->st, &rows), 0);
+  assert_int_equal(rows, PER); /* nothing deleted */
+  snprintf(wal, sizeof wal, "%s-wal", f->path);
+  assert_int_equal(stat(wal, &sb), 0);
+  assert_true(sb.st_size < (off_t)gw_store_min_db_mb() << 18); /* under a quarter of the cap */
+  assert_int_equal(gw_store_integrity_check(f->st), 0);
+}
+
 typedef struct {
   gw_store_t *st;
   atomic_int stop;
@@ -2284,6 +2322,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(checkpointer, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(retention, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(max_db_size, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(max_db_truncates_wal_first, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(concurrent_readers, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(memory_db, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(alerts_roundtrip, fx_setup, fx_teardown),
