@@ -1185,7 +1185,12 @@ static void max_db_size(void **state) {
   assert_int_equal(gw_store_flush(f->st), 0);
   assert_int_equal(gw_store_row_count(f->st, &rows), 0);
   assert_true(rows > 0);
-  assert_true(rows < STREAMS * PER / 2); /* 160000 points are ~50 MB */
+  /* 160000 points do not fit (as rows they are ~50 MB): some went. How
+   * many stay depends on how many were sealed into chunks (about 4x denser
+   * than rows) when each trim ran and on whether the WAL could be
+   * truncated first, so the count moves with timing (7k-85k seen); what
+   * holds is the cap (the file size below) and the order of deletion. */
+  assert_true(rows < STREAMS * PER);
   /* the newest points are kept, the oldest went */
   for (uint32_t sid = 0; sid < STREAMS; sid++) {
     char tag[8];
