@@ -264,37 +264,52 @@ int gw_publisher_check_layers(const gw_publisher_t *pub, uint64_t step, const ch
  *   gw_worker_new(&w, pub);                      // pub now belongs to w
  *   for each step:
  *     loss.backward() ...
- *     gw_worker_wait(w, &prev, z, norms, status); // the previous step's outcome
+ *     while (gw_worker_pending(w) == GW_WORKER_DEPTH || gw_worker_ready(w))
+ *       gw_worker_wait(w, &prev, z, norms, status); // an earlier step's outcome
  *     gw_worker_submit(w, step, "all", layers, m, &x);  // copies, returns
- *   gw_worker_wait(w, ...); gw_worker_free(w); gw_publisher_free(pub);
+ *   while (gw_worker_pending(w)) gw_worker_wait(w, ...);
+ *   gw_worker_free(w); gw_publisher_free(pub);
  *
  * gw_worker_submit copies every layer's gradient (and the tags) into memory
- * the worker owns, at most one copy of the model's gradient, kept for reuse;
- * its thread then runs gw_publisher_publish_layers on the copy, so the
- * caller may overwrite or free the gradients as soon as submit returns. One
- * step is in flight at a time: submit refuses a second one until
- * gw_worker_wait has collected the first. While a step is in flight the
- * publisher is the worker thread's: the caller must not call any
- * gw_publisher_* function on it until gw_worker_wait returns. A worker is
- * driven from one thread. */
+ * the worker owns and returns; the thread then runs
+ * gw_publisher_publish_layers on the copy, in the order of submission, so
+ * the caller may overwrite or free the gradients as soon as submit returns.
+ * Up to GW_WORKER_DEPTH steps are in flight (submitted, not yet collected):
+ * a step that comes while the thread is still publishing the previous one
+ * (its CPU was busy, say) is queued behind it instead of making the caller
+ * wait. Each in-flight step has its own copy, allocated when first needed
+ * and kept for reuse: a training loop whose steps are always published
+ * before the next one comes uses one copy of its gradient, at worst
+ * GW_WORKER_DEPTH copies. gw_worker_wait collects the oldest step's outcome.
+ * While any step is in flight the publisher is the worker thread's: the
+ * caller must not call any gw_publisher_* function on it until
+ * gw_worker_pending is 0 again. A worker is driven from one thread. */
 typedef struct gw_worker_s gw_worker_t;
+
+/* Steps that can be in flight at once. */
+#define GW_WORKER_DEPTH 2
 
 /* Start the thread. GW_EINVAL (NULL pub or out), GW_ENOMEM, or -errno from
  * pthread_create; *out is NULL on failure. */
 int gw_worker_new(gw_worker_t **out, gw_publisher_t *pub);
-/* Wait for the step in flight (its outcome is discarded), stop the thread
- * and free the worker (not the publisher). Accepts NULL. */
+/* Let the thread publish every step in flight (their outcomes are
+ * discarded), stop it and free the worker (not the publisher). Accepts
+ * NULL. */
 void gw_worker_free(gw_worker_t *w);
 /* Check the arguments as gw_publisher_check_layers does, copy the gradients
- * and hand the step to the thread. Returns 0, that check's code, GW_EINVAL
- * when a step is still in flight (not yet collected by gw_worker_wait), or
- * GW_ENOMEM (the copy could not grow); on failure nothing is queued. */
+ * and queue the step for the thread. Returns 0, that check's code,
+ * GW_EINVAL when GW_WORKER_DEPTH steps are in flight (collect one with
+ * gw_worker_wait first), or GW_ENOMEM (the copy could not grow); on failure
+ * nothing is queued. */
 int gw_worker_submit(gw_worker_t *w, uint64_t step, const char *all_tag,
                      const gw_layer_t *layers, size_t m, const gw_extras_t *extras);
-/* 1 while a submitted step has not been collected by gw_worker_wait, else 0
- * (also for NULL). Never blocks. */
+/* How many submitted steps have not been collected by gw_worker_wait yet
+ * (0 .. GW_WORKER_DEPTH; 0 for NULL). Never blocks. */
 int gw_worker_pending(const gw_worker_t *w);
-/* Block until the step in flight has been published and collect its
+/* 1 when the oldest step in flight has been published, so gw_worker_wait
+ * returns without blocking; 0 otherwise (nothing in flight, or NULL). */
+int gw_worker_ready(const gw_worker_t *w);
+/* Block until the oldest step in flight has been published and collect its
  * outcome: *step (may be NULL) its step, and — each may be NULL — z, norms
  * and status filled as gw_publisher_publish_layers fills them for that
  * step's m layers ((m + 1) × k doubles, m + 1 doubles, m + 1 bytes). Returns
@@ -302,6 +317,13 @@ int gw_worker_pending(const gw_worker_t *w);
  * GW_EINVAL from the sketch, with nothing sent), or GW_ENOTFOUND when no
  * step is in flight (outputs untouched). */
 int gw_worker_wait(gw_worker_t *w, uint64_t *step, double *z, double *norms, uint8_t *status);
+/* With no step in flight, the outcome gw_worker_wait last collected once
+ * more: *step and z ((m + 1) × k doubles; each may be NULL), so a caller
+ * that passed z = NULL to gw_worker_wait can fetch the sketches of the
+ * latest step only when it needs them. 0, GW_EINVAL while steps are in
+ * flight (a later submit may be reusing that memory) or for NULL w, or
+ * GW_ENOTFOUND before the first collection. */
+int gw_worker_last(const gw_worker_t *w, uint64_t *step, double *z);
 
 #ifdef __cplusplus
 }

@@ -632,9 +632,11 @@ int gw_publisher_set_meta(gw_publisher_t *pub, const char *doc) {
 
 uint64_t gw_publisher_meta_sent(const gw_publisher_t *pub) { return pub ? pub->meta_sent : 0; }
 
-/* Arguments already checked. Encode z into the body buffer and send. */
+/* Arguments already checked. Encode z into the body buffer and send.
+ * peers: read pending (un)subscriptions first (a system call in ZeroMQ);
+ * gw_publisher_publish_layers reads them once for all its messages. */
 static int send_z(gw_publisher_t *p, const char *tag, uint64_t step, const float *z,
-                  const gw_extras_t *x) {
+                  const gw_extras_t *x, int peers) {
   gw_msg_t m;
   int rc, tlen, blen;
 
@@ -669,8 +671,10 @@ static int send_z(gw_publisher_t *p, const char *tag, uint64_t step, const float
     p->published = 1;
     p->first_publish_ns = mono_ns();
   }
-  poll_peers(p);
-  check_warn(p);
+  if (peers) {
+    poll_peers(p);
+    check_warn(p);
+  }
   meta_tick(p);
   if (p->socket == GW_PUBLISHER_PUB && !matches(p, p->topic, (size_t)tlen))
     return drop(p, EAGAIN);
@@ -686,7 +690,7 @@ int gw_publisher_publish_sketch(gw_publisher_t *pub, const char *tag, uint64_t s
   int rc;
   if (pub == NULL || tag == NULL || z == NULL) return GW_EINVAL;
   if ((rc = check_args(tag, step, extras)) != 0) return rc;
-  return send_z(pub, tag, step, z, extras);
+  return send_z(pub, tag, step, z, extras, 1);
 }
 
 /* ‖g‖ in float64 (four partial sums: independent chains, so the loop runs at
@@ -721,7 +725,7 @@ int gw_publisher_publish(gw_publisher_t *pub, const char *tag, uint64_t step,
   memset(pub->acc, 0, (size_t)pub->sk.k * sizeof *pub->acc);
   if ((rc = gw_sketch_accum_f32(&pub->sk, grad, d, 0, pub->acc)) != 0) return rc;
   for (uint32_t r = 0; r < pub->sk.k; r++) pub->z[r] = (float)pub->acc[r];
-  return send_z(pub, tag, step, pub->z, &x);
+  return send_z(pub, tag, step, pub->z, &x, 1);
 }
 
 int gw_publisher_wait_subscribed(gw_publisher_t *pub, const char *tag, int timeout_ms) {
@@ -802,7 +806,7 @@ static int send_row(gw_publisher_t *p, const char *tag, uint64_t step, const dou
   for (uint32_t r = 0; r < p->sk.k; r++) p->z[r] = (float)zr[r];
   e.flags |= GW_HAS_GRAD_NORM;
   e.grad_norm = gn;
-  rc = send_z(p, tag, step, p->z, &e);
+  rc = send_z(p, tag, step, p->z, &e, 0);
   if (rc == GW_ENONFINITE) return GW_LAYER_NONFINITE;
   return rc == 0 ? GW_LAYER_SENT : GW_LAYER_DROPPED;
 }
@@ -862,7 +866,14 @@ int gw_publisher_publish_layers(gw_publisher_t *pub, uint64_t step, const char *
   }
   norms[0] = sqrt(sum_sq);
 
-  /* Send: the sum first, then the layers in order. */
+  /* Send: the sum first, then the layers in order, after one look at the
+   * subscriptions (send_row does not look again). */
+  if (!pub->published) {
+    pub->published = 1;
+    pub->first_publish_ns = mono_ns();
+  }
+  poll_peers(pub);
+  check_warn(pub);
   for (size_t i = 0; i <= m; i++) {
     const char *tag = i == 0 ? all_tag : layers[i - 1].tag;
     int st = GW_LAYER_SKIPPED;

@@ -392,6 +392,56 @@ def test_background_sends_every_step_in_order_and_close_sends_the_last(sub):
     pub.close()
 
 
+class _Big(torch.nn.Module):
+    """One large parameter (its sketch takes the worker several ms) and a small one."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1 << 21))
+        self.b = torch.nn.Parameter(torch.zeros(10))
+
+
+@need_lib
+def test_background_queue_publishes_each_step_from_its_own_copy(sub):
+    """log() much faster than the worker's sketch: the worker holds
+    WORKER_DEPTH steps, log() waits for the oldest only when that many are in
+    flight, and every step is still published from its own copy (the
+    gradients are overwritten in place right after each log()), in order."""
+    net = _Big()
+    steps = 6
+    grads, refs = [], []
+    for st in range(steps):
+        dyadic(net, 500 + st)
+        grads.append([p.grad.clone() for p in net.parameters()])
+        refs.append(numpy_ref(net, 16, 3, 4))
+    pub = gradwatch.Publisher(sub.getsockopt_string(zmq.LAST_ENDPOINT), run="bgq", k=16, seed=3)
+    pump_until(sub, lambda: pub.subscribed())
+    w = gt.watch(net, pub, background=True)
+    pump_until(sub, w._native.connected)
+    most = 0
+    for st in range(steps):
+        for p, g in zip(net.parameters(), grads[st]):
+            p.grad.copy_(g)  # in place: what the worker sketches must be its copy
+        w.log(st, lr=0.5)
+        most = max(most, w._native.pending)
+    assert most == _native.WORKER_DEPTH  # the queue filled (a 2M sketch vs an 8 MB copy)
+    for tag, (z, gn) in w.last.items():  # waits for the rest
+        assert np.array_equal(z, refs[-1][tag][0]), tag
+        assert abs(gn - refs[-1][tag][1]) <= 1e-12 * refs[-1][tag][1], tag
+    assert w._native.pending == 0
+    w.close()
+    assert w.published == pub.sent == steps * 3
+    by_tag = {}
+    for m in drain(sub):
+        by_tag.setdefault(m.tag, []).append(m)
+    assert set(by_tag) == {"all", "w", "b"}
+    for tag, ms in by_tag.items():
+        assert [m.step for m in ms] == list(range(steps)), tag
+        for st, m in enumerate(ms):
+            assert np.array_equal(m.z(), refs[st][tag][0].astype(np.float32)), (tag, st)
+    pub.close()
+
+
 @need_lib
 def test_background_choice(monkeypatch):
     """background=None: the worker only where a CPU is left beside torch's

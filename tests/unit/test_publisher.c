@@ -22,6 +22,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1199,9 +1200,9 @@ static void publish_layers_sends_layers_and_sum(void **state) {
 /* gw_worker: the step published from the worker's thread is the step
  * gw_publisher_publish_layers publishes (rows bit for bit the layers'
  * gw_sketch_accum sketches), computed from the copy taken at submit (the
- * caller's buffers are overwritten right after); one step in flight; bad
- * arguments queue nothing; steps arrive in order; free sends the step in
- * flight. */
+ * caller's buffers are overwritten right after); GW_WORKER_DEPTH steps in
+ * flight, each from its own copy, collected oldest first; bad arguments
+ * queue nothing; steps arrive in order; free sends the steps in flight. */
 static void worker_publishes_copies_in_order(void **state) {
   (void)state;
   enum { K = 16, N0 = 900, N1 = 130, STEPS = 40 };
@@ -1237,18 +1238,46 @@ static void worker_publishes_copies_in_order(void **state) {
   assert_int_equal(gw_worker_new(&w, p), 0);
   assert_int_equal(gw_worker_wait(w, &step, z, norms, status), GW_ENOTFOUND);
   assert_int_equal(gw_worker_pending(w), 0);
+  assert_int_equal(gw_worker_ready(w), 0);
+  assert_int_equal(gw_worker_pending(NULL), 0);
+  assert_int_equal(gw_worker_ready(NULL), 0);
+  assert_int_equal(gw_worker_last(w, &step, z), GW_ENOTFOUND); /* nothing collected yet */
+  assert_int_equal(gw_worker_last(NULL, &step, z), GW_EINVAL);
 
   gw_extras_t ex = {.flags = GW_HAS_LR, .lr = 0.125};
   assert_int_equal(gw_worker_submit(w, 3, "all", layers, 2, &ex), 0);
-  for (int i = 0; i < N0; i++) g0[i] = 1e30f; /* the caller's buffer, reused at once */
+  for (int i = 0; i < N0; i++) g0[i] = 1e3f * (float)(i % 7); /* reused at once */
   assert_int_equal(gw_worker_pending(w), 1);
-  assert_int_equal(gw_worker_submit(w, 4, "all", layers, 2, &ex), GW_EINVAL);
+  assert_int_equal(gw_worker_submit(w, 4, "all", layers, 2, &ex), 0); /* the second slot */
+  assert_int_equal(GW_WORKER_DEPTH, 2);
+  assert_int_equal(gw_worker_pending(w), 2);
+  assert_int_equal(gw_worker_submit(w, 5, "all", layers, 2, &ex), GW_EINVAL); /* full */
+  assert_int_equal(gw_worker_pending(w), 2);
   assert_int_equal(gw_worker_wait(w, &step, z, norms, status), 0);
   assert_int_equal(step, 3);
-  assert_int_equal(gw_worker_pending(w), 0);
+  assert_int_equal(gw_worker_pending(w), 1);
   memset(want, 0, sizeof want);
   assert_int_equal(gw_sketch_accum_f32(&c.sketch, keep0, N0, 0, want), 0);
   assert_memory_equal(z + K, want, sizeof want);
+  {
+    double z4[3 * K], n4[3], zl[3 * K];
+    uint8_t st4[3];
+    uint64_t step4 = 0, stepl = 0;
+    assert_int_equal(gw_worker_last(w, &stepl, zl), GW_EINVAL); /* step 4 in flight */
+    while (!gw_worker_ready(w)) sched_yield(); /* published: wait does not block */
+    assert_int_equal(gw_worker_wait(w, &step4, NULL, n4, st4), 0); /* z read back below */
+    assert_int_equal(gw_worker_last(w, &stepl, z4), 0);
+    assert_int_equal(stepl, 4);
+    assert_int_equal(gw_worker_last(w, NULL, zl), 0); /* again: the same */
+    assert_memory_equal(zl, z4, sizeof zl);
+    assert_int_equal(step4, 4);
+    assert_int_equal(gw_worker_pending(w), 0);
+    assert_int_equal(gw_worker_ready(w), 0);
+    memset(want, 0, sizeof want);
+    assert_int_equal(gw_sketch_accum_f32(&c.sketch, g0, N0, 0, want), 0);
+    assert_memory_equal(z4 + K, want, sizeof want); /* its own copy, not step 3's */
+    assert_int_equal(st4[0], GW_LAYER_SENT);
+  }
   memset(want, 0, sizeof want);
   assert_int_equal(gw_sketch_accum_f64(&c.sketch, g1, N1, N0, want), 0);
   assert_memory_equal(z + 2 * K, want, sizeof want);
@@ -1268,6 +1297,12 @@ static void worker_publishes_copies_in_order(void **state) {
     for (int r = 0; r < K; r++) assert_true(got[r] == (double)(float)z[i * K + r]);
     frames_free(&f);
   }
+  for (int i = 0; i < 3; i++) { /* then step 4's, in order */
+    recv_msg(sub.sock, &f);
+    assert_int_equal(gw_proto_decode(f.topic, f.topic_len, f.body, f.body_len, 0, &msg), 0);
+    assert_int_equal(msg.step, 4);
+    frames_free(&f);
+  }
   memcpy(g0, keep0, sizeof g0);
 
   /* refused: nothing queued */
@@ -1281,16 +1316,18 @@ static void worker_publishes_copies_in_order(void **state) {
   assert_int_equal(gw_worker_submit(NULL, 5, "all", layers, 2, NULL), GW_EINVAL);
   assert_int_equal(gw_worker_pending(w), 0);
 
-  /* a training loop: collect the previous step, submit this one; then free
-   * with the last step in flight */
+  /* a training loop: collect what is published (all of it when the queue
+   * is full), submit this step; then free with steps in flight */
+  uint64_t next = 10;
   for (uint64_t st = 10; st < 10 + STEPS; st++) {
-    if (st > 10) {
+    while (gw_worker_pending(w) == GW_WORKER_DEPTH || gw_worker_ready(w)) {
       assert_int_equal(gw_worker_wait(w, &step, NULL, NULL, status), 0);
-      assert_int_equal(step, st - 1);
+      assert_int_equal(step, next++); /* oldest first */
       assert_int_equal(status[0], GW_LAYER_SENT);
     }
     g0[st % N0] += 1.0f;
     assert_int_equal(gw_worker_submit(w, st, "all", layers, 2, NULL), 0);
+    assert_true(gw_worker_pending(w) >= 1 && gw_worker_pending(w) <= GW_WORKER_DEPTH);
   }
   gw_worker_free(w);
   gw_worker_free(NULL);
@@ -1302,7 +1339,7 @@ static void worker_publishes_copies_in_order(void **state) {
       assert_int_equal(msg.tag_len, i == 0 ? 3 : 1);
       frames_free(&f);
     }
-  assert_int_equal(gw_publisher_sent(p), 3 + 3 * STEPS);
+  assert_int_equal(gw_publisher_sent(p), 6 + 3 * STEPS); /* steps 3, 4 and the loop */
   gw_publisher_free(p);
   peer_close(&sub);
 }

@@ -45,6 +45,7 @@ GRAD_DTYPES = {"torch.float32": 0, "torch.float64": 1, "torch.float16": 2, "torc
 
 # gw_layer_status_t
 SENT, DROPPED, SKIPPED, NONFINITE = 0, 1, 2, 3
+WORKER_DEPTH = 2  # GW_WORKER_DEPTH (gradwatch.h): steps a worker holds in flight
 
 _HAS_GRAD_NORM, _HAS_LOSS, _HAS_LR = 1, 2, 4
 _CONFIG_BYTES = 4096  # room for gw_publisher_config_t, whatever fields it gains
@@ -144,7 +145,9 @@ def _bind(lib):
         "gw_worker_submit": (I, [P, U64, ctypes.c_char_p, ctypes.POINTER(_Layer), SZ,
                                  ctypes.POINTER(_Extras)]),
         "gw_worker_pending": (I, [P]),
+        "gw_worker_ready": (I, [P]),
         "gw_worker_wait": (I, [P, ctypes.POINTER(U64), P, P, P]),
+        "gw_worker_last": (I, [P, ctypes.POINTER(U64), P]),
     }
     lib.gw_has_worker = all(hasattr(lib, n) for n in worker)
     if lib.gw_has_worker:
@@ -228,6 +231,7 @@ class Layers:
         self.z = np.zeros((m + 1, k))
         self.norms = np.zeros(m + 1)
         self.status = np.zeros(m + 1, np.uint8)
+        self._norms_ptr, self._status_ptr = self.norms.ctypes.data, self.status.ctypes.data
         self._params = _Params(k, 1, s, seed)
         self._extras = _Extras()
         self._keep = None  # contiguous copies made for the current step
@@ -237,8 +241,10 @@ class Layers:
         self._plist, self._dlist = [0] * m, [0] * m  # reused by _point
         self._codes = {}  # torch dtype -> gw_grad_dtype_t
         self.present = np.zeros(m, bool)
+        self.complete = False  # every parameter had a gradient in the last step
+        self._all_present = np.ones(m, bool)
         self._worker = None  # the gw_worker_t *, once start_background() ran
-        self.pending = False  # a submitted step not yet collected
+        self.pending = 0  # submitted steps not yet collected (at most WORKER_DEPTH)
         self._empty_buf = np.zeros(1)
         self._empty = self._empty_buf.ctypes.data  # non-NULL: "a gradient of 0 elements"
         if pub is not None:
@@ -271,7 +277,6 @@ class Layers:
         if rc != 0:
             raise _err(self._lib, rc, "gw_publisher_new")
         self._pub = out
-        self._sent = self._dropped = 0
         box = self._warn_box = []
 
         def warn(_arg, msg):
@@ -283,8 +288,10 @@ class Layers:
         self._lib.gw_publisher_set_warn(self._pub, self._warn_cb, None)
 
     def connected(self):
-        """True once the C socket has seen a daemon's subscription (sticky)."""
-        if not self._c_connected and self._pub is not None:
+        """True once the C socket has seen a daemon's subscription (sticky).
+        While steps are in flight the worker owns the socket: the answer is
+        then the last one (collect them first to look again)."""
+        if not self._c_connected and self._pub is not None and not self.pending:
             self._c_connected = bool(self._lib.gw_publisher_connected(self._pub))
             self._warn()
         return self._c_connected
@@ -294,10 +301,12 @@ class Layers:
         (self.present: which rows have a gradient); returns the contiguous
         copies made (keep them alive during the call)."""
         keep = None
+        missing = 0
         ptrs, dts, codes = self._plist, self._dlist, self._codes
         for i, g in enumerate(grads):
             if g is None:
                 ptrs[i] = dts[i] = 0
+                missing += 1
                 continue
             if not g.is_cpu:
                 raise ValueError(f"gradient on {g.device}: the native path reads CPU memory")
@@ -312,7 +321,10 @@ class Layers:
             dts[i] = code
         self._ptrs[:] = ptrs
         self._dtypes[:] = dts
-        self.present = self._ptrs != 0
+        # The usual step has every gradient: one shared all-True array then
+        # (never written), no comparison.
+        self.complete = not missing
+        self.present = self._all_present if not missing else self._ptrs != 0
         return keep
 
     def _set_extras(self, loss, lr):
@@ -335,20 +347,13 @@ class Layers:
             pypub._warned = True
             warnings.warn(msg, NoSubscriberWarning, stacklevel=_user_stacklevel())
 
-    def _count(self):
-        """Carry the C publisher's sent/dropped counts over to the Publisher."""
-        sent = self._lib.gw_publisher_sent(self._pub)
-        dropped = self._lib.gw_publisher_dropped(self._pub)
-        self._pypub.sent += sent - self._sent
-        self._pypub.dropped += dropped - self._dropped
-        self._sent, self._dropped = sent, dropped
-
     # -- background publishing (gw_worker: client/worker.c) ---------------
 
     def start_background(self):
         """Publish from libgradwatch's worker thread from now on: submit()
-        copies the gradients and returns, collect() takes the outcome. False
-        (nothing changes) without a C publisher or a library with the worker."""
+        copies the gradients and returns, collect() takes the outcomes, oldest
+        first. False (nothing changes) without a C publisher or a library with
+        the worker."""
         if self._pub is None or not getattr(self._lib, "gw_has_worker", False):
             return False
         out = ctypes.c_void_p()
@@ -365,29 +370,45 @@ class Layers:
 
     def submit(self, step, grads, loss=None, lr=None):
         """Copy the gradients into the worker and return; its thread sketches
-        and publishes them. The previous step must have been collected."""
+        and publishes them after the steps already in flight. Fewer than
+        WORKER_DEPTH steps may be in flight (collect() one first)."""
         keep = self._point(grads)
         rc = self._lib.gw_worker_submit(self._worker, step, b"all", self._layers, self.m,
                                         ctypes.byref(self._set_extras(loss, lr)))
         del keep
         if rc != 0:
             raise _err(self._lib, rc, "gw_worker_submit")
-        self.pending = True
+        self.pending += 1
+
+    def ready(self):
+        """True when the oldest step in flight has been published (collect()
+        does not wait)."""
+        return bool(self._lib.gw_worker_ready(self._worker))
 
     def collect(self):
-        """Wait for the submitted step; fill z, norms and status as step()
-        does and return its step number (None if nothing was pending)."""
+        """Wait for the oldest step in flight; fill norms and status as
+        step() does and return its step number (None if nothing was
+        pending). z is left None: the sketches are read back only when
+        wanted, by last_z()."""
         if not self.pending:
             return None
-        self.pending = False
-        self.z = np.empty((self.m + 1, self.k))
-        rc = self._lib.gw_worker_wait(self._worker, ctypes.byref(self._wstep), self.z.ctypes.data,
-                                      self.norms.ctypes.data, self.status.ctypes.data)
-        self._count()
+        self.pending -= 1
+        self.z = None
+        rc = self._lib.gw_worker_wait(self._worker, ctypes.byref(self._wstep), None,
+                                      self._norms_ptr, self._status_ptr)
         self._warn()
         if rc != 0:
             raise _err(self._lib, rc, "gw_worker_wait")
         return self._wstep.value
+
+    def last_z(self):
+        """The sketches ((1+m) x k) of the step collect() returned last; only
+        with nothing in flight."""
+        z = np.empty((self.m + 1, self.k))
+        rc = self._lib.gw_worker_last(self._worker, None, z.ctypes.data)
+        if rc != 0:
+            raise _err(self._lib, rc, "gw_worker_last")
+        return z
 
     def step(self, step, grads, loss=None, lr=None, send=True):
         """Sketch (and, with send, publish from C) one step; grads per
@@ -411,7 +432,6 @@ class Layers:
         del keep
         if rc != 0:
             raise _err(self._lib, rc, "gw_publisher_publish_layers")
-        self._count()
         self._warn()
         return 0
 
@@ -444,7 +464,7 @@ class Layers:
         if self._worker is not None:
             self._lib.gw_worker_free(self._worker)
             self._worker = None
-            self.pending = False
+            self.pending = 0
         if self._pub is not None:
             self._lib.gw_publisher_free(self._pub)
             self._pub = None

@@ -372,6 +372,9 @@ class Watch:
         self._native_rows_np = (np.array([r for r, _ in self._native_rows], np.intp),
                                 np.array([t for _, t in self._native_rows], np.intp))
         self._poll_at = 0.0  # when _log_native next polls the Publisher's socket
+        self._bg_present = deque()  # per step in the worker, oldest first: which grads it had
+        self._status_ok = None  # the status bytes of a complete step, every stream sent
+        self._sent_ok = 0  # how many messages such a step sent
         self.path = "native"
 
     def _start_background(self, background):
@@ -550,7 +553,13 @@ class Watch:
         them into "all", publish (see _native)."""
         nl, pub = self._native, self.pub
         if nl.pending:
-            self._collect_native()  # the previous step, published by the worker meanwhile
+            # Outcomes of steps the worker published meanwhile; the oldest is
+            # waited for only when the queue is full. Until the C socket has
+            # a daemon, everything is collected: connected() below can then
+            # look at the socket, which the worker owns while it publishes.
+            drain = not nl._c_connected
+            while nl.pending and (drain or nl.pending >= _native.WORKER_DEPTH or nl.ready()):
+                self._collect_native()
         grads = [p.grad for p in self._native_params]
         if all(g is None for g in grads):
             return  # no gradients at all (log() before backward()?)
@@ -573,27 +582,26 @@ class Watch:
                 while not nl.connected() and time.monotonic() < deadline:
                     time.sleep(0.002)
         via_c = pub is None or nl.connected() or not pub._connected
+        # The Publisher's own hooks (daemons coming and going, the run's
+        # metadata) keep running, every _POLL_S while C sends.
+        poll = pub is not None and (not via_c or time.monotonic() >= self._poll_at)
         if nl.background and via_c:
             nl.submit(step, grads, lossv, lrv)  # copies; the worker sketches and sends
-            self._bg_present = nl.present
+            self._bg_present.append(nl.present)
         else:
             nl.step(step, grads, lossv, lrv, send=via_c)
-        if pub is not None:
-            # The Publisher's own hooks (daemons coming and going, the run's
-            # metadata) keep running, every _POLL_S while C sends.
-            now = time.monotonic()
-            if not via_c or now >= self._poll_at:
-                self._poll_at = now + _POLL_S
-                pub._poll_subscriptions()
-                pub._meta_tick()
+        if poll:
+            self._poll_at = time.monotonic() + _POLL_S
+            pub._poll_subscriptions()
+            pub._meta_tick()
         self.last_step = step
         if not nl.pending:
             self._native_results(step, nl.present, via_c, lossv, lrv)
 
     def _collect_native(self):
-        """The outcome of the step the worker published: last, counters."""
+        """The outcome of the oldest step the worker holds: last, counters."""
         step = self._native.collect()
-        self._native_results(step, self._bg_present, True, None, None)
+        self._native_results(step, self._bg_present.popleft(), True, None, None)
 
     def _native_results(self, step, present, via_c, lossv, lrv):
         """Counters, and Watch.last (built when read), from the native result
@@ -602,6 +610,13 @@ class Watch:
         nl, pub = self._native, self.pub
         z, norms, status = nl.z, nl.norms, nl.status
         rows, tis = self._native_rows_np
+        if via_c and status.tobytes() == self._status_ok and present is nl._all_present:
+            # The usual step (every gradient there, every stream sent, as in
+            # the step that set _status_ok): no array work.
+            self._last, self._last_native = None, (z, norms, rows, tis)
+            self.published += self._sent_ok
+            pub.sent += self._sent_ok
+            return
         keep = np.ones(len(rows), bool)
         keep[1:] = present[rows[1:] - 1]
         bad = keep & (status[rows] == _native.NONFINITE)
@@ -614,7 +629,15 @@ class Watch:
         if pub is None:
             return
         if via_c:
-            self.published += int(np.count_nonzero(status <= _native.DROPPED))
+            # What C sent or dropped, counted on the Publisher as its own sends are.
+            sent = int(np.count_nonzero(status == _native.SENT))
+            dropped = int(np.count_nonzero(status == _native.DROPPED))
+            self.published += sent + dropped
+            pub.sent += sent
+            pub.dropped += dropped
+            if (present is nl._all_present and len(rows) == len(self._native_rows_np[0])
+                    and not dropped and (status[rows] == _native.SENT).all()):
+                self._status_ok, self._sent_ok = status.tobytes(), sent
             return
         bodies, ok = pub._encode(step, z[rows], norms[rows], lossv, lrv)
         for i, ti in enumerate(tis.tolist()):
@@ -715,10 +738,13 @@ class Watch:
     def last(self):
         """{tag: (z float64 ndarray, grad_norm)} of the last sketched step
         (waits for the worker when it is still publishing that step)."""
-        if self._native is not None and self._native.pending:
+        while self._native is not None and self._native.pending:
             self._collect_native()
         if self._last is None:  # the native path builds it on first read
             z, norms, rows, tis = self._last_native
+            if z is None:  # published by the worker: its sketches are read back now
+                z = self._native.last_z()
+                self._last_native = (z, norms, rows, tis)
             self._last = {self.tags[ti]: (z[row], float(norms[row]))
                           for row, ti in zip(rows.tolist(), tis.tolist())}
         return self._last
@@ -739,8 +765,9 @@ class Watch:
         """Publish every step still in flight (waits for device copies / the worker)."""
         if self._async:
             self._drain(block=True)
-        if self._native is not None and self._native.pending:
-            self._collect_native()
+        if self._native is not None:
+            while self._native.pending:
+                self._collect_native()
 
     def close(self):
         """flush(), then stop; the Publisher stays open (close it yourself)."""
@@ -749,6 +776,9 @@ class Watch:
             self._closed = True
             self._groups = []
             if self._native is not None:
+                ln = getattr(self, "_last_native", None)
+                if ln is not None and ln[0] is None:  # Watch.last stays readable
+                    self._last_native = (self._native.last_z(),) + ln[1:]
                 self._native.close()
 
     def __enter__(self):
