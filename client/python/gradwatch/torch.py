@@ -49,20 +49,24 @@ Background publishing (native path). With background=True, or by default
 (background=None) when this process may run on more CPUs than torch's
 threads and one copy of the gradients is at most 1 GiB, log() only copies
 the gradients into libgradwatch's worker (gw_worker_submit: one memcpy per
-parameter) and returns; the worker's thread, at the lowest scheduling
-priority (SCHED_IDLE: it runs on a CPU nothing else wants and never
-preempts the training), sketches and sends that step while the next one
-trains. The next log() first collects it (waiting if the worker is still
-busy: one step in flight at most), so Watch.published, Watch.nonfinite,
-pub.sent/pub.dropped and the warnings of a step are counted one log()
-later, or at flush()/close(); Watch.last waits for the worker. Because the
-copy is taken inside log(), the gradients may be changed or zeroed as soon
-as it returns. Watch.background says whether it is on; background=False
-sketches in log() as before. Without the library the torch
-path below runs, after one warning per process; native=False chooses it,
-native=True refuses to fall back. Options only the torch path has
-(cache_indices, chunk_coords, index_dtype, index_budget, max_pending) choose
-it too unless native=True.
+parameter) and returns; the worker's thread sketches and sends that step
+while the next one trains. It waits between steps at the lowest scheduling
+priority (SCHED_IDLE: its spin runs only on a CPU nothing else wants) and,
+where the process may leave that class again (root, CAP_SYS_NICE, or
+RLIMIT_NICE of 20), publishes at the normal one, so a busy process on the
+spare CPU cannot starve it. Up to two steps are in flight: log() collects
+the ones already published and waits for the oldest only when two are, so
+a step that comes while the worker is still busy costs one more copy of
+the gradients (allocated once, kept) instead of a wait. Watch.published,
+Watch.nonfinite, pub.sent/pub.dropped and the warnings of a step are
+therefore counted a log() or two later, or at flush()/close(); Watch.last
+waits for the worker. Because the copy is taken inside log(), the
+gradients may be changed or zeroed as soon as it returns.
+Watch.background says whether it is on; background=False sketches in log()
+as before. Without the library the torch path below runs, after one
+warning per process; native=False chooses it, native=True refuses to fall
+back. Options only the torch path has (cache_indices, chunk_coords,
+index_dtype, index_budget, max_pending) choose it too unless native=True.
 
 Implementation. The module is in three parts: _layout plans (pure Python:
 offsets, streams, shards, chunks and their segments), _kernels hashes and
