@@ -821,7 +821,7 @@ def _travels(v):
 
 def _scalar(v, what):
     if isinstance(v, torch.Tensor):
-        v = v.detach().item()  # CPU tensor: no device synchronisation
+        v = v.item()  # CPU tensor: no device synchronisation (no detach needed)
     try:
         v = float(v)
     except (TypeError, ValueError):
