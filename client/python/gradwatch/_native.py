@@ -459,8 +459,8 @@ class Layers:
         return 0
 
     def close(self):
-        """Stop the worker (the step in flight is still sent; collect() it
-        first to see its outcome), then free the C publisher."""
+        """Stop the worker (the steps in flight are still sent; collect()
+        them first to see their outcomes), then free the C publisher."""
         if self._worker is not None:
             self._lib.gw_worker_free(self._worker)
             self._worker = None
