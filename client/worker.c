@@ -166,6 +166,7 @@ static void *run(void *arg) {
   gw_worker_t *w = arg;
   int64_t last = 0, gap = SPIN_NS; /* when the last step came, the interval before it */
   sched_state_t sch;
+  (void)pthread_setname_np(pthread_self(), "gw-worker"); /* top -H, gdb, the tests */
   sched_start(&sch);
   pthread_mutex_lock(&w->mu);
   for (;;) {

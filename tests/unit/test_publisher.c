@@ -18,10 +18,15 @@
  *    message of one publisher and different between publishers;
  *  - connected: a real SUB's (un)subscriptions and a real PULL's
  *    connection and closing; the no-daemon warning with its delay cut to
- *    200 ms through GW_PUBLISHER_WARN_MS, counted by the callback.
+ *    200 ms through GW_PUBLISHER_WARN_MS, counted by the callback;
+ *  - the worker: steps in flight from their own copies, in order, and the
+ *    scheduling class its thread waits in.
  */
+#define _GNU_SOURCE /* SCHED_IDLE */
 #include <errno.h>
 #include <math.h>
+#include <dirent.h>
+#include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1197,6 +1202,94 @@ static void publish_layers_sends_layers_and_sum(void **state) {
   peer_close(&sub);
 }
 
+/* The scheduling policy of this process's thread named name (-1: none). */
+static int thread_policy(const char *name) {
+  char path[300], comm[32];
+  DIR *d = opendir("/proc/self/task");
+  struct dirent *e;
+  int policy = -1;
+  assert_non_null(d);
+  while (policy < 0 && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) continue;
+    if (fgets(comm, sizeof comm, f) && strncmp(comm, name, strlen(name)) == 0 &&
+        comm[strlen(name)] == '\n')
+      policy = sched_getscheduler((pid_t)atoi(e->d_name));
+    fclose(f);
+  }
+  closedir(d);
+  return policy;
+}
+
+/* Wait (up to 5 s) for the thread named name to have policy want. */
+static int wait_policy(const char *name, int want) {
+  for (int i = 0; i < 500; i++) {
+    if (thread_policy(name) == want) return 1;
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+  return 0;
+}
+
+/* Whether a thread of this process may leave SCHED_IDLE again (root with
+ * CAP_SYS_NICE, or RLIMIT_NICE 20): tried on a thread of its own. */
+static void *try_idle_round_trip(void *arg) {
+  struct sched_param sp = {0};
+  *(int *)arg = pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0 &&
+                pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp) == 0;
+  return NULL;
+}
+
+/* The worker's thread ("gw-worker") waits for steps at SCHED_IDLE, before
+ * the first step and after each (its spin then takes no CPU anything else
+ * wants), and publishes at SCHED_OTHER where the process may leave
+ * SCHED_IDLE (seen while it sketches a 16 MB step); the thread is gone
+ * after gw_worker_free. */
+static void worker_waits_at_idle_priority(void **state) {
+  (void)state;
+  enum { K = 16, N = 1 << 22 }; /* 16 MB: a sketch of several ms */
+  peer_t sub;
+  gw_publisher_config_t c;
+  gw_publisher_t *p = NULL;
+  gw_worker_t *w = NULL;
+  static float g[N];
+  uint8_t status[2];
+  uint64_t step = 0;
+  for (int i = 0; i < N; i++) g[i] = (float)(i % 13) - 6.0f;
+  gw_layer_t layers[1] = {{"w", {g, N, 0, GW_GRAD_F32}}};
+  peer_open(&sub, ZMQ_SUB, "", NULL);
+  gw_publisher_config_init(&c);
+  c.endpoint = sub.endpoint;
+  c.run = "sched";
+  c.sketch.k = K;
+  assert_int_equal(gw_publisher_new(&p, &c), 0);
+  assert_int_equal(wait_sub(&sub, p, "all", RECV_TIMEOUT_MS), 0);
+  assert_int_equal(thread_policy("gw-worker"), -1);
+  assert_int_equal(gw_worker_new(&w, p), 0);
+  assert_true(wait_policy("gw-worker", SCHED_IDLE));
+  int can_leave = 0;
+  pthread_t probe;
+  assert_int_equal(pthread_create(&probe, NULL, try_idle_round_trip, &can_leave), 0);
+  assert_int_equal(pthread_join(probe, NULL), 0);
+  for (uint64_t st = 0; st < 3; st++) {
+    int seen_other = 0;
+    assert_int_equal(gw_worker_submit(w, st, "all", layers, 1, NULL), 0);
+    while (!gw_worker_ready(w)) seen_other |= thread_policy("gw-worker") == SCHED_OTHER;
+    assert_int_equal(gw_worker_wait(w, &step, NULL, NULL, status), 0);
+    assert_int_equal(step, st);
+    assert_int_equal(status[0], GW_LAYER_SENT);
+    if (can_leave) assert_true(seen_other); /* published at the default class */
+    assert_true(wait_policy("gw-worker", SCHED_IDLE)); /* back to waiting */
+  }
+  printf("worker: may leave SCHED_IDLE: %s\n", can_leave ? "yes" : "no");
+  gw_worker_free(w);
+  assert_int_equal(thread_policy("gw-worker"), -1);
+  gw_publisher_free(p);
+  peer_close(&sub);
+}
+
 /* gw_worker: the step published from the worker's thread is the step
  * gw_publisher_publish_layers publishes (rows bit for bit the layers'
  * gw_sketch_accum sketches), computed from the copy taken at submit (the
@@ -1347,6 +1440,7 @@ static void worker_publishes_copies_in_order(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(frames_f32),
+      cmocka_unit_test(worker_waits_at_idle_priority),
       cmocka_unit_test(frames_f16),
       cmocka_unit_test(frames_bf16),
       cmocka_unit_test(publish_gradient_sketches_and_norms),
