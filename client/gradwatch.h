@@ -322,7 +322,8 @@ int gw_worker_wait(gw_worker_t *w, uint64_t *step, double *z, double *norms, uin
  * that passed z = NULL to gw_worker_wait can fetch the sketches of the
  * latest step only when it needs them. 0, GW_EINVAL while steps are in
  * flight (a later submit may be reusing that memory) or for NULL w, or
- * GW_ENOTFOUND before the first collection. */
+ * GW_ENOTFOUND when there is none (before the first collection, or after a
+ * submit that reused that memory failed). */
 int gw_worker_last(const gw_worker_t *w, uint64_t *step, double *z);
 
 #ifdef __cplusplus

@@ -296,6 +296,7 @@ int gw_worker_submit(gw_worker_t *w, uint64_t step, const char *all_tag,
   /* Only this thread makes a slot busy, so the free slot stays free (and
    * its buffers this thread's) until the step is queued below. */
   sl = free_slot(w, &index);
+  if ((int)index == w->last) w->last = -1; /* its outcome is overwritten from here on */
   for (size_t i = 0; i < m; i++) {
     const gw_sketch_buf_t *b = &layers[i].grad;
     if (layers[i].tag) tbytes += strlen(layers[i].tag) + 1;
