@@ -22,7 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 #include <time.h>
 #include <uv.h>
 
@@ -76,7 +79,8 @@ typedef struct daemon_s {
   gw_remote_write_t *remote_write; /* NULL without --remote-write */
   atomic_int ready;
   char *token;
-  uv_signal_t sig_term, sig_int, sig_hup;
+  int sigfd;          /* signalfd of SIGTERM, SIGINT, SIGHUP (loop_signals) */
+  uv_poll_t sig_poll; /* the loop's watch on it */
   uv_timer_t watchdog;
   uv_timer_t alerts_tick; /* 1 s: stalled rules, silent streams */
   reload_t reload;
@@ -123,9 +127,7 @@ static void shutdown_daemon(daemon_t *d) {
   gw_ingest_stop(d->ingest); /* joins the workers; frees once the loop closes its handles */
   save_state(d);
   d->ingest = NULL;
-  uv_close((uv_handle_t *)&d->sig_term, on_closed_noop);
-  uv_close((uv_handle_t *)&d->sig_int, on_closed_noop);
-  uv_close((uv_handle_t *)&d->sig_hup, on_closed_noop);
+  uv_close((uv_handle_t *)&d->sig_poll, on_closed_noop);
   uv_close((uv_handle_t *)&d->alerts_tick, on_closed_noop);
   reload_close(d);
   if (d->watchdog_on) uv_close((uv_handle_t *)&d->watchdog, on_closed_noop);
@@ -141,18 +143,41 @@ static void *reload_main(void *arg) {
   return NULL;
 }
 
-/* SIGTERM, SIGINT and SIGHUP belong to the loop thread, where libuv's
- * handler wakes the loop. Every other thread is created with them blocked
- * (they inherit the creator's mask), so the kernel never hands one to a
- * thread that would only pass it on, or, under a sanitizer's deferred
- * delivery, sit on it. how: SIG_BLOCK, returning the previous mask in old. */
-static void loop_signals(int how, sigset_t *old) {
+/* SIGTERM, SIGINT and SIGHUP are blocked on the main thread (the loop's)
+ * for good, before any thread of ours exists (every thread inherits the
+ * mask), and read from a signalfd that the loop polls: no asynchronous
+ * handler runs on our threads. The kernel keeps such a signal pending until
+ * the loop reads it, so none can be lost on a thread that would only pass
+ * it on, or, under a sanitizer's deferred delivery, sit on it
+ * (ThreadSanitizer did, now and then, with libuv's handler: the loop ran
+ * on and SIGTERM was never acted on). Threads a library started before
+ * main (OpenBLAS's pool) do not block them: on those, forward_signal hands
+ * the signal to the main thread, whose thread id is the process id, where
+ * it waits in the signalfd like the rest. Returns the signalfd, or -errno. */
+static void forward_signal(int signo) {
+  int saved = errno;
+  (void)syscall(SYS_tgkill, (long)getpid(), (long)getpid(), (long)signo);
+  errno = saved;
+}
+
+static int loop_signals(void) {
   sigset_t s;
+  struct sigaction sa;
   sigemptyset(&s);
   sigaddset(&s, SIGTERM);
   sigaddset(&s, SIGINT);
   sigaddset(&s, SIGHUP);
-  pthread_sigmask(how, &s, old);
+  int rc = pthread_sigmask(SIG_BLOCK, &s, NULL); /* first: the handler never runs here */
+  if (rc) return -rc;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = forward_signal;
+  sa.sa_flags = SA_RESTART;
+  sigfillset(&sa.sa_mask);
+  if (sigaction(SIGTERM, &sa, NULL) || sigaction(SIGINT, &sa, NULL) ||
+      sigaction(SIGHUP, &sa, NULL))
+    return -errno;
+  int fd = signalfd(-1, &s, SFD_NONBLOCK | SFD_CLOEXEC);
+  return fd < 0 ? -errno : fd;
 }
 
 static void reload_start(daemon_t *d) {
@@ -162,10 +187,7 @@ static void reload_start(daemon_t *d) {
     return;
   }
   r->again = 0;
-  sigset_t mask;
-  loop_signals(SIG_BLOCK, &mask);
   int rc = pthread_create(&r->thread, NULL, reload_main, r);
-  pthread_sigmask(SIG_SETMASK, &mask, NULL);
   if (rc) {
     gw_log(&d->log, GW_LOG_ERROR, "alerts_reload", "error=\"%s\"", strerror(rc));
     return;
@@ -200,8 +222,7 @@ static void reload_close(daemon_t *d) {
   uv_close((uv_handle_t *)&r->done, on_closed_noop);
 }
 
-static void on_signal(uv_signal_t *h, int signum) {
-  daemon_t *d = h->data;
+static void on_signal(daemon_t *d, int signum) {
   if (signum == SIGHUP) {
     int rc = gw_log_reopen(&d->log);
     gw_log(&d->log, rc ? GW_LOG_ERROR : GW_LOG_INFO, "sighup", "log_reopen=%s",
@@ -213,6 +234,19 @@ static void on_signal(uv_signal_t *h, int signum) {
   }
   gw_log(&d->log, GW_LOG_INFO, "signal", "signal=%s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
   shutdown_daemon(d);
+}
+
+/* The signalfd is readable: act on every signal queued, in order; after
+ * SIGTERM or SIGINT the watch is closed and the rest is left. */
+static void on_sigfd(uv_poll_t *h, int status, int events) {
+  daemon_t *d = h->data;
+  struct signalfd_siginfo si;
+  (void)status;
+  (void)events;
+  while (read(d->sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+    on_signal(d, (int)si.ssi_signo);
+    if (si.ssi_signo != SIGHUP) break;
+  }
 }
 
 static void on_watchdog(uv_timer_t *t) {
@@ -399,13 +433,9 @@ static int start(daemon_t *d, char *err, size_t errlen) {
   d->reload.path = c->config_path;
   d->reload.done.data = d;
   uv_async_init(&d->loop, &d->reload.done, on_reload_done);
-  uv_signal_init(&d->loop, &d->sig_term);
-  uv_signal_init(&d->loop, &d->sig_int);
-  uv_signal_init(&d->loop, &d->sig_hup);
-  d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
-  uv_signal_start(&d->sig_term, on_signal, SIGTERM);
-  uv_signal_start(&d->sig_int, on_signal, SIGINT);
-  uv_signal_start(&d->sig_hup, on_signal, SIGHUP);
+  uv_poll_init(&d->loop, &d->sig_poll, d->sigfd);
+  d->sig_poll.data = d;
+  uv_poll_start(&d->sig_poll, UV_READABLE, on_sigfd);
   uv_timer_init(&d->loop, &d->alerts_tick);
   d->alerts_tick.data = d;
   uv_timer_start(&d->alerts_tick, on_alerts_tick, 1000, 1000);
@@ -457,6 +487,11 @@ int main(int argc, char **argv) {
   daemon_t d;
   char err[1024] = "";
   memset(&d, 0, sizeof(d));
+  d.sigfd = loop_signals(); /* before anything can start a thread */
+  if (d.sigfd < 0) {
+    fprintf(stderr, "gradwatchd: cannot set up signal handling: %s\n", strerror(-d.sigfd));
+    return 1;
+  }
   pthread_mutex_init(&d.reload.mu, NULL);
   atomic_init(&d.reload.cancel, 0);
   signal(SIGPIPE, SIG_IGN);
@@ -490,10 +525,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   uv_loop_init(&d.loop);
-  sigset_t mask; /* every thread start() creates has the loop's signals blocked */
-  loop_signals(SIG_BLOCK, &mask);
-  rc = start(&d, err, sizeof(err));
-  pthread_sigmask(SIG_SETMASK, &mask, NULL); /* a signal that came meanwhile is delivered now */
+  rc = start(&d, err, sizeof(err)); /* a signal that comes meanwhile waits in the signalfd */
   if (rc) {
     gw_log(&d.log, GW_LOG_ERROR, "start_failed", "error=\"%s\"", err);
     fprintf(stderr, "gradwatchd: %s\n", err);
@@ -510,5 +542,6 @@ int main(int argc, char **argv) {
   gw_log_close(&d.log);
   gw_config_free(&d.cfg);
   pthread_mutex_destroy(&d.reload.mu);
+  close(d.sigfd);
   return d.exit_code;
 }

@@ -1,5 +1,6 @@
 """Black-box tests of gradwatchd: real ZeroMQ frames in, real HTTP out,
 a real SQLite file underneath (docs/CONTRACT.md §5, §6, §9)."""
+import ctypes
 import json
 import os
 import shutil
@@ -337,3 +338,54 @@ def test_engine_threads_keep_streams_apart(daemon, pub):
     assert sorted(s["tag"] for s in streams["streams"]) == sorted(zs)
     assert all(s["points"] == 29 for s in streams["streams"])
     assert daemon.stats()["streams"] == 6
+
+
+def _sigblk(pid, tid):
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        return int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+
+
+@pytest.mark.skipif("TSAN_OPTIONS" in os.environ,
+                    reason="OpenBLAS's spinning pool, which this test needs, reads as races "
+                           "under ThreadSanitizer")
+def test_signal_on_a_pool_thread_reaches_the_loop(daemon_bin, tmp_path):
+    """SIGHUP and SIGTERM that the kernel hands to a thread a library started
+    before main (OpenBLAS's pool, when OPENBLAS_NUM_THREADS does not keep it
+    from starting), the one kind of thread that does not block them, are
+    forwarded to the loop: the log is reopened, then the daemon shuts down
+    cleanly (exit 0, state saved). Every thread the daemon starts blocks
+    them (the loop reads them from a signalfd)."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    d = Daemon(daemon_bin, tmp_path)
+    args = [daemon_bin, "--zmq", d.endpoint, "--http", f"127.0.0.1:{d.http_port}", "--db", d.db,
+            "--log-level", "debug"]
+    with open(d.log, "wb") as logf:
+        p = subprocess.Popen(args, env=env, stdout=logf, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + scaled(30)
+        while "event=ready" not in d.log.read_text() and time.time() < deadline:
+            assert p.poll() is None, d.log.read_text()
+            time.sleep(0.05)
+        term = 1 << (signal.SIGTERM - 1)
+        tids = [int(t) for t in os.listdir(f"/proc/{p.pid}/task")]
+        assert _sigblk(p.pid, p.pid) & term, "the loop's thread must block SIGTERM"
+        open_ = [t for t in tids if t != p.pid and not _sigblk(p.pid, t) & term]
+        if not open_:
+            pytest.skip("no thread was started before main here (OpenBLAS single-threaded)")
+        assert len(open_) < len(tids) - 1, "threads the daemon starts must block SIGTERM"
+        libc = ctypes.CDLL(None, use_errno=True)
+        tgkill = 234  # SYS_tgkill on x86-64: a signal to that one thread
+        assert libc.syscall(tgkill, p.pid, open_[0], int(signal.SIGHUP)) == 0
+        deadline = time.time() + scaled(30)
+        while "event=sighup" not in d.log.read_text() and time.time() < deadline:
+            time.sleep(0.05)
+        assert "event=sighup" in d.log.read_text()
+        assert p.poll() is None
+        assert libc.syscall(tgkill, p.pid, open_[0], int(signal.SIGTERM)) == 0
+        assert p.wait(scaled(60)) == 0
+        log = d.log.read_text()
+        assert "signal=SIGTERM" in log and "event=state_saved" in log and "event=stopped" in log
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
