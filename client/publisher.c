@@ -632,6 +632,14 @@ int gw_publisher_set_meta(gw_publisher_t *pub, const char *doc) {
 
 uint64_t gw_publisher_meta_sent(const gw_publisher_t *pub) { return pub ? pub->meta_sent : 0; }
 
+/* The first publish starts the no-daemon warning's clock (check_warn). */
+static void mark_published(gw_publisher_t *p) {
+  if (!p->published) {
+    p->published = 1;
+    p->first_publish_ns = mono_ns();
+  }
+}
+
 /* Arguments already checked. Encode z into the body buffer and send.
  * peers: read pending (un)subscriptions first (a system call in ZeroMQ);
  * gw_publisher_publish_layers reads them once for all its messages. */
@@ -667,10 +675,7 @@ static int send_z(gw_publisher_t *p, const char *tag, uint64_t step, const float
   if ((tlen = gw_proto_encode_topic(&m, p->topic, sizeof p->topic)) < 0) return tlen;
   if ((blen = gw_proto_encode_body(&m, p->body, p->body_cap)) < 0) return blen;
 
-  if (!p->published) {
-    p->published = 1;
-    p->first_publish_ns = mono_ns();
-  }
+  mark_published(p);
   if (peers) {
     poll_peers(p);
     check_warn(p);
@@ -868,10 +873,7 @@ int gw_publisher_publish_layers(gw_publisher_t *pub, uint64_t step, const char *
 
   /* Send: the sum first, then the layers in order, after one look at the
    * subscriptions (send_row does not look again). */
-  if (!pub->published) {
-    pub->published = 1;
-    pub->first_publish_ns = mono_ns();
-  }
+  mark_published(pub);
   poll_peers(pub);
   check_warn(pub);
   for (size_t i = 0; i <= m; i++) {

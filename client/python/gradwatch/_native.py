@@ -241,7 +241,6 @@ class Layers:
         self._plist, self._dlist = [0] * m, [0] * m  # reused by _point
         self._codes = {}  # torch dtype -> gw_grad_dtype_t
         self.present = np.zeros(m, bool)
-        self.complete = False  # every parameter had a gradient in the last step
         self._all_present = np.ones(m, bool)
         self._worker = None  # the gw_worker_t *, once start_background() ran
         self.pending = 0  # submitted steps not yet collected (at most WORKER_DEPTH)
@@ -323,7 +322,6 @@ class Layers:
         self._dtypes[:] = dts
         # The usual step has every gradient: one shared all-True array then
         # (never written), no comparison.
-        self.complete = not missing
         self.present = self._all_present if not missing else self._ptrs != 0
         return keep
 
