@@ -487,11 +487,6 @@ int main(int argc, char **argv) {
   daemon_t d;
   char err[1024] = "";
   memset(&d, 0, sizeof(d));
-  d.sigfd = loop_signals(); /* before anything can start a thread */
-  if (d.sigfd < 0) {
-    fprintf(stderr, "gradwatchd: cannot set up signal handling: %s\n", strerror(-d.sigfd));
-    return 1;
-  }
   pthread_mutex_init(&d.reload.mu, NULL);
   atomic_init(&d.reload.cancel, 0);
   signal(SIGPIPE, SIG_IGN);
@@ -517,6 +512,14 @@ int main(int argc, char **argv) {
     if (!bad) printf("%s: OK\n", d.cfg.check_config);
     gw_config_free(&d.cfg);
     return bad ? 1 : 0;
+  }
+  /* Before anything can start a thread (the options above exit at once and
+   * keep the default signal actions: Ctrl-C stops --check-config). */
+  d.sigfd = loop_signals();
+  if (d.sigfd < 0) {
+    fprintf(stderr, "gradwatchd: cannot set up signal handling: %s\n", strerror(-d.sigfd));
+    gw_config_free(&d.cfg);
+    return 1;
   }
   int rc = gw_log_init(&d.log, d.cfg.log_file, d.cfg.log_level);
   if (rc) {
